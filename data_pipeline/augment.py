@@ -1,0 +1,37 @@
+"""Per-batch picture transforms on tensors, on whatever device the batch is on (the GPU when there is one).
+
+uint8 (B,3,H,W) -> float, optional random horizontal flip and rotation (train only), ImageNet normalisation.
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+def normalize(images_u8: torch.Tensor, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+    mean = torch.tensor(IMAGENET_MEAN, device=images_u8.device, dtype=dtype).view(1, 3, 1, 1) * 255
+    inv_std = 1.0 / (torch.tensor(IMAGENET_STD, device=images_u8.device, dtype=dtype).view(1, 3, 1, 1) * 255)
+    return (images_u8.to(dtype) - mean) * inv_std
+
+
+def augment(x: torch.Tensor, hflip: float, rotation_deg: float, generator: torch.Generator) -> torch.Tensor:
+    """Random flip and rotation of a normalised float batch; random numbers come from a CPU generator so the
+    result is the same on CPU and GPU for a given seed."""
+    b = x.shape[0]
+    flip = torch.rand(b, generator=generator) < hflip
+    angle = (torch.rand(b, generator=generator) * 2 - 1) * math.radians(rotation_deg)
+    if rotation_deg == 0 and not flip.any():
+        return x
+    cos, sin = torch.cos(angle), torch.sin(angle)
+    sx = torch.where(flip, -1.0, 1.0)
+    # One affine grid does both: rotate, then mirror the x axis for flipped samples.
+    theta = torch.stack([torch.stack([cos * sx, -sin, torch.zeros(b)], 1),
+                         torch.stack([sin * sx, cos, torch.zeros(b)], 1)], 1)
+    grid = F.affine_grid(theta.to(x.device, x.dtype), list(x.shape), align_corners=False)
+    # Zero in normalised space is the mean colour, close to torchvision's black fill after Normalize.
+    return F.grid_sample(x, grid, mode="bilinear", padding_mode="zeros", align_corners=False)

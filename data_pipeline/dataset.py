@@ -1,0 +1,85 @@
+"""The lab layout on disk: `train.txt`, `test_without_label.txt`, `data/{guid}.txt`, `data/{guid}.jpg`."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from .errors import UserError
+from .images import BadImage, ImageInfo, inspect_image, load_image
+from .labels import LABEL_TO_ID, LabelRow, read_label_file
+from .text import decode_text
+
+SPLIT_FILES = {"train": "train.txt", "test": "test_without_label.txt"}
+
+
+@dataclass(frozen=True)
+class RawSample:
+    guid: str
+    label: int  # -1 for the test file
+    text: str
+    encoding: str
+    image: np.ndarray | None  # uint8 (3, S, S) when a size was asked for
+    image_info: ImageInfo | None
+    problem: str | None  # why this sample cannot be used, or None
+
+
+def check_data_dir(data_dir: str | Path) -> Path:
+    root = Path(data_dir)
+    if not root.is_dir():
+        raise UserError(f"{root}: data directory not found. It must hold train.txt, test_without_label.txt and data/.")
+    if not (root / "data").is_dir():
+        raise UserError(f"{root}: no data/ folder; texts and pictures go in data/{{guid}}.txt and data/{{guid}}.jpg.")
+    return root
+
+
+def read_rows(data_dir: str | Path, split: str) -> list[LabelRow]:
+    root = check_data_dir(data_dir)
+    return read_label_file(root / SPLIT_FILES[split], test=(split == "test"))
+
+
+def sample_paths(root: Path, guid: str) -> tuple[Path, Path]:
+    # Guids are validated as plain digits, so these paths cannot leave data/.
+    return root / "data" / f"{guid}.txt", root / "data" / f"{guid}.jpg"
+
+
+def read_sample(root: Path, row: LabelRow, image_size: int | None) -> RawSample:
+    """Read one sample; problems are recorded, not raised, so every bad guid can be listed at once."""
+    label = -1 if row.tag is None else LABEL_TO_ID[row.tag]
+    text_path, image_path = sample_paths(root, row.guid)
+    if not text_path.is_file():
+        return RawSample(row.guid, label, "", "", None, None, f"{text_path.name}: missing text file")
+    text, enc = decode_text(text_path.read_bytes())
+    try:
+        if image_size is None:
+            info, image = inspect_image(image_path), None
+        else:
+            image, info = load_image(image_path, image_size), None
+    except BadImage as e:
+        return RawSample(row.guid, label, text, enc, None, None, f"{image_path.name}: {e}")
+    return RawSample(row.guid, label, text, enc, image, info, None)
+
+
+def format_bad(path: Path, bad: list[tuple[str, str]]) -> str:
+    shown = "\n".join(f"  guid {g}: {why}" for g, why in bad[:50])
+    more = f"\n  ... and {len(bad) - 50} more" if len(bad) > 50 else ""
+    return (
+        f"{path}: {len(bad)} sample(s) cannot be used:\n{shown}{more}\n"
+        "Fix or remove these files, or pass --skip-bad to leave these samples out."
+    )
+
+
+def stratified_split(guids: np.ndarray, labels: np.ndarray, val_fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Indices (train, val), stratified by label. Depends only on the (guid, label) pairs and the seed,
+    not on row order or platform (numpy's PCG64 stream is stable)."""
+    order = np.argsort(guids.astype(np.int64), kind="stable")
+    rng = np.random.default_rng(seed)
+    train, val = [], []
+    for label in np.unique(labels):
+        idx = order[labels[order] == label]
+        idx = idx[rng.permutation(len(idx))]
+        n_val = int(round(len(idx) * val_fraction))
+        val.append(idx[:n_val])
+        train.append(idx[n_val:])
+    return np.sort(np.concatenate(train)), np.sort(np.concatenate(val))

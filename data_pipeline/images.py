@@ -1,0 +1,70 @@
+"""Pictures -> RGB uint8 CHW arrays at a fixed size. Decoded once, at preprocessing time."""
+from __future__ import annotations
+
+import threading
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+# Counts real decodes, so tests can prove that a cache hit decodes no picture.
+_decode_lock = threading.Lock()
+DECODE_COUNT = 0
+
+
+class BadImage(Exception):
+    """A picture that cannot be used; the message says why."""
+
+
+@dataclass(frozen=True)
+class ImageInfo:
+    format: str  # what the bytes are (JPEG, PNG, ...), whatever the file name says
+    mode: str  # Pillow mode before conversion (RGB, L, RGBA, P, CMYK, ...)
+    size: tuple[int, int]  # (width, height) after EXIF orientation
+
+
+def _open_rgb(path: Path) -> tuple[Image.Image, ImageInfo]:
+    global DECODE_COUNT
+    if not path.is_file():
+        raise BadImage("missing")
+    if path.stat().st_size == 0:
+        raise BadImage("zero-byte file")
+    with _decode_lock:
+        DECODE_COUNT += 1
+    try:
+        with warnings.catch_warnings():
+            # Pillow only warns between 1x and 2x its pixel limit; refuse both the same way.
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            with Image.open(path) as im:
+                fmt, mode = im.format or "?", im.mode
+                im.load()  # truncated files fail here, not later in a training step
+                im = ImageOps.exif_transpose(im)
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning):
+        raise BadImage(f"larger than Pillow's decompression-bomb limit ({Image.MAX_IMAGE_PIXELS} pixels)") from None
+    except UnidentifiedImageError:
+        raise BadImage("not an image Pillow can read") from None
+    except (OSError, SyntaxError, ValueError) as e:
+        raise BadImage(f"cannot be decoded ({e})") from None
+    info = ImageInfo(fmt, mode, im.size)
+    if im.mode in ("RGBA", "LA", "PA") or (im.mode == "P" and "transparency" in im.info):
+        # Transparent pixels become white, as a viewer would show them, not black.
+        rgba = im.convert("RGBA")
+        im = Image.new("RGB", rgba.size, (255, 255, 255))
+        im.paste(rgba, mask=rgba.getchannel("A"))
+    elif im.mode != "RGB":
+        im = im.convert("RGB")
+    return im, info
+
+
+def inspect_image(path: str | Path) -> ImageInfo:
+    """Decode fully (to catch truncation) and describe the picture; raises BadImage."""
+    return _open_rgb(Path(path))[1]
+
+
+def load_image(path: str | Path, size: int) -> np.ndarray:
+    """Decode, orient, convert to RGB and resize to size x size; returns uint8 (3, size, size)."""
+    im, _ = _open_rgb(Path(path))
+    im = im.resize((size, size), Image.BILINEAR)
+    return np.ascontiguousarray(np.asarray(im, dtype=np.uint8).transpose(2, 0, 1))

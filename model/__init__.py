@@ -1,0 +1,1 @@
+"""The fusion classifier and the one training loop. Never imports Ray or Optuna."""

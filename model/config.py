@@ -1,0 +1,181 @@
+"""Typed configs (data, model, train) and the ONE place their defaults live.
+
+Defaults are the lab's final hand-tuned choice (batch 128, lr 8e-6, low complexity, 6 epochs) with the lab's
+backbones from pretrained/. A YAML file has sections `data:`, `model:`, `train:`; unknown keys are errors.
+"""
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from data_pipeline.errors import UserError
+
+
+def opt(default, help: str, *, choices=None, lo=None, hi=None, lo_open=False):
+    """A config field with help text and the checks `validate` applies."""
+    return field(default=default, metadata={"help": help, "choices": choices, "lo": lo, "hi": hi, "lo_open": lo_open})
+
+
+@dataclass
+class DataConfig:
+    data_dir: str = opt("data", "dataset directory (train.txt, test_without_label.txt, data/)")
+    val_fraction: float = opt(0.2, "share of labelled rows held out for validation, stratified", lo=0.0, hi=0.9, lo_open=True)
+    split_seed: int = opt(0, "seed of the train/val split (independent of the training seed)", lo=0)
+    max_length: int = opt(128, "BERT tokens kept per text (truncation), incl. [CLS]/[SEP]", lo=8, hi=512)
+    image_size: int = opt(224, "pictures are resized to image_size x image_size pixels", lo=16, hi=1024)
+    skip_bad: bool = opt(False, "leave out samples whose picture/text cannot be read instead of failing")
+    cache_dir: str = opt("", "preprocessing cache; empty = $MMSA_CACHE_DIR or ~/.cache/mmsa-tune/preprocessed")
+
+
+@dataclass
+class ModelConfig:
+    text_model: str = opt("pretrained/bert-base-uncased", "local Hugging Face BERT directory (weights + vocab.txt)")
+    image_arch: str = opt("resnet50", "torchvision ResNet of the image branch", choices=("resnet10", "resnet18", "resnet34", "resnet50"))
+    image_weights: str = opt("pretrained/resnet50.safetensors", "ResNet state dict (.safetensors or .pth); 'none' = random init")
+    complexity: str = opt("low", "head widths: high = 256/256/128, low = half of each", choices=("high", "low"))
+    modality: str = opt("fusion", "fusion, or an ablation with one branch absent", choices=("fusion", "text", "image"))
+    dropout: float = opt(0.1, "dropout before the last linear layer", lo=0.0, hi=0.9)
+
+
+@dataclass
+class TrainConfig:
+    epochs: int = opt(6, "maximum epochs (the lab's best was epoch 6)", lo=1, hi=1000)
+    batch_size: int = opt(128, "samples per optimizer step (effective batch)", lo=1, hi=65536)
+    micro_batch_size: int = opt(0, "samples per forward pass; smaller than batch_size = gradient accumulation; 0 = whole batch", lo=0)
+    lr: float = opt(8e-6, "AdamW learning rate", lo=0.0, hi=1.0, lo_open=True)
+    weight_decay: float = opt(0.01, "AdamW weight decay", lo=0.0, hi=1.0)
+    lr_factor: float = opt(0.5, "ReduceLROnPlateau: lr multiplier when val loss stalls", lo=0.0, hi=1.0, lo_open=True)
+    lr_patience: int = opt(1, "ReduceLROnPlateau: epochs without val-loss improvement before reducing lr", lo=0)
+    patience: int = opt(2, "early stop after val loss rose this many epochs in a row; 0 = never", lo=0)
+    seed: int = opt(42, "seed of weights init, batch order, augmentation and dropout", lo=0)
+    bucket_by_length: bool = opt(True, "group texts of similar length in training batches (less padding)")
+    hflip: float = opt(0.5, "train-time probability of a horizontal flip", lo=0.0, hi=1.0)
+    rotation: float = opt(10.0, "train-time random rotation range, degrees (+/-)", lo=0.0, hi=180.0)
+    device: str = opt("auto", "auto (cuda if available), cuda, cuda:N or cpu")
+    num_threads: int = opt(0, "CPU threads for torch; 0 = torch's default", lo=0)
+
+
+SECTIONS = {"data": DataConfig, "model": ModelConfig, "train": TrainConfig}
+
+
+@dataclass
+class RunConfig:
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict | None, source: str = "config") -> "RunConfig":
+        d = dict(d or {})
+        unknown = set(d) - set(SECTIONS)
+        if unknown:
+            raise UserError(f"{source}: unknown section(s) {sorted(unknown)}; expected {list(SECTIONS)}.")
+        parts = {}
+        for name, klass in SECTIONS.items():
+            sec = d.get(name) or {}
+            if not isinstance(sec, dict):
+                raise UserError(f"{source}: section '{name}' must be a mapping of keys to values.")
+            parts[name] = build_section(klass, sec, f"{source}: {name}")
+        return cls(**parts)
+
+    def with_overrides(self, flat: dict[str, Any], source: str = "override") -> "RunConfig":
+        """Apply `section.key` (or unique bare `key`) overrides, validated like a file."""
+        d = self.to_dict()
+        for key, value in flat.items():
+            sec, _, name = key.rpartition(".")
+            if not sec:
+                owners = [s for s, k in SECTIONS.items() if name in {f.name for f in dataclasses.fields(k)}]
+                if len(owners) != 1:
+                    raise UserError(f"{source}: unknown key {key!r}.")
+                sec = owners[0]
+            if sec not in d or name not in d[sec]:
+                raise UserError(f"{source}: unknown key {key!r}.")
+            d[sec][name] = value
+        return RunConfig.from_dict(d, source)
+
+
+def build_section(klass, values: dict, where: str):
+    fields = {f.name: f for f in dataclasses.fields(klass)}
+    unknown = [k for k in values if k not in fields]
+    if unknown:
+        raise UserError(f"{where}: unknown key(s) {unknown}; known keys: {', '.join(fields)}.")
+    kwargs = {k: _coerce(fields[k], v, f"{where}.{k}") for k, v in values.items()}
+    obj = klass(**kwargs)
+    for f in fields.values():
+        _check(f, getattr(obj, f.name), f"{where}.{f.name}")
+    return obj
+
+
+def _coerce(f: dataclasses.Field, v, where: str):
+    t = f.type if isinstance(f.type, str) else f.type.__name__
+    if t == "bool":
+        if isinstance(v, bool):
+            return v
+        raise UserError(f"{where}: expected true or false, got {v!r}.")
+    if t == "int":
+        if isinstance(v, bool) or not (isinstance(v, int) or (isinstance(v, float) and v.is_integer())):
+            raise UserError(f"{where}: expected an integer, got {v!r}.")
+        return int(v)
+    if t == "float":
+        if isinstance(v, str):
+            try:
+                v = float(v)  # YAML reads 8e-6 (no dot) as a string
+            except ValueError:
+                pass
+        if isinstance(v, bool) or not isinstance(v, (int, float)):
+            raise UserError(f"{where}: expected a number, got {v!r}.")
+        return float(v)
+    if t == "str":
+        if not isinstance(v, (str, int, float)) or isinstance(v, bool):
+            raise UserError(f"{where}: expected a string, got {v!r}.")
+        return str(v)
+    return v
+
+
+def _check(f: dataclasses.Field, v, where: str) -> None:
+    m = f.metadata
+    if m.get("choices") and v not in m["choices"]:
+        raise UserError(f"{where}: {v!r} is not one of {', '.join(m['choices'])}.")
+    lo, hi = m.get("lo"), m.get("hi")
+    if lo is not None and (v <= lo if m.get("lo_open") else v < lo):
+        raise UserError(f"{where}: {v!r} must be {'>' if m.get('lo_open') else '>='} {lo}.")
+    if hi is not None and v > hi:
+        raise UserError(f"{where}: {v!r} must be <= {hi}.")
+
+
+def field_help(klass) -> dict[str, str]:
+    return {f.name: f.metadata["help"] for f in dataclasses.fields(klass)}
+
+
+def read_yaml(path: str | Path) -> dict:
+    p = Path(path)
+    if not p.is_file():
+        raise UserError(f"{p}: config file not found.")
+    try:
+        d = yaml.safe_load(p.read_text())
+    except yaml.YAMLError as e:
+        raise UserError(f"{p}: not valid YAML ({e}).") from None
+    if d is not None and not isinstance(d, dict):
+        raise UserError(f"{p}: expected a mapping with sections {list(SECTIONS)}.")
+    return d or {}
+
+
+def load_config(path: str | Path, extra_sections: tuple[str, ...] = ()) -> tuple[RunConfig, dict]:
+    """Load a run config; sections named in extra_sections (e.g. an export's `search:` provenance) are
+    returned separately instead of being rejected."""
+    d = read_yaml(path)
+    extras = {k: d.pop(k) for k in extra_sections if k in d}
+    return RunConfig.from_dict(d, str(path)), extras
+
+
+def save_config(cfg: RunConfig, path: str | Path, extras: dict | None = None) -> None:
+    d = cfg.to_dict()
+    d.update(extras or {})
+    Path(path).write_text(yaml.safe_dump(d, sort_keys=False))

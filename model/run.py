@@ -1,0 +1,138 @@
+"""What the CLI's train / predict / ablate do, on top of the one Trainer."""
+from __future__ import annotations
+
+import csv
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+from tqdm import tqdm
+
+from data_pipeline.dataset import read_rows, stratified_split
+from data_pipeline.errors import UserError
+from data_pipeline.labels import LABELS
+from data_pipeline.preprocess import Prepared, prepare
+
+from . import checkpoint as ckpt
+from . import metrics as M
+from .config import RunConfig, load_config, save_config
+from .fusion import FusionClassifier
+from .train import Split, Trainer, predict_proba
+
+LAST_CHECKPOINT = "checkpoint"  # inside a run directory: the last epoch's full state, for --resume
+
+
+def prepare_split(cfg: RunConfig, split: str, log=print, progress: bool = True) -> Prepared:
+    d = cfg.data
+    return prepare(d.data_dir, split, cfg.model.text_model, d.max_length, d.image_size, skip_bad=d.skip_bad,
+                   cache_dir=d.cache_dir or None, progress=progress, log=log)
+
+
+def load_train_val(cfg: RunConfig, log=print, progress: bool = True) -> Split:
+    full = prepare_split(cfg, "train", log, progress)
+    tr, va = stratified_split(np.asarray(full.guids), np.asarray(full.labels), cfg.data.val_fraction, cfg.data.split_seed)
+    return Split(full.subset(tr), full.subset(va))
+
+
+def write_metrics(history: list[dict], out: Path) -> None:
+    (out / "metrics.json").write_text(json.dumps(history, indent=1))
+    with open(out / "metrics.csv", "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=list(M.EPOCH_METRICS))
+        w.writeheader()
+        w.writerows(history)
+
+
+def train_run(cfg: RunConfig, out: str | Path, *, resume: bool = False, log=print, progress: bool = True,
+              data: Split | None = None) -> list[dict]:
+    """Train and write out/: model.safetensors (best val-loss epoch), config.yaml, metrics.json/.csv,
+    curves.png, and checkpoint/ (last epoch's full state, for --resume)."""
+    from .plots import plot_curves
+
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    data = data or load_train_val(cfg, log, progress)
+    trainer = Trainer(cfg, data)
+    if resume:
+        if not (out / LAST_CHECKPOINT / ckpt.STATE).is_file():
+            raise UserError(f"{out}: no checkpoint to resume from ({out / LAST_CHECKPOINT} is missing).")
+        trainer.load_checkpoint(out / LAST_CHECKPOINT)
+        log(f"resumed from {out / LAST_CHECKPOINT} after epoch {trainer.epoch}")
+    save_config(cfg, out / ckpt.CONFIG)
+    log(f"training {cfg.model.modality} on {len(data.train)} samples, validating on {len(data.val)}, device {trainer.device}")
+    bar = tqdm(total=len(data.train) * cfg.train.epochs, initial=len(data.train) * trainer.epoch, unit="sample",
+               desc=f"train {cfg.model.modality}", disable=not progress, file=sys.stderr, leave=False)
+    trainer.on_batch = lambda train, n: bar.update(n) if train else None
+    for row in trainer.fit():
+        bar.set_postfix({k: f"{row[k]:.4g}" for k in (M.TRAIN_LOSS, M.VAL_LOSS, M.VAL_ACC)})
+        log(f"epoch {row[M.EPOCH]}: " + ", ".join(f"{k} {row[k]:.4g}" for k in M.EPOCH_METRICS if k != M.EPOCH))
+        trainer.save_checkpoint(out / LAST_CHECKPOINT, include_best=True)
+        write_metrics(trainer.history, out)
+    bar.close()
+    if trainer.best_state is None:
+        raise UserError(f"{out}: no epoch was trained (train.epochs is {cfg.train.epochs}, checkpoint at epoch {trainer.epoch}).")
+    ckpt.save_weights(trainer.best_state, out / ckpt.WEIGHTS)
+    plot_curves(trainer.history, out / "curves.png", title=f"{cfg.model.modality} ({cfg.model.complexity}, lr {cfg.train.lr:g}, batch {cfg.train.batch_size})")
+    best = min(trainer.history, key=lambda h: h[M.VAL_LOSS])
+    log(f"best epoch {best[M.EPOCH]}: val_loss {best[M.VAL_LOSS]:.4f}, val_acc {best[M.VAL_ACC]:.4f}; model in {out / ckpt.WEIGHTS}")
+    return trainer.history
+
+
+def load_trained(run_dir: str | Path) -> tuple[FusionClassifier, RunConfig]:
+    run = Path(run_dir)
+    if not (run / ckpt.WEIGHTS).is_file() or not (run / ckpt.CONFIG).is_file():
+        raise UserError(f"{run}: not a trained model directory (needs {ckpt.WEIGHTS} and {ckpt.CONFIG}; made by `mmsa train`).")
+    cfg, _ = load_config(run / ckpt.CONFIG)
+    model = FusionClassifier(cfg.model)
+    model.load_state_dict(ckpt.load_weights(run / ckpt.WEIGHTS))
+    return model, cfg
+
+
+def predict_run(run_dir: str | Path, data_dir: str | Path | None, out: str | Path | None = None, probs: bool = False,
+                log=print, progress: bool = True) -> Path:
+    """Write predictions.txt (guid,tag in the test file's order) and optionally probabilities.csv."""
+    model, cfg = load_trained(run_dir)
+    if data_dir is not None:
+        cfg = cfg.with_overrides({"data.data_dir": str(data_dir)})
+    test = prepare_split(cfg, "test", log, progress)
+    p = predict_proba(model, test, batch_size=cfg.train.batch_size, device=cfg.train.device)
+    by_guid = {g: i for i, g in enumerate(np.asarray(test.guids))}
+    out = Path(out) if out else Path(run_dir) / "predictions.txt"
+    rows = [r.guid for r in read_rows(cfg.data.data_dir, "test")]
+    lines = ["guid,tag"]
+    for g in rows:  # skipped (bad) samples have no prediction: the file says so instead of dropping the row
+        lines.append(f"{g},{LABELS[int(p[by_guid[g]].argmax())]}" if g in by_guid else f"{g},null")
+    out.write_text("\n".join(lines) + "\n")
+    if probs:
+        with open(out.with_name("probabilities.csv"), "w") as f:
+            f.write("guid," + ",".join(LABELS) + "\n")
+            for g in rows:
+                if g in by_guid:
+                    f.write(g + "," + ",".join(f"{x:.6f}" for x in p[by_guid[g]]) + "\n")
+    log(f"wrote {len(by_guid)} predictions to {out}")
+    return out
+
+
+def ablate_run(cfg: RunConfig, out: str | Path, log=print, progress: bool = True) -> list[dict]:
+    """Train text-only, image-only and fusion with the same settings; write ablation.csv/.md and ablation.png."""
+    from .plots import plot_ablation
+
+    out = Path(out)
+    data = load_train_val(cfg, log, progress)
+    results, histories = [], {}
+    for modality in ("text", "image", "fusion"):
+        sub = cfg.with_overrides({"model.modality": modality})
+        histories[modality] = train_run(sub, out / modality, log=log, progress=progress, data=data)
+        best = min(histories[modality], key=lambda h: h[M.VAL_LOSS])
+        results.append({"modality": modality, M.BEST_EPOCH: best[M.EPOCH], M.VAL_LOSS: best[M.VAL_LOSS],
+                        M.VAL_ACC: best[M.VAL_ACC], M.VAL_F1: best[M.VAL_F1]})
+    with open(out / "ablation.csv", "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=list(results[0]))
+        w.writeheader()
+        w.writerows(results)
+    md = ["| modality | best epoch | val loss | val acc | val macro-F1 |", "|---|---|---|---|---|"]
+    md += [f"| {r['modality']} | {r[M.BEST_EPOCH]} | {r[M.VAL_LOSS]:.4f} | {r[M.VAL_ACC]:.4f} | {r[M.VAL_F1]:.4f} |" for r in results]
+    (out / "ablation.md").write_text("\n".join(md) + "\n")
+    plot_ablation(histories, out / "ablation.png")
+    log("\n".join(md))
+    return results

@@ -1,0 +1,197 @@
+"""THE training loop. Final training, search trials and ablations all run `Trainer.fit`; callers decide what to
+do with the metrics it yields (print, write files, report to Ray)."""
+from __future__ import annotations
+
+import contextlib
+import math
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterator
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from data_pipeline.augment import augment, normalize
+from data_pipeline.batches import batch_indices, collate, prefetch
+from data_pipeline.errors import UserError
+from data_pipeline.labels import LABELS
+from data_pipeline.preprocess import Prepared
+
+from . import checkpoint as ckpt
+from . import metrics as M
+from .config import RunConfig, save_config
+from .fusion import FusionClassifier
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise UserError(f"train.device is {name!r} but CUDA is not available here; use 'auto' or 'cpu'.")
+    return torch.device(name)
+
+
+def _epoch_seed(seed: int, epoch: int, stream: int) -> int:
+    # Each epoch's randomness is a pure function of (seed, epoch), so resuming at epoch k replays k+1... exactly.
+    return (seed * 1_000_003 + epoch * 7_919 + stream) % (2**63)
+
+
+@dataclass
+class Split:
+    train: Prepared
+    val: Prepared
+
+
+class Trainer:
+    def __init__(self, cfg: RunConfig, data: Split, device: str | torch.device | None = None):
+        self.cfg = cfg
+        self.data = data
+        t = cfg.train
+        self.device = torch.device(device) if device is not None else resolve_device(t.device)
+        self.cuda = self.device.type == "cuda"
+        if t.num_threads:
+            torch.set_num_threads(t.num_threads)
+        if self.cuda:
+            torch.backends.cuda.matmul.allow_tf32 = True
+            torch.backends.cudnn.allow_tf32 = True
+        torch.manual_seed(t.seed)
+        self.model = FusionClassifier(cfg.model).to(self.device)
+        if self.cuda and self.model.uses_image:
+            self.model.image.to(memory_format=torch.channels_last)
+        self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=t.lr, weight_decay=t.weight_decay,
+                                           **({"fused": True} if self.cuda else {}))
+        self.scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(self.optimizer, mode="min", factor=t.lr_factor,
+                                                                    patience=t.lr_patience)
+        self.epoch = 0  # epochs finished
+        self.history: list[dict] = []
+        self.best_state: dict[str, torch.Tensor] | None = None
+        self.on_batch = None  # optional callback(train: bool, samples: int), e.g. a progress bar
+
+    # ---- one epoch -------------------------------------------------------------------------------------------
+    def _autocast(self):
+        return torch.autocast("cuda", dtype=torch.bfloat16) if self.cuda else contextlib.nullcontext()
+
+    def _to_device(self, batch: dict) -> dict:
+        if self.cuda:
+            return {k: v.pin_memory().to(self.device, non_blocking=True) for k, v in batch.items()}
+        return batch
+
+    def _forward(self, b: dict, train: bool, gen: torch.Generator | None) -> torch.Tensor:
+        images = None
+        if self.model.uses_image:
+            images = normalize(b["images"])
+            if train:
+                images = augment(images, self.cfg.train.hflip, self.cfg.train.rotation, gen)
+            if self.cuda:
+                images = images.contiguous(memory_format=torch.channels_last)
+        with self._autocast():
+            return self.model(b["input_ids"], b["attention_mask"], images).float()
+
+    def run_epoch(self, data: Prepared, train: bool, seed: int = 0) -> dict:
+        """One pass over data; returns loss, accuracy, macro F1, samples, seconds. Metrics stay on the device
+        until the end of the pass: no host synchronisation per batch."""
+        t = self.cfg.train
+        self.model.train(train)
+        batches = batch_indices(data.lengths, t.batch_size, shuffle=train, bucket=t.bucket_by_length or not train,
+                                seed=_epoch_seed(t.seed, seed, 1))
+        micro = t.micro_batch_size or t.batch_size
+        gen = torch.Generator().manual_seed(_epoch_seed(t.seed, seed, 2))
+        # (micro-batch, size of its optimizer step, last micro-batch of the step?)
+        parts = ((collate(data, part), len(idx), part is chunks[-1])
+                 for idx in batches for chunks in [np.split(idx, range(micro, len(idx), micro))] for part in chunks)
+        loss_sum = torch.zeros((), device=self.device)
+        n_classes = len(LABELS)
+        confusion = torch.zeros(n_classes**2, dtype=torch.long, device=self.device)
+        start, seen = time.perf_counter(), 0
+        with torch.set_grad_enabled(train):
+            for b, step_size, last in prefetch(parts):
+                b = self._to_device(b)
+                logits = self._forward(b, train, gen)
+                loss = F.cross_entropy(logits, b["labels"], reduction="sum")
+                if train:
+                    (loss / step_size).backward()  # summed over micro-batches = one big batch's mean gradient
+                    if last:
+                        self.optimizer.step()
+                        self.optimizer.zero_grad(set_to_none=True)
+                loss_sum += loss.detach()
+                confusion += torch.bincount(b["labels"] * n_classes + logits.argmax(1), minlength=n_classes**2)
+                seen += b["labels"].shape[0]
+                if self.on_batch is not None:
+                    self.on_batch(train, b["labels"].shape[0])
+        if self.cuda:
+            torch.cuda.synchronize()
+        secs = time.perf_counter() - start
+        conf = confusion.view(n_classes, n_classes).cpu()
+        return {"loss": float(loss_sum) / max(seen, 1), "acc": float(conf.diag().sum()) / max(seen, 1),
+                "f1": M.macro_f1(conf), "samples": seen, "seconds": secs}
+
+    # ---- the loop ---------------------------------------------------------------------------------------------
+    def should_stop(self) -> bool:
+        p = self.cfg.train.patience
+        if p == 0 or len(self.history) <= p:
+            return False
+        losses = [h[M.VAL_LOSS] for h in self.history[-(p + 1):]]
+        return all(b > a for a, b in zip(losses, losses[1:]))
+
+    def fit(self) -> Iterator[dict]:
+        """Train until cfg.train.epochs or early stop, yielding each epoch's metrics (names from model.metrics)."""
+        t = self.cfg.train
+        while self.epoch < t.epochs and not self.should_stop():
+            torch.manual_seed(_epoch_seed(t.seed, self.epoch, 0))  # dropout
+            lr = self.optimizer.param_groups[0]["lr"]
+            tr = self.run_epoch(self.data.train, train=True, seed=self.epoch)
+            va = self.run_epoch(self.data.val, train=False, seed=self.epoch)
+            if not math.isfinite(tr["loss"]):
+                raise FloatingPointError(f"training loss is {tr['loss']} at epoch {self.epoch + 1}; lower train.lr")
+            self.scheduler.step(va["loss"])
+            self.epoch += 1
+            best = min([h[M.VAL_LOSS] for h in self.history] + [va["loss"]])
+            if va["loss"] <= best:
+                self.best_state = {k: v.detach().to("cpu", copy=True) for k, v in self.model.state_dict().items()}
+            row = {M.EPOCH: self.epoch, M.TRAIN_LOSS: tr["loss"], M.VAL_LOSS: va["loss"], M.VAL_ACC: va["acc"],
+                   M.VAL_F1: va["f1"], M.LR: lr, M.SPS: tr["samples"] / max(tr["seconds"], 1e-9), M.BEST_VAL_LOSS: best}
+            row[M.BEST_EPOCH] = min((h for h in self.history + [row]), key=lambda h: h[M.VAL_LOSS])[M.EPOCH]
+            self.history.append(row)
+            yield row
+
+    # ---- checkpoints ------------------------------------------------------------------------------------------
+    def save_checkpoint(self, path: str | Path, include_best: bool = True) -> Path:
+        def write(tmp: Path):
+            ckpt.save_weights(self.model.state_dict(), tmp / ckpt.WEIGHTS)
+            if include_best and self.best_state is not None:
+                ckpt.save_weights(self.best_state, tmp / ckpt.BEST_WEIGHTS)
+            state = {"optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict(),
+                     "epoch": self.epoch, "history": self.history, "torch_rng": torch.get_rng_state()}
+            torch.save(state, tmp / ckpt.STATE)
+            save_config(self.cfg, tmp / ckpt.CONFIG)
+
+        return ckpt.write_atomic_dir(path, write)
+
+    def load_checkpoint(self, path: str | Path) -> None:
+        path = Path(path)
+        self.model.load_state_dict(ckpt.load_weights(path / ckpt.WEIGHTS))
+        state = ckpt.load_state(path / ckpt.STATE)
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
+        self.epoch = int(state["epoch"])
+        self.history = list(state["history"])
+        torch.set_rng_state(state["torch_rng"])
+        best = path / ckpt.BEST_WEIGHTS
+        self.best_state = ckpt.load_weights(best) if best.is_file() else None
+
+
+@torch.no_grad()
+def predict_proba(model: FusionClassifier, data: Prepared, batch_size: int = 128, device: str = "auto") -> np.ndarray:
+    """Class probabilities (N, 3) in the row order of data."""
+    dev = resolve_device(device)
+    model.to(dev).eval()
+    out = np.zeros((len(data), len(LABELS)), dtype=np.float32)
+    for idx in batch_indices(data.lengths, batch_size, shuffle=False, bucket=True):
+        b = {k: v.to(dev) for k, v in collate(data, idx).items()}
+        images = normalize(b["images"]) if model.uses_image else None
+        with torch.autocast("cuda", dtype=torch.bfloat16) if dev.type == "cuda" else contextlib.nullcontext():
+            logits = model(b["input_ids"], b["attention_mask"], images).float()
+        out[b["index"].cpu().numpy()] = torch.softmax(logits, 1).cpu().numpy()
+    return out

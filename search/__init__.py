@@ -1,0 +1,1 @@
+"""The search layer and the `mmsa` command line. The only package that imports Ray or Optuna."""
