@@ -17,7 +17,7 @@ TINY_RESNET = "resnet10.safetensors"
 SPECIAL = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
 
 
-def make_tiny_pretrained(out: str | Path, seed: int = 0) -> dict[str, Path]:
+def make_tiny_pretrained(out: str | Path, seed: int = 0, dropout: float = 0.1) -> dict[str, Path]:
     """A tiny BERT in Hugging Face format (config.json, vocab.txt, model.safetensors) and a tiny ResNet
     state dict, loaded by exactly the same code as the real ones."""
     from transformers import BertConfig, BertModel, BertTokenizerFast
@@ -31,7 +31,8 @@ def make_tiny_pretrained(out: str | Path, seed: int = 0) -> dict[str, Path]:
     (bert_dir / "vocab.txt").write_text("\n".join(vocab) + "\n")
     torch.manual_seed(seed)
     cfg = BertConfig(vocab_size=len(vocab), hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
-                     intermediate_size=64, max_position_embeddings=512)
+                     intermediate_size=64, max_position_embeddings=512,
+                     hidden_dropout_prob=dropout, attention_probs_dropout_prob=dropout)
     BertModel(cfg, add_pooling_layer=False).save_pretrained(bert_dir, safe_serialization=True)
     # Build the tokenizer through from_pretrained, the same path as bert-base-uncased (constructor arguments
     # differ across transformers releases; the files do not), then save its fast tokenizer.json too.

@@ -1,0 +1,147 @@
+import csv
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from data_pipeline.labels import LABELS
+from data_pipeline.preprocess import Prepared
+from model import metrics as M
+from model.checkpoint import STATE
+from model.run import ablate_run, load_train_val, predict_run, train_run
+from model.train import Split, Trainer
+from search.cli import main
+
+
+@pytest.fixture(scope="module")
+def split(demo_cfg):
+    return load_train_val(demo_cfg, progress=False)
+
+
+def _cfg(demo_cfg, **flat):
+    return demo_cfg.with_overrides(flat)
+
+
+def test_training_reduces_val_loss(demo_cfg, split):
+    cfg = _cfg(demo_cfg, epochs=4, patience=0)
+    t = Trainer(cfg, split)
+    before = t.run_epoch(split.val, train=False)["loss"]
+    hist = list(t.fit())
+    assert [h[M.EPOCH] for h in hist] == [1, 2, 3, 4]
+    assert set(M.EPOCH_METRICS) == set(hist[0])
+    assert min(h[M.VAL_LOSS] for h in hist) < 0.7 * before
+    assert hist[-1][M.TRAIN_LOSS] < hist[0][M.TRAIN_LOSS]
+    assert all(h[M.SPS] > 0 and 0 <= h[M.VAL_ACC] <= 1 for h in hist)
+
+
+def test_fusion_beats_text_only_and_image_only(demo_cfg, tmp_path):
+    results = {r["modality"]: r for r in ablate_run(demo_cfg, tmp_path, log=lambda *_: None, progress=False)}
+    assert results["fusion"][M.VAL_ACC] > results["text"][M.VAL_ACC] + 0.05
+    assert results["fusion"][M.VAL_ACC] > results["image"][M.VAL_ACC] + 0.05
+    table = (tmp_path / "ablation.md").read_text()
+    assert "| fusion |" in table and "| text |" in table and "| image |" in table
+    assert (tmp_path / "ablation.png").stat().st_size > 10_000
+
+
+def test_ablation_branches_are_absent(demo_cfg, split):
+    t = Trainer(_cfg(demo_cfg, modality="text"), split)
+    assert not hasattr(t.model, "image") and hasattr(t.model, "text")
+    t = Trainer(_cfg(demo_cfg, modality="image"), split)
+    assert not hasattr(t.model, "text") and t.model.head[0].in_features == 128
+
+
+def test_widths_follow_complexity_and_backbones(demo_cfg, split):
+    high = Trainer(_cfg(demo_cfg, complexity="high"), split).model
+    assert high.text_proj.in_features == 32 and high.image_proj.in_features == 512  # from the tiny backbones
+    assert (high.text_proj.out_features, high.image_proj.out_features, high.head[0].out_features) == (256, 256, 128)
+    low = Trainer(_cfg(demo_cfg, complexity="low"), split).model
+    assert (low.text_proj.out_features, low.image_proj.out_features, low.head[0].out_features) == (128, 128, 64)
+    assert low.head[-1].out_features == 3
+
+
+def test_resume_gives_the_same_metrics(demo_cfg, split, tmp_path):
+    cfg = _cfg(demo_cfg, epochs=4, patience=0)
+    straight = list(Trainer(cfg, split).fit())
+    first = Trainer(cfg, split)
+    for h in first.fit():
+        if h[M.EPOCH] == 2:
+            first.save_checkpoint(tmp_path / "ck")
+            break
+    resumed = Trainer(cfg, split)
+    resumed.load_checkpoint(tmp_path / "ck")
+    assert resumed.epoch == 2
+    rest = list(resumed.fit())
+    assert [h[M.EPOCH] for h in rest] == [3, 4]
+    for a, b in zip(straight[2:], rest):
+        for k in (M.TRAIN_LOSS, M.VAL_LOSS, M.VAL_ACC, M.VAL_F1, M.LR):
+            assert a[k] == pytest.approx(b[k], rel=1e-5, abs=1e-7), k
+    # the state file holds only tensors and plain values: it loads with weights_only=True
+    state = torch.load(tmp_path / "ck" / STATE, weights_only=True)
+    assert state["epoch"] == 2 and "optimizer" in state and "scheduler" in state and "torch_rng" in state
+
+
+def test_gradient_accumulation_matches_one_big_batch(tmp_path, demo_dir):
+    from model.pretrained import make_tiny_pretrained
+    from search.demo import demo_config
+
+    # No dropout anywhere, so a micro-batched step and a whole-batch step do the same arithmetic.
+    # (BatchNorm layers in the ResNet see smaller batches, so the image branch is not exactly equivalent.)
+    make_tiny_pretrained(tmp_path, dropout=0.0)
+    cfg = demo_config(demo_dir, tmp_path).with_overrides({"modality": "text", "dropout": 0.0, "batch_size": 64})
+    data = load_train_val(cfg, progress=False)
+    one = Split(data.train.subset(np.arange(64)), data.val)
+    params = []
+    for micro in (0, 16):
+        t = Trainer(cfg.with_overrides({"micro_batch_size": micro}), one)
+        t.run_epoch(one.train, train=True)
+        params.append(torch.cat([p.detach().flatten() for p in t.model.parameters()]))
+    assert torch.allclose(params[0], params[1], atol=1e-6)
+
+
+def test_early_stop_after_patience_rises(demo_cfg, split):
+    t = Trainer(_cfg(demo_cfg, patience=2), split)
+    t.history = [{M.VAL_LOSS: v} for v in (0.9, 0.5, 0.6)]
+    assert not t.should_stop()
+    t.history.append({M.VAL_LOSS: 0.7})
+    assert t.should_stop()
+    t.history.append({M.VAL_LOSS: 0.4})
+    assert not t.should_stop()
+
+
+def test_train_and_predict_cli(demo_cfg, demo_dir, tmp_path, capsys):
+    from model.config import save_config
+
+    save_config(demo_cfg, tmp_path / "cfg.yaml")
+    run = tmp_path / "run"
+    assert main(["train", "--config", str(tmp_path / "cfg.yaml"), "--out", str(run), "--epochs", "2", "--quiet"]) == 0
+    for f in ("model.safetensors", "config.yaml", "metrics.json", "metrics.csv", "curves.png", "checkpoint/trainer_state.pt"):
+        assert (run / f).is_file(), f
+    hist = json.loads((run / "metrics.json").read_text())
+    assert [h["epoch"] for h in hist] == [1, 2]
+    assert list(csv.DictReader(open(run / "metrics.csv")))[1]["val_loss"] == str(hist[1]["val_loss"])
+    assert main(["train", "--config", str(tmp_path / "cfg.yaml"), "--out", str(run), "--epochs", "3", "--resume", "--quiet"]) == 0
+    assert [h["epoch"] for h in json.loads((run / "metrics.json").read_text())] == [1, 2, 3]
+    assert main(["predict", "--model", str(run), "--data", str(demo_dir), "--probs", "--quiet"]) == 0
+    lines = (run / "predictions.txt").read_text().splitlines()
+    test_guids = [l.split(",")[0] for l in (demo_dir / "test_without_label.txt").read_text().splitlines()[1:]]
+    assert lines[0] == "guid,tag" and [l.split(",")[0] for l in lines[1:]] == test_guids
+    assert all(l.split(",")[1] in LABELS for l in lines[1:])
+    probs = np.loadtxt(run / "probabilities.csv", delimiter=",", skiprows=1, usecols=(1, 2, 3))
+    assert np.allclose(probs.sum(1), 1, atol=1e-4)
+
+
+def test_train_cli_refuses_bad_config(tmp_path, capsys):
+    (tmp_path / "bad.yaml").write_text("train:\n  batch_sise: 32\n")
+    assert main(["train", "--config", str(tmp_path / "bad.yaml"), "--out", str(tmp_path / "r")]) == 2
+    err = capsys.readouterr().err
+    assert "bad.yaml: train: unknown key(s) ['batch_sise']" in err
+    assert main(["train", "--out", str(tmp_path / "r"), "--data", str(tmp_path)]) == 2
+    assert "no data/ folder" in capsys.readouterr().err
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_cuda_bf16_epoch(demo_cfg, split):
+    t = Trainer(_cfg(demo_cfg, epochs=1, device="cuda"), split)
+    h = next(t.fit())
+    assert np.isfinite(h[M.VAL_LOSS]) and next(t.model.parameters()).is_cuda
