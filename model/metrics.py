@@ -14,9 +14,11 @@ BEST_VAL_LOSS = "best_val_loss"  # lowest val_loss up to this epoch
 BEST_EPOCH = "best_epoch"  # the epoch that reached best_val_loss
 EPOCH_METRICS = (EPOCH, TRAIN_LOSS, VAL_LOSS, VAL_ACC, VAL_F1, LR, SPS, BEST_VAL_LOSS, BEST_EPOCH)
 
-# What "best" means everywhere (ASHA, Optuna, checkpoint retention, export): the lowest validation loss.
+# What "best" means everywhere (checkpoint retention, export, final training): the lowest validation loss.
 OPT_METRIC = VAL_LOSS
 OPT_MODE = "min"
+# ASHA and Optuna compare trials by the best val loss reached so far, so one noisy epoch does not decide a rung.
+SEARCH_METRIC = BEST_VAL_LOSS
 
 
 def macro_f1(confusion: torch.Tensor) -> float:

@@ -36,10 +36,20 @@ def _run_config(args):
     else:
         cfg, extras = RunConfig(), {}
     flat = _overrides(args)
-    best_epoch = (extras.get("search") or {}).get("best_epoch")
-    if best_epoch and "train.epochs" not in flat:
-        flat["train.epochs"] = int(best_epoch)  # an exported search result trains for its best epoch count
-    return cfg.with_overrides(flat, source="command line") if flat else cfg
+    exported = extras.get("search") or {}
+    if exported.get("best_epoch") and "train.epochs" not in flat:
+        flat["train.epochs"] = int(exported["best_epoch"])  # an exported search result trains for its best epoch count
+    cfg = cfg.with_overrides(flat, source="command line") if flat else cfg
+    if exported.get("data_fingerprint") and not getattr(args, "allow_other_data", False):
+        from data_pipeline.preprocess import data_fingerprint
+
+        if data_fingerprint(cfg.data.data_dir, "train") != exported["data_fingerprint"]:
+            raise UserError(
+                f"{args.config} was exported from a search on other data ({exported.get('data_dir')}) than "
+                f"{cfg.data.data_dir}: its hyperparameters and best epoch were chosen for that dataset. "
+                "Pass --allow-other-data to train with them anyway."
+            )
+    return cfg
 
 
 def _add_run_options(p: argparse.ArgumentParser, data_required: bool = False) -> None:
@@ -53,6 +63,8 @@ def _add_run_options(p: argparse.ArgumentParser, data_required: bool = False) ->
     p.add_argument("--skip-bad", action="store_true", help="leave out unreadable samples instead of failing")
     p.add_argument("--set", action="append", metavar="KEY=VALUE", help="any config key, e.g. --set model.complexity=high")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
+    p.add_argument("--allow-other-data", action="store_true",
+                   help="use a `mmsa export` file with data other than the search's (refused by default)")
 
 
 # ---- handlers -----------------------------------------------------------------------------------------------
@@ -118,7 +130,52 @@ def cmd_ablate(args) -> int:
 def cmd_demo(args) -> int:
     from .demo import run_demo
 
-    run_demo(args.out, quiet=args.quiet)
+    run_demo(args.out, quiet=args.quiet, num_samples=args.num_samples)
+    return 0
+
+
+def cmd_search(args) -> int:
+    from .space import load_spec
+    from .tuner import run_search
+
+    spec = load_spec(args.space)
+    flat = {"data.data_dir": str(args.data)}
+    if args.skip_bad:
+        flat["data.skip_bad"] = True
+    spec.fixed = spec.fixed.with_overrides(flat, source="command line")
+    for name in ("gpus_per_trial", "cpus_per_trial", "max_concurrent", "seed"):
+        if getattr(args, name) is not None:
+            setattr(spec.search, name, getattr(args, name))
+    run_search(spec, args.num_samples, args.name, str(args.storage), address=args.address,
+               shared_storage=args.shared_storage, optuna_storage=args.optuna_storage, verbose=args.verbose)
+    exp = Path(args.storage) / args.name
+    print(f"search finished: `mmsa status {exp}` for the table, `mmsa export {exp} -o best.yaml` for the best config")
+    return 0
+
+
+def cmd_resume(args) -> int:
+    from .tuner import resume_search
+
+    resume_search(args.experiment, address=args.address, verbose=args.verbose)
+    print(f"search finished: `mmsa status {args.experiment}`, `mmsa export {args.experiment} -o best.yaml`")
+    return 0
+
+
+def cmd_status(args) -> int:
+    from .results import status_table
+
+    print(status_table(args.experiment))
+    return 0
+
+
+def cmd_export(args) -> int:
+    from .results import export_best
+
+    info = export_best(args.experiment, args.output)
+    m = info["metrics"]
+    print(f"best trial {info['trial_id']}: epoch {info['best_epoch']}, val_loss {m['val_loss']:.4f}, "
+          f"val_acc {m['val_acc']:.4f}\nwrote {args.output}; train the final model with "
+          f"`mmsa train --config {args.output} --out runs/final`")
     return 0
 
 
@@ -131,6 +188,40 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", type=Path, default=Path("demo"), help="where everything goes (default ./demo)")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.set_defaults(fn=cmd_demo)
+
+    p.add_argument("--num-samples", type=int, default=12, help="search trials (default 12)")
+
+    p = sub.add_parser("search", help="hyperparameter search: Optuna proposes, ASHA stops, one GPU per trial")
+    p.add_argument("--data", type=Path, required=True, help="dataset directory")
+    p.add_argument("--space", type=Path, help="search-space YAML (default: the lab's lr/batch/complexity space; see docs/search.md)")
+    p.add_argument("--num-samples", type=int, required=True, help="number of trials")
+    p.add_argument("--name", required=True, help="experiment name: results go to STORAGE/NAME")
+    p.add_argument("--storage", default="ray_results", help="results directory, or s3://... / gs://... (shared on clusters)")
+    p.add_argument("--address", help="Ray cluster to join: auto or HOST:PORT (default: a fresh local instance)")
+    p.add_argument("--shared-storage", action="store_true", help="--storage is a path shared by all nodes (e.g. NFS)")
+    p.add_argument("--gpus-per-trial", type=float, help="GPUs per trial (fractions pack trials on one GPU; default 1 when there are GPUs)")
+    p.add_argument("--cpus-per-trial", type=float, help="CPU cores per trial (default 1)")
+    p.add_argument("--max-concurrent", type=int, help="trials at once (default: what the cluster holds)")
+    p.add_argument("--seed", type=int, help="Optuna sampler seed")
+    p.add_argument("--optuna-storage", help="e.g. sqlite:///optuna.db, to watch with optuna-dashboard")
+    p.add_argument("--skip-bad", action="store_true", help="leave out unreadable samples instead of failing")
+    p.add_argument("--verbose", type=int, default=1, choices=(0, 1, 2), help="Ray's status output (0 silent, 1 concise)")
+    p.set_defaults(fn=cmd_search)
+
+    p = sub.add_parser("resume", help="continue an interrupted search where it stopped")
+    p.add_argument("experiment", type=Path, help="experiment directory, e.g. ray_results/NAME")
+    p.add_argument("--address", help="Ray cluster to join (default: a fresh local instance)")
+    p.add_argument("--verbose", type=int, default=1, choices=(0, 1, 2))
+    p.set_defaults(fn=cmd_resume)
+
+    p = sub.add_parser("status", help="table of a search's trials: config, epochs, best val loss/acc, state, error")
+    p.add_argument("experiment", type=Path)
+    p.set_defaults(fn=cmd_status)
+
+    p = sub.add_parser("export", help="write the best trial's config (best epoch, metrics, checkpoint) as YAML")
+    p.add_argument("experiment", type=Path)
+    p.add_argument("-o", "--output", type=Path, default=Path("best.yaml"))
+    p.set_defaults(fn=cmd_export)
 
     p = sub.add_parser("check-data", help="validate a dataset and describe it (rows, labels, encodings, images, bad files)")
     p.add_argument("dir", type=Path, help="dataset directory (train.txt, test_without_label.txt, data/)")

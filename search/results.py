@@ -1,0 +1,126 @@
+"""Reading a finished or interrupted search from disk: `mmsa status` and `mmsa export`.
+
+Reads Ray Tune's files directly (result.json per trial, the latest experiment_state-*.json for trial states), so it
+needs no running Ray and works on a copy of the experiment directory.
+"""
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import yaml
+
+from data_pipeline.errors import UserError
+from model import metrics as M
+from model.config import RunConfig, save_config
+
+from .tuner import read_meta
+
+
+@dataclass
+class TrialSummary:
+    trial_id: str
+    path: Path
+    config: dict
+    state: str
+    results: list[dict] = field(default_factory=list)
+    error: str = ""
+    failures: int = 0
+
+    @property
+    def best(self) -> dict | None:
+        return min(self.results, key=lambda r: r[M.VAL_LOSS]) if self.results else None
+
+    @property
+    def epochs(self) -> list[int]:
+        return [r[M.EPOCH] for r in self.results]
+
+
+def _states(exp: Path) -> dict[str, dict]:
+    files = sorted(exp.glob("experiment_state-*.json"), key=lambda p: p.stat().st_mtime)
+    if not files:
+        return {}
+    out = {}
+    for meta_s, runtime_s in json.loads(files[-1].read_text())["trial_data"]:
+        meta = json.loads(meta_s) if isinstance(meta_s, str) else meta_s
+        rt = json.loads(runtime_s) if isinstance(runtime_s, str) else runtime_s
+        out[meta["trial_id"]] = {"state": meta.get("status", "?"), "failures": rt.get("num_failures", 0)}
+    return out
+
+
+def _error_reason(trial_dir: Path) -> str:
+    f = trial_dir / "error.txt"
+    if not f.is_file():
+        return ""
+    lines = [l.strip() for l in f.read_text(errors="replace").splitlines() if l.strip()]
+    # The last line of a traceback names the exception; our own messages put the fix in it.
+    return lines[-1][:300] if lines else "error"
+
+
+def load_trials(exp_dir: str | Path) -> list[TrialSummary]:
+    exp = Path(exp_dir)
+    read_meta(exp)  # refuses directories that are not searches
+    states = _states(exp)
+    trials = []
+    for d in sorted(p for p in exp.iterdir() if p.is_dir() and (p / "params.json").is_file()):
+        rows = []
+        if (d / "result.json").is_file():
+            rows = [json.loads(l) for l in (d / "result.json").read_text().splitlines() if l.strip()]
+        tid = rows[0]["trial_id"] if rows else d.name.removeprefix("trial_")
+        st = states.get(tid, {"state": "PENDING", "failures": 0})
+        trials.append(TrialSummary(tid, d, json.loads((d / "params.json").read_text()), st["state"],
+                                   [r for r in rows if M.VAL_LOSS in r], _error_reason(d), st["failures"]))
+    return trials
+
+
+def _space_keys(meta: dict) -> list[str]:
+    return list(meta["spec"]["space"])
+
+
+def _get(config: dict, key: str):
+    sec, name = key.split(".")
+    return config.get(sec, {}).get(name)
+
+
+def status_table(exp_dir: str | Path) -> str:
+    meta = read_meta(exp_dir)
+    trials = load_trials(exp_dir)
+    keys = _space_keys(meta)
+    head = ["trial", "state", *[k.split(".")[1] for k in keys], "epochs", "best val_loss", "val_acc", "best epoch", "error"]
+    rows = []
+    for t in sorted(trials, key=lambda t: (t.best is None, t.best[M.VAL_LOSS] if t.best else 0)):
+        b = t.best
+        vals = [f"{v:.3g}" if isinstance(v, float) else str(v) for v in (_get(t.config, k) for k in keys)]
+        rows.append([t.trial_id, t.state, *vals, str(len(t.results)), f"{b[M.VAL_LOSS]:.4f}" if b else "-",
+                     f"{b[M.VAL_ACC]:.4f}" if b else "-", str(b[M.EPOCH]) if b else "-", t.error or ""])
+    widths = [max(len(str(x)) for x in col) for col in zip(head, *rows)]
+    fmt = lambda r: "  ".join(str(x).ljust(w) for x, w in zip(r, widths)).rstrip()
+    done = sum(t.state == "TERMINATED" for t in trials)
+    summary = f"{meta['name']}: {len(trials)} of {meta['num_samples']} trials started, {done} terminated, " \
+              f"{sum(t.state == 'ERROR' for t in trials)} errored; data {meta['data_dir']}"
+    return "\n".join([summary, fmt(head), *(fmt(r) for r in rows)])
+
+
+def best_trial(exp_dir: str | Path) -> TrialSummary:
+    usable = [t for t in load_trials(exp_dir) if t.state != "ERROR" and t.results]
+    if not usable:
+        raise UserError(f"{exp_dir}: no trial has reported a result yet (errored trials are ignored); see `mmsa status {exp_dir}`.")
+    return min(usable, key=lambda t: t.best[M.VAL_LOSS])
+
+
+def export_best(exp_dir: str | Path, out: str | Path) -> dict:
+    """Write the best trial's run config plus a `search:` section (best epoch, metrics, checkpoint, data
+    fingerprint); `mmsa train --config OUT` trains it for the best epoch count."""
+    exp = Path(exp_dir).resolve()
+    meta = read_meta(exp)
+    t = best_trial(exp)
+    b = t.best
+    ck = t.path / b["checkpoint_dir_name"] if b.get("checkpoint_dir_name") else None
+    cfg = RunConfig.from_dict(t.config, source=f"{t.path / 'params.json'}")
+    info = {"experiment": str(exp), "trial_id": t.trial_id, "best_epoch": int(b[M.EPOCH]),
+            "metrics": {k: float(b[k]) for k in (M.VAL_LOSS, M.VAL_ACC, M.VAL_F1, M.TRAIN_LOSS)},
+            "checkpoint": str(ck) if ck is not None and ck.is_dir() else None,
+            "data_dir": meta["data_dir"], "data_fingerprint": meta["data_fingerprint"]}
+    save_config(cfg, out, extras={"search": info})
+    return info

@@ -1,0 +1,144 @@
+"""Search-space YAML: what Optuna proposes, what stays fixed, and how the search runs. Validated up front.
+
+```yaml
+space:                       # sampled per trial; keys are run-config keys (section.key)
+  train.lr: {loguniform: [1.0e-6, 1.0e-4]}
+  train.batch_size: {choice: [16, 32, 64, 128]}
+  model.complexity: {choice: [high, low]}
+fixed:                       # the same for every trial (a run config: data/model/train sections)
+  train: {epochs: 6}
+search:                      # scheduler, searcher and resources (SearchConfig below)
+  grace_period: 1
+```
+"""
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from pathlib import Path
+
+from data_pipeline.errors import UserError
+from model.config import RunConfig, build_section, opt, read_yaml
+
+DISTRIBUTIONS = ("loguniform", "uniform", "randint", "choice")
+TOP_KEYS = ("space", "fixed", "search")
+
+
+@dataclass
+class SearchConfig:
+    seed: int = opt(0, "seed of Optuna's TPE sampler", lo=0)
+    grace_period: int = opt(1, "ASHA: epochs every trial runs before it can be stopped", lo=1)
+    reduction_factor: int = opt(2, "ASHA: keep the best 1/reduction_factor of trials at each rung", lo=2)
+    keep_checkpoints: int = opt(2, "checkpoints kept per trial, the best by val_loss", lo=1)
+    max_failures: int = opt(2, "retries of a trial whose process died, from its last checkpoint", lo=0)
+    cpus_per_trial: float = opt(1.0, "CPU cores reserved per trial", lo=0.0, lo_open=True)
+    gpus_per_trial: float = opt(-1.0, "GPUs per trial: -1 = 1 when the cluster has GPUs else 0; fractions pack trials", lo=-1.0, hi=64.0)
+    max_concurrent: int = opt(0, "trials at once; 0 = as many as the cluster's GPUs (or CPUs) hold", lo=0)
+
+
+@dataclass
+class Dist:
+    kind: str
+    args: list
+
+    def to_tune(self):
+        from ray import tune
+
+        if self.kind == "choice":
+            return tune.choice(self.args)
+        return {"loguniform": tune.loguniform, "uniform": tune.uniform, "randint": tune.randint}[self.kind](*self.args)
+
+
+@dataclass
+class SearchSpec:
+    space: dict[str, Dist]
+    fixed: RunConfig
+    search: SearchConfig
+    source: str = "space"
+
+    def param_space(self) -> dict:
+        """Ray's config dict: the fixed run config with the sampled keys replaced by distributions."""
+        d = self.fixed.to_dict()
+        for key, dist in self.space.items():
+            sec, name = key.split(".")
+            d[sec][name] = dist.to_tune()
+        return d
+
+
+def default_space_yaml() -> str:
+    return """\
+# The lab's search: lr log-uniform in [1e-6, 1e-4], batch size and complexity as the lab tried them.
+space:
+  train.lr: {loguniform: [1.0e-6, 1.0e-4]}
+  train.batch_size: {choice: [16, 32, 64, 128]}
+  model.complexity: {choice: [high, low]}
+fixed:
+  train: {epochs: 6}
+search:
+  grace_period: 1
+  reduction_factor: 2
+"""
+
+
+def _check_value(fixed: RunConfig, key: str, value, where: str) -> None:
+    try:
+        fixed.with_overrides({key: value}, source=where)
+    except UserError as e:
+        raise UserError(f"{where}: value {value!r} is not valid for {key} ({e})") from None
+
+
+def parse_spec(d: dict, source: str) -> SearchSpec:
+    unknown = set(d) - set(TOP_KEYS)
+    if unknown:
+        raise UserError(f"{source}: unknown key(s) {sorted(unknown)}; expected {', '.join(TOP_KEYS)}.")
+    fixed = RunConfig.from_dict(d.get("fixed") or {}, f"{source}: fixed")
+    search = build_section(SearchConfig, d.get("search") or {}, f"{source}: search")
+    space_d = d.get("space") or {}
+    if not isinstance(space_d, dict) or not space_d:
+        raise UserError(f"{source}: 'space' must map run-config keys (e.g. train.lr) to distributions.")
+    space: dict[str, Dist] = {}
+    sections = fixed.to_dict()
+    for key, spec in space_d.items():
+        where = f"{source}: space.{key}"
+        sec, _, name = str(key).partition(".")
+        if sec not in sections or name not in sections[sec]:
+            raise UserError(f"{where}: unknown key; use section.key with a run-config key, e.g. train.lr.")
+        if not isinstance(spec, dict) or len(spec) != 1 or next(iter(spec)) not in DISTRIBUTIONS:
+            raise UserError(f"{where}: expected one of {{{', '.join(k + ': ...' for k in DISTRIBUTIONS)}}}.")
+        kind, args = next(iter(spec.items()))
+        if not isinstance(args, list) or not args:
+            raise UserError(f"{where}: {kind} needs a non-empty list" + (" of values." if kind == "choice" else " [low, high]."))
+        if kind == "choice":
+            for v in args:
+                _check_value(fixed, key, v, where)
+        else:
+            if len(args) != 2:
+                raise UserError(f"{where}: {kind} needs [low, high].")
+            try:
+                lo, hi = (float(a) for a in args)
+            except (TypeError, ValueError):
+                raise UserError(f"{where}: {kind} bounds must be numbers, got {args}.") from None
+            if not lo < hi:
+                raise UserError(f"{where}: low {args[0]} must be below high {args[1]}.")
+            if kind == "loguniform" and lo <= 0:
+                raise UserError(f"{where}: loguniform needs low > 0.")
+            if kind == "randint":
+                lo, hi = int(lo), int(hi)
+            args = [lo, hi]
+            _check_value(fixed, key, lo, where)
+            _check_value(fixed, key, hi - 1 if kind == "randint" else hi, where)
+        space[f"{sec}.{name}"] = Dist(kind, args)
+    return SearchSpec(space, fixed, search, source)
+
+
+def load_spec(path: str | Path | None) -> SearchSpec:
+    if path is None:
+        import yaml
+
+        return parse_spec(yaml.safe_load(default_space_yaml()), "default space")
+    return parse_spec(read_yaml(path), str(path))
+
+
+def spec_to_dict(spec: SearchSpec) -> dict:
+    return {"space": {k: {d.kind: d.args} for k, d in spec.space.items()}, "fixed": spec.fixed.to_dict(),
+            "search": dataclasses.asdict(spec.search)}

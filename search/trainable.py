@@ -1,0 +1,36 @@
+"""The Ray Tune trainable: the one training loop, reporting once per epoch with a checkpoint."""
+from __future__ import annotations
+
+import logging
+import tempfile
+from pathlib import Path
+
+from model import metrics as M
+from model.config import RunConfig
+from model.train import Split, Trainer
+
+FINISHED = "finished"  # 1 when the trial ended by itself (all epochs, or val loss rose `patience` epochs in a row)
+DEVICE = "device"  # where the trial trained: cuda or cpu (CPU fallback where a GPU was reserved but CUDA is absent)
+GPU_IDS = "gpu_ids"  # the GPU ids Ray gave this trial, comma-separated (per node: pair with node_id)
+NODE_ID = "node_id"
+
+
+def train_trial(config: dict, data: Split) -> None:
+    cfg = RunConfig.from_dict(config, source="trial config")  # Ray's dict -> typed configs, first thing
+    import ray
+    from ray import tune
+
+    logging.getLogger("ray.train._internal.storage").setLevel(logging.WARNING)  # one line per checkpoint is noise
+
+    trainer = Trainer(cfg, data)
+    checkpoint = tune.get_checkpoint()
+    if checkpoint is not None:  # a resumed search or a retried trial continues after its last epoch
+        with checkpoint.as_directory() as d:
+            trainer.load_checkpoint(Path(d))
+    ctx = ray.get_runtime_context()
+    where = {DEVICE: trainer.device.type, GPU_IDS: ",".join(str(g) for g in ray.get_gpu_ids()), NODE_ID: ctx.get_node_id()}
+    for row in trainer.fit():
+        finished = trainer.epoch >= cfg.train.epochs or trainer.should_stop()
+        with tempfile.TemporaryDirectory() as tmp:
+            ck = trainer.save_checkpoint(Path(tmp) / "checkpoint", include_best=False)
+            tune.report({**row, FINISHED: int(finished), **where}, checkpoint=tune.Checkpoint.from_directory(str(ck)))

@@ -1,0 +1,42 @@
+"""OptunaSearch that tells Optuna what really happened to each trial.
+
+Ray's OptunaSearch reports the last result of every trial as COMPLETE, so a trial ASHA stopped after one epoch
+looks to TPE like a finished trial whose final loss is its epoch-1 loss. Here:
+- a trial that ended by itself (all epochs, or its val loss rose `patience` epochs in a row) is COMPLETE with its
+  best val loss;
+- a trial ASHA stopped is PRUNED: TPE then uses its intermediate values (best val loss per epoch, reported every
+  epoch) and ranks it below completed trials, which is what ASHA decided;
+- a trial that errored is FAIL. See docs/search.md.
+"""
+from __future__ import annotations
+
+import logging
+
+from optuna.trial import TrialState
+from ray.tune.search.optuna import OptunaSearch
+
+from model import metrics as M
+
+from .trainable import FINISHED
+
+log = logging.getLogger(__name__)
+
+
+def optuna_state(result: dict | None, error: bool) -> tuple[TrialState, float | None]:
+    if error or not result or result.get(M.SEARCH_METRIC) is None:
+        return TrialState.FAIL, None
+    if result.get(FINISHED):
+        return TrialState.COMPLETE, float(result[M.SEARCH_METRIC])
+    return TrialState.PRUNED, None
+
+
+class TruthfulOptunaSearch(OptunaSearch):
+    def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False) -> None:
+        if trial_id in self._completed_trials or trial_id not in self._ot_trials:
+            return
+        state, value = optuna_state(result, error)
+        try:
+            self._ot_study.tell(self._ot_trials[trial_id], value, state=state)
+        except Exception as e:  # e.g. a NaN loss: Optuna refuses it; the trial stays out of the model
+            log.warning("optuna refused the result of trial %s: %s", trial_id, e)
+        self._completed_trials.add(trial_id)

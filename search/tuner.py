@@ -1,0 +1,197 @@
+"""Launching and resuming a search: Ray Tune + Optuna (TPE) + ASHA, one GPU per trial when there are GPUs."""
+from __future__ import annotations
+
+import datetime
+import logging
+import math
+import os
+from pathlib import Path
+
+import yaml
+
+from data_pipeline.errors import UserError
+from data_pipeline.preprocess import data_fingerprint
+from model import metrics as M
+from model.run import load_train_val
+from model.train import Split
+
+from .space import SearchSpec, parse_spec, spec_to_dict
+from .trainable import train_trial
+
+META = "mmsa_search.yaml"  # written into the experiment directory: what `resume`, `status` and `export` read
+SHARED_FS = ("nfs", "nfs4", "cifs", "smbfs", "lustre", "gpfs", "ceph", "glusterfs", "beegfs", "9p", "virtiofs")
+
+
+def init_ray(address: str | None = None) -> None:
+    import ray
+
+    if ray.is_initialized():
+        return
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    os.environ.setdefault("RAY_DEDUP_LOGS", "1")
+    # Short demo epochs make Ray warn that keeping the best N checkpoints forces frequent state snapshots.
+    os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
+    kwargs = {"logging_level": logging.WARNING, "configure_logging": True}
+    if address in (None, "", "local"):
+        # A fresh local instance; a bare ray.init() would attach to any stale cluster recorded on this machine.
+        # The dashboard stays off (and would bind 127.0.0.1 only).
+        ray.init(address="local", include_dashboard=False, dashboard_host="127.0.0.1", **kwargs)
+    else:
+        ray.init(address=address, **kwargs)
+
+
+def _is_uri(storage: str) -> bool:
+    return "://" in storage
+
+
+def _fs_type(path: Path) -> str:
+    best, fstype = "", ""
+    try:
+        for line in Path("/proc/mounts").read_text().splitlines():
+            _, mnt, typ, *_ = line.split()
+            if str(path).startswith(mnt) and len(mnt) > len(best):
+                best, fstype = mnt, typ
+    except OSError:
+        pass
+    return fstype
+
+
+def check_storage(storage: str, shared: bool) -> str:
+    """Absolute path or URI; refuse a node-local path on a multi-node cluster; fail early if not writable."""
+    import ray
+
+    if _is_uri(storage):
+        return storage
+    path = Path(storage).expanduser().resolve()
+    nodes = [n for n in ray.nodes() if n.get("Alive")]
+    if len(nodes) > 1 and not shared and _fs_type(path) not in SHARED_FS:
+        raise UserError(
+            f"the cluster has {len(nodes)} nodes but --storage {storage} is a local path ({_fs_type(path) or 'unknown'} "
+            "filesystem): trials on other nodes could not save results there. Pass shared storage: "
+            "--storage s3://bucket/ray_results, gs://..., or an NFS path mounted on every node "
+            "(add --shared-storage if it is shared but not detected as such)."
+        )
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        probe = path / ".mmsa-write-test"
+        probe.write_bytes(b"x" * 4096)
+        probe.unlink()
+    except OSError as e:
+        raise UserError(f"--storage {storage}: not writable ({e}). Choose another directory with --storage.") from None
+    return str(path)
+
+
+def trial_dirname(trial) -> str:
+    return f"trial_{trial.trial_id}"
+
+
+def capacity(spec: SearchSpec) -> tuple[dict, int]:
+    """Per-trial resources and how many trials run at once on this cluster."""
+    import ray
+
+    total = ray.cluster_resources()
+    s = spec.search
+    gpus = s.gpus_per_trial if s.gpus_per_trial >= 0 else (1.0 if total.get("GPU", 0) > 0 else 0.0)
+    if gpus > 0 and total.get("GPU", 0) < gpus:
+        raise UserError(f"--gpus-per-trial {gpus}: the cluster has {total.get('GPU', 0):g} GPUs.")
+    fit_gpu = math.floor(total.get("GPU", 0) / gpus + 1e-9) if gpus > 0 else 10**9
+    fit_cpu = math.floor(total.get("CPU", 1) / s.cpus_per_trial + 1e-9)
+    fits = max(1, min(fit_gpu, fit_cpu))
+    return {"cpu": s.cpus_per_trial, "gpu": gpus}, (min(s.max_concurrent, fits) if s.max_concurrent else fits)
+
+
+def make_searcher(spec: SearchSpec, name: str, max_concurrent: int, optuna_storage: str | None):
+    from ray.tune.search import ConcurrencyLimiter
+
+    from .truthful_optuna import TruthfulOptunaSearch
+
+    storage = None
+    if optuna_storage:
+        import optuna
+
+        storage = optuna.storages.RDBStorage(optuna_storage)
+    searcher = TruthfulOptunaSearch(seed=spec.search.seed, study_name=name, storage=storage)
+    return ConcurrencyLimiter(searcher, max_concurrent=max_concurrent)
+
+
+def make_scheduler(spec: SearchSpec):
+    from ray.tune.schedulers import ASHAScheduler
+
+    return ASHAScheduler(time_attr=M.EPOCH, max_t=spec.fixed.train.epochs,
+                         grace_period=min(spec.search.grace_period, spec.fixed.train.epochs),
+                         reduction_factor=spec.search.reduction_factor)
+
+
+def trainable_with(data: Split, resources: dict):
+    from ray import tune
+
+    # The preprocessed arrays go to the object store once; every trial on a node maps the same copy.
+    return tune.with_resources(tune.with_parameters(train_trial, data=data), resources)
+
+
+def run_search(spec: SearchSpec, num_samples: int, name: str, storage: str = "ray_results", *, address: str | None = None,
+               shared_storage: bool = False, optuna_storage: str | None = None, verbose: int = 1, log=print):
+    from ray import tune
+
+    data_dir = Path(spec.fixed.data.data_dir).resolve()
+    spec.fixed = spec.fixed.with_overrides({"data.data_dir": str(data_dir)})
+    data = load_train_val(spec.fixed, log)  # all bad-input errors happen here, before Ray starts
+    init_ray(address)
+    storage = check_storage(storage, shared_storage)
+    resources, max_conc = capacity(spec)
+    exp = Path(storage) / name if not _is_uri(storage) else None
+    if exp is not None and (exp / META).exists():
+        raise UserError(f"{exp} already holds a search; continue it with `mmsa resume {exp}` or pick another --name.")
+    meta = {"name": name, "storage": storage, "num_samples": num_samples, "data_dir": str(data_dir),
+            "data_fingerprint": data.train.fingerprint, "optuna_storage": optuna_storage,
+            "created": datetime.datetime.now().isoformat(timespec="seconds"), "resources": resources,
+            "max_concurrent": max_conc, "spec": spec_to_dict(spec)}
+    if exp is not None:
+        exp.mkdir(parents=True, exist_ok=True)
+        (exp / META).write_text(yaml.safe_dump(meta, sort_keys=False))
+    log(f"search {name}: {num_samples} trials, {max_conc} at once, {resources} each; results in {exp or storage + '/' + name}")
+    tuner = tune.Tuner(
+        trainable_with(data, resources),
+        param_space=spec.param_space(),
+        tune_config=tune.TuneConfig(metric=M.SEARCH_METRIC, mode=M.OPT_MODE, num_samples=num_samples,
+                                    search_alg=make_searcher(spec, name, max_conc, optuna_storage),
+                                    scheduler=make_scheduler(spec), trial_dirname_creator=trial_dirname),
+        run_config=tune.RunConfig(
+            name=name, storage_path=storage, verbose=verbose,
+            checkpoint_config=tune.CheckpointConfig(num_to_keep=spec.search.keep_checkpoints,
+                                                    checkpoint_score_attribute=M.OPT_METRIC,
+                                                    checkpoint_score_order=M.OPT_MODE),
+            failure_config=tune.FailureConfig(max_failures=spec.search.max_failures),
+        ),
+    )
+    return tuner.fit()
+
+
+def read_meta(exp_dir: str | Path) -> dict:
+    exp = Path(exp_dir)
+    if not (exp / META).is_file():
+        raise UserError(f"{exp}: not a search experiment (no {META}; `mmsa search --name NAME` creates ray_results/NAME).")
+    return yaml.safe_load((exp / META).read_text())
+
+
+def resume_search(exp_dir: str | Path, *, address: str | None = None, verbose: int = 1, log=print):
+    from ray import tune
+
+    exp = Path(exp_dir).resolve()
+    meta = read_meta(exp)
+    spec = parse_spec(meta["spec"], f"{exp / META}")
+    now = data_fingerprint(meta["data_dir"], "train")
+    if now != meta["data_fingerprint"]:
+        raise UserError(f"{meta['data_dir']}: the data changed since the search started (fingerprint "
+                        f"{meta['data_fingerprint'][:12]} -> {now[:12]}); resuming would mix results of two datasets. "
+                        "Start a new search with `mmsa search --name NEW`.")
+    data = load_train_val(spec.fixed, log)
+    init_ray(address)
+    if not tune.Tuner.can_restore(str(exp)):
+        raise UserError(f"{exp}: Ray has no saved experiment state here yet (the search was stopped before its first "
+                        "trial started); start it again with `mmsa search`.")
+    resources = meta["resources"]
+    log(f"resuming search {meta['name']} in {exp}")
+    tuner = tune.Tuner.restore(str(exp), trainable=trainable_with(data, resources), resume_unfinished=True,
+                               resume_errored=True)
+    return tuner.fit()
