@@ -130,7 +130,7 @@ def cmd_ablate(args) -> int:
 def cmd_demo(args) -> int:
     from .demo import run_demo
 
-    run_demo(args.out, quiet=args.quiet, num_samples=args.num_samples)
+    run_demo(args.out, quiet=args.quiet, num_samples=args.num_samples, optuna_storage=args.optuna_storage)
     return 0
 
 
@@ -190,6 +190,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(fn=cmd_demo)
 
     p.add_argument("--num-samples", type=int, default=12, help="search trials (default 12)")
+    p.add_argument("--optuna-storage", help="e.g. sqlite:///demo.db, to watch the study with optuna-dashboard")
 
     p = sub.add_parser("search", help="hyperparameter search: Optuna proposes, ASHA stops, one GPU per trial")
     p.add_argument("--data", type=Path, required=True, help="dataset directory")

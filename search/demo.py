@@ -42,7 +42,8 @@ def prepare_demo(out: Path, log=print) -> tuple[Path, Path]:
     return data, tiny
 
 
-def run_demo(out: str | Path = "demo", quiet: bool = False, num_samples: int = 12, log=print) -> dict:
+def run_demo(out: str | Path = "demo", quiet: bool = False, num_samples: int = 12, optuna_storage: str | None = None,
+             log=print) -> dict:
     from model.run import predict_run, train_run
 
     from .results import export_best, status_table
@@ -56,7 +57,8 @@ def run_demo(out: str | Path = "demo", quiet: bool = False, num_samples: int = 1
     cfg = demo_config(data, tiny, cache_dir=out / "cache")
     spec = parse_spec({**DEMO_SPACE, "fixed": cfg.to_dict()}, "demo space")
     shutil.rmtree(out / "ray_results" / "demo", ignore_errors=True)  # a demo run starts a fresh search
-    run_search(spec, num_samples, "demo", str(out / "ray_results"), verbose=0 if quiet else 1, log=log)
+    run_search(spec, num_samples, "demo", str(out / "ray_results"), verbose=0 if quiet else 1, log=log,
+               optuna_storage=optuna_storage)
     exp = out / "ray_results" / "demo"
     log(status_table(exp))
     t_search = time.perf_counter() - t0

@@ -69,8 +69,11 @@ def load_trials(exp_dir: str | Path) -> list[TrialSummary]:
             rows = [json.loads(l) for l in (d / "result.json").read_text().splitlines() if l.strip()]
         tid = rows[0]["trial_id"] if rows else d.name.removeprefix("trial_")
         st = states.get(tid, {"state": "PENDING", "failures": 0})
+        # A trial resumed after a crash may repeat the epoch that was in flight (same numbers: the loop is
+        # deterministic per epoch); keep one row per epoch, the latest.
+        by_epoch = {r[M.EPOCH]: r for r in rows if M.VAL_LOSS in r}
         trials.append(TrialSummary(tid, d, json.loads((d / "params.json").read_text()), st["state"],
-                                   [r for r in rows if M.VAL_LOSS in r], _error_reason(d), st["failures"]))
+                                   [by_epoch[e] for e in sorted(by_epoch)], _error_reason(d), st["failures"]))
     return trials
 
 

@@ -5,7 +5,7 @@ looks to TPE like a finished trial whose final loss is its epoch-1 loss. Here:
 - a trial that ended by itself (all epochs, or its val loss rose `patience` epochs in a row) is COMPLETE with its
   best val loss;
 - a trial ASHA stopped is PRUNED: TPE then uses its intermediate values (best val loss per epoch, reported every
-  epoch) and ranks it below completed trials, which is what ASHA decided;
+  epoch, including the one that made ASHA stop it) and ranks it below completed trials, as ASHA decided;
 - a trial that errored is FAIL. See docs/search.md.
 """
 from __future__ import annotations
@@ -13,6 +13,7 @@ from __future__ import annotations
 import logging
 
 from optuna.trial import TrialState
+from ray.tune.result import TRAINING_ITERATION
 from ray.tune.search.optuna import OptunaSearch
 
 from model import metrics as M
@@ -35,6 +36,12 @@ class TruthfulOptunaSearch(OptunaSearch):
         if trial_id in self._completed_trials or trial_id not in self._ot_trials:
             return
         state, value = optuna_state(result, error)
+        if state == TrialState.PRUNED and result.get(TRAINING_ITERATION):
+            # Ray does not pass the result that made ASHA stop a trial to on_trial_result: report it here, so TPE
+            # sees how far the trial got and how good it was then.
+            ot_trial = self._ot_trials[trial_id]
+            if result[TRAINING_ITERATION] not in ot_trial.storage.get_trial(ot_trial._trial_id).intermediate_values:
+                ot_trial.report(float(result[M.SEARCH_METRIC]), result[TRAINING_ITERATION])
         try:
             self._ot_study.tell(self._ot_trials[trial_id], value, state=state)
         except Exception as e:  # e.g. a NaN loss: Optuna refuses it; the trial stays out of the model

@@ -68,3 +68,15 @@ def write_dataset(root: Path, rows: list[tuple[str, str]], test_rows: list[str] 
         (root / "data" / f"{g}.txt").write_text(f"tweet number {g} happy")
         Image.new("RGB", (40 + i % 7, 30), (i * 20 % 255, 100, 50)).save(root / "data" / f"{g}.jpg", "JPEG")
     return root
+
+
+@pytest.fixture(scope="session")
+def ray_local():
+    """One local Ray instance for the session's in-process searches (never a bare ray.init())."""
+    import ray
+
+    from search.tuner import init_ray
+
+    init_ray(None)
+    yield
+    ray.shutdown()

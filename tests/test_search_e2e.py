@@ -1,0 +1,97 @@
+"""End to end on a real local Ray instance: the demo (search + export + train + predict), export round trip,
+Optuna's view of ASHA-stopped trials, and the refusal messages of resume/status/export."""
+import json
+
+import optuna
+import pytest
+
+from model import metrics as M
+from search.cli import main
+from search.demo import run_demo
+from search.results import load_trials
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def demo(tmp_path_factory, ray_local):
+    out = tmp_path_factory.mktemp("demo")
+    db = f"sqlite:///{out / 'optuna.db'}"
+    res = run_demo(out, quiet=True, num_samples=12, optuna_storage=db, log=lambda *a: None)
+    res["db"] = db
+    return res
+
+
+def test_demo_end_to_end(demo):
+    trials = load_trials(demo["experiment"])
+    assert len(trials) == 12 and all(t.state == "TERMINATED" for t in trials)
+    epochs = sorted(len(t.results) for t in trials)
+    assert epochs[0] < epochs[-1] == 8  # ASHA stopped some trials early, the best ran to the end
+    assert sum(len(t.results) for t in trials) < 0.6 * 12 * 8
+    assert len({(t.config["train"]["lr"], t.config["train"]["batch_size"]) for t in trials}) == 12
+    best = min(t.best[M.VAL_LOSS] for t in trials)
+    assert demo["export"]["metrics"]["val_loss"] == pytest.approx(best)
+    assert best < 0.3  # the demo is learnable; chance level is about 0.9
+    lines = demo["predictions"].read_text().splitlines()
+    assert lines[0] == "guid,tag" and len(lines) == 51
+    assert (demo["run"] / "model.safetensors").is_file() and (demo["run"] / "curves.png").is_file()
+
+
+def test_optuna_sees_pruned_and_completed_trials(demo):
+    study = optuna.load_study(study_name="demo", storage=demo["db"])
+    by_params = {(round(t.params["train/lr"], 12), t.params["train/batch_size"]): t for t in study.trials}
+    assert len(study.trials) == 12
+    states = {t.state for t in study.trials}
+    assert optuna.trial.TrialState.PRUNED in states and optuna.trial.TrialState.COMPLETE in states
+    for t in load_trials(demo["experiment"]):
+        ot = by_params[(round(t.config["train"]["lr"], 12), t.config["train"]["batch_size"])]
+        finished = bool(t.results[-1]["finished"])
+        if finished:
+            assert ot.state == optuna.trial.TrialState.COMPLETE
+            assert ot.value == pytest.approx(min(r[M.VAL_LOSS] for r in t.results))
+        else:
+            assert ot.state == optuna.trial.TrialState.PRUNED and len(t.results) < 8
+            # TPE ranks it by its intermediate values: best val loss per epoch
+            assert ot.intermediate_values[len(t.results)] == pytest.approx(t.results[-1][M.BEST_VAL_LOSS])
+
+
+def test_status_and_export_cli(demo, tmp_path, capsys):
+    exp = str(demo["experiment"])
+    assert main(["status", exp]) == 0
+    out = capsys.readouterr().out
+    assert "demo: 12 of 12 trials started, 12 terminated, 0 errored" in out
+    assert "best val_loss" in out and out.count("TERMINATED") == 12
+    assert main(["export", exp, "-o", str(tmp_path / "best.yaml")]) == 0
+    capsys.readouterr()
+    import yaml
+
+    d = yaml.safe_load((tmp_path / "best.yaml").read_text())
+    assert set(d) == {"data", "model", "train", "search"}
+    info = d["search"]
+    assert info["best_epoch"] >= 1 and info["data_fingerprint"] and info["checkpoint"]
+    assert (demo["experiment"] / info["trial_id"].join(["trial_", ""])).is_dir()
+    assert f"checkpoint_{info['best_epoch'] - 1:06d}" in info["checkpoint"]
+
+
+def test_export_then_train_round_trip(demo, tmp_path, capsys):
+    best = str(demo["best"])
+    import yaml
+
+    best_epoch = yaml.safe_load(open(best))["search"]["best_epoch"]
+    assert main(["train", "--config", best, "--out", str(tmp_path / "final"), "--quiet"]) == 0
+    hist = json.loads((tmp_path / "final" / "metrics.json").read_text())
+    assert len(hist) == best_epoch  # trains for the best epoch count
+    # the same file with another dataset is refused, unless asked
+    from data_pipeline.demo_data import make_demo_data
+
+    make_demo_data(tmp_path / "other", n=80, seed=9)
+    assert main(["train", "--config", best, "--data", str(tmp_path / "other"), "--out", str(tmp_path / "x"), "--epochs", "1"]) == 2
+    assert "exported from a search on other data" in capsys.readouterr().err
+    assert main(["train", "--config", best, "--data", str(tmp_path / "other"), "--out", str(tmp_path / "x"),
+                 "--epochs", "1", "--allow-other-data", "--quiet"]) == 0
+
+
+def test_not_a_search_directory(tmp_path, capsys):
+    for cmd in (["status", str(tmp_path)], ["export", str(tmp_path)], ["resume", str(tmp_path)]):
+        assert main(cmd) == 2
+        assert "not a search experiment" in capsys.readouterr().err

@@ -1,0 +1,55 @@
+import optuna
+import pytest
+import yaml
+
+from data_pipeline.errors import UserError
+from model import metrics as M
+from search.space import load_spec, parse_spec
+from search.trainable import FINISHED
+from search.truthful_optuna import optuna_state
+
+
+def test_default_space_is_the_labs():
+    s = load_spec(None)
+    assert s.space["train.lr"].kind == "loguniform" and s.space["train.lr"].args == [1e-6, 1e-4]
+    assert s.space["train.batch_size"].args == [16, 32, 64, 128]
+    assert s.space["model.complexity"].args == ["high", "low"]
+    assert s.fixed.train.epochs == 6
+
+
+@pytest.mark.parametrize(
+    "text, message",
+    [
+        ("space:\n  train.lr: {loguniform: [1e-6, 1e-4]}\nsearchh: {}\n", "unknown key(s) ['searchh']"),
+        ("space:\n  train.lrr: {loguniform: [1.0e-6, 1.0e-4]}\n", "space.train.lrr: unknown key"),
+        ("space:\n  train.batch_size: {choice: []}\n", "space.train.batch_size: choice needs a non-empty list"),
+        ("space:\n  train.lr: {loguniform: [1.0e-4, 1.0e-6]}\n", "space.train.lr: low 0.0001 must be below high 1e-06"),
+        ("space:\n  train.lr: {loguniform: [0, 1.0e-6]}\n", "loguniform needs low > 0"),
+        ("space:\n  train.lr: {normal: [0, 1]}\n", "space.train.lr: expected one of"),
+        ("space:\n  train.batch_size: {choice: [16, 32.5]}\n", "value 32.5 is not valid for train.batch_size"),
+        ("space:\n  train.lr: {loguniform: [1.0e-6, 1.0e-4]}\nfixed:\n  train: {epochs: 0}\n", "fixed: train.epochs: 0 must be >= 1"),
+        ("space:\n  model.complexity: {choice: [high, medium]}\n", "'medium' is not one of high, low"),
+        ("space:\n  train.lr: {loguniform: [1.0e-6, 1.0e-4]}\nsearch:\n  reduction_factor: 1\n", "search.reduction_factor: 1 must be >= 2"),
+        ("fixed: {}\n", "'space' must map run-config keys"),
+    ],
+)
+def test_bad_space_is_a_clear_error(tmp_path, text, message):
+    (tmp_path / "space.yaml").write_text(text)
+    with pytest.raises(UserError) as e:
+        load_spec(tmp_path / "space.yaml")
+    assert message in str(e.value)
+    assert "space.yaml" in str(e.value)
+
+
+def test_param_space_keeps_fixed_values():
+    s = parse_spec(yaml.safe_load("space:\n  train.lr: {loguniform: [1.0e-6, 1.0e-4]}\nfixed:\n  model: {modality: text}\n"), "x")
+    ps = s.param_space()
+    assert ps["model"]["modality"] == "text" and ps["train"]["epochs"] == 6
+    assert type(ps["train"]["lr"]).__name__ == "Float"
+
+
+def test_optuna_is_told_the_truth():
+    assert optuna_state({M.SEARCH_METRIC: 0.3, FINISHED: 1}, False) == (optuna.trial.TrialState.COMPLETE, 0.3)
+    assert optuna_state({M.SEARCH_METRIC: 0.9, FINISHED: 0}, False)[0] == optuna.trial.TrialState.PRUNED
+    assert optuna_state({M.SEARCH_METRIC: 0.9}, True)[0] == optuna.trial.TrialState.FAIL
+    assert optuna_state(None, False)[0] == optuna.trial.TrialState.FAIL
