@@ -1,0 +1,56 @@
+"""A two-node Ray cluster on one machine, each node declaring one GPU (there is no CUDA here)."""
+import pytest
+
+from data_pipeline.errors import UserError
+from model import metrics as M
+from search.results import load_trials
+from search.space import parse_spec
+from search.trainable import DEVICE, GPU_IDS, NODE_ID
+from search.tuner import run_search
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def two_node_cluster():
+    import ray
+    from ray.cluster_utils import Cluster
+
+    ray.shutdown()  # leave the session's local instance; this module needs its own cluster
+    cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 2, "num_gpus": 1})
+    cluster.add_node(num_cpus=2, num_gpus=1)
+    cluster.wait_for_nodes()
+    ray.init(address=cluster.address)
+    yield cluster
+    ray.shutdown()
+    cluster.shutdown()
+
+
+def _spec(demo_cfg, epochs=3):
+    return parse_spec({"space": {"train.lr": {"loguniform": [1e-4, 1e-2]}, "train.batch_size": {"choice": [16, 32, 64]}},
+                       "fixed": demo_cfg.with_overrides({"epochs": epochs, "patience": 0}).to_dict(),
+                       "search": {"grace_period": 3}}, "cluster test")
+
+
+def test_local_storage_refused_on_multi_node(two_node_cluster, demo_cfg, tmp_path):
+    with pytest.raises(UserError) as e:
+        run_search(_spec(demo_cfg), 2, "refused", str(tmp_path), address=two_node_cluster.address, log=lambda *a: None)
+    assert "the cluster has 2 nodes" in str(e.value) and "s3://" in str(e.value) and "--shared-storage" in str(e.value)
+
+
+def test_one_gpu_per_trial_on_two_nodes(two_node_cluster, demo_cfg, tmp_path):
+    run_search(_spec(demo_cfg), 4, "cluster", str(tmp_path), address=two_node_cluster.address, shared_storage=True,
+               verbose=0, log=lambda *a: None)
+    trials = load_trials(tmp_path / "cluster")
+    assert len(trials) == 4 and all(t.state == "TERMINATED" and len(t.results) == 3 for t in trials)
+    spans = []
+    for t in trials:
+        r0, r1 = t.results[0], t.results[-1]
+        assert r0[DEVICE] == "cpu"  # a GPU was reserved, CUDA is absent: the trainable fell back to the CPU
+        assert r0[GPU_IDS] in ("0",)  # each node numbers its own GPUs
+        spans.append((r0["timestamp"] - r0["time_this_iter_s"], r1["timestamp"], (r0[NODE_ID], r0[GPU_IDS])))
+    assert len({s[2][0] for s in spans}) == 2  # both nodes were used
+    for a in spans:
+        overlapping = [b for b in spans if b[0] < a[1] - 0.5 and a[0] < b[1] - 0.5]
+        assert len(overlapping) <= 2  # never more than two trials at once (itself included)
+        assert len({b[2] for b in overlapping}) == len(overlapping)  # each on its own (node, GPU)
