@@ -14,9 +14,12 @@ IMAGENET_STD = (0.229, 0.224, 0.225)
 
 
 def normalize(images_u8: torch.Tensor, dtype: torch.dtype = torch.float32) -> torch.Tensor:
-    mean = torch.tensor(IMAGENET_MEAN, device=images_u8.device, dtype=dtype).view(1, 3, 1, 1) * 255
-    inv_std = 1.0 / (torch.tensor(IMAGENET_STD, device=images_u8.device, dtype=dtype).view(1, 3, 1, 1) * 255)
-    return (images_u8.to(dtype) - mean) * inv_std
+    """(x/255 - mean)/std as one multiply-add per pixel, in place on the converted copy."""
+    std = torch.tensor(IMAGENET_STD, device=images_u8.device, dtype=torch.float64)
+    mean = torch.tensor(IMAGENET_MEAN, device=images_u8.device, dtype=torch.float64)
+    scale = (1.0 / (255.0 * std)).to(dtype).view(1, 3, 1, 1)
+    bias = (-mean / std).to(dtype).view(1, 3, 1, 1)
+    return images_u8.to(dtype).mul_(scale).add_(bias)
 
 
 def augment(x: torch.Tensor, hflip: float, rotation_deg: float, generator: torch.Generator) -> torch.Tensor:
@@ -34,4 +37,5 @@ def augment(x: torch.Tensor, hflip: float, rotation_deg: float, generator: torch
                          torch.stack([sin * sx, cos, torch.zeros(b)], 1)], 1)
     grid = F.affine_grid(theta.to(x.device, x.dtype), list(x.shape), align_corners=False)
     # Zero in normalised space is the mean colour, close to torchvision's black fill after Normalize.
-    return F.grid_sample(x, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
+    # Nearest, like torchvision's RandomRotation default the lab used (and cheaper on CPU than bilinear).
+    return F.grid_sample(x, grid, mode="nearest", padding_mode="zeros", align_corners=False)

@@ -24,6 +24,7 @@ def load_text_backbone(path: str | Path) -> nn.Module:
     from transformers.utils import logging as hf_logging
 
     hf_logging.disable_progress_bar()  # our own progress bars say what is happening
+    hf_logging.set_verbosity_error()  # BERT checkpoints carry a pooler we do not build ([CLS] state is used): not news
     p = check_text_model_dir(path, need_weights=True)
     try:
         # Local files only and no remote code: weights never come from the network at training time.

@@ -21,6 +21,9 @@ def make_tiny_pretrained(out: str | Path, seed: int = 0, dropout: float = 0.1) -
     """A tiny BERT in Hugging Face format (config.json, vocab.txt, model.safetensors) and a tiny ResNet
     state dict, loaded by exactly the same code as the real ones."""
     from transformers import BertConfig, BertModel, BertTokenizerFast
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()
 
     out = Path(out)
     bert_dir = out / TINY_BERT

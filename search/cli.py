@@ -146,19 +146,47 @@ def cmd_search(args) -> int:
     for name in ("gpus_per_trial", "cpus_per_trial", "max_concurrent", "seed"):
         if getattr(args, name) is not None:
             setattr(spec.search, name, getattr(args, name))
-    run_search(spec, args.num_samples, args.name, str(args.storage), address=args.address,
-               shared_storage=args.shared_storage, optuna_storage=args.optuna_storage, verbose=args.verbose)
     exp = Path(args.storage) / args.name
-    print(f"search finished: `mmsa status {exp}` for the table, `mmsa export {exp} -o best.yaml` for the best config")
-    return 0
+    try:
+        run_search(spec, args.num_samples, args.name, str(args.storage), address=args.address,
+                   shared_storage=args.shared_storage, optuna_storage=args.optuna_storage, verbose=args.verbose)
+    except KeyboardInterrupt:  # a second Ctrl-C skips Ray's last state snapshot; the last one taken still resumes
+        return _interrupted(exp)
+    return _finished(exp)
 
 
 def cmd_resume(args) -> int:
     from .tuner import resume_search
 
-    resume_search(args.experiment, address=args.address, verbose=args.verbose)
-    print(f"search finished: `mmsa status {args.experiment}`, `mmsa export {args.experiment} -o best.yaml`")
+    try:
+        resume_search(args.experiment, address=args.address, verbose=args.verbose)
+    except KeyboardInterrupt:
+        return _interrupted(args.experiment)
+    return _finished(args.experiment)
+
+
+def _finished(exp: Path) -> int:
+    """After Ray's fit returns: done, or stopped by Ctrl-C (Ray catches the first one and saves its state)."""
+    if "://" in str(exp):
+        print(f"search ended: `mmsa status` and `mmsa export` need the experiment directory on a local path")
+        return 0
+    from .results import load_trials
+    from .tuner import read_meta
+
+    trials = load_trials(exp)
+    open_trials = [t for t in trials if t.state not in ("TERMINATED", "ERROR")]
+    if len(trials) < read_meta(exp)["num_samples"] or open_trials:
+        return _interrupted(exp)
+    errored = [t for t in trials if t.state == "ERROR"]
+    if errored:
+        print(f"{len(errored)} trial(s) ended with an error (reasons in `mmsa status {exp}`); export ignores them")
+    print(f"search finished: `mmsa status {exp}` for the table, `mmsa export {exp} -o best.yaml` for the best config")
     return 0
+
+
+def _interrupted(exp: Path) -> int:
+    print(f"search interrupted; its state is saved. Continue it with:\n  mmsa resume {exp}", file=sys.stderr)
+    return 130
 
 
 def cmd_status(args) -> int:

@@ -3,11 +3,21 @@ from __future__ import annotations
 
 import logging
 import tempfile
+import time
 from pathlib import Path
 
-from model import metrics as M
+import torch
+
 from model.config import RunConfig
 from model.train import Split, Trainer
+
+from .asha_state import REPORTED_AT
+from .faults import batch_hook
+
+
+class TrialOutOfMemory(RuntimeError):
+    """CUDA ran out of memory in a trial; the message says how to make the trial fit."""
+
 
 FINISHED = "finished"  # 1 when the trial ended by itself (all epochs, or val loss rose `patience` epochs in a row)
 DEVICE = "device"  # where the trial trained: cuda or cpu (CPU fallback where a GPU was reserved but CUDA is absent)
@@ -23,14 +33,25 @@ def train_trial(config: dict, data: Split) -> None:
     logging.getLogger("ray.train._internal.storage").setLevel(logging.WARNING)  # one line per checkpoint is noise
 
     trainer = Trainer(cfg, data)
+    trainer.on_batch = batch_hook(cfg, tune.get_context().get_trial_id(), lambda: trainer.epoch)
     checkpoint = tune.get_checkpoint()
     if checkpoint is not None:  # a resumed search or a retried trial continues after its last epoch
         with checkpoint.as_directory() as d:
             trainer.load_checkpoint(Path(d))
     ctx = ray.get_runtime_context()
     where = {DEVICE: trainer.device.type, GPU_IDS: ",".join(str(g) for g in ray.get_gpu_ids()), NODE_ID: ctx.get_node_id()}
-    for row in trainer.fit():
-        finished = trainer.epoch >= cfg.train.epochs or trainer.should_stop()
-        with tempfile.TemporaryDirectory() as tmp:
-            ck = trainer.save_checkpoint(Path(tmp) / "checkpoint", include_best=False)
-            tune.report({**row, FINISHED: int(finished), **where}, checkpoint=tune.Checkpoint.from_directory(str(ck)))
+    try:
+        for row in trainer.fit():
+            finished = trainer.epoch >= cfg.train.epochs or trainer.should_stop()
+            with tempfile.TemporaryDirectory() as tmp:
+                ck = trainer.save_checkpoint(Path(tmp) / "checkpoint", include_best=False)
+                tune.report({**row, FINISHED: int(finished), REPORTED_AT: time.time(), **where},
+                            checkpoint=tune.Checkpoint.from_directory(str(ck)))
+    except torch.cuda.OutOfMemoryError:
+        t = cfg.train
+        micro = t.micro_batch_size or t.batch_size
+        raise TrialOutOfMemory(
+            f"CUDA out of memory at batch_size {t.batch_size} (micro-batch {micro}) on {trainer.device}: set "
+            f"train.micro_batch_size to {max(1, micro // 2)} in the space file's fixed: section (gradient accumulation "
+            f"keeps the effective batch of {t.batch_size}), or search smaller batch sizes"
+        ) from None

@@ -5,6 +5,7 @@ import datetime
 import logging
 import math
 import os
+import shutil
 from pathlib import Path
 
 import yaml
@@ -59,29 +60,43 @@ def _fs_type(path: Path) -> str:
     return fstype
 
 
-def check_storage(storage: str, shared: bool) -> str:
-    """Absolute path or URI; refuse a node-local path on a multi-node cluster; fail early if not writable."""
-    import ray
+MIN_FREE_BYTES = 100 * 2**20  # below this a search cannot even write its first checkpoints
 
+
+def check_local_storage(storage: str) -> str:
+    """Absolute path; fails before any trial starts when it cannot be written or its disk is full."""
     if _is_uri(storage):
         return storage
     path = Path(storage).expanduser().resolve()
-    nodes = [n for n in ray.nodes() if n.get("Alive")]
-    if len(nodes) > 1 and not shared and _fs_type(path) not in SHARED_FS:
-        raise UserError(
-            f"the cluster has {len(nodes)} nodes but --storage {storage} is a local path ({_fs_type(path) or 'unknown'} "
-            "filesystem): trials on other nodes could not save results there. Pass shared storage: "
-            "--storage s3://bucket/ray_results, gs://..., or an NFS path mounted on every node "
-            "(add --shared-storage if it is shared but not detected as such)."
-        )
     try:
         path.mkdir(parents=True, exist_ok=True)
         probe = path / ".mmsa-write-test"
         probe.write_bytes(b"x" * 4096)
         probe.unlink()
     except OSError as e:
-        raise UserError(f"--storage {storage}: not writable ({e}). Choose another directory with --storage.") from None
+        raise UserError(f"--storage {storage}: not writable ({e.strerror or e}). Free some space or choose another "
+                        "directory with --storage.") from None
+    free = shutil.disk_usage(path).free
+    if free < MIN_FREE_BYTES:
+        raise UserError(f"--storage {storage}: only {free / 2**20:.1f} MiB free; checkpoints need more. Free some space "
+                        "or choose another directory with --storage.")
     return str(path)
+
+
+def check_cluster_storage(storage: str, shared: bool) -> None:
+    """Refuse a node-local path on a multi-node cluster: trials elsewhere could not save there."""
+    import ray
+
+    if _is_uri(storage):
+        return
+    nodes = [n for n in ray.nodes() if n.get("Alive")]
+    if len(nodes) > 1 and not shared and _fs_type(Path(storage)) not in SHARED_FS:
+        raise UserError(
+            f"the cluster has {len(nodes)} nodes but --storage {storage} is a local path "
+            f"({_fs_type(Path(storage)) or 'unknown'} filesystem): trials on other nodes could not save results there. "
+            "Pass shared storage: --storage s3://bucket/ray_results, gs://..., or an NFS path mounted on every node "
+            "(add --shared-storage if it is shared but not detected as such)."
+        )
 
 
 def trial_dirname(trial) -> str:
@@ -139,8 +154,9 @@ def run_search(spec: SearchSpec, num_samples: int, name: str, storage: str = "ra
     data_dir = Path(spec.fixed.data.data_dir).resolve()
     spec.fixed = spec.fixed.with_overrides({"data.data_dir": str(data_dir)})
     data = load_train_val(spec.fixed, log)  # all bad-input errors happen here, before Ray starts
+    storage = check_local_storage(storage)
     init_ray(address)
-    storage = check_storage(storage, shared_storage)
+    check_cluster_storage(storage, shared_storage)
     resources, max_conc = capacity(spec)
     exp = Path(storage) / name if not _is_uri(storage) else None
     if exp is not None and (exp / META).exists():
@@ -197,4 +213,9 @@ def resume_search(exp_dir: str | Path, *, address: str | None = None, verbose: i
     log(f"resuming search {meta['name']} in {exp}")
     tuner = tune.Tuner.restore(str(exp), trainable=trainable_with(data, resources), resume_unfinished=True,
                                resume_errored=True)
+    from .asha_state import replay
+    from .results import load_trials
+
+    scheduler = tuner._local_tuner._tune_config.scheduler  # Ray has no public way to hand a restored search its rungs
+    replay(scheduler, load_trials(exp))
     return tuner.fit()

@@ -1,0 +1,89 @@
+"""Benchmark: ASHA + Optuna vs the lab's method (an exhaustive grid, every epoch) on demo data.
+
+Prints trial-epochs spent, wall time and best val loss for the grid and for ASHA+Optuna with 3 seeds, the demo's
+wall time, and the time from a search's start to its first report.
+Usage: python bench/search_efficiency.py [--seeds 3] [--num-samples 12]
+"""
+from __future__ import annotations
+
+import argparse
+import tempfile
+import time
+from pathlib import Path
+
+from common import ROOT  # noqa: F401  (puts the project on sys.path)
+from data_pipeline.demo_data import make_demo_data
+from model import metrics as M
+from model.pretrained import make_tiny_pretrained
+from model.run import load_train_val
+from search.demo import DEMO_SPACE, demo_config, run_demo
+from search.results import load_trials
+from search.space import parse_spec
+from search.tuner import capacity, init_ray, run_search, trainable_with
+
+GRID_LR = [1e-4, 1e-3, 1e-2]  # the lab's first grid: one value per decade of the same range
+
+
+def summarize(exp: Path) -> dict:
+    trials = load_trials(exp)
+    rows = [r for t in trials for r in t.results]
+    return {"trials": len(trials), "trial_epochs": len(rows), "best": min(r[M.VAL_LOSS] for r in rows),
+            "first_report": min(r["timestamp"] for r in rows)}
+
+
+def run_grid(spec, storage: Path) -> tuple[dict, float]:
+    from ray import tune
+
+    data = load_train_val(spec.fixed, progress=False)
+    resources, max_conc = capacity(spec)
+    ps = spec.param_space()
+    ps["train"]["lr"] = tune.grid_search(GRID_LR)
+    ps["train"]["batch_size"] = tune.grid_search(spec.space["train.batch_size"].args)
+    ps["model"]["complexity"] = tune.grid_search(spec.space["model.complexity"].args)
+    t = time.time()
+    tune.Tuner(trainable_with(data, resources), param_space=ps,
+               tune_config=tune.TuneConfig(max_concurrent_trials=max_conc),
+               run_config=tune.RunConfig(name="grid", storage_path=str(storage), verbose=0)).fit()
+    wall = time.time() - t
+    (storage / "grid" / "mmsa_search.yaml").write_text("name: grid\n")  # lets load_trials read it
+    return summarize(storage / "grid"), wall
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--seeds", type=int, default=3)
+    ap.add_argument("--num-samples", type=int, default=12)
+    args = ap.parse_args()
+    with tempfile.TemporaryDirectory() as tmp:
+        tmp = Path(tmp)
+        make_demo_data(tmp / "data", n=400, seed=0)
+        make_tiny_pretrained(tmp / "tiny")
+        cfg = demo_config(tmp / "data", tmp / "tiny", cache_dir=tmp / "cache")
+        init_ray(None)
+        grid_spec = parse_spec({**DEMO_SPACE, "fixed": cfg.with_overrides({"train.patience": 0}).to_dict()}, "grid")
+        grid, grid_wall = run_grid(grid_spec, tmp / "rr")
+        rows = []
+        for seed in range(args.seeds):
+            spec = parse_spec({**DEMO_SPACE, "fixed": cfg.to_dict(), "search": {**DEMO_SPACE["search"], "seed": seed}}, "asha")
+            t = time.time()
+            run_search(spec, args.num_samples, f"asha{seed}", str(tmp / "rr"), verbose=0, log=lambda *a: None)
+            wall = time.time() - t
+            s = summarize(tmp / "rr" / f"asha{seed}")
+            rows.append((seed, s, wall, s["first_report"] - t))
+        t = time.time()
+        run_demo(tmp / "demo", quiet=True, log=lambda *a: None)
+        demo_wall = time.time() - t
+    g = grid
+    print(f"demo data (400 rows), tiny models, 2 CPU cores; grid = lr {GRID_LR} x batch x complexity, every epoch")
+    print(f"{'method':<22}{'trials':>7}{'trial-epochs':>14}{'wall s':>9}{'best val_loss':>15}{'vs grid':>9}{'epochs/grid':>13}")
+    print(f"{'grid (lab method)':<22}{g['trials']:>7}{g['trial_epochs']:>14}{grid_wall:>9.0f}{g['best']:>15.4f}{'':>9}{'':>13}")
+    for seed, s, wall, _ in rows:
+        print(f"{'ASHA+Optuna seed ' + str(seed):<22}{s['trials']:>7}{s['trial_epochs']:>14}{wall:>9.0f}{s['best']:>15.4f}"
+              f"{(s['best'] / g['best'] - 1) * 100:>8.1f}%{s['trial_epochs'] / g['trial_epochs']:>13.2f}")
+    print("target: best val_loss within 1% of the grid's with at most 1/3 of its trial-epochs")
+    print(f"time from search start to first report: " + ", ".join(f"{r[3]:.1f} s" for r in rows))
+    print(f"mmsa demo wall time (search + export + final training + predictions): {demo_wall:.0f} s")
+
+
+if __name__ == "__main__":
+    main()

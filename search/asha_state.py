@@ -1,0 +1,35 @@
+"""Give a resumed search back the ASHA rungs it had before the crash.
+
+Ray restores the scheduler from the state saved at launch, so the rung results recorded before a crash are lost
+(ray-project/ray issue 30838) and a resumed ASHA would compare new results against empty rungs: it would stop
+nothing until the rungs fill again. Replaying every result the trials reported, in the order they reported them,
+into the restored scheduler rebuilds exactly the rungs it had, so it makes the same promotion and stopping decisions
+it would have made without the crash.
+"""
+from __future__ import annotations
+
+from types import SimpleNamespace
+
+from model import metrics as M
+
+REPORTED_AT = "reported_at"  # wall-clock time of a report (finer than Ray's whole-second timestamp)
+
+
+def replay(scheduler, trials, mode: str = M.OPT_MODE) -> dict[str, list[tuple[int, str]]]:
+    """Feed every trial's reported results to an ASHA scheduler in report order; returns the decision it took
+    for each (trial, epoch). The scheduler must have one bracket (the default), or trial placement is unknowable."""
+    brackets = scheduler._brackets
+    if len(brackets) != 1:
+        raise ValueError("ASHA rungs can only be rebuilt for a single bracket")
+    sign = -1.0 if mode == "min" else 1.0  # ASHA keeps rewards as 'higher is better'
+    events = sorted((r.get(REPORTED_AT, r.get("timestamp", 0)), r[M.EPOCH], t.trial_id, r[M.SEARCH_METRIC])
+                    for t in trials for r in t.results)
+    decisions: dict[str, list[tuple[int, str]]] = {}
+    for _, epoch, trial_id, value in events:
+        action = brackets[0].on_result(SimpleNamespace(trial_id=trial_id), epoch, sign * value)
+        decisions.setdefault(trial_id, []).append((epoch, action))
+    return decisions
+
+
+def rungs(scheduler) -> list[tuple[float, dict]]:
+    return [(m, dict(rec)) for m, rec in scheduler._brackets[0]._rungs]

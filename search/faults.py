@@ -1,0 +1,44 @@
+"""Fault injection for the reliability tests, off unless MMSA_TEST_FAULT is set in the trial's environment.
+
+MMSA_TEST_FAULT=KIND:KEY=VALUE:EPOCH, e.g. `oom:batch_size=64:1` raises the real torch.cuda.OutOfMemoryError in the
+middle of epoch 1 of every trial whose train.batch_size is 64; `kill:batch_size=32:2` SIGKILLs the worker process
+in the middle of epoch 2 of such trials (once per trial: a marker file in MMSA_TEST_FAULT_DIR records that it fired,
+so the retry from the checkpoint can succeed).
+"""
+from __future__ import annotations
+
+import os
+import signal
+from pathlib import Path
+
+ENV = "MMSA_TEST_FAULT"
+ENV_DIR = "MMSA_TEST_FAULT_DIR"
+
+
+def batch_hook(cfg, trial_id: str, epoch_of):
+    """A Trainer.on_batch callback that injects the configured fault, or None when no fault is configured."""
+    spec = os.environ.get(ENV)
+    if not spec:
+        return None
+    kind, cond, at_epoch = spec.split(":")
+    key, value = cond.split("=")
+    if str(getattr(cfg.train, key)) != value:
+        return None
+    marker = Path(os.environ.get(ENV_DIR, "/tmp")) / f"{kind}-{trial_id}"
+    seen = {"batches": 0}
+
+    def hook(train: bool, n: int) -> None:
+        if not train or epoch_of() + 1 != int(at_epoch):
+            return
+        seen["batches"] += 1
+        if seen["batches"] < 2:  # mid-epoch: after the first batch
+            return
+        if kind == "oom":
+            import torch
+
+            raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB (injected by MMSA_TEST_FAULT)")
+        if kind == "kill" and not marker.exists():
+            marker.write_text("fired")
+            os.kill(os.getpid(), signal.SIGKILL)
+
+    return hook

@@ -1,0 +1,183 @@
+"""Faults a long search must survive, each on a real Ray instance: SIGKILL x3 + resume, a worker killed
+mid-epoch, CUDA out of memory in one trial, Ctrl-C, unwritable or full storage."""
+import json
+import random
+import signal
+import subprocess
+
+import pytest
+from ray.tune.schedulers import ASHAScheduler
+
+from model import metrics as M
+from search.asha_state import replay, rungs
+from search.cli import main
+from search.results import _states, load_trials
+from searchproc import kill_group, raw_results, result_rows, start, wait_rows, write_space
+
+pytestmark = pytest.mark.slow
+
+SPACE = {"train.lr": {"loguniform": [3e-4, 3e-3]}, "train.batch_size": {"choice": [16, 32]},
+         "model.complexity": {"choice": ["high", "low"]}}
+
+
+def _fixed(demo_cfg, **kw):
+    return demo_cfg.with_overrides({"patience": 0, **kw}).to_dict()
+
+
+def _search_args(tmp_path, space_file, name, n):
+    return ["search", "--data", "unused", "--space", str(space_file), "--num-samples", str(n), "--name", name,
+            "--storage", str(tmp_path / "rr"), "--verbose", "0"]
+
+
+def test_sigkill_three_times_then_resume(tmp_path, demo_cfg, ray_local):
+    n = 8
+    space = write_space(tmp_path / "space.yaml", _fixed(demo_cfg, epochs=5), SPACE,
+                        {"grace_period": 2, "reduction_factor": 2, "max_concurrent": 2})
+    exp = tmp_path / "rr" / "k3"
+    args = _search_args(tmp_path, space, "k3", n)
+    args[2] = demo_cfg.data.data_dir
+    rng = random.Random()
+    snapshots = []  # per kill: (terminated trial names, their result.json text)
+    proc = start(args)
+    for kill in range(3):
+        target = result_rows(exp) + rng.randint(1, 4) if exp.is_dir() else rng.randint(2, 5)
+        alive = wait_rows(proc, exp, target)
+        kill_group(proc)
+        proc.wait()
+        assert alive, f"the search finished before kill {kill + 1}; stderr: {proc.stderr.read()[-2000:]}"
+        done = {f"trial_{tid}" for tid, s in _states(exp).items() if s["state"] == "TERMINATED"}
+        snapshots.append({d: (exp / d / "result.json").read_text() for d in done})
+        before = {d.name: raw_results(d) for d in exp.glob("trial_*")}
+        if kill < 2:
+            proc = start(["resume", str(exp), "--verbose", "0"])
+    assert main(["resume", str(exp), "--verbose", "0"]) == 0
+
+    trials = load_trials(exp)
+    assert len(trials) == n and all(t.state == "TERMINATED" for t in trials)
+    configs = {(t.config["train"]["lr"], t.config["train"]["batch_size"], t.config["model"]["complexity"]) for t in trials}
+    assert len(configs) == n  # the searcher did not re-propose configurations it had run
+    for snap in snapshots:
+        for name, text in snap.items():
+            assert (exp / name / "result.json").read_text() == text  # completed trials were not re-run
+    for t in trials:
+        raw = raw_results(t.path)
+        epochs = [r[M.EPOCH] for r in raw]
+        assert sorted(set(epochs)) == list(range(1, max(epochs) + 1)), (t.path.name, epochs)
+        assert epochs.count(1) == 1, (t.path.name, epochs)  # an interrupted trial never restarted from scratch
+        assert len(epochs) - len(set(epochs)) <= 3, (t.path.name, epochs)  # at most the epoch in flight per kill
+        for e in set(epochs):
+            same = [r[M.VAL_LOSS] for r in raw if r[M.EPOCH] == e]
+            assert max(same) - min(same) < 1e-4  # a repeated epoch reproduces the same numbers
+        had = before.get(t.path.name, [])
+        assert raw[: len(had)] == had  # nothing reported before the last kill was lost
+
+
+def test_asha_rungs_rebuilt_give_the_same_decisions(tmp_path, demo_cfg, ray_local):
+    """Replaying a finished search's results into a fresh ASHA reproduces every stop/continue decision, and
+    `mmsa resume` installs those rungs into the restored scheduler."""
+    from search.space import parse_spec
+    from search.tuner import make_scheduler, run_search
+
+    spec = parse_spec({"space": SPACE, "fixed": _fixed(demo_cfg, epochs=4),
+                       "search": {"grace_period": 1, "reduction_factor": 2}}, "asha test")
+    run_search(spec, 8, "asha", str(tmp_path), verbose=0, log=lambda *a: None)
+    trials = load_trials(tmp_path / "asha")
+    fresh = make_scheduler(spec)
+    decisions = replay(fresh, trials)
+    stopped_early = 0
+    for t in trials:
+        d = decisions[t.trial_id]
+        assert [a for _, a in d[:-1]] == ["CONTINUE"] * (len(d) - 1), (t.trial_id, d)
+        if not t.results[-1]["finished"]:  # ASHA stopped it: the rebuilt rungs stop it at the same epoch
+            assert d[-1] == (len(t.results), "STOP"), (t.trial_id, d)
+            stopped_early += 1
+    assert stopped_early >= 2
+    assert any(rec for _, rec in rungs(fresh))
+
+
+def test_worker_killed_mid_epoch_is_retried(tmp_path, demo_cfg):
+    space = write_space(tmp_path / "space.yaml", _fixed(demo_cfg, epochs=3), {"train.batch_size": {"choice": [16, 32]}},
+                        {"grace_period": 3, "max_failures": 2, "seed": 1})
+    args = _search_args(tmp_path, space, "kw", 4)
+    args[2] = demo_cfg.data.data_dir
+    proc = start(args, {"MMSA_TEST_FAULT": "kill:batch_size=32:2", "MMSA_TEST_FAULT_DIR": str(tmp_path)})
+    out, err = proc.communicate(timeout=400)
+    assert proc.returncode == 0, err[-3000:]
+    trials = load_trials(tmp_path / "rr" / "kw")
+    killed = [t for t in trials if t.config["train"]["batch_size"] == 32]
+    assert killed and len(list(tmp_path.glob("kill-*"))) == len(killed)
+    assert all(t.state == "TERMINATED" for t in trials) and len(trials) == 4
+    for t in killed:
+        assert t.failures == 1
+        epochs = [r[M.EPOCH] for r in raw_results(t.path)]
+        assert epochs == [1, 2, 3]  # retried from the epoch-1 checkpoint, not from scratch
+
+
+def test_cuda_oom_ends_one_trial_with_a_fix(tmp_path, demo_cfg, capsys):
+    space = write_space(tmp_path / "space.yaml", _fixed(demo_cfg, epochs=2), {"train.batch_size": {"choice": [16, 64]}},
+                        {"grace_period": 2, "max_failures": 0, "seed": 7})  # seed 7 samples both sizes
+    args = _search_args(tmp_path, space, "oom", 4)
+    args[2] = demo_cfg.data.data_dir
+    proc = start(args, {"MMSA_TEST_FAULT": "oom:batch_size=64:1"})
+    out, err = proc.communicate(timeout=400)
+    assert proc.returncode == 0, err[-3000:]
+    exp = tmp_path / "rr" / "oom"
+    trials = load_trials(exp)
+    oom = [t for t in trials if t.config["train"]["batch_size"] == 64]
+    ok = [t for t in trials if t.config["train"]["batch_size"] == 16]
+    assert oom and ok and len(trials) == 4
+    assert all(t.state == "ERROR" for t in oom) and all(t.state == "TERMINATED" and len(t.results) == 2 for t in ok)
+    assert "ended with an error" in out
+    assert main(["status", str(exp)]) == 0
+    table = capsys.readouterr().out
+    assert "CUDA out of memory at batch_size 64" in table and "set train.micro_batch_size to 32" in table
+    assert main(["export", str(exp), "-o", str(tmp_path / "best.yaml")]) == 0
+    best = (tmp_path / "best.yaml").read_text()
+    assert "batch_size: 16" in best
+
+
+def test_ctrl_c_leaves_a_resumable_search(tmp_path, demo_cfg, ray_local):
+    space = write_space(tmp_path / "space.yaml", _fixed(demo_cfg, epochs=3), SPACE, {"grace_period": 3})
+    args = _search_args(tmp_path, space, "int", 4)
+    args[2] = demo_cfg.data.data_dir
+    exp = tmp_path / "rr" / "int"
+    proc = start(args)
+    assert wait_rows(proc, exp, 2)
+    kill_group(proc, signal.SIGINT)  # Ctrl-C in a terminal signals the whole foreground process group
+    out, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130, err[-3000:]
+    assert f"mmsa resume {exp}" in err and "Traceback" not in err.split("search interrupted")[-1]
+    assert main(["resume", str(exp), "--verbose", "0"]) == 0
+    assert len(load_trials(exp)) == 4 and all(t.state == "TERMINATED" for t in load_trials(exp))
+
+
+def test_storage_not_writable_refused_before_trials(tmp_path, demo_cfg, capsys):
+    space = write_space(tmp_path / "space.yaml", _fixed(demo_cfg, epochs=1), SPACE, {})
+    (tmp_path / "afile").write_text("x")
+    args = _search_args(tmp_path, space, "nw", 2)
+    args[2] = demo_cfg.data.data_dir
+    args[args.index("--storage") + 1] = str(tmp_path / "afile" / "rr")
+    assert main(args) == 2
+    assert "not writable" in capsys.readouterr().err
+
+
+def test_full_disk_refused_before_trials(tmp_path, demo_cfg, capsys):
+    mnt = tmp_path / "full"
+    mnt.mkdir()
+    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=64k", "tmpfs", str(mnt)], capture_output=True).returncode:
+        pytest.skip("cannot mount a small tmpfs here")
+    try:
+        try:
+            (mnt / "filler").write_bytes(b"\0" * 200_000)
+        except OSError:
+            pass  # the disk is now full
+        space = write_space(tmp_path / "space.yaml", _fixed(demo_cfg, epochs=1), SPACE, {})
+        args = _search_args(tmp_path, space, "full", 2)
+        args[2] = demo_cfg.data.data_dir
+        args[args.index("--storage") + 1] = str(mnt / "rr")
+        assert main(args) == 2
+        err = capsys.readouterr().err
+        assert "No space left on device" in err or "MiB free" in err
+        assert not (mnt / "rr" / "full").exists()
+    finally:
+        subprocess.run(["umount", str(mnt)])
