@@ -38,7 +38,8 @@ class TrialSummary:
 
 
 def _states(exp: Path) -> dict[str, dict]:
-    files = sorted(exp.glob("experiment_state-*.json"), key=lambda p: p.stat().st_mtime)
+    # Newest by the start time in the name, as Ray picks it: Ray's final sync rewrites every file, so mtimes tie.
+    files = sorted(exp.glob("experiment_state-*.json"), key=lambda p: p.name)
     if not files:
         return {}
     out = {}
