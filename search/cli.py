@@ -196,6 +196,14 @@ def cmd_status(args) -> int:
     return 0
 
 
+def cmd_report(args) -> int:
+    from .report import write_report
+
+    path = write_report(args.experiment, args.ablation)
+    print(f"wrote {path} (figures in {path.parent / 'report'})")
+    return 0
+
+
 def cmd_export(args) -> int:
     from .results import export_best
 
@@ -246,6 +254,11 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("status", help="table of a search's trials: config, epochs, best val loss/acc, state, error")
     p.add_argument("experiment", type=Path)
     p.set_defaults(fn=cmd_status)
+
+    p = sub.add_parser("report", help="write report.md with learning curves, search progress and hyperparameter plots")
+    p.add_argument("experiment", type=Path)
+    p.add_argument("--ablation", type=Path, help="a `mmsa ablate --out` directory to include")
+    p.set_defaults(fn=cmd_report)
 
     p = sub.add_parser("export", help="write the best trial's config (best epoch, metrics, checkpoint) as YAML")
     p.add_argument("experiment", type=Path)

@@ -32,6 +32,8 @@ def init_ray(address: str | None = None) -> None:
     os.environ.setdefault("RAY_DEDUP_LOGS", "1")
     # Short demo epochs make Ray warn that keeping the best N checkpoints forces frequent state snapshots.
     os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
+    # Ray's classic output engine: a concise status table (our columns) instead of a box per trial start and result.
+    os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
     # Snapshot the experiment state at every step (Ray's default waits up to minutes): after a crash, resume then
     # knows every checkpoint that was written. Cheap next to epochs of seconds to minutes.
     os.environ.setdefault("TUNE_GLOBAL_CHECKPOINT_S", "0")
@@ -140,6 +142,16 @@ def make_scheduler(spec: SearchSpec):
                          reduction_factor=spec.search.reduction_factor)
 
 
+def status_reporter(spec: SearchSpec):
+    """Ray's status table with the searched hyperparameters and the metrics that matter, every 30 s at most."""
+    from ray.tune import CLIReporter
+
+    return CLIReporter(
+        metric_columns={M.EPOCH: "epoch", M.VAL_LOSS: "val_loss", M.SEARCH_METRIC: "best_val_loss", M.VAL_ACC: "val_acc"},
+        parameter_columns={k.replace(".", "/"): k.split(".")[1] for k in spec.space},
+        max_report_frequency=30, sort_by_metric=True, max_progress_rows=30, max_error_rows=10)
+
+
 def trainable_with(data: Split, resources: dict):
     from ray import tune
 
@@ -176,7 +188,7 @@ def run_search(spec: SearchSpec, num_samples: int, name: str, storage: str = "ra
                                     search_alg=make_searcher(spec, name, max_conc, optuna_storage),
                                     scheduler=make_scheduler(spec), trial_dirname_creator=trial_dirname),
         run_config=tune.RunConfig(
-            name=name, storage_path=storage, verbose=verbose,
+            name=name, storage_path=storage, verbose=verbose, progress_reporter=status_reporter(spec),
             checkpoint_config=tune.CheckpointConfig(num_to_keep=spec.search.keep_checkpoints,
                                                     checkpoint_score_attribute=M.OPT_METRIC,
                                                     checkpoint_score_order=M.OPT_MODE),

@@ -1,0 +1,169 @@
+"""`mmsa report ray_results/NAME`: report.md and the figures it embeds, written into the experiment directory."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+
+from model import metrics as M  # noqa: E402
+
+from .asha_state import REPORTED_AT  # noqa: E402
+from .results import TrialSummary, best_trial, load_trials, status_table  # noqa: E402
+from .trainable import FINISHED  # noqa: E402
+from .tuner import read_meta  # noqa: E402
+
+
+def _stopped_by_asha(t: TrialSummary) -> bool:
+    return t.state == "TERMINATED" and bool(t.results) and not t.results[-1].get(FINISHED)
+
+
+def plot_learning_curves(trials: list[TrialSummary], path: Path) -> None:
+    """The lab's figure for every trial: train and val loss per epoch; ASHA-stopped trials end in an x."""
+    ranked = sorted((t for t in trials if t.results), key=lambda t: t.best[M.VAL_LOSS])
+    fig, axes = plt.subplots(1, 2, figsize=(12, 4.8), sharex=True)
+    cmap = plt.get_cmap("viridis")
+    for i, t in enumerate(ranked):
+        color = cmap(i / max(len(ranked) - 1, 1))
+        ep = [r[M.EPOCH] for r in t.results]
+        for ax, key in zip(axes, (M.TRAIN_LOSS, M.VAL_LOSS)):
+            ys = [r[key] for r in t.results]
+            ax.plot(ep, ys, "o-", ms=3, color=color, lw=2.2 if i == 0 else 1.0, alpha=0.9,
+                    label=f"{t.trial_id} (best)" if i == 0 else None)
+            if _stopped_by_asha(t):
+                ax.plot(ep[-1], ys[-1], "x", color="red", ms=8, mew=2)
+    for ax, title in zip(axes, ("train loss", "validation loss")):
+        ax.set(xlabel="epoch", ylabel="cross-entropy loss", title=title)
+        ax.set_yscale("log")
+        ax.grid(alpha=0.3, which="both")
+        ax.xaxis.get_major_locator().set_params(integer=True)
+    axes[1].plot([], [], "x", color="red", mew=2, label="stopped by ASHA")
+    axes[1].legend(loc="upper right")
+    sm = plt.cm.ScalarMappable(cmap=cmap, norm=plt.Normalize(1, max(len(ranked), 2)))
+    fig.colorbar(sm, ax=axes, label="rank by best val loss (1 = best)")
+    fig.suptitle(f"learning curves of {len(ranked)} trials")
+    fig.savefig(path, dpi=110, bbox_inches="tight")
+    plt.close(fig)
+
+
+def plot_progress(trials: list[TrialSummary], path: Path) -> None:
+    """Best val loss so far against trial-epochs spent and against wall time."""
+    rows = sorted(((r.get(REPORTED_AT, r["timestamp"]), r[M.VAL_LOSS], t.trial_id, _stopped_by_asha(t) and r is t.results[-1])
+                   for t in trials for r in t.results))
+    if not rows:
+        return
+    t0 = min(r[0] for r in rows)
+    best = np.minimum.accumulate([r[1] for r in rows])
+    fig, (a, b) = plt.subplots(1, 2, figsize=(12, 4.5))
+    a.step(np.arange(1, len(rows) + 1), best, where="post", color="tab:blue", label="best val loss so far")
+    a.scatter(np.arange(1, len(rows) + 1), [r[1] for r in rows], s=10, color="gray", alpha=0.5, label="each epoch's val loss")
+    stops = [(i + 1, r[1]) for i, r in enumerate(rows) if r[3]]
+    if stops:
+        a.scatter(*zip(*stops), marker="x", color="red", s=50, label="ASHA stopped a trial")
+    a.set(xlabel="trial-epochs spent", ylabel="validation loss", title="search progress (budget)")
+    b.step([(r[0] - t0) / 60 for r in rows], best, where="post", color="tab:blue", label="best val loss so far")
+    b.set(xlabel="wall time since the first report (minutes)", ylabel="validation loss", title="search progress (time)")
+    for ax in (a, b):
+        ax.set_yscale("log")
+        ax.grid(alpha=0.3, which="both")
+        ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def _study(trials: list[TrialSummary], space: dict):
+    """An in-memory Optuna study rebuilt from the search's own trials, for Optuna's plots."""
+    import optuna
+    from optuna.distributions import CategoricalDistribution, FloatDistribution, IntDistribution
+
+    dists = {}
+    for key, spec in space.items():
+        kind, args = next(iter(spec.items()))
+        dists[key] = {"loguniform": lambda a: FloatDistribution(a[0], a[1], log=True),
+                      "uniform": lambda a: FloatDistribution(a[0], a[1]),
+                      "randint": lambda a: IntDistribution(a[0], a[1] - 1),
+                      "choice": lambda a: CategoricalDistribution(a)}[kind](args)
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    study = optuna.create_study(direction="minimize")
+    for t in trials:
+        if not t.results or t.state == "ERROR":
+            continue
+        params = {k: t.config[k.split(".")[0]][k.split(".")[1]] for k in dists}
+        study.add_trial(optuna.trial.create_trial(params=params, distributions=dists, value=t.best[M.VAL_LOSS],
+                                                  intermediate_values={r[M.EPOCH]: r[M.BEST_VAL_LOSS] for r in t.results}))
+    return study
+
+
+def plot_hyperparameters(trials: list[TrialSummary], space: dict, out: Path) -> list[tuple[str, str]]:
+    import warnings
+
+    from optuna.exceptions import ExperimentalWarning
+    from optuna.importance import PedAnovaImportanceEvaluator
+    from optuna.visualization import matplotlib as ovm
+
+    warnings.filterwarnings("ignore", category=ExperimentalWarning)
+    warnings.filterwarnings("ignore", message="PedAnovaImportanceEvaluator computes")  # low is what we want
+
+    study = _study(trials, space)
+    figs = []
+    if len(study.trials) < 3:
+        return figs
+    # Log scale: one diverged trial (loss 50) would otherwise flatten every other point onto the axis.
+    target, tname = (lambda t: float(np.log10(t.value))), "log10 best val loss"
+    jobs = [("importance.png", "hyperparameter importance (PED-ANOVA) for log10 best val loss",
+             lambda: ovm.plot_param_importances(study, evaluator=PedAnovaImportanceEvaluator(), target=target, target_name=tname)),
+            ("slice.png", "log10 best val loss against each hyperparameter (colour = trial number)",
+             lambda: ovm.plot_slice(study, target=target, target_name=tname)),
+            ("parallel.png", "parallel coordinates (colour = log10 best val loss, darker = better)",
+             lambda: ovm.plot_parallel_coordinate(study, target=target, target_name=tname))]
+    for name, caption, make in jobs:
+        try:
+            ax = make()
+        except (ValueError, RuntimeError) as e:  # e.g. importance needs variation in the parameters
+            figs.append((name, f"{caption}: not available ({e})"))
+            continue
+        fig = (ax.flat[0] if isinstance(ax, np.ndarray) else ax).figure
+        fig.set_size_inches(max(fig.get_size_inches()[0], 8), max(fig.get_size_inches()[1], 4.5))
+        fig.savefig(out / name, dpi=110, bbox_inches="tight")
+        plt.close(fig)
+        figs.append((name, caption))
+    return figs
+
+
+def write_report(exp_dir: str | Path, ablation: str | Path | None = None) -> Path:
+    exp = Path(exp_dir)
+    meta = read_meta(exp)
+    trials = load_trials(exp)
+    figs = exp / "report"
+    figs.mkdir(exist_ok=True)
+    plot_learning_curves(trials, figs / "curves.png")
+    plot_progress(trials, figs / "progress.png")
+    hp = plot_hyperparameters(trials, meta["spec"]["space"], figs)
+    lines = [f"# Search report: {meta['name']}", "",
+             f"Data: `{meta['data_dir']}` (fingerprint `{meta['data_fingerprint'][:12]}`), {meta['num_samples']} trials "
+             f"requested, started {meta['created']}.", ""]
+    try:
+        b = best_trial(exp)
+        lines += ["## Best trial", "", f"Trial `{b.trial_id}`: best val loss **{b.best[M.VAL_LOSS]:.4f}** at epoch "
+                  f"{b.best[M.EPOCH]} (val acc {b.best[M.VAL_ACC]:.4f}, macro-F1 {b.best[M.VAL_F1]:.4f}).", "",
+                  "| hyperparameter | value |", "|---|---|"]
+        lines += [f"| {k} | {b.config[k.split('.')[0]][k.split('.')[1]]} |" for k in meta["spec"]["space"]]
+        lines += ["", f"Export it with `mmsa export {exp} -o best.yaml`.", ""]
+    except Exception as e:  # an empty search still gets a report of what exists
+        lines += [f"No best trial yet: {e}", ""]
+    lines += ["## Learning curves", "", "![learning curves](report/curves.png)", "",
+              "## Search progress", "", "![search progress](report/progress.png)", "", "## Hyperparameter effects", ""]
+    for name, caption in hp:
+        lines += [f"![{caption}](report/{name})" if "not available" not in caption else caption, ""]
+    lines += ["## Trials", "", "```", status_table(exp), "```", ""]
+    if ablation and (Path(ablation) / "ablation.md").is_file():
+        import shutil
+
+        shutil.copy(Path(ablation) / "ablation.png", figs / "ablation.png")
+        lines += ["## Ablation", "", (Path(ablation) / "ablation.md").read_text(), "", "![ablation](report/ablation.png)", ""]
+    (exp / "report.md").write_text("\n".join(lines))
+    return exp / "report.md"
