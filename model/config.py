@@ -56,6 +56,7 @@ class TrainConfig:
     hflip: float = opt(0.5, "train-time probability of a horizontal flip", lo=0.0, hi=1.0)
     rotation: float = opt(10.0, "train-time random rotation range, degrees (+/-)", lo=0.0, hi=180.0)
     device: str = opt("auto", "auto (cuda if available), cuda, cuda:N or cpu")
+    compile: bool = opt(False, "torch.compile the model (faster steps on GPU after a warm-up of tens of seconds)")
     num_threads: int = opt(0, "CPU threads for torch; 0 = torch's default", lo=0)
 
 

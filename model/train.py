@@ -60,6 +60,8 @@ class Trainer:
         self.model = FusionClassifier(cfg.model).to(self.device)
         if self.cuda and self.model.uses_image:
             self.model.image.to(memory_format=torch.channels_last)
+        # torch.compile wraps the module; state dicts and checkpoints keep using the plain one.
+        self.step_model = torch.compile(self.model, dynamic=True) if t.compile else self.model
         self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=t.lr, weight_decay=t.weight_decay,
                                            **({"fused": True} if self.cuda else {}))
         self.scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(self.optimizer, mode="min", factor=t.lr_factor,
@@ -73,9 +75,14 @@ class Trainer:
     def _autocast(self):
         return torch.autocast("cuda", dtype=torch.bfloat16) if self.cuda else contextlib.nullcontext()
 
+    def _collate(self, data: Prepared, idx: np.ndarray) -> dict:
+        b = collate(data, idx)
+        # Pinned on the prefetch thread, so the copy to the GPU below is asynchronous.
+        return {k: v.pin_memory() for k, v in b.items()} if self.cuda else b
+
     def _to_device(self, batch: dict) -> dict:
         if self.cuda:
-            return {k: v.pin_memory().to(self.device, non_blocking=True) for k, v in batch.items()}
+            return {k: v.to(self.device, non_blocking=True) for k, v in batch.items()}
         return batch
 
     def _forward(self, b: dict, train: bool, gen: torch.Generator | None) -> torch.Tensor:
@@ -87,7 +94,7 @@ class Trainer:
             if self.cuda:
                 images = images.contiguous(memory_format=torch.channels_last)
         with self._autocast():
-            return self.model(b["input_ids"], b["attention_mask"], images).float()
+            return self.step_model(b["input_ids"], b["attention_mask"], images).float()
 
     def run_epoch(self, data: Prepared, train: bool, seed: int = 0) -> dict:
         """One pass over data; returns loss, accuracy, macro F1, samples, seconds. Metrics stay on the device
@@ -99,11 +106,12 @@ class Trainer:
         micro = t.micro_batch_size or t.batch_size
         gen = torch.Generator().manual_seed(_epoch_seed(t.seed, seed, 2))
         # (micro-batch, size of its optimizer step, last micro-batch of the step?)
-        parts = ((collate(data, part), len(idx), part is chunks[-1])
+        parts = ((self._collate(data, part), len(idx), part is chunks[-1])
                  for idx in batches for chunks in [np.split(idx, range(micro, len(idx), micro))] for part in chunks)
         loss_sum = torch.zeros((), device=self.device)
         n_classes = len(LABELS)
         confusion = torch.zeros(n_classes**2, dtype=torch.long, device=self.device)
+        ones = torch.ones(max(t.batch_size, micro), dtype=torch.long, device=self.device)
         start, seen = time.perf_counter(), 0
         with torch.set_grad_enabled(train):
             for b, step_size, last in prefetch(parts):
@@ -116,7 +124,8 @@ class Trainer:
                         self.optimizer.step()
                         self.optimizer.zero_grad(set_to_none=True)
                 loss_sum += loss.detach()
-                confusion += torch.bincount(b["labels"] * n_classes + logits.argmax(1), minlength=n_classes**2)
+                # index_add_, not bincount: bincount on CUDA reads the maximum back to the host every batch.
+                confusion.index_add_(0, b["labels"] * n_classes + logits.argmax(1), ones[: b["labels"].shape[0]])
                 seen += b["labels"].shape[0]
                 if self.on_batch is not None:
                     self.on_batch(train, b["labels"].shape[0])

@@ -54,3 +54,23 @@ def test_one_gpu_per_trial_on_two_nodes(two_node_cluster, demo_cfg, tmp_path):
         overlapping = [b for b in spans if b[0] < a[1] - 0.5 and a[0] < b[1] - 0.5]
         assert len(overlapping) <= 2  # never more than two trials at once (itself included)
         assert len({b[2] for b in overlapping}) == len(overlapping)  # each on its own (node, GPU)
+
+
+def test_fractional_gpus_pack_two_trials_per_gpu(two_node_cluster, demo_cfg, tmp_path):
+    spec = _spec(demo_cfg, epochs=2)
+    spec.search.gpus_per_trial = 0.5
+    run_search(spec, 6, "packed", str(tmp_path), address=two_node_cluster.address, shared_storage=True,
+               verbose=0, log=lambda *a: None)
+    trials = load_trials(tmp_path / "packed")
+    assert len(trials) == 6 and all(t.state == "TERMINATED" for t in trials)
+    spans = [(t.results[0]["timestamp"] - t.results[0]["time_this_iter_s"], t.results[-1]["timestamp"],
+              (t.results[0][NODE_ID], t.results[0][GPU_IDS])) for t in trials]
+    most = 0
+    for a in spans:
+        overlapping = [b for b in spans if b[0] < a[1] - 0.5 and a[0] < b[1] - 0.5]
+        per_gpu = {}
+        for b in overlapping:
+            per_gpu[b[2]] = per_gpu.get(b[2], 0) + 1
+        assert max(per_gpu.values()) <= 2  # half a GPU each: at most two trials share one
+        most = max(most, len(overlapping))
+    assert most > 2  # packing let more trials run at once than there are GPUs

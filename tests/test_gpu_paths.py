@@ -1,0 +1,69 @@
+"""The CUDA code paths: checked on the CPU where the same code runs, on a GPU when there is one."""
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from data_pipeline.augment import augment, normalize
+from model import metrics as M
+from model.run import load_train_val
+from model.train import Trainer
+
+ROOT = Path(__file__).resolve().parents[1]
+cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+
+
+def test_gpu_step_bench_runs_in_tiny_mode(tmp_path):
+    r = subprocess.run([sys.executable, str(ROOT / "bench" / "gpu_step.py"), "--tiny", "--batches", "8,16", "--steps", "2"],
+                       capture_output=True, text=True, env={**__import__("os").environ, "OUT": str(tmp_path)}, timeout=300)
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert "samples/s" in r.stdout and "outside model" in r.stdout
+    d = json.loads((tmp_path / "gpu_step.json").read_text())
+    assert [row["batch"] for row in d["rows"]] == [8, 16]
+    for row in d["rows"]:
+        assert row["samples_per_s"] > 0 and row["gflop_per_sample"] > 0 and 0 <= row["outside_model_share"] <= 1
+
+
+def test_channels_last_does_not_change_the_math(demo_cfg):
+    split = load_train_val(demo_cfg, progress=False)
+    t = Trainer(demo_cfg, split, device="cpu")
+    t.model.eval()
+    from data_pipeline.batches import collate
+
+    b = collate(split.val, np.arange(16))
+    images = normalize(b["images"])
+    with torch.no_grad():
+        plain = t.model(b["input_ids"], b["attention_mask"], images)
+        t.model.image.to(memory_format=torch.channels_last)
+        cl = t.model(b["input_ids"], b["attention_mask"], images.contiguous(memory_format=torch.channels_last))
+    assert torch.allclose(plain, cl, atol=1e-4)
+
+
+def test_confusion_without_host_sync_matches_bincount():
+    labels = torch.tensor([0, 1, 2, 2, 1, 0, 0])
+    preds = torch.tensor([0, 2, 2, 1, 1, 0, 1])
+    conf = torch.zeros(9, dtype=torch.long).index_add_(0, labels * 3 + preds, torch.ones(7, dtype=torch.long))
+    assert torch.equal(conf, torch.bincount(labels * 3 + preds, minlength=9))
+    # per class F1: 0 -> P 1, R 2/3 = 0.8; 1 -> P 1/3, R 1/2 = 0.4; 2 -> P 1/2, R 1/2 = 0.5
+    assert M.macro_f1(conf.view(3, 3)) == pytest.approx((0.8 + 0.4 + 0.5) / 3)
+
+
+@cuda
+def test_cuda_augment_matches_cpu():
+    x = torch.randint(0, 256, (4, 3, 32, 32), dtype=torch.uint8)
+    cpu = augment(normalize(x), 0.5, 10.0, torch.Generator().manual_seed(1))
+    gpu = augment(normalize(x.cuda()), 0.5, 10.0, torch.Generator().manual_seed(1))
+    assert torch.allclose(cpu, gpu.cpu(), atol=1e-3)
+
+
+@cuda
+@pytest.mark.slow
+def test_cuda_compile_trains(demo_cfg):
+    split = load_train_val(demo_cfg, progress=False)
+    t = Trainer(demo_cfg.with_overrides({"epochs": 2, "compile": True, "device": "cuda"}), split)
+    hist = list(t.fit())
+    assert len(hist) == 2 and np.isfinite(hist[-1][M.VAL_LOSS])
