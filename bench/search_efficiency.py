@@ -81,7 +81,7 @@ def main() -> None:
         print(f"{'ASHA+Optuna seed ' + str(seed):<22}{s['trials']:>7}{s['trial_epochs']:>14}{wall:>9.0f}{s['best']:>15.4f}"
               f"{(s['best'] / g['best'] - 1) * 100:>8.1f}%{s['trial_epochs'] / g['trial_epochs']:>13.2f}")
     print("target: best val_loss within 1% of the grid's with at most 1/3 of its trial-epochs")
-    print(f"time from search start to first report: " + ", ".join(f"{r[3]:.1f} s" for r in rows))
+    print("time from search start to first report: " + ", ".join(f"{r[3]:.1f} s" for r in rows))
     print(f"mmsa demo wall time (search + export + final training + predictions): {demo_wall:.0f} s")
 
 

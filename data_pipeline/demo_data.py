@@ -86,7 +86,7 @@ def make_demo_data(out: str | Path, n: int = 400, n_test: int | None = None, see
     rng.shuffle(labels)
     guids = rng.permutation(np.arange(1, 4 * (n + n_test) + 1))[: n + n_test]
     test_labels = list(rng.choice(LABELS, size=n_test, p=[PROPORTIONS[l] for l in LABELS]))
-    for i, (guid, label) in enumerate(zip(guids, labels + test_labels)):
+    for guid, label in zip(guids, labels + test_labels):
         carrier = rng.choice(["text", "image", "both"], p=[0.4, 0.4, 0.2])
         text_kind = rng.choice(["utf-8", "gb18030", "cp1252"], p=[0.75, 0.17, 0.08])
         text = _text(rng, label, carrier != "image")

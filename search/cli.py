@@ -168,7 +168,7 @@ def cmd_resume(args) -> int:
 def _finished(exp: Path) -> int:
     """After Ray's fit returns: done, or stopped by Ctrl-C (Ray catches the first one and saves its state)."""
     if "://" in str(exp):
-        print(f"search ended: `mmsa status` and `mmsa export` need the experiment directory on a local path")
+        print("search ended: `mmsa status` and `mmsa export` need the experiment directory on a local path")
         return 0
     from .results import load_trials
     from .tuner import read_meta

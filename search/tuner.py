@@ -120,7 +120,17 @@ def capacity(spec: SearchSpec) -> tuple[dict, int]:
     return {"cpu": s.cpus_per_trial, "gpu": gpus}, (min(s.max_concurrent, fits) if s.max_concurrent else fits)
 
 
-def make_searcher(spec: SearchSpec, name: str, max_concurrent: int, optuna_storage: str | None):
+def make_sampler(seed: int, num_samples: int):
+    """TPE tuned for small budgets and parallel trials: Optuna's default spends its first 10 trials at random,
+    which is most of a 12-40 trial search; multivariate TPE models lr x batch size jointly; the constant liar keeps
+    trials that run at the same time from being proposed the same region."""
+    import optuna
+
+    return optuna.samplers.TPESampler(seed=seed, n_startup_trials=max(3, min(10, num_samples // 4)),
+                                      multivariate=True, constant_liar=True)
+
+
+def make_searcher(spec: SearchSpec, name: str, max_concurrent: int, optuna_storage: str | None, num_samples: int):
     from ray.tune.search import ConcurrencyLimiter
 
     from .truthful_optuna import TruthfulOptunaSearch
@@ -130,7 +140,7 @@ def make_searcher(spec: SearchSpec, name: str, max_concurrent: int, optuna_stora
         import optuna
 
         storage = optuna.storages.RDBStorage(optuna_storage)
-    searcher = TruthfulOptunaSearch(seed=spec.search.seed, study_name=name, storage=storage)
+    searcher = TruthfulOptunaSearch(sampler=make_sampler(spec.search.seed, num_samples), study_name=name, storage=storage)
     return ConcurrencyLimiter(searcher, max_concurrent=max_concurrent)
 
 
@@ -185,7 +195,7 @@ def run_search(spec: SearchSpec, num_samples: int, name: str, storage: str = "ra
         trainable_with(data, resources),
         param_space=spec.param_space(),
         tune_config=tune.TuneConfig(metric=M.SEARCH_METRIC, mode=M.OPT_MODE, num_samples=num_samples,
-                                    search_alg=make_searcher(spec, name, max_conc, optuna_storage),
+                                    search_alg=make_searcher(spec, name, max_conc, optuna_storage, num_samples),
                                     scheduler=make_scheduler(spec), trial_dirname_creator=trial_dirname),
         run_config=tune.RunConfig(
             name=name, storage_path=storage, verbose=verbose, progress_reporter=status_reporter(spec),

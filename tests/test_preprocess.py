@@ -8,7 +8,7 @@ from conftest import write_dataset
 from data_pipeline import images
 from data_pipeline.dataset import stratified_split
 from data_pipeline.errors import UserError
-from data_pipeline.preprocess import Prepared, prepare
+from data_pipeline.preprocess import prepare
 
 
 def test_cache_hit_decodes_no_picture(demo_dir, tiny_bert, tmp_path):

@@ -1,12 +1,10 @@
 """Faults a long search must survive, each on a real Ray instance: SIGKILL x3 + resume, a worker killed
 mid-epoch, CUDA out of memory in one trial, Ctrl-C, unwritable or full storage."""
-import json
 import random
 import signal
 import subprocess
 
 import pytest
-from ray.tune.schedulers import ASHAScheduler
 
 from model import metrics as M
 from search.asha_state import replay, rungs

@@ -2,7 +2,6 @@
 import pytest
 
 from data_pipeline.errors import UserError
-from model import metrics as M
 from search.results import load_trials
 from search.space import parse_spec
 from search.trainable import DEVICE, GPU_IDS, NODE_ID

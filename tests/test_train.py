@@ -6,10 +6,9 @@ import pytest
 import torch
 
 from data_pipeline.labels import LABELS
-from data_pipeline.preprocess import Prepared
 from model import metrics as M
 from model.checkpoint import STATE
-from model.run import ablate_run, load_train_val, predict_run, train_run
+from model.run import ablate_run, load_train_val
 from model.train import Split, Trainer
 from search.cli import main
 
