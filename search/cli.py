@@ -146,7 +146,9 @@ def cmd_search(args) -> int:
     for name in ("gpus_per_trial", "cpus_per_trial", "max_concurrent", "seed"):
         if getattr(args, name) is not None:
             setattr(spec.search, name, getattr(args, name))
-    exp = Path(args.storage) / args.name
+    from .tuner import join_uri
+
+    exp = join_uri(str(args.storage), args.name)
     try:
         run_search(spec, args.num_samples, args.name, str(args.storage), address=args.address,
                    shared_storage=args.shared_storage, optuna_storage=args.optuna_storage, verbose=args.verbose)
@@ -165,11 +167,8 @@ def cmd_resume(args) -> int:
     return _finished(args.experiment)
 
 
-def _finished(exp: Path) -> int:
+def _finished(exp) -> int:
     """After Ray's fit returns: done, or stopped by Ctrl-C (Ray catches the first one and saves its state)."""
-    if "://" in str(exp):
-        print("search ended: `mmsa status` and `mmsa export` need the experiment directory on a local path")
-        return 0
     from .results import load_trials
     from .tuner import read_meta
 
@@ -184,7 +183,7 @@ def _finished(exp: Path) -> int:
     return 0
 
 
-def _interrupted(exp: Path) -> int:
+def _interrupted(exp) -> int:
     print(f"search interrupted; its state is saved. Continue it with:\n  mmsa resume {exp}", file=sys.stderr)
     return 130
 
@@ -246,22 +245,22 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(fn=cmd_search)
 
     p = sub.add_parser("resume", help="continue an interrupted search where it stopped")
-    p.add_argument("experiment", type=Path, help="experiment directory, e.g. ray_results/NAME")
+    p.add_argument("experiment", type=str, help="experiment directory, e.g. ray_results/NAME")
     p.add_argument("--address", help="Ray cluster to join (default: a fresh local instance)")
     p.add_argument("--verbose", type=int, default=1, choices=(0, 1, 2))
     p.set_defaults(fn=cmd_resume)
 
     p = sub.add_parser("status", help="table of a search's trials: config, epochs, best val loss/acc, state, error")
-    p.add_argument("experiment", type=Path)
+    p.add_argument("experiment", type=str)
     p.set_defaults(fn=cmd_status)
 
     p = sub.add_parser("report", help="write report.md with learning curves, search progress and hyperparameter plots")
-    p.add_argument("experiment", type=Path)
+    p.add_argument("experiment", type=str)
     p.add_argument("--ablation", type=Path, help="a `mmsa ablate --out` directory to include")
     p.set_defaults(fn=cmd_report)
 
     p = sub.add_parser("export", help="write the best trial's config (best epoch, metrics, checkpoint) as YAML")
-    p.add_argument("experiment", type=Path)
+    p.add_argument("experiment", type=str)
     p.add_argument("-o", "--output", type=Path, default=Path("best.yaml"))
     p.set_defaults(fn=cmd_export)
 

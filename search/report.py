@@ -12,7 +12,7 @@ import numpy as np  # noqa: E402
 from model import metrics as M  # noqa: E402
 
 from .asha_state import REPORTED_AT  # noqa: E402
-from .results import TrialSummary, best_trial, load_trials, status_table  # noqa: E402
+from .results import TrialSummary, best_trial, load_trials, local_copy, status_table  # noqa: E402
 from .trainable import FINISHED  # noqa: E402
 from .tuner import read_meta  # noqa: E402
 
@@ -135,7 +135,12 @@ def plot_hyperparameters(trials: list[TrialSummary], space: dict, out: Path) -> 
 
 
 def write_report(exp_dir: str | Path, ablation: str | Path | None = None) -> Path:
-    exp = Path(exp_dir)
+    """Into the experiment directory; an s3://, gs:// or file:// experiment into ./NAME-report (a local copy of its
+    results, without checkpoints)."""
+    if "://" in str(exp_dir):
+        exp = local_copy(str(exp_dir), Path(f"{read_meta(exp_dir)['name']}-report").resolve())
+    else:
+        exp = Path(exp_dir)
     meta = read_meta(exp)
     trials = load_trials(exp)
     figs = exp / "report"

@@ -14,7 +14,33 @@ from data_pipeline.errors import UserError
 from model import metrics as M
 from model.config import RunConfig, save_config
 
-from .tuner import read_meta
+from .tuner import META, _fs, _is_uri, read_meta
+
+SMALL_FILES = ("result.json", "params.json", "error.txt", META)
+
+
+def local_copy(exp: str, dest: Path | None = None) -> Path:
+    """A local folder with the small files of an experiment stored at a URI (s3://, gs://, file://): results,
+    params, errors and Ray's experiment state; checkpoints stay where they are."""
+    import tempfile
+
+    import pyarrow.fs as pafs
+
+    fs, root = _fs(exp)
+    dest = Path(dest) if dest else Path(tempfile.mkdtemp(prefix="mmsa-exp-"))
+    for info in fs.get_file_info(pafs.FileSelector(root, recursive=True)):
+        rel = info.path[len(root):].lstrip("/")
+        name = rel.rsplit("/", 1)[-1]
+        if info.type == pafs.FileType.File and "checkpoint_" not in rel and (
+                name in SMALL_FILES or (name.startswith("experiment_state-") and name.endswith(".json"))):
+            (dest / rel).parent.mkdir(parents=True, exist_ok=True)
+            with fs.open_input_stream(info.path) as src:
+                (dest / rel).write_bytes(src.read())
+    return dest
+
+
+def _local(exp_dir: str | Path) -> Path:
+    return local_copy(str(exp_dir)) if _is_uri(str(exp_dir)) else Path(exp_dir)
 
 
 @dataclass
@@ -59,8 +85,8 @@ def _error_reason(trial_dir: Path) -> str:
 
 
 def load_trials(exp_dir: str | Path) -> list[TrialSummary]:
-    exp = Path(exp_dir)
-    read_meta(exp)  # refuses directories that are not searches
+    read_meta(exp_dir)  # refuses directories that are not searches
+    exp = _local(exp_dir)
     states = _states(exp)
     trials = []
     for d in sorted(p for p in exp.iterdir() if p.is_dir() and (p / "params.json").is_file()):
@@ -115,15 +141,20 @@ def best_trial(exp_dir: str | Path) -> TrialSummary:
 def export_best(exp_dir: str | Path, out: str | Path) -> dict:
     """Write the best trial's run config plus a `search:` section (best epoch, metrics, checkpoint, data
     fingerprint); `mmsa train --config OUT` trains it for the best epoch count."""
-    exp = Path(exp_dir).resolve()
+    import pyarrow.fs as pafs
+
+    exp = str(exp_dir).rstrip("/") if _is_uri(str(exp_dir)) else str(Path(exp_dir).resolve())
     meta = read_meta(exp)
     t = best_trial(exp)
     b = t.best
-    ck = t.path / b["checkpoint_dir_name"] if b.get("checkpoint_dir_name") else None
+    ck = f"{exp}/{t.path.name}/{b['checkpoint_dir_name']}" if b.get("checkpoint_dir_name") else None
+    if ck is not None:  # kept only while it is among the trial's best `keep_checkpoints`
+        fs, path = _fs(ck)
+        ck = ck if fs.get_file_info(path).type == pafs.FileType.Directory else None
     cfg = RunConfig.from_dict(t.config, source=f"{t.path / 'params.json'}")
-    info = {"experiment": str(exp), "trial_id": t.trial_id, "best_epoch": int(b[M.EPOCH]),
+    info = {"experiment": exp, "trial_id": t.trial_id, "best_epoch": int(b[M.EPOCH]),
             "metrics": {k: float(b[k]) for k in (M.VAL_LOSS, M.VAL_ACC, M.VAL_F1, M.TRAIN_LOSS)},
-            "checkpoint": str(ck) if ck is not None and ck.is_dir() else None,
+            "checkpoint": ck,
             "data_dir": meta["data_dir"], "data_fingerprint": meta["data_fingerprint"]}
     save_config(cfg, out, extras={"search": info})
     return info

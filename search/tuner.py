@@ -180,17 +180,15 @@ def run_search(spec: SearchSpec, num_samples: int, name: str, storage: str = "ra
     init_ray(address)
     check_cluster_storage(storage, shared_storage)
     resources, max_conc = capacity(spec)
-    exp = Path(storage) / name if not _is_uri(storage) else None
-    if exp is not None and (exp / META).exists():
+    exp = join_uri(storage, name)
+    if meta_exists(exp):
         raise UserError(f"{exp} already holds a search; continue it with `mmsa resume {exp}` or pick another --name.")
     meta = {"name": name, "storage": storage, "num_samples": num_samples, "data_dir": str(data_dir),
             "data_fingerprint": data.train.fingerprint, "optuna_storage": optuna_storage,
             "created": datetime.datetime.now().isoformat(timespec="seconds"), "resources": resources,
             "max_concurrent": max_conc, "spec": spec_to_dict(spec)}
-    if exp is not None:
-        exp.mkdir(parents=True, exist_ok=True)
-        (exp / META).write_text(yaml.safe_dump(meta, sort_keys=False))
-    log(f"search {name}: {num_samples} trials, {max_conc} at once, {resources} each; results in {exp or storage + '/' + name}")
+    write_meta(exp, meta)
+    log(f"search {name}: {num_samples} trials, {max_conc} at once, {resources} each; results in {exp}")
     tuner = tune.Tuner(
         trainable_with(data, resources),
         param_space=spec.param_space(),
@@ -208,19 +206,47 @@ def run_search(spec: SearchSpec, num_samples: int, name: str, storage: str = "ra
     return tuner.fit()
 
 
+def join_uri(storage: str, name: str) -> str:
+    return f"{storage.rstrip('/')}/{name}" if _is_uri(storage) else str(Path(storage) / name)
+
+
+def _fs(location: str):
+    """A pyarrow filesystem and path for a local path or a URI (s3://, gs://, file://), as Ray uses them."""
+    import pyarrow.fs as pafs
+
+    if _is_uri(location):
+        return pafs.FileSystem.from_uri(location)
+    return pafs.LocalFileSystem(), str(Path(location).resolve())
+
+
+def meta_exists(exp: str) -> bool:
+    import pyarrow.fs as pafs
+
+    fs, path = _fs(exp)
+    return fs.get_file_info(f"{path}/{META}").type == pafs.FileType.File
+
+
+def write_meta(exp: str, meta: dict) -> None:
+    fs, path = _fs(exp)
+    fs.create_dir(path, recursive=True)
+    with fs.open_output_stream(f"{path}/{META}") as f:
+        f.write(yaml.safe_dump(meta, sort_keys=False).encode())
+
+
 def read_meta(exp_dir: str | Path) -> dict:
-    exp = Path(exp_dir)
-    if not (exp / META).is_file():
-        raise UserError(f"{exp}: not a search experiment (no {META}; `mmsa search --name NAME` creates ray_results/NAME).")
-    return yaml.safe_load((exp / META).read_text())
+    if not meta_exists(str(exp_dir)):
+        raise UserError(f"{exp_dir}: not a search experiment (no {META}; `mmsa search --name NAME` creates ray_results/NAME).")
+    fs, path = _fs(str(exp_dir))
+    with fs.open_input_stream(f"{path}/{META}") as f:
+        return yaml.safe_load(f.read().decode())
 
 
 def resume_search(exp_dir: str | Path, *, address: str | None = None, verbose: int = 1, log=print):
     from ray import tune
 
-    exp = Path(exp_dir).resolve()
+    exp = str(exp_dir) if _is_uri(str(exp_dir)) else str(Path(exp_dir).resolve())
     meta = read_meta(exp)
-    spec = parse_spec(meta["spec"], f"{exp / META}")
+    spec = parse_spec(meta["spec"], f"{exp}/{META}")
     now = data_fingerprint(meta["data_dir"], "train")
     if now != meta["data_fingerprint"]:
         raise UserError(f"{meta['data_dir']}: the data changed since the search started (fingerprint "
@@ -228,12 +254,12 @@ def resume_search(exp_dir: str | Path, *, address: str | None = None, verbose: i
                         "Start a new search with `mmsa search --name NEW`.")
     data = load_train_val(spec.fixed, log)
     init_ray(address)
-    if not tune.Tuner.can_restore(str(exp)):
+    if not tune.Tuner.can_restore(exp):
         raise UserError(f"{exp}: Ray has no saved experiment state here yet (the search was stopped before its first "
                         "trial started); start it again with `mmsa search`.")
     resources = meta["resources"]
     log(f"resuming search {meta['name']} in {exp}")
-    tuner = tune.Tuner.restore(str(exp), trainable=trainable_with(data, resources), resume_unfinished=True,
+    tuner = tune.Tuner.restore(exp, trainable=trainable_with(data, resources), resume_unfinished=True,
                                resume_errored=True)
     from .asha_state import replay
     from .results import load_trials

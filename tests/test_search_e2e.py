@@ -95,3 +95,26 @@ def test_not_a_search_directory(tmp_path, capsys):
     for cmd in (["status", str(tmp_path)], ["export", str(tmp_path)], ["resume", str(tmp_path)]):
         assert main(cmd) == 2
         assert "not a search experiment" in capsys.readouterr().err
+
+
+def test_uri_storage_search_status_export_resume(demo_cfg, tmp_path, ray_local, capsys, monkeypatch):
+    """Object-store style storage (file:// here; s3:// and gs:// go through the same pyarrow filesystem code)."""
+    from search.space import parse_spec
+    from search.tuner import run_search
+
+    spec = parse_spec({"space": {"train.lr": {"loguniform": [1e-4, 1e-2]}},
+                       "fixed": demo_cfg.with_overrides({"epochs": 2}).to_dict()}, "uri test")
+    uri = f"file://{tmp_path}/rr"
+    run_search(spec, 2, "u", uri, verbose=0, log=lambda *a: None)
+    exp = f"{uri}/u"
+    assert main(["status", exp]) == 0
+    assert "u: 2 of 2 trials started, 2 terminated" in capsys.readouterr().out
+    assert main(["export", exp, "-o", str(tmp_path / "best.yaml")]) == 0
+    import yaml
+
+    info = yaml.safe_load((tmp_path / "best.yaml").read_text())["search"]
+    assert info["checkpoint"].startswith(f"{exp}/trial_") and info["experiment"] == exp
+    monkeypatch.chdir(tmp_path)
+    assert main(["report", exp]) == 0
+    assert (tmp_path / "u-report" / "report.md").is_file()
+    assert main(["resume", exp, "--verbose", "0"]) == 0  # a finished search resumes to finished
