@@ -63,3 +63,13 @@ def load_image_backbone(arch: str, weights: str) -> tuple[nn.Module, int]:
     width = net.fc.in_features
     net.fc = nn.Identity()
     return net, width
+
+
+def check_backbones(cfg) -> None:
+    """Fail before any expensive work when a configured backbone file is missing (ModelConfig `cfg`)."""
+    if cfg.modality in ("fusion", "text"):
+        check_text_model_dir(cfg.text_model, need_weights=True)
+    if cfg.modality in ("fusion", "image") and cfg.image_weights and cfg.image_weights.lower() != "none":
+        if not Path(cfg.image_weights).is_file():
+            raise UserError(f"{cfg.image_weights}: weights file not found (model.image_weights). {HOW_TO_GET} "
+                            "Use image_weights: none for random init.")

@@ -9,13 +9,14 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
-from data_pipeline.dataset import read_rows, stratified_split
+from data_pipeline.dataset import check_data_dir, read_rows, stratified_split
 from data_pipeline.errors import UserError
 from data_pipeline.labels import LABELS
 from data_pipeline.preprocess import Prepared, prepare
 
 from . import checkpoint as ckpt
 from . import metrics as M
+from .backbones import check_backbones
 from .config import RunConfig, load_config, save_config
 from .fusion import FusionClassifier
 from .train import Split, Trainer, predict_proba
@@ -35,6 +36,17 @@ def load_train_val(cfg: RunConfig, log=print, progress: bool = True) -> Split:
     return Split(full.subset(tr), full.subset(va))
 
 
+def release_gpu_memory() -> None:
+    """Return the finished run's cached GPU memory before the next run in the same process starts."""
+    import gc
+
+    import torch
+
+    gc.collect()
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
+
+
 def write_metrics(history: list[dict], out: Path) -> None:
     (out / "metrics.json").write_text(json.dumps(history, indent=1))
     with open(out / "metrics.csv", "w", newline="") as f:
@@ -50,8 +62,11 @@ def train_run(cfg: RunConfig, out: str | Path, *, resume: bool = False, log=prin
     from .plots import plot_curves
 
     out = Path(out)
+    if data is None:
+        check_data_dir(cfg.data.data_dir)
+        check_backbones(cfg.model)
+        data = load_train_val(cfg, log, progress)
     out.mkdir(parents=True, exist_ok=True)
-    data = data or load_train_val(cfg, log, progress)
     trainer = Trainer(cfg, data)
     if resume:
         if not (out / LAST_CHECKPOINT / ckpt.STATE).is_file():
@@ -118,11 +133,14 @@ def ablate_run(cfg: RunConfig, out: str | Path, log=print, progress: bool = True
     from .plots import plot_ablation
 
     out = Path(out)
+    check_data_dir(cfg.data.data_dir)
+    check_backbones(cfg.with_overrides({"model.modality": "fusion"}).model)  # all three runs' files, before any
     data = load_train_val(cfg, log, progress)
     results, histories = [], {}
     for modality in ("text", "image", "fusion"):
         sub = cfg.with_overrides({"model.modality": modality})
         histories[modality] = train_run(sub, out / modality, log=log, progress=progress, data=data)
+        release_gpu_memory()  # the lab ran out of GPU memory when runs followed each other in one process
         best = min(histories[modality], key=lambda h: h[M.VAL_LOSS])
         results.append({"modality": modality, M.BEST_EPOCH: best[M.EPOCH], M.VAL_LOSS: best[M.VAL_LOSS],
                         M.VAL_ACC: best[M.VAL_ACC], M.VAL_F1: best[M.VAL_F1]})

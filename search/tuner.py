@@ -10,9 +10,11 @@ from pathlib import Path
 
 import yaml
 
+from data_pipeline.dataset import check_data_dir
 from data_pipeline.errors import UserError
 from data_pipeline.preprocess import data_fingerprint
 from model import metrics as M
+from model.backbones import check_backbones
 from model.run import load_train_val
 from model.train import Split
 
@@ -175,6 +177,8 @@ def run_search(spec: SearchSpec, num_samples: int, name: str, storage: str = "ra
 
     data_dir = Path(spec.fixed.data.data_dir).resolve()
     spec.fixed = spec.fixed.with_overrides({"data.data_dir": str(data_dir)})
+    check_data_dir(data_dir)
+    check_backbones(spec.fixed.model)  # every trial would fail on a missing weights file: say so now
     data = load_train_val(spec.fixed, log)  # all bad-input errors happen here, before Ray starts
     storage = check_local_storage(storage)
     init_ray(address)
@@ -194,7 +198,8 @@ def run_search(spec: SearchSpec, num_samples: int, name: str, storage: str = "ra
         param_space=spec.param_space(),
         tune_config=tune.TuneConfig(metric=M.SEARCH_METRIC, mode=M.OPT_MODE, num_samples=num_samples,
                                     search_alg=make_searcher(spec, name, max_conc, optuna_storage, num_samples),
-                                    scheduler=make_scheduler(spec), trial_dirname_creator=trial_dirname),
+                                    scheduler=make_scheduler(spec), trial_dirname_creator=trial_dirname,
+                                    reuse_actors=False),  # a fresh process per trial: its GPU memory goes back
         run_config=tune.RunConfig(
             name=name, storage_path=storage, verbose=verbose, progress_reporter=status_reporter(spec),
             checkpoint_config=tune.CheckpointConfig(num_to_keep=spec.search.keep_checkpoints,

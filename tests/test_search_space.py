@@ -53,3 +53,18 @@ def test_optuna_is_told_the_truth():
     assert optuna_state({M.SEARCH_METRIC: 0.9, FINISHED: 0}, False)[0] == optuna.trial.TrialState.PRUNED
     assert optuna_state({M.SEARCH_METRIC: 0.9}, True)[0] == optuna.trial.TrialState.FAIL
     assert optuna_state(None, False)[0] == optuna.trial.TrialState.FAIL
+
+
+def test_search_refuses_missing_weights_before_ray(demo_cfg, tmp_path, capsys):
+    import ray
+
+    from search.cli import main
+
+    fixed = demo_cfg.with_overrides({"model.image_weights": str(tmp_path / "resnet50.safetensors")}).to_dict()
+    (tmp_path / "space.yaml").write_text(yaml.safe_dump({"space": {"train.lr": {"loguniform": [1e-4, 1e-2]}}, "fixed": fixed}))
+    was_running = ray.is_initialized()
+    assert main(["search", "--data", demo_cfg.data.data_dir, "--space", str(tmp_path / "space.yaml"), "--num-samples", "2",
+                 "--name", "w", "--storage", str(tmp_path / "rr")]) == 2
+    err = capsys.readouterr().err
+    assert "resnet50.safetensors: weights file not found (model.image_weights)" in err and "mmsa fetch-pretrained" in err
+    assert ray.is_initialized() == was_running and not (tmp_path / "rr").exists()
