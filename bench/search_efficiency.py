@@ -55,6 +55,7 @@ def main() -> None:
     ap.add_argument("--num-samples", type=int, default=12)
     ap.add_argument("--rows", type=int, default=400, help="demo rows (20%% validation); more rows, less noisy val loss")
     ap.add_argument("--skip-demo", action="store_true", help="do not time `mmsa demo`")
+    ap.add_argument("--grace", type=int, default=None, help="ASHA grace period (default: the demo space's)")
     args = ap.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
@@ -66,7 +67,8 @@ def main() -> None:
         grid, grid_wall = run_grid(grid_spec, tmp / "rr")
         rows = []
         for seed in range(args.seeds):
-            spec = parse_spec({**DEMO_SPACE, "fixed": cfg.to_dict(), "search": {**DEMO_SPACE["search"], "seed": seed}}, "asha")
+            search = {**DEMO_SPACE["search"], "seed": seed, **({"grace_period": args.grace} if args.grace else {})}
+            spec = parse_spec({**DEMO_SPACE, "fixed": cfg.to_dict(), "search": search}, "asha")
             t = time.time()
             run_search(spec, args.num_samples, f"asha{seed}", str(tmp / "rr"), verbose=0, log=lambda *a: None)
             wall = time.time() - t
@@ -78,7 +80,8 @@ def main() -> None:
             run_demo(tmp / "demo", quiet=True, log=lambda *a: None)
             demo_wall = time.time() - t
     g = grid
-    print(f"demo data ({args.rows} rows, {args.rows // 5} for validation), tiny models, 2 CPU cores; grid = lr {GRID_LR} x batch x complexity, every epoch")
+    print(f"demo data ({args.rows} rows, {args.rows // 5} for validation), tiny models, 2 CPU cores; grid = lr {GRID_LR} x batch x complexity, every epoch; "
+          f"ASHA grace period {args.grace or DEMO_SPACE['search']['grace_period']}")
     print(f"{'method':<22}{'trials':>7}{'trial-epochs':>14}{'wall s':>9}{'best val_loss':>15}{'vs grid':>9}{'epochs/grid':>13}")
     print(f"{'grid (lab method)':<22}{g['trials']:>7}{g['trial_epochs']:>14}{grid_wall:>9.0f}{g['best']:>15.4f}{'':>9}{'':>13}")
     for seed, s, wall, _ in rows:
