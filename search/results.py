@@ -14,6 +14,7 @@ from data_pipeline.errors import UserError
 from model import metrics as M
 from model.config import RunConfig, save_config
 
+from .state_backup import BACKUP_DIR
 from .tuner import META, _fs, _is_uri, read_meta
 
 SMALL_FILES = ("result.json", "params.json", "error.txt", META)
@@ -64,15 +65,24 @@ class TrialSummary:
 
 def _states(exp: Path) -> dict[str, dict]:
     # Newest by the start time in the name, as Ray picks it: Ray's final sync rewrites every file, so mtimes tie.
-    files = sorted(exp.glob("experiment_state-*.json"), key=lambda p: p.name)
-    if not files:
-        return {}
-    out = {}
-    for meta_s, runtime_s in json.loads(files[-1].read_text())["trial_data"]:
-        meta = json.loads(meta_s) if isinstance(meta_s, str) else meta_s
-        rt = json.loads(runtime_s) if isinstance(runtime_s, str) else runtime_s
-        out[meta["trial_id"]] = {"state": meta.get("status", "?"), "failures": rt.get("num_failures", 0)}
-    return out
+    # A file cut short by a crash falls back to its whole copy in the backup folder, then to the older state.
+    live = {p.name: p for p in exp.glob("experiment_state-*.json")}
+    saved = {p.name: p for p in (exp / BACKUP_DIR).glob("experiment_state-*.json")}
+    for name in sorted(set(live) | set(saved), reverse=True):
+        for f in (live.get(name), saved.get(name)):
+            if f is None:
+                continue
+            try:
+                data = json.loads(f.read_text())["trial_data"]
+            except (ValueError, KeyError, OSError):
+                continue
+            out = {}
+            for meta_s, runtime_s in data:
+                meta = json.loads(meta_s) if isinstance(meta_s, str) else meta_s
+                rt = json.loads(runtime_s) if isinstance(runtime_s, str) else runtime_s
+                out[meta["trial_id"]] = {"state": meta.get("status", "?"), "failures": rt.get("num_failures", 0)}
+            return out
+    return {}
 
 
 def _error_reason(trial_dir: Path) -> str:
@@ -84,6 +94,13 @@ def _error_reason(trial_dir: Path) -> str:
     return lines[-1][:300] if lines else "error"
 
 
+def _row(line: str) -> dict | None:
+    try:
+        return json.loads(line) if line.strip() else None
+    except ValueError:
+        return None  # a line cut short by a crash while Ray copied the file
+
+
 def load_trials(exp_dir: str | Path) -> list[TrialSummary]:
     read_meta(exp_dir)  # refuses directories that are not searches
     exp = _local(exp_dir)
@@ -92,7 +109,7 @@ def load_trials(exp_dir: str | Path) -> list[TrialSummary]:
     for d in sorted(p for p in exp.iterdir() if p.is_dir() and (p / "params.json").is_file()):
         rows = []
         if (d / "result.json").is_file():
-            rows = [json.loads(l) for l in (d / "result.json").read_text().splitlines() if l.strip()]
+            rows = [r for l in (d / "result.json").read_text().splitlines() if (r := _row(l)) is not None]
         tid = rows[0]["trial_id"] if rows else d.name.removeprefix("trial_")
         st = states.get(tid, {"state": "PENDING", "failures": 0})
         # A trial resumed after a crash may repeat the epoch that was in flight (same numbers: the loop is

@@ -29,7 +29,7 @@ class SearchConfig:
     seed: int = opt(0, "seed of Optuna's TPE sampler", lo=0)
     grace_period: int = opt(1, "ASHA: epochs every trial runs before it can be stopped", lo=1)
     reduction_factor: int = opt(2, "ASHA: keep the best 1/reduction_factor of trials at each rung", lo=2)
-    keep_checkpoints: int = opt(2, "checkpoints kept per trial, the best by val_loss", lo=1)
+    keep_checkpoints: int = opt(2, "checkpoints kept per trial, the best by val_loss; the two newest are kept too", lo=1)
     max_failures: int = opt(2, "retries of a trial whose process died, from its last checkpoint", lo=0)
     cpus_per_trial: float = opt(1.0, "CPU cores reserved per trial", lo=0.0, lo_open=True)
     gpus_per_trial: float = opt(-1.0, "GPUs per trial: -1 = 1 when the cluster has GPUs else 0; fractions pack trials", lo=-1.0, hi=64.0)

@@ -8,10 +8,12 @@ from pathlib import Path
 
 import torch
 
+from model import metrics as M
 from model.config import RunConfig
 from model.train import Split, Trainer
 
 from .asha_state import REPORTED_AT
+from .checkpoints import write_metrics
 from .faults import batch_hook
 
 
@@ -45,6 +47,7 @@ def train_trial(config: dict, data: Split) -> None:
             finished = trainer.epoch >= cfg.train.epochs or trainer.should_stop()
             with tempfile.TemporaryDirectory() as tmp:
                 ck = trainer.save_checkpoint(Path(tmp) / "checkpoint", include_best=False)
+                write_metrics(ck, trainer.epoch, row[M.VAL_LOSS])
                 tune.report({**row, FINISHED: int(finished), REPORTED_AT: time.time(), **where},
                             checkpoint=tune.Checkpoint.from_directory(str(ck)))
     except torch.cuda.OutOfMemoryError:

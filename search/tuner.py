@@ -193,6 +193,8 @@ def run_search(spec: SearchSpec, num_samples: int, name: str, storage: str = "ra
             "max_concurrent": max_conc, "spec": spec_to_dict(spec)}
     write_meta(exp, meta)
     log(f"search {name}: {num_samples} trials, {max_conc} at once, {resources} each; results in {exp}")
+    from .callbacks import CheckpointPruner, StateBackup
+
     tuner = tune.Tuner(
         trainable_with(data, resources),
         param_space=spec.param_space(),
@@ -202,9 +204,10 @@ def run_search(spec: SearchSpec, num_samples: int, name: str, storage: str = "ra
                                     reuse_actors=False),  # a fresh process per trial: its GPU memory goes back
         run_config=tune.RunConfig(
             name=name, storage_path=storage, verbose=verbose, progress_reporter=status_reporter(spec),
-            checkpoint_config=tune.CheckpointConfig(num_to_keep=spec.search.keep_checkpoints,
-                                                    checkpoint_score_attribute=M.OPT_METRIC,
+            # Ray keeps every checkpoint; CheckpointPruner deletes (search/checkpoints.py says why not Ray).
+            checkpoint_config=tune.CheckpointConfig(num_to_keep=None, checkpoint_score_attribute=M.OPT_METRIC,
                                                     checkpoint_score_order=M.OPT_MODE),
+            callbacks=[CheckpointPruner(spec.search.keep_checkpoints), StateBackup()],
             failure_config=tune.FailureConfig(max_failures=spec.search.max_failures),
         ),
     )
@@ -246,6 +249,21 @@ def read_meta(exp_dir: str | Path) -> dict:
         return yaml.safe_load(f.read().decode())
 
 
+def check_state(exp: str, log=print) -> None:
+    """Put back whole copies of state files a crash cut short; refuse (with what to do) when none exists."""
+    from .state_backup import BACKUP_DIR, damaged, repair
+
+    fs, path = _fs(exp)
+    fixed = repair(fs, path)
+    if fixed:
+        log(f"restored {', '.join(fixed)} from {BACKUP_DIR}/: the search was killed while Ray was writing them")
+    bad = damaged(fs, path)
+    if bad:
+        raise UserError(f"{exp}: Ray's state file(s) {', '.join(bad)} are empty or cut off (the search was killed while "
+                        f"Ray was writing them) and {BACKUP_DIR}/ holds no whole copy. Finished trials stay readable with "
+                        f"`mmsa status {exp}`; start a new search with `mmsa search --name NEW`.")
+
+
 def resume_search(exp_dir: str | Path, *, address: str | None = None, verbose: int = 1, log=print):
     from ray import tune
 
@@ -258,6 +276,7 @@ def resume_search(exp_dir: str | Path, *, address: str | None = None, verbose: i
                         f"{meta['data_fingerprint'][:12]} -> {now[:12]}); resuming would mix results of two datasets. "
                         "Start a new search with `mmsa search --name NEW`.")
     data = load_train_val(spec.fixed, log)
+    check_state(exp, log)
     init_ray(address)
     if not tune.Tuner.can_restore(exp):
         raise UserError(f"{exp}: Ray has no saved experiment state here yet (the search was stopped before its first "

@@ -1,5 +1,6 @@
 """Faults a long search must survive, each on a real Ray instance: SIGKILL x3 + resume, a worker killed
 mid-epoch, CUDA out of memory in one trial, Ctrl-C, unwritable or full storage."""
+import json
 import random
 import signal
 import subprocess
@@ -9,7 +10,10 @@ import pytest
 from model import metrics as M
 from search.asha_state import replay, rungs
 from search.cli import main
+from search.callbacks import FAULT_ENV
+from search.checkpoints import METRICS_FILE
 from search.results import _states, load_trials
+from search.state_backup import BACKUP_DIR, is_state_file
 from searchproc import kill_group, raw_results, result_rows, start, wait_rows, write_space
 
 pytestmark = pytest.mark.slow
@@ -68,6 +72,38 @@ def test_sigkill_three_times_then_resume(tmp_path, demo_cfg, ray_local):
             assert max(same) - min(same) < 1e-4  # a repeated epoch reproduces the same numbers
         had = before.get(t.path.name, [])
         assert raw[: len(had)] == had  # nothing reported before the last kill was lost
+
+
+def test_driver_killed_right_after_pruning_resumes(tmp_path, demo_cfg, ray_local, capsys):
+    """The worst moment for a crash: old checkpoints deleted, the experiment state not yet saved. With Ray's own
+    num_to_keep the previous newest checkpoint was gone here and resume failed the trial (seen in CI). Ray's state
+    files cut short by the kill are put back from the backup folder."""
+    space = write_space(tmp_path / "space.yaml", _fixed(demo_cfg, epochs=4),
+                        {"train.lr": {"loguniform": [1e-3, 2e-3]}, "train.batch_size": {"choice": [16]}},
+                        {"grace_period": 4, "keep_checkpoints": 1})
+    args = _search_args(tmp_path, space, "pk", 1)
+    args[2] = demo_cfg.data.data_dir
+    exp = tmp_path / "rr" / "pk"
+    proc = start(args, {FAULT_ENV: "3"})
+    out, err = proc.communicate(timeout=400)
+    kill_group(proc)
+    assert proc.returncode == -signal.SIGKILL, err[-3000:]
+    (trial_dir,) = exp.glob("trial_*")
+    assert len(list(trial_dir.glob("checkpoint_*"))) <= 3  # pruning ran before the kill
+    # Ray copies its state files into storage in place: a kill mid-copy leaves them cut off. Do that to all of them.
+    cut = sorted(p.name for p in exp.iterdir() if p.is_file() and is_state_file(p.name))
+    assert {"tuner.pkl"} < set(cut) and all((exp / BACKUP_DIR / n).is_file() for n in cut)
+    for n in cut:
+        data = (exp / n).read_bytes()
+        (exp / n).write_bytes(data[: len(data) // 3])
+    assert main(["resume", str(exp), "--verbose", "0"]) == 0
+    assert f"restored {', '.join(cut)} from {BACKUP_DIR}/" in capsys.readouterr().out
+    (t,) = load_trials(exp)
+    assert t.state == "TERMINATED" and t.failures == 0
+    epochs = [r[M.EPOCH] for r in raw_results(t.path)]
+    assert epochs[0] == 1 and epochs.count(1) == 1 and sorted(set(epochs)) == [1, 2, 3, 4], epochs
+    kept = {json.loads((d / METRICS_FILE).read_text())[M.EPOCH] for d in trial_dir.glob("checkpoint_*")}
+    assert 4 in kept and 3 in kept and len(kept) <= 3  # the pruner came back with the resumed search
 
 
 def test_asha_rungs_rebuilt_give_the_same_decisions(tmp_path, demo_cfg, ray_local):

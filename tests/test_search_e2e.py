@@ -8,6 +8,7 @@ import pytest
 from model import metrics as M
 from search.cli import main
 from search.demo import run_demo
+from search.checkpoints import METRICS_FILE
 from search.results import load_trials
 
 pytestmark = pytest.mark.slow
@@ -35,6 +36,32 @@ def test_demo_end_to_end(demo):
     lines = demo["predictions"].read_text().splitlines()
     assert lines[0] == "guid,tag" and len(lines) == 51
     assert (demo["run"] / "model.safetensors").is_file() and (demo["run"] / "curves.png").is_file()
+
+
+def test_checkpoints_kept_are_the_best_and_the_newest(demo):
+    """Default keep_checkpoints 2: per trial the two best epochs by val_loss and the two newest stay, nothing else."""
+    for t in load_trials(demo["experiment"]):
+        kept = {json.loads((d / METRICS_FILE).read_text())[M.EPOCH] for d in t.path.glob("checkpoint_*")}
+        by_loss = sorted(t.results, key=lambda r: r[M.VAL_LOSS])
+        want = {r[M.EPOCH] for r in by_loss[:2]} | set(t.epochs[-2:])
+        assert kept == want, (t.trial_id, kept, want)
+
+
+def test_status_reads_files_cut_by_a_crash(demo, tmp_path, capsys):
+    """A kill while Ray copies its files leaves a cut-off last result line or state file: status still reads."""
+    import shutil
+
+    exp = tmp_path / "demo"
+    shutil.copytree(demo["experiment"], exp, ignore=shutil.ignore_patterns("checkpoint_*"))
+    before = {t.trial_id: (t.state, len(t.results)) for t in load_trials(exp)}
+    state = max(exp.glob("experiment_state-*.json"))
+    state.write_text(state.read_text()[:100])
+    trial = sorted(exp.glob("trial_*"))[0]
+    text = (trial / "result.json").read_text()
+    (trial / "result.json").write_text(text + text.splitlines()[-1][:40])
+    after = {t.trial_id: (t.state, len(t.results)) for t in load_trials(exp)}
+    assert after == before
+    assert main(["status", str(exp)]) == 0 and "12 terminated" in capsys.readouterr().out
 
 
 def test_optuna_sees_pruned_and_completed_trials(demo):

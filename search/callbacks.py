@@ -1,0 +1,84 @@
+"""Driver-side Tune callbacks: checkpoint pruning (search/checkpoints.py) and state backups (search/state_backup.py)."""
+from __future__ import annotations
+
+import json
+import logging
+import os
+import signal
+from pathlib import Path
+
+import pyarrow.fs as pafs
+from ray.tune import Callback
+
+from model import metrics as M
+
+from .checkpoints import METRICS_FILE, to_delete
+from .state_backup import backup, is_state_file
+
+FAULT_ENV = "MMSA_TEST_FAULT_PRUNE"  # tests: SIGKILL the driver right after pruning at this epoch (the worst moment)
+log = logging.getLogger(__name__)
+
+
+class CheckpointPruner(Callback):
+    def __init__(self, keep: int):
+        self.keep = keep
+
+    def on_checkpoint(self, iteration, trials, trial, checkpoint, **info):
+        try:
+            self._prune(checkpoint)
+        except Exception as e:  # noqa: BLE001 - Ray would skip registering the checkpoint: never fail a trial here
+            log.warning("could not prune old checkpoints next to %s: %s", checkpoint.path, e)
+
+    def _prune(self, checkpoint) -> None:
+        fs, parent = checkpoint.filesystem, checkpoint.path.rstrip("/").rsplit("/", 1)[0]
+        entries = {}
+        for d in fs.get_file_info(pafs.FileSelector(parent)):
+            if d.type != pafs.FileType.Directory or not d.base_name.startswith("checkpoint_"):
+                continue
+            try:
+                with fs.open_input_stream(f"{d.path}/{METRICS_FILE}") as f:
+                    m = json.loads(f.read())
+            except (OSError, ValueError, KeyError):
+                continue  # not one of ours, or not whole: leave it alone
+            entries[d.path] = (int(m[M.EPOCH]), float(m[M.VAL_LOSS]))
+        for path in to_delete(entries, self.keep):
+            fs.delete_dir(path)
+        fault = os.environ.get(FAULT_ENV)
+        if fault and entries and max(e for e, _ in entries.values()) == int(fault):
+            os.kill(os.getpid(), signal.SIGKILL)
+
+
+class StateBackup(Callback):
+    """After each step whose events changed the experiment state (Ray has saved it by on_step_end), copy the
+    staged state files into the experiment's backup folder."""
+
+    def __init__(self):
+        self._dirty = True
+        self._tuner_saved = False
+
+    def _mark(self, *args, **kwargs):
+        self._dirty = True
+
+    on_trial_start = on_trial_result = on_checkpoint = on_trial_complete = on_trial_error = on_trial_recover = _mark
+
+    def on_step_end(self, iteration, trials, **info):
+        if self._dirty and trials:
+            self._copy(trials[0].storage)
+
+    def on_experiment_end(self, trials, **info):
+        if trials:
+            self._copy(trials[0].storage)
+
+    def _copy(self, storage) -> None:
+        try:
+            staging = Path(storage.experiment_driver_staging_path)
+            files = {p.name: p.read_bytes() for p in staging.iterdir() if p.is_file() and is_state_file(p.name)}
+            fs, exp = storage.storage_filesystem, storage.experiment_fs_path
+            if not self._tuner_saved:  # written once, straight to storage, before the first step
+                with fs.open_input_stream(f"{exp}/tuner.pkl") as f:
+                    files["tuner.pkl"] = f.read()
+            backup(fs, exp, files)
+            self._tuner_saved = True
+            self._dirty = False
+        except Exception as e:  # noqa: BLE001 - a failed backup must not stop the search; the next step retries
+            log.warning("could not back up the experiment state: %s", e)

@@ -1,0 +1,96 @@
+"""Whole copies of Ray's experiment-state files, so a search killed while Ray was copying them can still resume.
+
+Ray writes its state (trial table, searcher, tuner) to a driver-local staging folder and copies it to the storage
+folder in a background thread, truncating each file and rewriting it in place; `tuner.pkl` is written in place
+too. A SIGKILL (OOM killer, preempted node) during a copy leaves an empty or cut-off file, and `Tuner.restore`
+then fails with "EOFError: Ran out of input" or a JSON error (seen in this project's tests; ray-project/ray#58179).
+
+search/callbacks.py's StateBackup copies the last complete state into BACKUP_DIR after each step that changed it,
+each file written under a temporary name and then renamed; `mmsa resume` runs `repair` first, which puts a backup
+back wherever the live file is missing or damaged. Ray restores only the top level of the experiment folder, so it
+never reads or rewrites BACKUP_DIR.
+"""
+from __future__ import annotations
+
+import fnmatch
+import json
+import pickletools
+
+BACKUP_DIR = ".mmsa-state"
+STATE_FILES = ("experiment_state-*.json", "searcher-state-*.pkl", "search_gen_state-*.json", "callback-states-*.pkl",
+               "tuner.pkl")
+
+
+def is_state_file(name: str) -> bool:
+    return any(fnmatch.fnmatch(name, p) for p in STATE_FILES)
+
+
+def intact(name: str, data: bytes) -> bool:
+    """Whether a state file is whole: JSON that parses, or a pickle whose opcodes run to STOP (read, not executed).
+    Ray names some pickles .json (search_gen_state-*.json), so both are tried."""
+    if not data:
+        return False
+    try:
+        json.loads(data)
+        return True
+    except ValueError:
+        pass
+    try:
+        ops = list(pickletools.genops(data))
+        return bool(ops) and ops[-1][0].name == "STOP"
+    except Exception:  # noqa: BLE001 - any parse failure means a damaged file
+        return False
+
+
+def _read(fs, path: str) -> bytes | None:
+    try:
+        with fs.open_input_stream(path) as f:
+            return f.read()
+    except (OSError, FileNotFoundError):
+        return None
+
+
+def write_atomic(fs, path: str, data: bytes) -> None:
+    tmp = f"{path}.tmp"
+    with fs.open_output_stream(tmp) as f:
+        f.write(data)
+    fs.move(tmp, path)
+
+
+def backup(fs, exp_path: str, files: dict[str, bytes]) -> None:
+    """Store whole copies of `files` (name -> bytes); damaged ones are skipped, keeping the previous copy."""
+    fs.create_dir(f"{exp_path}/{BACKUP_DIR}", recursive=True)
+    for name, data in files.items():
+        if is_state_file(name) and intact(name, data):
+            write_atomic(fs, f"{exp_path}/{BACKUP_DIR}/{name}", data)
+
+
+def repair(fs, exp_path: str) -> list[str]:
+    """Put a backup back wherever the live state file is missing or damaged; returns the names repaired."""
+    import pyarrow.fs as pafs
+
+    root = f"{exp_path}/{BACKUP_DIR}"
+    if fs.get_file_info(root).type != pafs.FileType.Directory:
+        return []
+    repaired = []
+    for info in fs.get_file_info(pafs.FileSelector(root)):
+        name = info.base_name
+        if info.type != pafs.FileType.File or not is_state_file(name):
+            continue
+        live = _read(fs, f"{exp_path}/{name}")
+        if live is not None and intact(name, live):
+            continue
+        saved = _read(fs, info.path)
+        if saved is not None and intact(name, saved):
+            write_atomic(fs, f"{exp_path}/{name}", saved)
+            repaired.append(name)
+    return sorted(repaired)
+
+
+def damaged(fs, exp_path: str) -> list[str]:
+    """The state files Ray would read on restore (the newest of each kind) that are missing a whole copy."""
+    import pyarrow.fs as pafs
+
+    names = [i.base_name for i in fs.get_file_info(pafs.FileSelector(exp_path)) if i.type == pafs.FileType.File]
+    newest = [max(m) for p in STATE_FILES if (m := fnmatch.filter(names, p))]
+    return sorted(n for n in newest if not intact(n, _read(fs, f"{exp_path}/{n}") or b""))
