@@ -3,7 +3,7 @@
 Prints trial-epochs spent, wall time and best val loss for the grid and for ASHA+Optuna with 3 seeds, the demo's
 wall time, and the time from a search's start to its first report.
 Usage: python bench/search_efficiency.py [--seeds 3] [--num-samples 12] [--rows 400] [--grace G] [--reduction R]
-       [--lr-choice] [--skip-demo]
+       [--lr-choice] [--skip-demo] [--first-seed 0]
 """
 from __future__ import annotations
 
@@ -37,6 +37,20 @@ def _name(t) -> str:
     return f"{c['train']['lr']:.2g}, {c['train']['batch_size']}, {c['model']['complexity']} @ {t.best[M.EPOCH]}"
 
 
+def _key(t) -> tuple:
+    return round(t.config["train"]["lr"], 12), t.config["train"]["batch_size"], t.config["model"]["complexity"]
+
+
+def fate_of(exp: Path, grid_exp: Path) -> str:
+    """What the search did with the grid's best configuration: never proposed, stopped by ASHA, or ran out."""
+    target = _key(min((t for t in load_trials(grid_exp) if t.results), key=lambda t: t.best[M.VAL_LOSS]))
+    runs = [t for t in load_trials(exp) if t.results and _key(t) == target]
+    if not runs:
+        return "never proposed"
+    return ", ".join(f"ran {len(t.results)} epochs ({'finished' if t.results[-1]['finished'] else 'stopped by ASHA'})"
+                     for t in runs)
+
+
 def best_config(exp: Path) -> str:
     return _name(min((t for t in load_trials(exp) if t.results), key=lambda t: t.best[M.VAL_LOSS]))
 
@@ -67,6 +81,7 @@ def run_grid(spec, storage: Path) -> tuple[dict, float]:
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--seeds", type=int, default=3)
+    ap.add_argument("--first-seed", type=int, default=0, help="seeds run are first-seed .. first-seed + seeds - 1")
     ap.add_argument("--num-samples", type=int, default=12)
     ap.add_argument("--rows", type=int, default=400, help="demo rows (20%% validation); more rows, less noisy val loss")
     ap.add_argument("--skip-demo", action="store_true", help="do not time `mmsa demo`")
@@ -88,7 +103,7 @@ def main() -> None:
         space = dict(DEMO_SPACE["space"], **({"train.lr": {"choice": GRID_LR}} if args.lr_choice else {}))
         asha = {**({"grace_period": args.grace} if args.grace else {}),
                 **({"reduction_factor": args.reduction} if args.reduction else {})}
-        for seed in range(args.seeds):
+        for seed in range(args.first_seed, args.first_seed + args.seeds):
             search = {**DEMO_SPACE["search"], "seed": seed, **asha}
             spec = parse_spec({"space": space, "fixed": cfg.to_dict(), "search": search}, "asha")
             t = time.time()
@@ -96,6 +111,7 @@ def main() -> None:
             wall = time.time() - t
             s = summarize(tmp / "rr" / f"asha{seed}")
             s["best_config"] = best_config(tmp / "rr" / f"asha{seed}")
+            s["fate"] = fate_of(tmp / "rr" / f"asha{seed}", tmp / "rr" / "grid")
             rows.append((seed, s, wall, s["first_report"] - t))
         demo_wall = None
         if not args.skip_demo:
@@ -115,6 +131,7 @@ def main() -> None:
     print("target: best val_loss within 1% of the grid's with at most 1/3 of its trial-epochs")
     print("best configuration (lr, batch, complexity) @ epoch: grid " + grid_curves[0][0] + "; "
           + "; ".join(f"seed {seed} {s['best_config']}" for seed, s, _, _ in rows))
+    print("the grid's best configuration in each search: " + "; ".join(f"seed {seed} {s['fate']}" for seed, s, _, _ in rows))
     print("grid learning curves, best first (val_loss per epoch; ASHA compares at epochs grace x rf^k):")
     for name, losses in grid_curves[:6]:
         print(f"  {name:<28}" + " ".join(f"{v:.3f}" for v in losses))

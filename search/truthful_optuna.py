@@ -32,6 +32,13 @@ def optuna_state(result: dict | None, error: bool) -> tuple[TrialState, float | 
 
 
 class TruthfulOptunaSearch(OptunaSearch):
+    def on_trial_result(self, trial_id: str, result: dict) -> None:
+        ot_trial = self._ot_trials.get(trial_id)
+        if ot_trial is not None and result.get(TRAINING_ITERATION) in ot_trial.storage.get_trial(
+                ot_trial._trial_id).intermediate_values:
+            return  # a resumed trial repeats the epoch that was in flight at the crash: Optuna has it already
+        super().on_trial_result(trial_id, result)
+
     def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False) -> None:
         if trial_id in self._completed_trials or trial_id not in self._ot_trials:
             return

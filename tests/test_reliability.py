@@ -74,7 +74,7 @@ def test_sigkill_three_times_then_resume(tmp_path, demo_cfg, ray_local):
         assert raw[: len(had)] == had  # nothing reported before the last kill was lost
 
 
-def test_driver_killed_right_after_pruning_resumes(tmp_path, demo_cfg, ray_local, capsys):
+def test_driver_killed_right_after_pruning_resumes(tmp_path, demo_cfg, ray_local, capsys, recwarn):
     """The worst moment for a crash: old checkpoints deleted, the experiment state not yet saved. With Ray's own
     num_to_keep the previous newest checkpoint was gone here and resume failed the trial (seen in CI). Ray's state
     files cut short by the kill are put back from the backup folder."""
@@ -104,6 +104,7 @@ def test_driver_killed_right_after_pruning_resumes(tmp_path, demo_cfg, ray_local
     assert epochs[0] == 1 and epochs.count(1) == 1 and sorted(set(epochs)) == [1, 2, 3, 4], epochs
     kept = {json.loads((d / METRICS_FILE).read_text())[M.EPOCH] for d in trial_dir.glob("checkpoint_*")}
     assert 4 in kept and 3 in kept and len(kept) <= 3  # the pruner came back with the resumed search
+    assert not [w for w in recwarn if "already reported" in str(w.message)]  # the repeated epoch is not re-told
 
 
 def test_asha_rungs_rebuilt_give_the_same_decisions(tmp_path, demo_cfg, ray_local):
