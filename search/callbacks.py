@@ -59,7 +59,8 @@ class StateBackup(Callback):
     def _mark(self, *args, **kwargs):
         self._dirty = True
 
-    on_trial_start = on_trial_result = on_checkpoint = on_trial_complete = on_trial_error = on_trial_recover = _mark
+    on_trial_start = on_trial_restore = on_trial_save = on_trial_result = on_checkpoint = _mark
+    on_trial_complete = on_trial_error = on_trial_recover = _mark
 
     def on_step_end(self, iteration, trials, **info):
         if self._dirty and trials:
@@ -82,3 +83,21 @@ class StateBackup(Callback):
             self._dirty = False
         except Exception as e:  # noqa: BLE001 - a failed backup must not stop the search; the next step retries
             log.warning("could not back up the experiment state: %s", e)
+
+
+def upload_state_after_each_checkpoint() -> None:
+    """Ray uploads the experiment state in the background, skipping an upload while one is in flight, so the stored
+    state can lag the checkpoints; a kill then restarts a trial from scratch and Ray overwrites its result.json
+    (seen in CI). Ray's remedy is to force and wait for an upload every `num_to_keep` checkpoints of a trial; we set
+    num_to_keep=None (CheckpointPruner above), so ask for that after every checkpoint. Ray has no public switch."""
+    from ray.tune.execution import experiment_state as es
+
+    init = es._ExperimentCheckpointManager.__init__
+    if getattr(init, "_mmsa", False):
+        return
+
+    def patched(self, *args, sync_every_n_trial_checkpoints=None, **kwargs):
+        init(self, *args, sync_every_n_trial_checkpoints=sync_every_n_trial_checkpoints or 1, **kwargs)
+
+    patched._mmsa = True
+    es._ExperimentCheckpointManager.__init__ = patched

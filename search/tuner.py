@@ -193,7 +193,9 @@ def run_search(spec: SearchSpec, num_samples: int, name: str, storage: str = "ra
             "max_concurrent": max_conc, "spec": spec_to_dict(spec)}
     write_meta(exp, meta)
     log(f"search {name}: {num_samples} trials, {max_conc} at once, {resources} each; results in {exp}")
-    from .callbacks import CheckpointPruner, StateBackup
+    from .callbacks import CheckpointPruner, StateBackup, upload_state_after_each_checkpoint
+
+    upload_state_after_each_checkpoint()
 
     tuner = tune.Tuner(
         trainable_with(data, resources),
@@ -283,6 +285,9 @@ def resume_search(exp_dir: str | Path, *, address: str | None = None, verbose: i
                         "trial started); start it again with `mmsa search`.")
     resources = meta["resources"]
     log(f"resuming search {meta['name']} in {exp}")
+    from .callbacks import upload_state_after_each_checkpoint
+
+    upload_state_after_each_checkpoint()
     tuner = tune.Tuner.restore(exp, trainable=trainable_with(data, resources), resume_unfinished=True,
                                resume_errored=True)
     from .asha_state import replay
