@@ -13,7 +13,7 @@ from ray.tune import Callback
 from model import metrics as M
 
 from .checkpoints import METRICS_FILE, to_delete
-from .state_backup import backup, is_state_file
+from .state_backup import backup, is_state_file, read_bytes
 
 FAULT_ENV = "MMSA_TEST_FAULT_PRUNE"  # tests: SIGKILL the driver right after pruning at this epoch (the worst moment)
 log = logging.getLogger(__name__)
@@ -36,11 +36,10 @@ class CheckpointPruner(Callback):
             if d.type != pafs.FileType.Directory or not d.base_name.startswith("checkpoint_"):
                 continue
             try:
-                with fs.open_input_stream(f"{d.path}/{METRICS_FILE}") as f:
-                    m = json.loads(f.read())
-            except (OSError, ValueError, KeyError):
+                m = json.loads(read_bytes(fs, f"{d.path}/{METRICS_FILE}") or b"")
+                entries[d.path] = (int(m[M.EPOCH]), float(m[M.VAL_LOSS]))
+            except (ValueError, KeyError):
                 continue  # not one of ours, or not whole: leave it alone
-            entries[d.path] = (int(m[M.EPOCH]), float(m[M.VAL_LOSS]))
         for path in to_delete(entries, self.keep):
             fs.delete_dir(path)
         fault = os.environ.get(FAULT_ENV)
@@ -54,7 +53,7 @@ class StateBackup(Callback):
 
     def __init__(self):
         self._dirty = True
-        self._tuner_saved = False
+        self._copied: dict[str, int] = {}  # name -> hash of the bytes last backed up: unchanged files are skipped
 
     def _mark(self, *args, **kwargs):
         self._dirty = True
@@ -75,11 +74,11 @@ class StateBackup(Callback):
             staging = Path(storage.experiment_driver_staging_path)
             files = {p.name: p.read_bytes() for p in staging.iterdir() if p.is_file() and is_state_file(p.name)}
             fs, exp = storage.storage_filesystem, storage.experiment_fs_path
-            if not self._tuner_saved:  # written once, straight to storage, before the first step
-                with fs.open_input_stream(f"{exp}/tuner.pkl") as f:
-                    files["tuner.pkl"] = f.read()
-            backup(fs, exp, files)
-            self._tuner_saved = True
+            if "tuner.pkl" not in self._copied:  # written once, straight to storage, before the first step
+                files["tuner.pkl"] = read_bytes(fs, f"{exp}/tuner.pkl") or b""
+            changed = {n: d for n, d in files.items() if self._copied.get(n) != hash(d)}
+            backup(fs, exp, changed)
+            self._copied.update((n, hash(d)) for n, d in changed.items())
             self._dirty = False
         except Exception as e:  # noqa: BLE001 - a failed backup must not stop the search; the next step retries
             log.warning("could not back up the experiment state: %s", e)

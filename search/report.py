@@ -12,7 +12,7 @@ import numpy as np  # noqa: E402
 from model import metrics as M  # noqa: E402
 
 from .asha_state import REPORTED_AT  # noqa: E402
-from .results import TrialSummary, best_trial, load_trials, local_copy, status_table  # noqa: E402
+from .results import TrialSummary, best_trial, config_value, load_trials, local_copy, status_table  # noqa: E402
 from .trainable import FINISHED  # noqa: E402
 from .tuner import read_meta  # noqa: E402
 
@@ -92,7 +92,7 @@ def _study(trials: list[TrialSummary], space: dict):
     for t in trials:
         if not t.results or t.state == "ERROR":
             continue
-        params = {k: t.config[k.split(".")[0]][k.split(".")[1]] for k in dists}
+        params = {k: config_value(t.config, k) for k in dists}
         study.add_trial(optuna.trial.create_trial(params=params, distributions=dists, value=t.best[M.VAL_LOSS],
                                                   intermediate_values={r[M.EPOCH]: r[M.BEST_VAL_LOSS] for r in t.results}))
     return study
@@ -156,7 +156,7 @@ def write_report(exp_dir: str | Path, ablation: str | Path | None = None) -> Pat
         lines += ["## Best trial", "", f"Trial `{b.trial_id}`: best val loss **{b.best[M.VAL_LOSS]:.4f}** at epoch "
                   f"{b.best[M.EPOCH]} (val acc {b.best[M.VAL_ACC]:.4f}, macro-F1 {b.best[M.VAL_F1]:.4f}).", "",
                   "| hyperparameter | value |", "|---|---|"]
-        lines += [f"| {k} | {b.config[k.split('.')[0]][k.split('.')[1]]} |" for k in meta["spec"]["space"]]
+        lines += [f"| {k} | {config_value(b.config, k)} |" for k in meta["spec"]["space"]]
         lines += ["", f"Export it with `mmsa export {exp} -o best.yaml`.", ""]
     except Exception as e:  # an empty search still gets a report of what exists
         lines += [f"No best trial yet: {e}", ""]

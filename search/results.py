@@ -9,7 +9,6 @@ import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
-
 from data_pipeline.errors import UserError
 from model import metrics as M
 from model.config import RunConfig, save_config
@@ -66,23 +65,27 @@ class TrialSummary:
 def _states(exp: Path) -> dict[str, dict]:
     # Newest by the start time in the name, as Ray picks it: Ray's final sync rewrites every file, so mtimes tie.
     # A file cut short by a crash falls back to its whole copy in the backup folder, then to the older state.
-    live = {p.name: p for p in exp.glob("experiment_state-*.json")}
-    saved = {p.name: p for p in (exp / BACKUP_DIR).glob("experiment_state-*.json")}
-    for name in sorted(set(live) | set(saved), reverse=True):
-        for f in (live.get(name), saved.get(name)):
-            if f is None:
-                continue
-            try:
-                data = json.loads(f.read_text())["trial_data"]
-            except (ValueError, KeyError, OSError):
-                continue
-            out = {}
-            for meta_s, runtime_s in data:
-                meta = json.loads(meta_s) if isinstance(meta_s, str) else meta_s
-                rt = json.loads(runtime_s) if isinstance(runtime_s, str) else runtime_s
-                out[meta["trial_id"]] = {"state": meta.get("status", "?"), "failures": rt.get("num_failures", 0)}
-            return out
+    names = {p.name for p in [*exp.glob("experiment_state-*.json"), *(exp / BACKUP_DIR).glob("experiment_state-*.json")]}
+    for name in sorted(names, reverse=True):
+        for f in (exp / name, exp / BACKUP_DIR / name):
+            states = _trial_states(f)
+            if states is not None:
+                return states
     return {}
+
+
+def _trial_states(f: Path) -> dict[str, dict] | None:
+    """Trial id -> state and failure count from one experiment_state file; None if it is missing or not whole."""
+    try:
+        data = json.loads(f.read_text())["trial_data"]
+    except (ValueError, KeyError, OSError):
+        return None
+    out = {}
+    for meta_s, runtime_s in data:
+        meta = json.loads(meta_s) if isinstance(meta_s, str) else meta_s
+        rt = json.loads(runtime_s) if isinstance(runtime_s, str) else runtime_s
+        out[meta["trial_id"]] = {"state": meta.get("status", "?"), "failures": rt.get("num_failures", 0)}
+    return out
 
 
 def _error_reason(trial_dir: Path) -> str:
@@ -124,7 +127,7 @@ def _space_keys(meta: dict) -> list[str]:
     return list(meta["spec"]["space"])
 
 
-def _get(config: dict, key: str):
+def config_value(config: dict, key: str):
     sec, name = key.split(".")
     return config.get(sec, {}).get(name)
 
@@ -137,7 +140,7 @@ def status_table(exp_dir: str | Path) -> str:
     rows = []
     for t in sorted(trials, key=lambda t: (t.best is None, t.best[M.VAL_LOSS] if t.best else 0)):
         b = t.best
-        vals = [f"{v:.3g}" if isinstance(v, float) else str(v) for v in (_get(t.config, k) for k in keys)]
+        vals = [f"{v:.3g}" if isinstance(v, float) else str(v) for v in (config_value(t.config, k) for k in keys)]
         rows.append([t.trial_id, t.state, *vals, str(len(t.results)), f"{b[M.VAL_LOSS]:.4f}" if b else "-",
                      f"{b[M.VAL_ACC]:.4f}" if b else "-", str(b[M.EPOCH]) if b else "-", t.error or ""])
     widths = [max(len(str(x)) for x in col) for col in zip(head, *rows)]

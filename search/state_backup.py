@@ -16,6 +16,8 @@ import fnmatch
 import json
 import pickletools
 
+import pyarrow.fs as pafs
+
 BACKUP_DIR = ".mmsa-state"
 STATE_FILES = ("experiment_state-*.json", "searcher-state-*.pkl", "search_gen_state-*.json", "callback-states-*.pkl",
                "tuner.pkl")
@@ -42,11 +44,12 @@ def intact(name: str, data: bytes) -> bool:
         return False
 
 
-def _read(fs, path: str) -> bytes | None:
+def read_bytes(fs, path: str) -> bytes | None:
+    """A file's bytes on a pyarrow filesystem (local or URI), or None when it cannot be read."""
     try:
         with fs.open_input_stream(path) as f:
             return f.read()
-    except (OSError, FileNotFoundError):
+    except OSError:
         return None
 
 
@@ -67,8 +70,6 @@ def backup(fs, exp_path: str, files: dict[str, bytes]) -> None:
 
 def repair(fs, exp_path: str) -> list[str]:
     """Put a backup back wherever the live state file is missing or damaged; returns the names repaired."""
-    import pyarrow.fs as pafs
-
     root = f"{exp_path}/{BACKUP_DIR}"
     if fs.get_file_info(root).type != pafs.FileType.Directory:
         return []
@@ -77,10 +78,10 @@ def repair(fs, exp_path: str) -> list[str]:
         name = info.base_name
         if info.type != pafs.FileType.File or not is_state_file(name):
             continue
-        live = _read(fs, f"{exp_path}/{name}")
+        live = read_bytes(fs, f"{exp_path}/{name}")
         if live is not None and intact(name, live):
             continue
-        saved = _read(fs, info.path)
+        saved = read_bytes(fs, info.path)
         if saved is not None and intact(name, saved):
             write_atomic(fs, f"{exp_path}/{name}", saved)
             repaired.append(name)
@@ -88,9 +89,7 @@ def repair(fs, exp_path: str) -> list[str]:
 
 
 def damaged(fs, exp_path: str) -> list[str]:
-    """The state files Ray would read on restore (the newest of each kind) that are missing a whole copy."""
-    import pyarrow.fs as pafs
-
+    """The state files Ray would read on restore (the newest of each kind) that are empty or cut off."""
     names = [i.base_name for i in fs.get_file_info(pafs.FileSelector(exp_path)) if i.type == pafs.FileType.File]
     newest = [max(m) for p in STATE_FILES if (m := fnmatch.filter(names, p))]
-    return sorted(n for n in newest if not intact(n, _read(fs, f"{exp_path}/{n}") or b""))
+    return sorted(n for n in newest if not intact(n, read_bytes(fs, f"{exp_path}/{n}") or b""))

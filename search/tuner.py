@@ -193,7 +193,11 @@ def run_search(spec: SearchSpec, num_samples: int, name: str, storage: str = "ra
             "max_concurrent": max_conc, "spec": spec_to_dict(spec)}
     write_meta(exp, meta)
     log(f"search {name}: {num_samples} trials, {max_conc} at once, {resources} each; results in {exp}")
-    from .callbacks import CheckpointPruner, StateBackup, upload_state_after_each_checkpoint
+    from .callbacks import (
+        CheckpointPruner,
+        StateBackup,
+        upload_state_after_each_checkpoint,
+    )
 
     upload_state_after_each_checkpoint()
 
@@ -237,10 +241,11 @@ def meta_exists(exp: str) -> bool:
 
 
 def write_meta(exp: str, meta: dict) -> None:
+    from .state_backup import write_atomic
+
     fs, path = _fs(exp)
     fs.create_dir(path, recursive=True)
-    with fs.open_output_stream(f"{path}/{META}") as f:
-        f.write(yaml.safe_dump(meta, sort_keys=False).encode())
+    write_atomic(fs, f"{path}/{META}", yaml.safe_dump(meta, sort_keys=False).encode())
 
 
 def read_meta(exp_dir: str | Path) -> dict:
@@ -272,13 +277,13 @@ def resume_search(exp_dir: str | Path, *, address: str | None = None, verbose: i
     exp = str(exp_dir) if _is_uri(str(exp_dir)) else str(Path(exp_dir).resolve())
     meta = read_meta(exp)
     spec = parse_spec(meta["spec"], f"{exp}/{META}")
+    check_state(exp, log)  # cheap, and a refusal should come before hashing and preprocessing the data
     now = data_fingerprint(meta["data_dir"], "train")
     if now != meta["data_fingerprint"]:
         raise UserError(f"{meta['data_dir']}: the data changed since the search started (fingerprint "
                         f"{meta['data_fingerprint'][:12]} -> {now[:12]}); resuming would mix results of two datasets. "
                         "Start a new search with `mmsa search --name NEW`.")
     data = load_train_val(spec.fixed, log)
-    check_state(exp, log)
     init_ray(address)
     if not tune.Tuner.can_restore(exp):
         raise UserError(f"{exp}: Ray has no saved experiment state here yet (the search was stopped before its first "
