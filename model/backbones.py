@@ -28,9 +28,19 @@ def load_text_backbone(path: str | Path) -> nn.Module:
     p = check_text_model_dir(path, need_weights=True)
     try:
         # Local files only and no remote code: weights never come from the network at training time.
-        return BertModel.from_pretrained(str(p), local_files_only=True, trust_remote_code=False, add_pooling_layer=False)
+        # SDPA named, not left to the folder's config: encoder_mask() below builds the mask in SDPA's form.
+        return BertModel.from_pretrained(str(p), local_files_only=True, trust_remote_code=False, add_pooling_layer=False,
+                                         attn_implementation="sdpa")
     except (OSError, ValueError) as e:
         raise UserError(f"{p}: cannot load the BERT model ({e}). {HOW_TO_GET}") from None
+
+
+def encoder_mask(attention_mask: torch.Tensor) -> torch.Tensor:
+    """(B, L) 1/0 padding mask -> (B, 1, L, L) boolean mask, True where a token may attend: what transformers builds
+    for SDPA itself. Given a 2D mask, transformers first asks `mask.all()` to see whether it can drop it, which reads
+    the GPU from the host (a synchronisation) in every forward; a 4D mask is used as it is."""
+    n = attention_mask.shape[1]
+    return attention_mask.bool()[:, None, None, :].expand(-1, 1, n, n)
 
 
 def load_state_dict_file(path: str | Path) -> dict[str, torch.Tensor]:

@@ -6,7 +6,7 @@ from torch import nn
 
 from data_pipeline.labels import LABELS
 
-from .backbones import load_image_backbone, load_text_backbone
+from .backbones import encoder_mask, load_image_backbone, load_text_backbone
 from .config import ModelConfig
 
 WIDTHS = {"high": (256, 256, 128), "low": (128, 128, 64)}  # (text proj, image proj, fusion hidden)
@@ -32,7 +32,7 @@ class FusionClassifier(nn.Module):
     def forward(self, input_ids=None, attention_mask=None, images=None) -> torch.Tensor:
         parts = []
         if self.uses_text:
-            cls = self.text(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state[:, 0]
+            cls = self.text(input_ids=input_ids, attention_mask=encoder_mask(attention_mask)).last_hidden_state[:, 0]
             parts.append(self.text_proj(cls))
         if self.uses_image:
             parts.append(self.image_proj(self.image(images)))

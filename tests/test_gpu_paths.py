@@ -7,11 +7,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from torch.overrides import TorchFunctionMode
 
 from data_pipeline.augment import augment, normalize
 from model import metrics as M
+from model.backbones import encoder_mask, load_text_backbone
 from model.run import load_train_val
-from model.train import Trainer
+from model.train import Trainer, predict_proba
 
 ROOT = Path(__file__).resolve().parents[1]
 cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
@@ -43,6 +45,55 @@ def test_channels_last_does_not_change_the_math(demo_cfg):
     assert torch.allclose(plain, cl, atol=1e-4)
 
 
+class HostReads(TorchFunctionMode):
+    """Records where a tensor's value is brought to the host (on a GPU each such read waits for the GPU)."""
+
+    NAMES = {"item", "__float__", "__int__", "__bool__", "__index__", "tolist", "numpy", "cpu"}
+
+    def __init__(self):
+        super().__init__()
+        self.sites: list[str] = []
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        if getattr(func, "__name__", "") in self.NAMES:
+            caller = sys._getframe(1)
+            self.sites.append(f"{func.__name__} at {caller.f_code.co_filename}:{caller.f_lineno}")
+        return func(*args, **(kwargs or {}))
+
+
+@pytest.mark.parametrize("train", [True, False])
+def test_a_pass_reads_nothing_back_from_the_device(demo_cfg, train):
+    # The same code the GPU runs, with everything it calls (transformers, the optimizer), watched on the CPU.
+    split = load_train_val(demo_cfg, progress=False)
+    t = Trainer(demo_cfg.with_overrides({"batch_size": 16}), split, device="cpu")
+    with HostReads() as reads:
+        loss_sum, confusion, seen = t.run_batches(split.train, train=train)
+    assert seen == len(split.train) and int(confusion.sum()) == seen
+    assert reads.sites == [], f"host reads inside the batch loop: {sorted(set(reads.sites))}"
+
+
+def test_the_4d_attention_mask_gives_transformers_own_result(tiny_bert):
+    bert = load_text_backbone(tiny_bert).eval()
+    lengths = torch.tensor([9, 4, 6])
+    ids = torch.randint(5, bert.config.vocab_size, (3, 9))
+    mask = (torch.arange(9)[None, :] < lengths[:, None]).long()
+    with torch.no_grad():
+        own = bert(input_ids=ids, attention_mask=mask).last_hidden_state
+        ours = bert(input_ids=ids, attention_mask=encoder_mask(mask)).last_hidden_state
+        unmasked = bert(input_ids=ids).last_hidden_state
+    assert torch.allclose(own, ours, atol=1e-5)
+    assert not torch.allclose(own[1:, 0], unmasked[1:, 0], atol=1e-3)  # the padding really is masked
+
+
+def test_predictions_keep_the_row_order(demo_cfg):
+    split = load_train_val(demo_cfg, progress=False)
+    t = Trainer(demo_cfg, split, device="cpu")
+    p = predict_proba(t.model, split.val, batch_size=7, device="cpu")
+    one = predict_proba(t.model, split.val.subset(np.array([5])), batch_size=1, device="cpu")
+    assert p.shape == (len(split.val), 3) and np.allclose(p.sum(1), 1, atol=1e-5)
+    assert np.allclose(p[5], one[0], atol=1e-5)
+
+
 def test_confusion_without_host_sync_matches_bincount():
     labels = torch.tensor([0, 1, 2, 2, 1, 0, 0])
     preds = torch.tensor([0, 2, 2, 1, 1, 0, 1])
@@ -58,6 +109,19 @@ def test_cuda_augment_matches_cpu():
     cpu = augment(normalize(x), 0.5, 10.0, torch.Generator().manual_seed(1))
     gpu = augment(normalize(x.cuda()), 0.5, 10.0, torch.Generator().manual_seed(1))
     assert torch.allclose(cpu, gpu.cpu(), atol=1e-3)
+
+
+@cuda
+def test_cuda_pass_does_not_synchronise(demo_cfg):
+    split = load_train_val(demo_cfg, progress=False)
+    t = Trainer(demo_cfg.with_overrides({"device": "cuda"}), split)
+    t.run_batches(split.train, train=True)  # first use: library set-up may synchronise once
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        for train in (True, False):
+            t.run_batches(split.val, train=train)
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
 
 
 @cuda
