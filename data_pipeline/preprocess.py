@@ -55,18 +55,37 @@ class Prepared:
         return self.meta.get("data_fingerprint", "")
 
 
+_FINGERPRINTS: dict[tuple, str] = {}  # (dir, split, files' stat stamps) -> fingerprint, for this process
+
+
+def _stamp(p: Path) -> tuple | None:
+    try:
+        st = p.stat()
+    except OSError:
+        return None
+    return st.st_ino, st.st_size, st.st_mtime_ns
+
+
 def data_fingerprint(data_dir: str | Path, split: str) -> str:
     """Hash of the label file and every text/picture it names (content, not timestamps, so a copy on
-    another machine has the same fingerprint)."""
+    another machine has the same fingerprint). Within one process a second call on files whose size, inode and
+    modification time are unchanged reuses the first hash (resume and `train --config` check, then preprocess)."""
     root = check_data_dir(data_dir)
     rows = read_rows(root, split)
-    h = hashlib.sha256((root / SPLIT_FILES[split]).read_bytes())
-    for row in rows:
-        h.update(row.guid.encode() + b"\0")
-        for p in sample_paths(root, row.guid):
-            h.update(p.read_bytes() if p.is_file() else b"<missing>")
-            h.update(b"\0")
-    return h.hexdigest()
+    label_file = root / SPLIT_FILES[split]
+    paths = [p for row in rows for p in sample_paths(root, row.guid)]
+    key = (str(root.resolve()), split, _stamp(label_file), tuple(_stamp(p) for p in paths))
+    if key not in _FINGERPRINTS:
+        h = hashlib.sha256(label_file.read_bytes())
+        for row, pair in zip(rows, zip(paths[0::2], paths[1::2])):
+            h.update(row.guid.encode() + b"\0")
+            for p in pair:
+                h.update(p.read_bytes() if p.is_file() else b"<missing>")
+                h.update(b"\0")
+        if len(_FINGERPRINTS) >= 8:  # a few datasets per process at most; never grow without bound
+            _FINGERPRINTS.clear()
+        _FINGERPRINTS[key] = h.hexdigest()
+    return _FINGERPRINTS[key]
 
 
 def cache_key(data_fp: str, tokenizer_dir: str | Path, max_length: int, image_size: int) -> str:

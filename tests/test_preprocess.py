@@ -48,6 +48,23 @@ def test_changed_file_changes_fingerprint(tmp_path, tiny_bert):
     assert len(list((tmp_path / "c").glob("*/meta.json"))) == 2
 
 
+def test_fingerprint_is_reused_while_the_files_are_untouched(tmp_path):
+    # resume and `train --config` hash the data to check it, then preprocessing needs the hash again.
+    import os
+
+    from data_pipeline.preprocess import data_fingerprint
+
+    root = write_dataset(tmp_path / "d", [(str(i), "positive") for i in range(4)])
+    first = data_fingerprint(root, "train")
+    f = root / "data" / "2.txt"
+    st = f.stat()
+    f.write_text(f.read_text().upper())  # same size; put the old modification time back
+    os.utime(f, ns=(st.st_atime_ns, st.st_mtime_ns))
+    assert data_fingerprint(root, "train") == first  # not read again: its stat stamp did not change
+    os.utime(f, ns=(st.st_atime_ns, st.st_mtime_ns + 1_000_000))
+    assert data_fingerprint(root, "train") != first
+
+
 def _build(args):
     root, tok, cache = args
     p = prepare(root, "train", tok, 32, 32, cache_dir=cache, progress=False)
