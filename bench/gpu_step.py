@@ -116,7 +116,7 @@ def bench_batch(backbones: dict, bs: int, steps: int, image_size: int, compile_:
     f, p = statistics.median(full), statistics.median(pure)
     return {"batch": bs, "samples_per_s": f, "pure_samples_per_s": p, "outside_model_share": max(0.0, 1 - f / p),
             "gflop_per_sample": flops_per_sample / 1e9, "achieved_tflops": f * flops_per_sample / 1e12,
-            "warmup_s": warmup, "steady_epoch_s": n / f}
+            "warmup_s": warmup, "steady_epoch_s": n / f, "precision": trainer.precision}
 
 
 def main() -> None:
@@ -138,7 +138,7 @@ def main() -> None:
             if dev == "cuda":
                 torch.cuda.empty_cache()
     print(f"device: {name}; {'tiny BERT + resnet10, 32 px' if args.tiny else 'BERT-base + ResNet-50 (random weights), 224 px'}, "
-          f"{'bf16 autocast, ' if dev == 'cuda' else ''}compile={args.compile}, {args.steps} steps per epoch")
+          f"precision {rows[0]['precision']}, compile={args.compile}, {args.steps} steps per epoch")
     print(f"{'batch':>5} {'samples/s':>10} {'pure model':>11} {'outside model':>14} {'GFLOP/sample':>13} {'TFLOP/s':>8} "
           f"{'MFU':>6} {'warm-up s':>10} {'epoch s':>8}")
     for r in rows:

@@ -56,6 +56,9 @@ class TrainConfig:
     hflip: float = opt(0.5, "train-time probability of a horizontal flip", lo=0.0, hi=1.0)
     rotation: float = opt(10.0, "train-time random rotation range, degrees (+/-)", lo=0.0, hi=180.0)
     device: str = opt("auto", "auto (cuda if available), cuda, cuda:N or cpu")
+    precision: str = opt("auto", "autocast: bf16-mixed, 16-mixed (float16 with loss scaling) or 32; auto = bf16-mixed on "
+                         "GPUs with bfloat16 tensor cores (A100, H100, L4...), 16-mixed on older ones (T4, V100), 32 on the CPU",
+                         choices=("auto", "bf16-mixed", "16-mixed", "32"))
     compile: bool = opt(False, "torch.compile the model (faster steps on GPU after a warm-up of tens of seconds)")
     num_threads: int = opt(0, "CPU threads for torch; 0 = torch's default", lo=0)
 

@@ -110,7 +110,7 @@ def predict_run(run_dir: str | Path, data_dir: str | Path | None, out: str | Pat
     if data_dir is not None:
         cfg = cfg.with_overrides({"data.data_dir": str(data_dir)})
     test = prepare_split(cfg, "test", log, progress)
-    p = predict_proba(model, test, batch_size=cfg.train.batch_size, device=cfg.train.device)
+    p = predict_proba(model, test, batch_size=cfg.train.batch_size, device=cfg.train.device, precision=cfg.train.precision)
     by_guid = {g: i for i, g in enumerate(np.asarray(test.guids))}
     out = Path(out) if out else Path(run_dir) / "predictions.txt"
     rows = [r.guid for r in read_rows(cfg.data.data_dir, "test")]

@@ -33,6 +33,21 @@ def resolve_device(name: str) -> torch.device:
     return torch.device(name)
 
 
+def resolve_precision(name: str, device: torch.device) -> str:
+    if name != "auto":
+        return name
+    if device.type != "cuda":
+        return "32"
+    # bfloat16 runs on tensor cores from compute capability 8.0 (Ampere) on; older cards emulate it slowly.
+    return "bf16-mixed" if torch.cuda.get_device_capability(device)[0] >= 8 else "16-mixed"
+
+
+def autocast(device: torch.device, precision: str):
+    if precision == "32":
+        return contextlib.nullcontext()
+    return torch.autocast(device.type, dtype=torch.bfloat16 if precision == "bf16-mixed" else torch.float16)
+
+
 def _epoch_seed(seed: int, epoch: int, stream: int) -> int:
     # Each epoch's randomness is a pure function of (seed, epoch), so resuming at epoch k replays k+1... exactly.
     return (seed * 1_000_003 + epoch * 7_919 + stream) % (2**63)
@@ -65,6 +80,10 @@ class Trainer:
         # Fused: one kernel per step, and (unlike the for-each version on the CPU) no `.item()` per parameter.
         fused = {"fused": True} if self.device.type in ("cuda", "cpu") else {}
         self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=t.lr, weight_decay=t.weight_decay, **fused)
+        self.precision = resolve_precision(t.precision, self.device)
+        # float16 gradients underflow without loss scaling; with the fused AdamW the scaler's inf check stays on
+        # the device (the optimizer skips the step itself), so it adds no host synchronisation.
+        self.scaler = torch.amp.GradScaler(self.device.type) if self.precision == "16-mixed" else None
         self.scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(self.optimizer, mode="min", factor=t.lr_factor,
                                                                     patience=t.lr_patience)
         self.epoch = 0  # epochs finished
@@ -74,7 +93,7 @@ class Trainer:
 
     # ---- one epoch -------------------------------------------------------------------------------------------
     def _autocast(self):
-        return torch.autocast("cuda", dtype=torch.bfloat16) if self.cuda else contextlib.nullcontext()
+        return autocast(self.device, self.precision)
 
     def _collate(self, data: Prepared, idx: np.ndarray) -> dict:
         b = collate(data, idx)
@@ -129,9 +148,14 @@ class Trainer:
                 logits = self._forward(b, train, gen)
                 loss = F.cross_entropy(logits, b["labels"], reduction="sum")
                 if train:
-                    (loss / step_size).backward()  # summed over micro-batches = one big batch's mean gradient
+                    scaled = loss / step_size  # summed over micro-batches = one big batch's mean gradient
+                    (self.scaler.scale(scaled) if self.scaler else scaled).backward()
                     if last:
-                        self.optimizer.step()
+                        if self.scaler:
+                            self.scaler.step(self.optimizer)
+                            self.scaler.update()
+                        else:
+                            self.optimizer.step()
                         self.optimizer.zero_grad(set_to_none=True)
                 loss_sum += loss.detach()
                 # index_add_, not bincount: bincount on CUDA reads the maximum back to the host every batch.
@@ -178,6 +202,8 @@ class Trainer:
                 ckpt.save_weights(self.best_state, tmp / ckpt.BEST_WEIGHTS)
             state = {"optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict(),
                      "epoch": self.epoch, "history": self.history, "torch_rng": torch.get_rng_state()}
+            if self.scaler:
+                state["grad_scaler"] = self.scaler.state_dict()
             torch.save(state, tmp / ckpt.STATE)
             save_config(self.cfg, tmp / ckpt.CONFIG)
 
@@ -192,21 +218,25 @@ class Trainer:
         self.epoch = int(state["epoch"])
         self.history = list(state["history"])
         torch.set_rng_state(state["torch_rng"])
+        if self.scaler and "grad_scaler" in state:
+            self.scaler.load_state_dict(state["grad_scaler"])
         best = path / ckpt.BEST_WEIGHTS
         self.best_state = ckpt.load_weights(best) if best.is_file() else None
 
 
 @torch.no_grad()
-def predict_proba(model: FusionClassifier, data: Prepared, batch_size: int = 128, device: str = "auto") -> np.ndarray:
+def predict_proba(model: FusionClassifier, data: Prepared, batch_size: int = 128, device: str = "auto",
+                  precision: str = "auto") -> np.ndarray:
     """Class probabilities (N, 3) in the row order of data."""
     dev = resolve_device(device)
+    precision = resolve_precision(precision, dev)
     model.to(dev).eval()
     rows, probs = [], []
     for idx in batch_indices(data.lengths, batch_size, shuffle=False, bucket=True):
         host = collate(data, idx)
         b = {k: v.to(dev) for k, v in host.items()}
         images = normalize(b["images"]) if model.uses_image else None
-        with torch.autocast("cuda", dtype=torch.bfloat16) if dev.type == "cuda" else contextlib.nullcontext():
+        with autocast(dev, precision):
             logits = model(b["input_ids"], b["attention_mask"], images).float()
         rows.append(host["index"].numpy())  # collate's row order
         probs.append(torch.softmax(logits, 1))  # kept on the device: read once at the end, not per batch

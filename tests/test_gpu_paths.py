@@ -61,14 +61,16 @@ class HostReads(TorchFunctionMode):
         return func(*args, **(kwargs or {}))
 
 
+@pytest.mark.parametrize("precision", ["32", "bf16-mixed", "16-mixed"])
 @pytest.mark.parametrize("train", [True, False])
-def test_a_pass_reads_nothing_back_from_the_device(demo_cfg, train):
-    # The same code the GPU runs, with everything it calls (transformers, the optimizer), watched on the CPU.
+def test_a_pass_reads_nothing_back_from_the_device(demo_cfg, train, precision):
+    # The same code the GPU runs (autocast, the loss scaler, transformers, the fused optimizer), watched on the CPU.
     split = load_train_val(demo_cfg, progress=False)
-    t = Trainer(demo_cfg.with_overrides({"batch_size": 16}), split, device="cpu")
+    data = split.train.subset(np.arange(64))  # float16 is slow on the CPU; four batches show a per-batch read
+    t = Trainer(demo_cfg.with_overrides({"batch_size": 16, "precision": precision}), split, device="cpu")
     with HostReads() as reads:
-        loss_sum, confusion, seen = t.run_batches(split.train, train=train)
-    assert seen == len(split.train) and int(confusion.sum()) == seen
+        loss_sum, confusion, seen = t.run_batches(data, train=train)
+    assert seen == len(data) and int(confusion.sum()) == seen
     assert reads.sites == [], f"host reads inside the batch loop: {sorted(set(reads.sites))}"
 
 
@@ -112,9 +114,10 @@ def test_cuda_augment_matches_cpu():
 
 
 @cuda
-def test_cuda_pass_does_not_synchronise(demo_cfg):
+@pytest.mark.parametrize("precision", ["bf16-mixed", "16-mixed"])
+def test_cuda_pass_does_not_synchronise(demo_cfg, precision):
     split = load_train_val(demo_cfg, progress=False)
-    t = Trainer(demo_cfg.with_overrides({"device": "cuda"}), split)
+    t = Trainer(demo_cfg.with_overrides({"device": "cuda", "precision": precision}), split)
     t.run_batches(split.train, train=True)  # first use: library set-up may synchronise once
     torch.cuda.set_sync_debug_mode("error")
     try:

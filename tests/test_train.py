@@ -139,6 +139,41 @@ def test_train_cli_refuses_bad_config(tmp_path, capsys):
     assert "no data/ folder" in capsys.readouterr().err
 
 
+def test_precision_auto_is_full_precision_on_the_cpu(demo_cfg, split):
+    t = Trainer(demo_cfg, split, device="cpu")
+    assert t.precision == "32" and t.scaler is None
+
+
+@pytest.fixture(scope="module")
+def small(split):
+    # float16/bfloat16 matrix products are slow on most CPUs: a few batches are enough to check the code path.
+    return Split(split.train.subset(np.arange(64)), split.val.subset(np.arange(32)))
+
+
+@pytest.mark.parametrize("precision", ["bf16-mixed", "16-mixed"])
+def test_mixed_precision_computes_what_full_precision_does_and_trains(demo_cfg, small, precision):
+    # The GPU's autocast path (and float16's loss scaling) run on the CPU too.
+    full = Trainer(_cfg(demo_cfg, epochs=3, patience=0), small).run_epoch(small.val, train=False)
+    mixed = Trainer(_cfg(demo_cfg, epochs=3, patience=0, precision=precision), small)
+    assert mixed.run_epoch(small.val, train=False)["loss"] == pytest.approx(full["loss"], rel=0.02)
+    hist = list(mixed.fit())
+    assert all(np.isfinite(h[M.TRAIN_LOSS]) for h in hist) and hist[-1][M.TRAIN_LOSS] < hist[0][M.TRAIN_LOSS]
+
+
+def test_float16_loss_scale_survives_resume(demo_cfg, small, tmp_path):
+    cfg = _cfg(demo_cfg, epochs=2, patience=0, precision="16-mixed")
+    first = Trainer(cfg, small)
+    epochs = first.fit()
+    next(epochs)
+    first.scaler.update(2.0**12)  # a loss scale that a fresh trainer would not start with
+    first.save_checkpoint(tmp_path / "ck")
+    resumed = Trainer(cfg, small)
+    resumed.load_checkpoint(tmp_path / "ck")
+    assert resumed.scaler.get_scale() == 4096.0
+    for a, b in zip(list(epochs), list(resumed.fit()), strict=True):
+        assert a[M.VAL_LOSS] == pytest.approx(b[M.VAL_LOSS], rel=1e-5, abs=1e-7)
+
+
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 def test_cuda_bf16_epoch(demo_cfg, split):
     t = Trainer(_cfg(demo_cfg, epochs=1, device="cuda"), split)
