@@ -5,6 +5,7 @@ the share of step time spent outside the model (batching, copies, host synchroni
 Usage:
   python bench/gpu_step.py                 # on a GPU machine: BERT-base + ResNet-50, 224 px, bf16
   python bench/gpu_step.py --compile       # the same with torch.compile, reporting the warm-up
+  python bench/gpu_step.py --precision 16-mixed   # float16 + loss scaling (what auto picks on T4/V100)
   python bench/gpu_step.py --tiny          # CPU smoke mode: tiny models (used by the tests)
 Writes gpu_step.json into $OUT (or the current directory) as well.
 """
@@ -78,11 +79,12 @@ def sync(dev):
         torch.cuda.synchronize()
 
 
-def bench_batch(backbones: dict, bs: int, steps: int, image_size: int, compile_: bool) -> dict:
+def bench_batch(backbones: dict, bs: int, steps: int, image_size: int, compile_: bool, precision: str = "auto") -> dict:
     n = bs * steps
     data = synthetic(n, 30522 if "bert-base" in backbones["text_model"] else 100, image_size)
     cfg = RunConfig.from_dict({"data": {"image_size": image_size}, "model": {**backbones, "complexity": "high"},
-                               "train": {"batch_size": bs, "lr": 1e-5, "compile": compile_, "hflip": 0.5, "rotation": 10}})
+                               "train": {"batch_size": bs, "lr": 1e-5, "compile": compile_, "precision": precision,
+                                         "hflip": 0.5, "rotation": 10}})
     trainer = Trainer(cfg, Split(data, data.subset(np.arange(min(n, bs)))))
     dev = trainer.device
     first = collate(data, np.arange(bs))
@@ -108,8 +110,13 @@ def bench_batch(backbones: dict, bs: int, steps: int, image_size: int, compile_:
         for ids, mask, images, labels in batches:
             with trainer._autocast():
                 loss = F.cross_entropy(model(ids, mask, images).float(), labels)
-            loss.backward()
-            trainer.optimizer.step()
+            if trainer.scaler:  # float16: the same loss scaling as the loop
+                trainer.scaler.scale(loss).backward()
+                trainer.scaler.step(trainer.optimizer)
+                trainer.scaler.update()
+            else:
+                loss.backward()
+                trainer.optimizer.step()
             trainer.optimizer.zero_grad(set_to_none=True)
         sync(dev)
         pure.append(n / (time.perf_counter() - t))
@@ -125,6 +132,8 @@ def main() -> None:
     ap.add_argument("--batches", default="16,32,64,128")
     ap.add_argument("--steps", type=int, default=20, help="optimizer steps per measured epoch")
     ap.add_argument("--compile", action="store_true")
+    ap.add_argument("--precision", default="auto", choices=("auto", "bf16-mixed", "16-mixed", "32"),
+                    help="train.precision (auto: bf16 on A100/H100-class cards, float16 + loss scaling on older ones)")
     args = ap.parse_args()
     dev = "cuda" if torch.cuda.is_available() else "cpu"
     name = torch.cuda.get_device_name() if dev == "cuda" else "CPU"
@@ -134,7 +143,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         backbones = make_backbones(Path(tmp), args.tiny)
         for bs in (int(b) for b in args.batches.split(",")):
-            rows.append(bench_batch(backbones, bs, args.steps, image_size, args.compile))
+            rows.append(bench_batch(backbones, bs, args.steps, image_size, args.compile, args.precision))
             if dev == "cuda":
                 torch.cuda.empty_cache()
     print(f"device: {name}; {'tiny BERT + resnet10, 32 px' if args.tiny else 'BERT-base + ResNet-50 (random weights), 224 px'}, "
