@@ -33,9 +33,9 @@ from model.train import Split, Trainer
 # Token lengths of the lab5 sample with the bert-base-uncased vocabulary: percentiles 1..99 (mean 31.8).
 REAL_LENGTHS = [9, 12, 14, 14, 16, 17, 18, 18, 19, 20, 21, 21, 22, 23, 23, 24, 24, 25, 25, 26, 27, 27, 28, 28, 29, 30,
                 31, 31, 32, 32, 33, 33, 34, 35, 36, 37, 38, 39, 41, 42, 43, 44, 46, 47, 49, 50, 52, 55, 62, 73]
-# Dense bf16 tensor-core peaks (FLOP/s) by device-name substring.
+# Dense bf16 tensor-core peaks (FLOP/s) by device-name substring (V100, T4: float16, they have no bf16 units).
 PEAKS = {"H200": 989e12, "H100 SXM": 989e12, "H100 80GB HBM3": 989e12, "H100 PCIe": 756e12, "H100 NVL": 835e12,
-         "H100": 989e12, "A100": 312e12, "L40S": 362e12, "A10G": 70e12, "L4": 121e12}
+         "H100": 989e12, "A100": 312e12, "L40S": 362e12, "A10G": 70e12, "L4": 121e12, "V100": 125e12, "T4": 65e12}
 
 
 def synthetic(n: int, vocab: int, image_size: int, seed: int = 0) -> Prepared:
