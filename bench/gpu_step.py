@@ -66,9 +66,9 @@ def make_backbones(tmp: Path, tiny: bool) -> dict:
 def step_flops(trainer: Trainer, batch: dict) -> float:
     from torch.utils.flop_counter import FlopCounterMode
 
+    b = trainer._to_device(batch)
     with FlopCounterMode(display=False) as fc:
-        loss = F.cross_entropy(trainer._forward(trainer._to_device(batch), train=True,
-                                                gen=torch.Generator().manual_seed(0)), trainer._to_device(batch)["labels"])
+        loss = F.cross_entropy(trainer._forward(b, train=True, gen=torch.Generator().manual_seed(0)), b["labels"])
         loss.backward()
     trainer.optimizer.zero_grad(set_to_none=True)
     return float(fc.get_total_flops())
@@ -110,14 +110,8 @@ def bench_batch(backbones: dict, bs: int, steps: int, image_size: int, compile_:
         for ids, mask, images, labels in batches:
             with trainer._autocast():
                 loss = F.cross_entropy(model(ids, mask, images).float(), labels)
-            if trainer.scaler:  # float16: the same loss scaling as the loop
-                trainer.scaler.scale(loss).backward()
-                trainer.scaler.step(trainer.optimizer)
-                trainer.scaler.update()
-            else:
-                loss.backward()
-                trainer.optimizer.step()
-            trainer.optimizer.zero_grad(set_to_none=True)
+            trainer._backward(loss)  # the loop's own backward and optimizer step (loss scaling included)
+            trainer._step()
         sync(dev)
         pure.append(n / (time.perf_counter() - t))
     f, p = statistics.median(full), statistics.median(pure)

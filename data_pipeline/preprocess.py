@@ -73,11 +73,11 @@ def data_fingerprint(data_dir: str | Path, split: str) -> str:
     root = check_data_dir(data_dir)
     rows = read_rows(root, split)
     label_file = root / SPLIT_FILES[split]
-    paths = [p for row in rows for p in sample_paths(root, row.guid)]
-    key = (str(root.resolve()), split, _stamp(label_file), tuple(_stamp(p) for p in paths))
+    pairs = [sample_paths(root, row.guid) for row in rows]
+    key = (str(root.resolve()), split, _stamp(label_file), tuple(_stamp(p) for pair in pairs for p in pair))
     if key not in _FINGERPRINTS:
         h = hashlib.sha256(label_file.read_bytes())
-        for row, pair in zip(rows, zip(paths[0::2], paths[1::2])):
+        for row, pair in zip(rows, pairs):
             h.update(row.guid.encode() + b"\0")
             for p in pair:
                 h.update(p.read_bytes() if p.is_file() else b"<missing>")

@@ -116,6 +116,17 @@ class Trainer:
         with self._autocast():
             return self.step_model(b["input_ids"], b["attention_mask"], images).float()
 
+    def _backward(self, loss: torch.Tensor) -> None:
+        (self.scaler.scale(loss) if self.scaler else loss).backward()
+
+    def _step(self) -> None:
+        if self.scaler:  # skips the update on the device when float16 gradients overflowed
+            self.scaler.step(self.optimizer)
+            self.scaler.update()
+        else:
+            self.optimizer.step()
+        self.optimizer.zero_grad(set_to_none=True)
+
     def run_epoch(self, data: Prepared, train: bool, seed: int = 0) -> dict:
         """One pass over data; returns loss, accuracy, macro F1, samples, seconds."""
         start = time.perf_counter()
@@ -148,15 +159,9 @@ class Trainer:
                 logits = self._forward(b, train, gen)
                 loss = F.cross_entropy(logits, b["labels"], reduction="sum")
                 if train:
-                    scaled = loss / step_size  # summed over micro-batches = one big batch's mean gradient
-                    (self.scaler.scale(scaled) if self.scaler else scaled).backward()
+                    self._backward(loss / step_size)  # summed over micro-batches = one big batch's mean gradient
                     if last:
-                        if self.scaler:
-                            self.scaler.step(self.optimizer)
-                            self.scaler.update()
-                        else:
-                            self.optimizer.step()
-                        self.optimizer.zero_grad(set_to_none=True)
+                        self._step()
                 loss_sum += loss.detach()
                 # index_add_, not bincount: bincount on CUDA reads the maximum back to the host every batch.
                 confusion.index_add_(0, b["labels"] * n_classes + logits.argmax(1), ones[: b["labels"].shape[0]])

@@ -1,7 +1,6 @@
 """Driver-side Tune callbacks: checkpoint pruning (search/checkpoints.py) and state backups (search/state_backup.py)."""
 from __future__ import annotations
 
-import json
 import logging
 import os
 import signal
@@ -10,9 +9,7 @@ from pathlib import Path
 import pyarrow.fs as pafs
 from ray.tune import Callback
 
-from model import metrics as M
-
-from .checkpoints import METRICS_FILE, to_delete
+from .checkpoints import METRICS_FILE, read_metrics, to_delete
 from .state_backup import backup, is_state_file, read_bytes
 
 FAULT_ENV = "MMSA_TEST_FAULT_PRUNE"  # tests: SIGKILL the driver right after pruning at this epoch (the worst moment)
@@ -35,11 +32,9 @@ class CheckpointPruner(Callback):
         for d in fs.get_file_info(pafs.FileSelector(parent)):
             if d.type != pafs.FileType.Directory or not d.base_name.startswith("checkpoint_"):
                 continue
-            try:
-                m = json.loads(read_bytes(fs, f"{d.path}/{METRICS_FILE}") or b"")
-                entries[d.path] = (int(m[M.EPOCH]), float(m[M.VAL_LOSS]))
-            except (ValueError, KeyError):
-                continue  # not one of ours, or not whole: leave it alone
+            metrics = read_metrics(read_bytes(fs, f"{d.path}/{METRICS_FILE}"))
+            if metrics is not None:  # otherwise not one of ours, or not whole: leave it alone
+                entries[d.path] = metrics
         for path in to_delete(entries, self.keep):
             fs.delete_dir(path)
         fault = os.environ.get(FAULT_ENV)

@@ -29,3 +29,12 @@ def to_delete(entries: dict[str, tuple[int, float]], keep: int) -> set[str]:
 
 def write_metrics(ck_dir, epoch: int, val_loss: float) -> None:
     (ck_dir / METRICS_FILE).write_text(json.dumps({M.EPOCH: epoch, M.VAL_LOSS: val_loss}))
+
+
+def read_metrics(data: bytes | None) -> tuple[int, float] | None:
+    """(epoch, val_loss) from a METRICS_FILE's bytes; None when it is absent or not whole."""
+    try:
+        m = json.loads(data or b"")
+        return int(m[M.EPOCH]), float(m[M.VAL_LOSS])
+    except (ValueError, KeyError, TypeError):
+        return None
