@@ -27,7 +27,7 @@ from common import ROOT  # noqa: F401  (puts the project on sys.path)
 from data_pipeline.augment import normalize
 from data_pipeline.batches import batch_indices, collate
 from data_pipeline.preprocess import Prepared
-from model.config import RunConfig
+from model.config import Config
 from model.train import Split, Trainer
 
 # Token lengths of the lab5 sample with the bert-base-uncased vocabulary: percentiles 1..99 (mean 31.8).
@@ -82,7 +82,7 @@ def sync(dev):
 def bench_batch(backbones: dict, bs: int, steps: int, image_size: int, compile_: bool, precision: str = "auto") -> dict:
     n = bs * steps
     data = synthetic(n, 30522 if "bert-base" in backbones["text_model"] else 100, image_size)
-    cfg = RunConfig.from_dict({"data": {"image_size": image_size}, "model": {**backbones, "complexity": "high"},
+    cfg = Config.from_dict({"data": {"image_size": image_size}, "model": {**backbones, "complexity": "high"},
                                "train": {"batch_size": bs, "lr": 1e-5, "compile": compile_, "precision": precision,
                                          "hflip": 0.5, "rotation": 10}})
     trainer = Trainer(cfg, Split(data, data.subset(np.arange(min(n, bs)))))

@@ -20,7 +20,8 @@ from model.run import load_train_val
 from search.demo import DEMO_SPACE, demo_config, run_demo
 from search.results import load_trials
 from search.space import parse_spec
-from search.tuner import capacity, init_ray, run_search, trainable_with
+from search.ray_cluster import capacity, init_ray
+from search.tuner import run_search, trainable_with
 
 GRID_LR = [1e-4, 1e-3, 1e-2]  # the lab's first grid: one value per decade of the same range
 

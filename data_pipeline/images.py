@@ -1,18 +1,12 @@
 """Pictures -> RGB uint8 CHW arrays at a fixed size. Decoded once, at preprocessing time."""
 from __future__ import annotations
 
-import threading
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
-
-# Counts real decodes, so tests can prove that a cache hit decodes no picture.
-_decode_lock = threading.Lock()
-DECODE_COUNT = 0
-
 
 class BadImage(Exception):
     """A picture that cannot be used; the message says why."""
@@ -26,13 +20,10 @@ class ImageInfo:
 
 
 def _open_rgb(path: Path) -> tuple[Image.Image, ImageInfo]:
-    global DECODE_COUNT
     if not path.is_file():
         raise BadImage("missing")
     if path.stat().st_size == 0:
         raise BadImage("zero-byte file")
-    with _decode_lock:
-        DECODE_COUNT += 1
     try:
         with warnings.catch_warnings():
             # Pillow only warns between 1x and 2x its pixel limit; refuse both the same way.

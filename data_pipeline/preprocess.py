@@ -8,9 +8,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import shutil
 import sys
-import tempfile
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -20,6 +18,7 @@ import numpy as np
 from filelock import FileLock
 from tqdm import tqdm
 
+from .atomic import replace_dir
 from .dataset import SPLIT_FILES, check_data_dir, format_bad, read_rows, read_sample, sample_paths
 from .errors import UserError
 from .tokenizer import load_tokenizer, tokenizer_fingerprint
@@ -94,16 +93,12 @@ def cache_key(data_fp: str, tokenizer_dir: str | Path, max_length: int, image_si
 
 
 def _save(dest: Path, arrays: dict[str, np.ndarray], meta: dict) -> None:
-    # Write into a temporary sibling and rename: readers see a whole cache entry or none.
-    tmp = Path(tempfile.mkdtemp(dir=dest.parent, prefix=dest.name + ".tmp"))
-    try:
+    def write(tmp: Path) -> None:
         for name, arr in arrays.items():
             np.save(tmp / f"{name}.npy", arr, allow_pickle=False)
         (tmp / "meta.json").write_text(json.dumps(meta, indent=1))
-        os.replace(tmp, dest)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
+
+    replace_dir(dest, write)  # readers see a whole cache entry or none
 
 
 def _load(dest: Path) -> Prepared:

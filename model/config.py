@@ -67,7 +67,9 @@ SECTIONS = {"data": DataConfig, "model": ModelConfig, "train": TrainConfig}
 
 
 @dataclass
-class RunConfig:
+class Config:
+    """The whole config of one training run (a final model, a search trial or an ablation): data, model, train."""
+
     data: DataConfig = field(default_factory=DataConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
@@ -76,7 +78,7 @@ class RunConfig:
         return dataclasses.asdict(self)
 
     @classmethod
-    def from_dict(cls, d: dict | None, source: str = "config") -> "RunConfig":
+    def from_dict(cls, d: dict | None, source: str = "config") -> "Config":
         d = dict(d or {})
         unknown = set(d) - set(SECTIONS)
         if unknown:
@@ -89,7 +91,7 @@ class RunConfig:
             parts[name] = build_section(klass, sec, f"{source}: {name}")
         return cls(**parts)
 
-    def with_overrides(self, flat: dict[str, Any], source: str = "override") -> "RunConfig":
+    def with_overrides(self, flat: dict[str, Any], source: str = "override") -> "Config":
         """Apply `section.key` (or unique bare `key`) overrides, validated like a file."""
         d = self.to_dict()
         for key, value in flat.items():
@@ -102,7 +104,7 @@ class RunConfig:
             if sec not in d or name not in d[sec]:
                 raise UserError(f"{source}: unknown key {key!r}.")
             d[sec][name] = value
-        return RunConfig.from_dict(d, source)
+        return Config.from_dict(d, source)
 
 
 def build_section(klass, values: dict, where: str):
@@ -171,15 +173,15 @@ def read_yaml(path: str | Path) -> dict:
     return d or {}
 
 
-def load_config(path: str | Path, extra_sections: tuple[str, ...] = ()) -> tuple[RunConfig, dict]:
+def load_config(path: str | Path, extra_sections: tuple[str, ...] = ()) -> tuple[Config, dict]:
     """Load a run config; sections named in extra_sections (e.g. an export's `search:` provenance) are
     returned separately instead of being rejected."""
     d = read_yaml(path)
     extras = {k: d.pop(k) for k in extra_sections if k in d}
-    return RunConfig.from_dict(d, str(path)), extras
+    return Config.from_dict(d, str(path)), extras
 
 
-def save_config(cfg: RunConfig, path: str | Path, extras: dict | None = None) -> None:
+def save_config(cfg: Config, path: str | Path, extras: dict | None = None) -> None:
     d = cfg.to_dict()
     d.update(extras or {})
     Path(path).write_text(yaml.safe_dump(d, sort_keys=False))

@@ -1,7 +1,10 @@
 """Metric names, defined once: the training loop emits them; search reporting, ASHA, export and plots read them."""
 from __future__ import annotations
 
-import torch
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:  # names only: status and report read metric names without importing torch
+    import torch
 
 EPOCH = "epoch"  # 1-based epoch just finished
 TRAIN_LOSS = "train_loss"

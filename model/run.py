@@ -14,23 +14,23 @@ from data_pipeline.errors import UserError
 from data_pipeline.labels import LABELS
 from data_pipeline.preprocess import Prepared, prepare
 
-from . import checkpoint as ckpt
+from . import run_files as ckpt
 from . import metrics as M
 from .backbones import check_backbones
-from .config import RunConfig, load_config, save_config
+from .config import Config, load_config, save_config
 from .fusion import FusionClassifier
 from .train import Split, Trainer, predict_proba
 
 LAST_CHECKPOINT = "checkpoint"  # inside a run directory: the last epoch's full state, for --resume
 
 
-def prepare_split(cfg: RunConfig, split: str, log=print, progress: bool = True) -> Prepared:
+def prepare_split(cfg: Config, split: str, log=print, progress: bool = True) -> Prepared:
     d = cfg.data
     return prepare(d.data_dir, split, cfg.model.text_model, d.max_length, d.image_size, skip_bad=d.skip_bad,
                    cache_dir=d.cache_dir or None, progress=progress, log=log)
 
 
-def load_train_val(cfg: RunConfig, log=print, progress: bool = True) -> Split:
+def load_train_val(cfg: Config, log=print, progress: bool = True) -> Split:
     full = prepare_split(cfg, "train", log, progress)
     tr, va = stratified_split(np.asarray(full.guids), np.asarray(full.labels), cfg.data.val_fraction, cfg.data.split_seed)
     return Split(full.subset(tr), full.subset(va))
@@ -55,7 +55,7 @@ def write_metrics(history: list[dict], out: Path) -> None:
         w.writerows(history)
 
 
-def train_run(cfg: RunConfig, out: str | Path, *, resume: bool = False, log=print, progress: bool = True,
+def train_run(cfg: Config, out: str | Path, *, resume: bool = False, log=print, progress: bool = True,
               data: Split | None = None) -> list[dict]:
     """Train and write out/: model.safetensors (best val-loss epoch), config.yaml, metrics.json/.csv,
     curves.png, and checkpoint/ (last epoch's full state, for --resume)."""
@@ -93,7 +93,7 @@ def train_run(cfg: RunConfig, out: str | Path, *, resume: bool = False, log=prin
     return trainer.history
 
 
-def load_trained(run_dir: str | Path) -> tuple[FusionClassifier, RunConfig]:
+def load_trained(run_dir: str | Path) -> tuple[FusionClassifier, Config]:
     run = Path(run_dir)
     if not (run / ckpt.WEIGHTS).is_file() or not (run / ckpt.CONFIG).is_file():
         raise UserError(f"{run}: not a trained model directory (needs {ckpt.WEIGHTS} and {ckpt.CONFIG}; made by `mmsa train`).")
@@ -128,7 +128,7 @@ def predict_run(run_dir: str | Path, data_dir: str | Path | None, out: str | Pat
     return out
 
 
-def ablate_run(cfg: RunConfig, out: str | Path, log=print, progress: bool = True) -> list[dict]:
+def ablate_run(cfg: Config, out: str | Path, log=print, progress: bool = True) -> list[dict]:
     """Train text-only, image-only and fusion with the same settings; write ablation.csv/.md and ablation.png."""
     from .plots import plot_ablation
 

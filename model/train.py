@@ -19,9 +19,9 @@ from data_pipeline.errors import UserError
 from data_pipeline.labels import LABELS
 from data_pipeline.preprocess import Prepared
 
-from . import checkpoint as ckpt
+from . import run_files as ckpt
 from . import metrics as M
-from .config import RunConfig, save_config
+from .config import Config, save_config
 from .fusion import FusionClassifier
 
 
@@ -60,7 +60,7 @@ class Split:
 
 
 class Trainer:
-    def __init__(self, cfg: RunConfig, data: Split, device: str | torch.device | None = None):
+    def __init__(self, cfg: Config, data: Split, device: str | torch.device | None = None):
         self.cfg = cfg
         self.data = data
         t = cfg.train
@@ -212,7 +212,7 @@ class Trainer:
             torch.save(state, tmp / ckpt.STATE)
             save_config(self.cfg, tmp / ckpt.CONFIG)
 
-        return ckpt.write_atomic_dir(path, write)
+        return ckpt.replace_dir(path, write)
 
     def load_checkpoint(self, path: str | Path) -> None:
         path = Path(path)

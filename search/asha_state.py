@@ -10,26 +10,23 @@ from __future__ import annotations
 
 from types import SimpleNamespace
 
-from model import metrics as M
-
-REPORTED_AT = "reported_at"  # wall-clock time of a report (finer than Ray's whole-second timestamp)
+from . import ray_internals
+from .schema import REPORTED_AT, TIMESTAMP, M
 
 
 def replay(scheduler, trials, mode: str = M.OPT_MODE) -> dict[str, list[tuple[int, str]]]:
     """Feed every trial's reported results to an ASHA scheduler in report order; returns the decision it took
     for each (trial, epoch). The scheduler must have one bracket (the default), or trial placement is unknowable."""
-    brackets = scheduler._brackets
-    if len(brackets) != 1:
-        raise ValueError("ASHA rungs can only be rebuilt for a single bracket")
+    bracket = ray_internals.asha_bracket(scheduler)
     sign = -1.0 if mode == "min" else 1.0  # ASHA keeps rewards as 'higher is better'
-    events = sorted((r.get(REPORTED_AT, r.get("timestamp", 0)), r[M.EPOCH], t.trial_id, r[M.SEARCH_METRIC])
+    events = sorted((r.get(REPORTED_AT, r.get(TIMESTAMP, 0)), r[M.EPOCH], t.trial_id, r[M.SEARCH_METRIC])
                     for t in trials for r in t.results)
     decisions: dict[str, list[tuple[int, str]]] = {}
     for _, epoch, trial_id, value in events:
-        action = brackets[0].on_result(SimpleNamespace(trial_id=trial_id), epoch, sign * value)
+        action = bracket.on_result(SimpleNamespace(trial_id=trial_id), epoch, sign * value)
         decisions.setdefault(trial_id, []).append((epoch, action))
     return decisions
 
 
 def rungs(scheduler) -> list[tuple[float, dict]]:
-    return [(m, dict(rec)) for m, rec in scheduler._brackets[0]._rungs]
+    return ray_internals.asha_rungs(scheduler)

@@ -10,6 +10,8 @@ import yaml
 
 from data_pipeline.errors import UserError
 
+from .cli_flags import add_config_flags, config_flags
+
 
 def _overrides(args) -> dict:
     flat = {}
@@ -18,53 +20,32 @@ def _overrides(args) -> dict:
         if not eq:
             raise UserError(f"--set {item!r}: expected KEY=VALUE, e.g. --set train.lr=1e-5")
         flat[key.strip()] = yaml.safe_load(value)
-    for name in ("epochs", "lr", "batch_size", "micro_batch_size", "device"):
-        if getattr(args, name, None) is not None:
-            flat[f"train.{name}"] = getattr(args, name)
-    if getattr(args, "data", None):
-        flat["data.data_dir"] = str(args.data)
-    if getattr(args, "skip_bad", False):
-        flat["data.skip_bad"] = True
+    flat.update(config_flags(args))
     return flat
 
 
 def _run_config(args):
-    from model.config import RunConfig, load_config
+    from model.config import Config
 
     if args.config:
-        cfg, extras = load_config(args.config, extra_sections=("search",))
-    else:
-        cfg, extras = RunConfig(), {}
+        from .export import load_run_config
+
+        return load_run_config(args.config, _overrides(args), allow_other_data=args.allow_other_data)
     flat = _overrides(args)
-    exported = extras.get("search") or {}
-    if exported.get("best_epoch") and "train.epochs" not in flat:
-        flat["train.epochs"] = int(exported["best_epoch"])  # an exported search result trains for its best epoch count
-    cfg = cfg.with_overrides(flat, source="command line") if flat else cfg
-    if exported.get("data_fingerprint") and not getattr(args, "allow_other_data", False):
-        from data_pipeline.preprocess import data_fingerprint
-
-        if data_fingerprint(cfg.data.data_dir, "train") != exported["data_fingerprint"]:
-            raise UserError(
-                f"{args.config} was exported from a search on other data ({exported.get('data_dir')}) than "
-                f"{cfg.data.data_dir}: its hyperparameters and best epoch were chosen for that dataset. "
-                "Pass --allow-other-data to train with them anyway."
-            )
-    return cfg
+    return Config().with_overrides(flat, source="command line") if flat else Config()
 
 
-def _add_run_options(p: argparse.ArgumentParser, data_required: bool = False) -> None:
+def _add_run_options(p: argparse.ArgumentParser) -> None:
+    from model.config import DataConfig, ModelConfig, TrainConfig
+
     p.add_argument("--config", type=Path, help="YAML with data:/model:/train: sections (or a `mmsa export` file)")
-    p.add_argument("--data", type=Path, required=data_required, help="dataset directory (overrides data.data_dir)")
-    p.add_argument("--epochs", type=int, help="override train.epochs")
-    p.add_argument("--lr", type=float, help="override train.lr")
-    p.add_argument("--batch-size", type=int, help="override train.batch_size")
-    p.add_argument("--micro-batch-size", type=int, help="override train.micro_batch_size (gradient accumulation)")
-    p.add_argument("--device", help="override train.device: auto, cpu, cuda, cuda:N")
-    p.add_argument("--skip-bad", action="store_true", help="leave out unreadable samples instead of failing")
     p.add_argument("--set", action="append", metavar="KEY=VALUE", help="any config key, e.g. --set model.complexity=high")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.add_argument("--allow-other-data", action="store_true",
                    help="use a `mmsa export` file with data other than the search's (refused by default)")
+    add_config_flags(p, DataConfig, "data", aliases={"data_dir": "data"})
+    add_config_flags(p, ModelConfig, "model")
+    add_config_flags(p, TrainConfig, "train")
 
 
 # ---- handlers -----------------------------------------------------------------------------------------------
@@ -135,20 +116,21 @@ def cmd_demo(args) -> int:
 
 
 def cmd_search(args) -> int:
-    from .space import load_spec
+    import dataclasses
+
+    from model.config import build_section
+
+    from . import experiment
+    from .space import SearchConfig, load_spec
     from .tuner import run_search
 
     spec = load_spec(args.space)
-    flat = {"data.data_dir": str(args.data)}
-    if args.skip_bad:
-        flat["data.skip_bad"] = True
-    spec.fixed = spec.fixed.with_overrides(flat, source="command line")
-    for name in ("gpus_per_trial", "cpus_per_trial", "max_concurrent", "seed"):
-        if getattr(args, name) is not None:
-            setattr(spec.search, name, getattr(args, name))
-    from .tuner import join_uri
-
-    exp = join_uri(str(args.storage), args.name)
+    flags = config_flags(args)
+    spec.fixed = spec.fixed.with_overrides({k: v for k, v in flags.items() if not k.startswith("search.")},
+                                           source="command line")
+    search = {k.split(".", 1)[1]: v for k, v in flags.items() if k.startswith("search.")}
+    spec.search = build_section(SearchConfig, {**dataclasses.asdict(spec.search), **search}, "command line: search")
+    exp = experiment.location(str(args.storage), args.name)
     try:
         run_search(spec, args.num_samples, args.name, str(args.storage), address=args.address,
                    shared_storage=args.shared_storage, optuna_storage=args.optuna_storage, verbose=args.verbose)
@@ -169,8 +151,8 @@ def cmd_resume(args) -> int:
 
 def _finished(exp) -> int:
     """After Ray's fit returns: done, or stopped by Ctrl-C (Ray catches the first one and saves its state)."""
+    from .experiment import read_meta
     from .results import load_trials
-    from .tuner import read_meta
 
     trials = load_trials(exp)
     open_trials = [t for t in trials if t.state not in ("TERMINATED", "ERROR")]
@@ -204,7 +186,7 @@ def cmd_report(args) -> int:
 
 
 def cmd_export(args) -> int:
-    from .results import export_best
+    from .export import export_best
 
     info = export_best(args.experiment, args.output)
     m = info["metrics"]
@@ -215,6 +197,10 @@ def cmd_export(args) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from model.config import DataConfig
+
+    from .space import SearchConfig
+
     ap = argparse.ArgumentParser(prog="mmsa", description="Hyperparameter search and training for the text+image "
                                  "sentiment classifier (BERT + ResNet fusion) on Ray Tune with Optuna and ASHA.")
     sub = ap.add_subparsers(dest="command", required=True, metavar="COMMAND")
@@ -228,20 +214,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--optuna-storage", help="e.g. sqlite:///demo.db, to watch the study with optuna-dashboard")
 
     p = sub.add_parser("search", help="hyperparameter search: Optuna proposes, ASHA stops, one GPU per trial")
-    p.add_argument("--data", type=Path, required=True, help="dataset directory")
     p.add_argument("--space", type=Path, help="search-space YAML (default: the lab's lr/batch/complexity space; see docs/search.md)")
     p.add_argument("--num-samples", type=int, required=True, help="number of trials")
     p.add_argument("--name", required=True, help="experiment name: results go to STORAGE/NAME")
     p.add_argument("--storage", default="ray_results", help="results directory, or s3://... / gs://... (shared on clusters)")
     p.add_argument("--address", help="Ray cluster to join: auto or HOST:PORT (default: a fresh local instance)")
     p.add_argument("--shared-storage", action="store_true", help="--storage is a path shared by all nodes (e.g. NFS)")
-    p.add_argument("--gpus-per-trial", type=float, help="GPUs per trial (fractions pack trials on one GPU; default 1 when there are GPUs)")
-    p.add_argument("--cpus-per-trial", type=float, help="CPU cores per trial (default 1)")
-    p.add_argument("--max-concurrent", type=int, help="trials at once (default: what the cluster holds)")
-    p.add_argument("--seed", type=int, help="Optuna sampler seed")
     p.add_argument("--optuna-storage", help="e.g. sqlite:///optuna.db, to watch with optuna-dashboard")
-    p.add_argument("--skip-bad", action="store_true", help="leave out unreadable samples instead of failing")
     p.add_argument("--verbose", type=int, default=1, choices=(0, 1, 2), help="Ray's status output (0 silent, 1 concise)")
+    add_config_flags(p, DataConfig, "data", only=("data_dir", "skip_bad"), aliases={"data_dir": "data"},
+                     required=("data_dir",), title="data (fixed for every trial)")
+    add_config_flags(p, SearchConfig, "search", title="search: settings (override the space file's search: section)")
     p.set_defaults(fn=cmd_search)
 
     p = sub.add_parser("resume", help="continue an interrupted search where it stopped")

@@ -6,7 +6,7 @@ import shutil
 import time
 from pathlib import Path
 
-from model.config import RunConfig
+from model.config import Config
 
 DEMO_ROWS = 400
 DEMO_SPACE = {
@@ -17,12 +17,12 @@ DEMO_SPACE = {
 }
 
 
-def demo_config(data_dir: str | Path, tiny_dir: str | Path, cache_dir: str | Path | None = None) -> RunConfig:
+def demo_config(data_dir: str | Path, tiny_dir: str | Path, cache_dir: str | Path | None = None) -> Config:
     """The demo's settings: tiny backbones at 32 px and 32 tokens, learning rates suited to random init."""
     from model.pretrained import TINY_BERT, TINY_RESNET
 
     tiny = Path(tiny_dir)
-    return RunConfig.from_dict({
+    return Config.from_dict({
         "data": {"data_dir": str(data_dir), "max_length": 32, "image_size": 32, "cache_dir": str(cache_dir or "")},
         "model": {"text_model": str(tiny / TINY_BERT), "image_arch": "resnet10", "image_weights": str(tiny / TINY_RESNET),
                   "complexity": "low", "dropout": 0.1},
@@ -46,7 +46,8 @@ def run_demo(out: str | Path = "demo", quiet: bool = False, num_samples: int = 1
              log=print) -> dict:
     from model.run import predict_run, train_run
 
-    from .results import export_best, status_table
+    from .export import export_best, load_run_config
+    from .results import status_table
     from .space import parse_spec
     from .tuner import run_search
 
@@ -64,10 +65,7 @@ def run_demo(out: str | Path = "demo", quiet: bool = False, num_samples: int = 1
     t_search = time.perf_counter() - t0
     best = out / "best.yaml"
     info = export_best(exp, best)
-    from model.config import load_config
-
-    final_cfg, _ = load_config(best, extra_sections=("search",))
-    final_cfg = final_cfg.with_overrides({"train.epochs": info["best_epoch"]})
+    final_cfg = load_run_config(best)  # trains for the best epoch count
     run = out / "runs" / "final"
     shutil.rmtree(run, ignore_errors=True)
     history = train_run(final_cfg, run, log=log, progress=not quiet)

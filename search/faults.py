@@ -1,9 +1,15 @@
-"""Fault injection for the reliability tests, off unless MMSA_TEST_FAULT is set in the trial's environment.
+"""Every test seam of the project, in one place: fault injection for the reliability tests, off unless one of the
+environment variables below is set (in the trial's or the driver's environment).
 
 MMSA_TEST_FAULT=KIND:KEY=VALUE:EPOCH, e.g. `oom:batch_size=64:1` raises the real torch.cuda.OutOfMemoryError in the
 middle of epoch 1 of every trial whose train.batch_size is 64; `kill:batch_size=32:2` SIGKILLs the worker process
 in the middle of epoch 2 of such trials (once per trial: a marker file in MMSA_TEST_FAULT_DIR records that it fired,
 so the retry from the checkpoint can succeed).
+
+MMSA_TEST_FAULT_PRUNE=EPOCH SIGKILLs the search driver right after it pruned checkpoints once a trial reached EPOCH,
+before Ray saved the experiment state: the worst moment for a crash.
+
+(Tests count picture decodes by wrapping data_pipeline.images._open_rgb, with no hook in production code.)
 """
 from __future__ import annotations
 
@@ -13,6 +19,7 @@ from pathlib import Path
 
 ENV = "MMSA_TEST_FAULT"
 ENV_DIR = "MMSA_TEST_FAULT_DIR"
+PRUNE_ENV = "MMSA_TEST_FAULT_PRUNE"
 
 
 def batch_hook(cfg, trial_id: str, epoch_of):
@@ -42,3 +49,10 @@ def batch_hook(cfg, trial_id: str, epoch_of):
             os.kill(os.getpid(), signal.SIGKILL)
 
     return hook
+
+
+def after_pruning(newest_epoch: int) -> None:
+    """Called by the checkpoint pruner after it deleted what it deletes."""
+    fault = os.environ.get(PRUNE_ENV)
+    if fault and newest_epoch == int(fault):
+        os.kill(os.getpid(), signal.SIGKILL)

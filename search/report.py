@@ -9,12 +9,10 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
-from model import metrics as M  # noqa: E402
-
-from .asha_state import REPORTED_AT  # noqa: E402
-from .results import TrialSummary, best_trial, config_value, load_trials, local_copy, status_table  # noqa: E402
-from .trainable import FINISHED  # noqa: E402
-from .tuner import read_meta  # noqa: E402
+from . import storage  # noqa: E402
+from .experiment import local_copy, read_meta  # noqa: E402
+from .results import TrialSummary, best_trial, config_value, load_trials, status_table  # noqa: E402
+from .schema import FINISHED, REPORTED_AT, TIMESTAMP, M  # noqa: E402
 
 
 def _stopped_by_asha(t: TrialSummary) -> bool:
@@ -51,7 +49,7 @@ def plot_learning_curves(trials: list[TrialSummary], path: Path) -> None:
 
 def plot_progress(trials: list[TrialSummary], path: Path) -> None:
     """Best val loss so far against trial-epochs spent and against wall time."""
-    rows = sorted(((r.get(REPORTED_AT, r["timestamp"]), r[M.VAL_LOSS], t.trial_id, _stopped_by_asha(t) and r is t.results[-1])
+    rows = sorted(((r.get(REPORTED_AT, r[TIMESTAMP]), r[M.VAL_LOSS], t.trial_id, _stopped_by_asha(t) and r is t.results[-1])
                    for t in trials for r in t.results))
     if not rows:
         return
@@ -137,7 +135,7 @@ def plot_hyperparameters(trials: list[TrialSummary], space: dict, out: Path) -> 
 def write_report(exp_dir: str | Path, ablation: str | Path | None = None) -> Path:
     """Into the experiment directory; an s3://, gs:// or file:// experiment into ./NAME-report (a local copy of its
     results, without checkpoints)."""
-    if "://" in str(exp_dir):
+    if storage.is_uri(str(exp_dir)):
         exp = local_copy(str(exp_dir), Path(f"{read_meta(exp_dir)['name']}-report").resolve())
     else:
         exp = Path(exp_dir)

@@ -10,37 +10,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from data_pipeline.errors import UserError
-from model import metrics as M
-from model.config import RunConfig, save_config
 
+from . import ray_internals
+from .experiment import local_dir, read_meta
+from .schema import TRIAL_ID, M
 from .state_backup import BACKUP_DIR
-from .tuner import META, _fs, _is_uri, read_meta
-
-SMALL_FILES = ("result.json", "params.json", "error.txt", META)
-
-
-def local_copy(exp: str, dest: Path | None = None) -> Path:
-    """A local folder with the small files of an experiment stored at a URI (s3://, gs://, file://): results,
-    params, errors and Ray's experiment state; checkpoints stay where they are."""
-    import tempfile
-
-    import pyarrow.fs as pafs
-
-    fs, root = _fs(exp)
-    dest = Path(dest) if dest else Path(tempfile.mkdtemp(prefix="mmsa-exp-"))
-    for info in fs.get_file_info(pafs.FileSelector(root, recursive=True)):
-        rel = info.path[len(root):].lstrip("/")
-        name = rel.rsplit("/", 1)[-1]
-        if info.type == pafs.FileType.File and "checkpoint_" not in rel and (
-                name in SMALL_FILES or (name.startswith("experiment_state-") and name.endswith(".json"))):
-            (dest / rel).parent.mkdir(parents=True, exist_ok=True)
-            with fs.open_input_stream(info.path) as src:
-                (dest / rel).write_bytes(src.read())
-    return dest
-
-
-def _local(exp_dir: str | Path) -> Path:
-    return local_copy(str(exp_dir)) if _is_uri(str(exp_dir)) else Path(exp_dir)
 
 
 @dataclass
@@ -77,15 +51,9 @@ def _states(exp: Path) -> dict[str, dict]:
 def _trial_states(f: Path) -> dict[str, dict] | None:
     """Trial id -> state and failure count from one experiment_state file; None if it is missing or not whole."""
     try:
-        data = json.loads(f.read_text())["trial_data"]
-    except (ValueError, KeyError, OSError):
+        return ray_internals.trial_states(f.read_bytes())
+    except OSError:
         return None
-    out = {}
-    for meta_s, runtime_s in data:
-        meta = json.loads(meta_s) if isinstance(meta_s, str) else meta_s
-        rt = json.loads(runtime_s) if isinstance(runtime_s, str) else runtime_s
-        out[meta["trial_id"]] = {"state": meta.get("status", "?"), "failures": rt.get("num_failures", 0)}
-    return out
 
 
 def _error_reason(trial_dir: Path) -> str:
@@ -106,14 +74,14 @@ def _row(line: str) -> dict | None:
 
 def load_trials(exp_dir: str | Path) -> list[TrialSummary]:
     read_meta(exp_dir)  # refuses directories that are not searches
-    exp = _local(exp_dir)
+    exp = local_dir(exp_dir)
     states = _states(exp)
     trials = []
     for d in sorted(p for p in exp.iterdir() if p.is_dir() and (p / "params.json").is_file()):
         rows = []
         if (d / "result.json").is_file():
             rows = [r for l in (d / "result.json").read_text().splitlines() if (r := _row(l)) is not None]
-        tid = rows[0]["trial_id"] if rows else d.name.removeprefix("trial_")
+        tid = rows[0][TRIAL_ID] if rows else d.name.removeprefix("trial_")
         st = states.get(tid, {"state": "PENDING", "failures": 0})
         # A trial resumed after a crash may repeat the epoch that was in flight (same numbers: the loop is
         # deterministic per epoch); keep one row per epoch, the latest.
@@ -156,25 +124,3 @@ def best_trial(exp_dir: str | Path) -> TrialSummary:
     if not usable:
         raise UserError(f"{exp_dir}: no trial has reported a result yet (errored trials are ignored); see `mmsa status {exp_dir}`.")
     return min(usable, key=lambda t: t.best[M.VAL_LOSS])
-
-
-def export_best(exp_dir: str | Path, out: str | Path) -> dict:
-    """Write the best trial's run config plus a `search:` section (best epoch, metrics, checkpoint, data
-    fingerprint); `mmsa train --config OUT` trains it for the best epoch count."""
-    import pyarrow.fs as pafs
-
-    exp = str(exp_dir).rstrip("/") if _is_uri(str(exp_dir)) else str(Path(exp_dir).resolve())
-    meta = read_meta(exp)
-    t = best_trial(exp)
-    b = t.best
-    ck = f"{exp}/{t.path.name}/{b['checkpoint_dir_name']}" if b.get("checkpoint_dir_name") else None
-    if ck is not None:  # kept only while it is among the trial's best `keep_checkpoints`
-        fs, path = _fs(ck)
-        ck = ck if fs.get_file_info(path).type == pafs.FileType.Directory else None
-    cfg = RunConfig.from_dict(t.config, source=f"{t.path / 'params.json'}")
-    info = {"experiment": exp, "trial_id": t.trial_id, "best_epoch": int(b[M.EPOCH]),
-            "metrics": {k: float(b[k]) for k in (M.VAL_LOSS, M.VAL_ACC, M.VAL_F1, M.TRAIN_LOSS)},
-            "checkpoint": ck,
-            "data_dir": meta["data_dir"], "data_fingerprint": meta["data_fingerprint"]}
-    save_config(cfg, out, extras={"search": info})
-    return info

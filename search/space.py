@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from data_pipeline.errors import UserError
-from model.config import RunConfig, build_section, opt, read_yaml
+from model.config import Config, build_section, opt, read_yaml
 
 DISTRIBUTIONS = ("loguniform", "uniform", "randint", "choice")
 TOP_KEYS = ("space", "fixed", "search")
@@ -52,7 +52,7 @@ class Dist:
 @dataclass
 class SearchSpec:
     space: dict[str, Dist]
-    fixed: RunConfig
+    fixed: Config
     search: SearchConfig
     source: str = "space"
 
@@ -80,7 +80,7 @@ search:
 """
 
 
-def _check_value(fixed: RunConfig, key: str, value, where: str) -> None:
+def _check_value(fixed: Config, key: str, value, where: str) -> None:
     try:
         fixed.with_overrides({key: value}, source=where)
     except UserError as e:
@@ -91,7 +91,7 @@ def parse_spec(d: dict, source: str) -> SearchSpec:
     unknown = set(d) - set(TOP_KEYS)
     if unknown:
         raise UserError(f"{source}: unknown key(s) {sorted(unknown)}; expected {', '.join(TOP_KEYS)}.")
-    fixed = RunConfig.from_dict(d.get("fixed") or {}, f"{source}: fixed")
+    fixed = Config.from_dict(d.get("fixed") or {}, f"{source}: fixed")
     search = build_section(SearchConfig, d.get("search") or {}, f"{source}: search")
     space_d = d.get("space") or {}
     if not isinstance(space_d, dict) or not space_d:

@@ -18,13 +18,13 @@ import pickletools
 
 import pyarrow.fs as pafs
 
+from data_pipeline.atomic import write_file
+
+from .ray_internals import STATE_FILE_PATTERNS, is_state_file
+from .storage import read_bytes
+
 BACKUP_DIR = ".mmsa-state"
-STATE_FILES = ("experiment_state-*.json", "searcher-state-*.pkl", "search_gen_state-*.json", "callback-states-*.pkl",
-               "tuner.pkl")
-
-
-def is_state_file(name: str) -> bool:
-    return any(fnmatch.fnmatch(name, p) for p in STATE_FILES)
+__all__ = ["BACKUP_DIR", "is_state_file", "intact", "backup", "repair", "damaged"]
 
 
 def intact(name: str, data: bytes) -> bool:
@@ -44,28 +44,12 @@ def intact(name: str, data: bytes) -> bool:
         return False
 
 
-def read_bytes(fs, path: str) -> bytes | None:
-    """A file's bytes on a pyarrow filesystem (local or URI), or None when it cannot be read."""
-    try:
-        with fs.open_input_stream(path) as f:
-            return f.read()
-    except OSError:
-        return None
-
-
-def write_atomic(fs, path: str, data: bytes) -> None:
-    tmp = f"{path}.tmp"
-    with fs.open_output_stream(tmp) as f:
-        f.write(data)
-    fs.move(tmp, path)
-
-
 def backup(fs, exp_path: str, files: dict[str, bytes]) -> None:
     """Store whole copies of `files` (name -> bytes); damaged ones are skipped, keeping the previous copy."""
     fs.create_dir(f"{exp_path}/{BACKUP_DIR}", recursive=True)
     for name, data in files.items():
         if is_state_file(name) and intact(name, data):
-            write_atomic(fs, f"{exp_path}/{BACKUP_DIR}/{name}", data)
+            write_file(f"{exp_path}/{BACKUP_DIR}/{name}", data, fs)
 
 
 def repair(fs, exp_path: str) -> list[str]:
@@ -83,7 +67,7 @@ def repair(fs, exp_path: str) -> list[str]:
             continue
         saved = read_bytes(fs, info.path)
         if saved is not None and intact(name, saved):
-            write_atomic(fs, f"{exp_path}/{name}", saved)
+            write_file(f"{exp_path}/{name}", saved, fs)
             repaired.append(name)
     return sorted(repaired)
 
@@ -91,5 +75,5 @@ def repair(fs, exp_path: str) -> list[str]:
 def damaged(fs, exp_path: str) -> list[str]:
     """The state files Ray would read on restore (the newest of each kind) that are empty or cut off."""
     names = [i.base_name for i in fs.get_file_info(pafs.FileSelector(exp_path)) if i.type == pafs.FileType.File]
-    newest = [max(m) for p in STATE_FILES if (m := fnmatch.filter(names, p))]
+    newest = [max(m) for p in STATE_FILE_PATTERNS if (m := fnmatch.filter(names, p))]
     return sorted(n for n in newest if not intact(n, read_bytes(fs, f"{exp_path}/{n}") or b""))

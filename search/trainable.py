@@ -8,31 +8,27 @@ from pathlib import Path
 
 import torch
 
-from model import metrics as M
-from model.config import RunConfig
+from model.config import Config
 from model.train import Split, Trainer
 
-from .asha_state import REPORTED_AT
-from .checkpoints import write_metrics
+from .checkpoint_retention import write_checkpoint_metrics
 from .faults import batch_hook
+from .ray_internals import QUIET_LOGGERS
+from .schema import DEVICE, FINISHED, GPU_IDS, NODE_ID, REPORTED_AT, M
 
 
 class TrialOutOfMemory(RuntimeError):
     """CUDA ran out of memory in a trial; the message says how to make the trial fit."""
 
 
-FINISHED = "finished"  # 1 when the trial ended by itself (all epochs, or val loss rose `patience` epochs in a row)
-DEVICE = "device"  # where the trial trained: cuda or cpu (CPU fallback where a GPU was reserved but CUDA is absent)
-GPU_IDS = "gpu_ids"  # the GPU ids Ray gave this trial, comma-separated (per node: pair with node_id)
-NODE_ID = "node_id"
-
 
 def train_trial(config: dict, data: Split) -> None:
-    cfg = RunConfig.from_dict(config, source="trial config")  # Ray's dict -> typed configs, first thing
+    cfg = Config.from_dict(config, source="trial config")  # Ray's dict -> typed configs, first thing
     import ray
     from ray import tune
 
-    logging.getLogger("ray.train._internal.storage").setLevel(logging.WARNING)  # one line per checkpoint is noise
+    for name in QUIET_LOGGERS:
+        logging.getLogger(name).setLevel(logging.WARNING)
 
     trainer = Trainer(cfg, data)
     trainer.on_batch = batch_hook(cfg, tune.get_context().get_trial_id(), lambda: trainer.epoch)
@@ -47,7 +43,7 @@ def train_trial(config: dict, data: Split) -> None:
             finished = trainer.epoch >= cfg.train.epochs or trainer.should_stop()
             with tempfile.TemporaryDirectory() as tmp:
                 ck = trainer.save_checkpoint(Path(tmp) / "checkpoint", include_best=False)
-                write_metrics(ck, trainer.epoch, row[M.VAL_LOSS])
+                write_checkpoint_metrics(ck, trainer.epoch, row[M.VAL_LOSS])
                 tune.report({**row, FINISHED: int(finished), REPORTED_AT: time.time(), **where},
                             checkpoint=tune.Checkpoint.from_directory(str(ck)))
     except torch.cuda.OutOfMemoryError:

@@ -13,12 +13,10 @@ from __future__ import annotations
 import logging
 
 from optuna.trial import TrialState
-from ray.tune.result import TRAINING_ITERATION
 from ray.tune.search.optuna import OptunaSearch
 
-from model import metrics as M
-
-from .trainable import FINISHED
+from .ray_internals import completed_trials, intermediate_values, optuna_study, optuna_trials
+from .schema import FINISHED, TRAINING_ITERATION, M
 
 log = logging.getLogger(__name__)
 
@@ -33,24 +31,24 @@ def optuna_state(result: dict | None, error: bool) -> tuple[TrialState, float | 
 
 class TruthfulOptunaSearch(OptunaSearch):
     def on_trial_result(self, trial_id: str, result: dict) -> None:
-        ot_trial = self._ot_trials.get(trial_id)
-        if ot_trial is not None and result.get(TRAINING_ITERATION) in ot_trial.storage.get_trial(
-                ot_trial._trial_id).intermediate_values:
+        ot_trial = optuna_trials(self).get(trial_id)
+        if ot_trial is not None and result.get(TRAINING_ITERATION) in intermediate_values(ot_trial):
             return  # a resumed trial repeats the epoch that was in flight at the crash: Optuna has it already
         super().on_trial_result(trial_id, result)
 
     def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False) -> None:
-        if trial_id in self._completed_trials or trial_id not in self._ot_trials:
+        done, ot_trials = completed_trials(self), optuna_trials(self)
+        if trial_id in done or trial_id not in ot_trials:
             return
         state, value = optuna_state(result, error)
         if state == TrialState.PRUNED and result.get(TRAINING_ITERATION):
             # Ray does not pass the result that made ASHA stop a trial to on_trial_result: report it here, so TPE
             # sees how far the trial got and how good it was then.
-            ot_trial = self._ot_trials[trial_id]
-            if result[TRAINING_ITERATION] not in ot_trial.storage.get_trial(ot_trial._trial_id).intermediate_values:
+            ot_trial = ot_trials[trial_id]
+            if result[TRAINING_ITERATION] not in intermediate_values(ot_trial):
                 ot_trial.report(float(result[M.SEARCH_METRIC]), result[TRAINING_ITERATION])
         try:
-            self._ot_study.tell(self._ot_trials[trial_id], value, state=state)
+            optuna_study(self).tell(ot_trials[trial_id], value, state=state)
         except Exception as e:  # e.g. a NaN loss: Optuna refuses it; the trial stays out of the model
             log.warning("optuna refused the result of trial %s: %s", trial_id, e)
-        self._completed_trials.add(trial_id)
+        done.add(trial_id)

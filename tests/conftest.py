@@ -75,7 +75,7 @@ def ray_local():
     """One local Ray instance for the session's in-process searches (never a bare ray.init())."""
     import ray
 
-    from search.tuner import init_ray
+    from search.ray_cluster import init_ray
 
     init_ray(None)
     yield

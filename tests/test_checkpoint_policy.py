@@ -1,7 +1,7 @@
-"""Which trial checkpoints the search keeps (search/checkpoints.py)."""
+"""Which trial checkpoints the search keeps (search/checkpoint_retention.py)."""
 import math
 
-from search.checkpoints import to_delete
+from search.checkpoint_retention import to_delete
 
 
 def test_keeps_the_best_and_the_two_newest():
@@ -27,16 +27,3 @@ def test_nan_losses_rank_last_and_few_entries_are_untouched():
     assert to_delete(entries, keep=1) == {"a"}
     assert to_delete({"a": (1, 0.3), "b": (2, 0.2)}, keep=1) == set()
     assert to_delete({}, keep=2) == set()
-
-
-def test_state_upload_forced_after_each_checkpoint():
-    """Ray's hook for this is private: this fails loudly if a Ray upgrade moves it."""
-    from ray.tune.execution.experiment_state import _ExperimentCheckpointManager
-
-    from search.callbacks import upload_state_after_each_checkpoint
-
-    upload_state_after_each_checkpoint()
-    upload_state_after_each_checkpoint()  # idempotent
-    assert _ExperimentCheckpointManager(storage=None, checkpoint_period=0)._sync_every_n_trial_checkpoints == 1
-    assert _ExperimentCheckpointManager(storage=None, checkpoint_period=0,
-                                        sync_every_n_trial_checkpoints=3)._sync_every_n_trial_checkpoints == 3

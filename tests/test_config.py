@@ -1,11 +1,11 @@
 import pytest
 
 from data_pipeline.errors import UserError
-from model.config import DataConfig, ModelConfig, RunConfig, TrainConfig, field_help, load_config, save_config
+from model.config import DataConfig, ModelConfig, Config, TrainConfig, field_help, load_config, save_config
 
 
 def test_defaults_are_the_labs_final_choice():
-    c = RunConfig()
+    c = Config()
     assert (c.train.batch_size, c.train.lr, c.model.complexity, c.train.epochs) == (128, 8e-6, "low", 6)
     assert c.model.text_model == "pretrained/bert-base-uncased" and c.model.image_arch == "resnet50"
     assert c.data.max_length == 128 and c.data.image_size == 224 and c.data.val_fraction == 0.2
@@ -17,7 +17,7 @@ def test_every_field_has_help():
 
 
 def test_yaml_round_trip(tmp_path):
-    c = RunConfig().with_overrides({"train.lr": 1e-5, "complexity": "high"})
+    c = Config().with_overrides({"train.lr": 1e-5, "complexity": "high"})
     save_config(c, tmp_path / "c.yaml")
     back, extras = load_config(tmp_path / "c.yaml")
     assert back == c and extras == {}
@@ -53,8 +53,8 @@ def test_lr_written_without_dot_is_a_number(tmp_path):
 
 def test_overrides_validate():
     with pytest.raises(UserError, match="unknown key 'nope'"):
-        RunConfig().with_overrides({"nope": 1})
+        Config().with_overrides({"nope": 1})
     with pytest.raises(UserError, match="unknown key 'train.nope'"):
-        RunConfig().with_overrides({"train.nope": 1})
+        Config().with_overrides({"train.nope": 1})
     with pytest.raises(UserError, match="must be <= 0.9"):
-        RunConfig().with_overrides({"val_fraction": 0.95})
+        Config().with_overrides({"val_fraction": 0.95})

@@ -11,18 +11,25 @@ from data_pipeline.errors import UserError
 from data_pipeline.preprocess import prepare
 
 
-def test_cache_hit_decodes_no_picture(demo_dir, tiny_bert, tmp_path):
-    before = images.DECODE_COUNT
+@pytest.fixture
+def decodes(monkeypatch) -> list:
+    """Counts real picture decodes (calls of the one decoding function), from every preprocessing thread."""
+    calls, real = [], images._open_rgb
+    monkeypatch.setattr(images, "_open_rgb", lambda path: calls.append(path) or real(path))
+    return calls
+
+
+def test_cache_hit_decodes_no_picture(demo_dir, tiny_bert, tmp_path, decodes):
     a = prepare(demo_dir, "train", tiny_bert, 32, 32, cache_dir=tmp_path, progress=False)
-    assert images.DECODE_COUNT - before == 400
-    mid = images.DECODE_COUNT
+    assert len(decodes) == 400
+    mid = len(decodes)
     b = prepare(demo_dir, "train", tiny_bert, 32, 32, cache_dir=tmp_path, progress=False)
-    assert images.DECODE_COUNT == mid  # second run: no picture decoded
+    assert len(decodes) == mid  # second run: no picture decoded
     for name in ("guids", "input_ids", "lengths", "images", "labels"):
         np.testing.assert_array_equal(getattr(a, name), getattr(b, name))
     # another setting is another cache entry
     c = prepare(demo_dir, "train", tiny_bert, 32, 24, cache_dir=tmp_path, progress=False)
-    assert c.images.shape == (400, 3, 24, 24) and images.DECODE_COUNT == mid + 400
+    assert c.images.shape == (400, 3, 24, 24) and len(decodes) == mid + 400
 
 
 def test_arrays_are_plain_numpy(demo_dir, tiny_bert, tmp_path):

@@ -10,8 +10,8 @@ import pytest
 from model import metrics as M
 from search.asha_state import replay, rungs
 from search.cli import main
-from search.callbacks import FAULT_ENV
-from search.checkpoints import METRICS_FILE
+from search.faults import PRUNE_ENV as FAULT_ENV
+from search.checkpoint_retention import METRICS_FILE
 from search.results import _states, load_trials
 from search.state_backup import BACKUP_DIR, is_state_file
 from searchproc import kill_group, raw_results, result_rows, start, wait_rows, write_space
@@ -111,7 +111,8 @@ def test_asha_rungs_rebuilt_give_the_same_decisions(tmp_path, demo_cfg, ray_loca
     """Replaying a finished search's results into a fresh ASHA reproduces every stop/continue decision, and
     `mmsa resume` installs those rungs into the restored scheduler."""
     from search.space import parse_spec
-    from search.tuner import make_scheduler, run_search
+    from search.algorithms import make_scheduler
+    from search.tuner import run_search
 
     spec = parse_spec({"space": SPACE, "fixed": _fixed(demo_cfg, epochs=4),
                        "search": {"grace_period": 1, "reduction_factor": 2}}, "asha test")

@@ -4,7 +4,7 @@ import pytest
 from data_pipeline.errors import UserError
 from search.results import load_trials
 from search.space import parse_spec
-from search.trainable import DEVICE, GPU_IDS, NODE_ID
+from search.schema import DEVICE, GPU_IDS, NODE_ID
 from search.tuner import run_search
 
 pytestmark = pytest.mark.slow
@@ -73,3 +73,15 @@ def test_fractional_gpus_pack_two_trials_per_gpu(two_node_cluster, demo_cfg, tmp
         assert max(per_gpu.values()) <= 2  # half a GPU each: at most two trials share one
         most = max(most, len(overlapping))
     assert most > 2  # packing let more trials run at once than there are GPUs
+
+
+def test_every_node_runs_the_drivers_versions(two_node_cluster):
+    """`mmsa search --address` compares each node's versions with the driver's (a zero-CPU task per node)."""
+    from search.ray_cluster import check_cluster_versions, local_versions, node_versions, version_mismatches
+
+    nodes = node_versions()
+    assert len(nodes) == 2 and all(v == local_versions() for v in nodes.values())
+    check_cluster_versions(two_node_cluster.address)  # same environment: accepted
+    other = {**local_versions(), "ray": "2.59.0"}
+    bad = version_mismatches(local_versions(), {**nodes, "10.0.0.9": other})
+    assert bad == [f"node 10.0.0.9: ray 2.59.0 (this machine: {local_versions()['ray']})"]

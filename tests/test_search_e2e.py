@@ -8,7 +8,7 @@ import pytest
 from model import metrics as M
 from search.cli import main
 from search.demo import run_demo
-from search.checkpoints import METRICS_FILE
+from search.checkpoint_retention import METRICS_FILE
 from search.results import load_trials
 
 pytestmark = pytest.mark.slow

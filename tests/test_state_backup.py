@@ -7,7 +7,7 @@ import pytest
 
 from data_pipeline.errors import UserError
 from search.state_backup import BACKUP_DIR, backup, damaged, intact, repair
-from search.tuner import check_state
+from search.experiment import check_state
 
 STATE = json.dumps({"trial_data": [], "runner_data": {"x": 1}}).encode()
 PKL = pickle.dumps({"searcher": {"n": 3, "name": "optuna"}, "list": list(range(100))})

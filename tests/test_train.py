@@ -7,7 +7,7 @@ import torch
 
 from data_pipeline.labels import LABELS
 from model import metrics as M
-from model.checkpoint import STATE
+from model.run_files import STATE
 from model.run import ablate_run, load_train_val
 from model.train import Split, Trainer
 from search.cli import main

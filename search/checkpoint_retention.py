@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import json
 
-from model import metrics as M
+from .schema import M
 
 METRICS_FILE = "mmsa_metrics.json"
 NEWEST_KEPT = 2  # the restore point the saved experiment state names is one of these
@@ -27,11 +27,11 @@ def to_delete(entries: dict[str, tuple[int, float]], keep: int) -> set[str]:
     return set(entries) - set(by_loss[:keep]) - set(newest[:NEWEST_KEPT])
 
 
-def write_metrics(ck_dir, epoch: int, val_loss: float) -> None:
+def write_checkpoint_metrics(ck_dir, epoch: int, val_loss: float) -> None:
     (ck_dir / METRICS_FILE).write_text(json.dumps({M.EPOCH: epoch, M.VAL_LOSS: val_loss}))
 
 
-def read_metrics(data: bytes | None) -> tuple[int, float] | None:
+def read_checkpoint_metrics(data: bytes | None) -> tuple[int, float] | None:
     """(epoch, val_loss) from a METRICS_FILE's bytes; None when it is absent or not whole."""
     try:
         m = json.loads(data or b"")

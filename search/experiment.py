@@ -1,0 +1,88 @@
+"""The experiment directory (STORAGE/NAME, local or at a URI): its metadata file, its layout, the check and repair
+of Ray's state files before a resume, and a local copy of its small files. Every command that opens an experiment
+(search, resume, status, export, report) goes through here.
+
+Layout, as Ray Tune and mmsa-tune write it:
+  mmsa_search.yaml               META: what `resume`, `status`, `export` and `report` read (written by mmsa)
+  trial_<id>/params.json         the trial's config (Ray)
+  trial_<id>/result.json         one JSON row per epoch (search/schema.py)
+  trial_<id>/checkpoint_*/       kept by search/checkpoint_retention.py
+  experiment_state-*.json, searcher-state-*.pkl, tuner.pkl, ...   Ray's state (search/ray_internals.py)
+  .mmsa-state/                   whole copies of Ray's state files (search/state_backup.py)
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import yaml
+
+from data_pipeline.atomic import write_file
+from data_pipeline.errors import UserError
+
+from . import storage
+
+META = "mmsa_search.yaml"
+SMALL_FILES = ("result.json", "params.json", "error.txt", META)  # what status/report need; no checkpoints
+
+
+def location(storage_dir: str, name: str) -> str:
+    return storage.join(storage_dir, name)
+
+
+def meta_exists(exp: str | Path) -> bool:
+    fs, path = storage.filesystem(exp)
+    return storage.is_file(fs, f"{path}/{META}")
+
+
+def write_meta(exp: str | Path, meta: dict) -> None:
+    fs, path = storage.filesystem(exp)
+    fs.create_dir(path, recursive=True)
+    write_file(f"{path}/{META}", yaml.safe_dump(meta, sort_keys=False).encode(), fs)
+
+
+def read_meta(exp: str | Path) -> dict:
+    if not meta_exists(exp):
+        raise UserError(f"{exp}: not a search experiment (no {META}; `mmsa search --name NAME` creates ray_results/NAME).")
+    fs, path = storage.filesystem(exp)
+    with fs.open_input_stream(f"{path}/{META}") as f:
+        return yaml.safe_load(f.read().decode())
+
+
+def check_state(exp: str, log=print) -> None:
+    """Put back whole copies of state files a crash cut short; refuse (with what to do) when none exists."""
+    from .state_backup import BACKUP_DIR, damaged, repair
+
+    fs, path = storage.filesystem(exp)
+    fixed = repair(fs, path)
+    if fixed:
+        log(f"restored {', '.join(fixed)} from {BACKUP_DIR}/: the search was killed while Ray was writing them")
+    bad = damaged(fs, path)
+    if bad:
+        raise UserError(f"{exp}: Ray's state file(s) {', '.join(bad)} are empty or cut off (the search was killed while "
+                        f"Ray was writing them) and {BACKUP_DIR}/ holds no whole copy. Finished trials stay readable with "
+                        f"`mmsa status {exp}`; start a new search with `mmsa search --name NEW`.")
+
+
+def local_copy(exp: str, dest: Path | None = None) -> Path:
+    """A local folder with the small files of an experiment stored at a URI (s3://, gs://, file://): results,
+    params, errors and Ray's experiment state; checkpoints stay where they are."""
+    import tempfile
+
+    import pyarrow.fs as pafs
+
+    fs, root = storage.filesystem(exp)
+    dest = Path(dest) if dest else Path(tempfile.mkdtemp(prefix="mmsa-exp-"))
+    for info in fs.get_file_info(pafs.FileSelector(root, recursive=True)):
+        rel = info.path[len(root):].lstrip("/")
+        name = rel.rsplit("/", 1)[-1]
+        if info.type == pafs.FileType.File and "checkpoint_" not in rel and (
+                name in SMALL_FILES or (name.startswith("experiment_state-") and name.endswith(".json"))):
+            (dest / rel).parent.mkdir(parents=True, exist_ok=True)
+            with fs.open_input_stream(info.path) as src:
+                (dest / rel).write_bytes(src.read())
+    return dest
+
+
+def local_dir(exp: str | Path) -> Path:
+    """The experiment as a local folder: itself, or a local copy of its small files when it is at a URI."""
+    return local_copy(str(exp)) if storage.is_uri(str(exp)) else Path(exp)

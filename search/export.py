@@ -1,0 +1,57 @@
+"""`mmsa export`: the best trial as a run config file, and the one rule for training from such a file: it trains
+for the best epoch count unless told otherwise."""
+from __future__ import annotations
+
+from pathlib import Path
+
+from data_pipeline.errors import UserError
+from model.config import Config, load_config, save_config
+
+from . import storage
+from .experiment import read_meta
+from .results import best_trial
+from .schema import CHECKPOINT_DIR_NAME, M
+
+SECTION = "search"  # the export's provenance section beside data:/model:/train:
+
+
+def export_best(exp_dir: str | Path, out: str | Path) -> dict:
+    """Write the best trial's run config plus a `search:` section (best epoch, metrics, checkpoint, data
+    fingerprint); `mmsa train --config OUT` trains it for the best epoch count."""
+    exp = storage.normalize(exp_dir)
+    meta = read_meta(exp)
+    t = best_trial(exp)
+    b = t.best
+    ck = f"{exp}/{t.path.name}/{b[CHECKPOINT_DIR_NAME]}" if b.get(CHECKPOINT_DIR_NAME) else None
+    if ck is not None:  # kept only while it is among the trial's best `keep_checkpoints`
+        fs, path = storage.filesystem(ck)
+        ck = ck if storage.is_dir(fs, path) else None
+    cfg = Config.from_dict(t.config, source=f"{t.path / 'params.json'}")
+    info = {"experiment": exp, "trial_id": t.trial_id, "best_epoch": int(b[M.EPOCH]),
+            "metrics": {k: float(b[k]) for k in (M.VAL_LOSS, M.VAL_ACC, M.VAL_F1, M.TRAIN_LOSS)},
+            "checkpoint": ck,
+            "data_dir": meta["data_dir"], "data_fingerprint": meta["data_fingerprint"]}
+    save_config(cfg, out, extras={SECTION: info})
+    return info
+
+
+def load_run_config(path: str | Path, overrides: dict | None = None, *, allow_other_data: bool = False,
+                    source: str = "command line") -> Config:
+    """A run config file, or a `mmsa export` file: that one trains for its best epoch count (unless the overrides
+    set train.epochs) and only on the data it was searched on (unless allow_other_data)."""
+    cfg, extras = load_config(path, extra_sections=(SECTION,))
+    flat = dict(overrides or {})
+    exported = extras.get(SECTION) or {}
+    if exported.get("best_epoch") and "train.epochs" not in flat:
+        flat["train.epochs"] = int(exported["best_epoch"])
+    cfg = cfg.with_overrides(flat, source=source) if flat else cfg
+    if exported.get("data_fingerprint") and not allow_other_data:
+        from data_pipeline.preprocess import data_fingerprint
+
+        if data_fingerprint(cfg.data.data_dir, "train") != exported["data_fingerprint"]:
+            raise UserError(
+                f"{path} was exported from a search on other data ({exported.get('data_dir')}) than "
+                f"{cfg.data.data_dir}: its hyperparameters and best epoch were chosen for that dataset. "
+                "Pass --allow-other-data to train with them anyway."
+            )
+    return cfg

@@ -1,0 +1,174 @@
+"""Every place mmsa-tune reaches into Ray's or Optuna's private internals, behind one door.
+
+Ray Tune and Optuna have no public API for some things a crash-safe search needs (handing a restored search its ASHA
+rungs, forcing a state upload after each checkpoint, reading the trial table without a running Ray, ...). Each such
+touchpoint is one function here, and tests/test_ray_internals.py exercises each one against the installed versions
+(a canary per touchpoint). When a new release moves one, the call raises InternalsChanged naming the touchpoint, what
+it is for and the versions it was tested with, instead of a search that silently stops resuming correctly.
+pyproject.toml caps ray and optuna to the tested range (TESTED below); raise the caps only after the canaries pass.
+"""
+from __future__ import annotations
+
+import fnmatch
+import json
+
+# The versions these touchpoints were written and tested against (pyproject.toml caps the same range).
+TESTED = {"ray": "2.60", "optuna": "5.0"}
+
+# Ray's experiment-state files in an experiment directory (written by Ray's driver, read by Tuner.restore).
+STATE_FILE_PATTERNS = ("experiment_state-*.json", "searcher-state-*.pkl", "search_gen_state-*.json",
+                       "callback-states-*.pkl", "tuner.pkl")
+
+
+class InternalsChanged(RuntimeError):
+    """A Ray/Optuna internal that mmsa-tune relies on is not where it was."""
+
+
+def _moved(touchpoint: str, purpose: str, detail: str = "") -> InternalsChanged:
+    import optuna
+    import ray
+
+    return InternalsChanged(
+        f"Ray/Optuna internal `{touchpoint}` (used to {purpose}) is not as expected{': ' + detail if detail else ''}. "
+        f"Installed: ray {ray.__version__}, optuna {optuna.__version__}; mmsa-tune is tested with ray "
+        f"{TESTED['ray']}.x and optuna {TESTED['optuna']}.x. Install those (pip install 'ray[tune]=={TESTED['ray']}.*' "
+        f"'optuna=={TESTED['optuna']}.*') or report this.")
+
+
+def is_state_file(name: str) -> bool:
+    return any(fnmatch.fnmatch(name, p) for p in STATE_FILE_PATTERNS)
+
+
+# ---- Ray Tune --------------------------------------------------------------------------------------------------
+def restored_scheduler(tuner):
+    """The scheduler of a Tuner made by Tuner.restore (Ray has no public way to reach it)."""
+    try:
+        return tuner._local_tuner._tune_config.scheduler
+    except AttributeError as e:
+        raise _moved("Tuner._local_tuner._tune_config.scheduler", "hand a resumed search its ASHA rungs", str(e)) from None
+
+
+def asha_bracket(scheduler):
+    """ASHA's one bracket, whose on_result(trial, epoch, reward) records a rung result and decides."""
+    try:
+        brackets = scheduler._brackets
+        bracket = brackets[0]
+        bracket.on_result, bracket._rungs  # noqa: B018 - both are used
+    except (AttributeError, IndexError, TypeError) as e:
+        raise _moved("ASHAScheduler._brackets[0]", "rebuild ASHA's rungs on resume", str(e)) from None
+    if len(brackets) != 1:
+        raise ValueError("ASHA rungs can only be rebuilt for a single bracket")
+    return bracket
+
+
+def asha_rungs(scheduler) -> list[tuple[float, dict]]:
+    """(milestone, {trial_id: reward}) per rung."""
+    try:
+        return [(m, dict(rec)) for m, rec in asha_bracket(scheduler)._rungs]
+    except (TypeError, ValueError) as e:
+        raise _moved("_Bracket._rungs", "rebuild ASHA's rungs on resume", str(e)) from None
+
+
+def upload_state_after_each_checkpoint() -> None:
+    """Ray uploads the experiment state in the background, skipping an upload while one is in flight, so the stored
+    state can lag the checkpoints; a kill then restarts a trial from scratch and Ray overwrites its result.json
+    (seen in CI). Ray's remedy is to force and wait for an upload every `num_to_keep` checkpoints of a trial; we set
+    num_to_keep=None (search/callbacks.py's CheckpointPruner prunes), so ask for that after every checkpoint. Ray
+    has no public switch: patch the constructor's default. Idempotent."""
+    import inspect
+
+    try:
+        from ray.tune.execution import experiment_state as es
+
+        init = es._ExperimentCheckpointManager.__init__
+    except (ImportError, AttributeError) as e:
+        raise _moved("ray.tune.execution.experiment_state._ExperimentCheckpointManager", "force a state upload after "
+                     "each checkpoint", str(e)) from None
+    if getattr(init, "_mmsa", False):
+        return
+    if "sync_every_n_trial_checkpoints" not in inspect.signature(init).parameters:
+        raise _moved("_ExperimentCheckpointManager(sync_every_n_trial_checkpoints=...)", "force a state upload after "
+                     "each checkpoint", "the parameter is gone")
+
+    def patched(self, *args, sync_every_n_trial_checkpoints=None, **kwargs):
+        init(self, *args, sync_every_n_trial_checkpoints=sync_every_n_trial_checkpoints or 1, **kwargs)
+
+    patched._mmsa = True
+    es._ExperimentCheckpointManager.__init__ = patched
+
+
+def sync_every_n_trial_checkpoints(manager) -> int:
+    """What the patch above sets, read back (for the canary test)."""
+    try:
+        return manager._sync_every_n_trial_checkpoints
+    except AttributeError as e:
+        raise _moved("_ExperimentCheckpointManager._sync_every_n_trial_checkpoints", "force a state upload after "
+                     "each checkpoint", str(e)) from None
+
+
+def driver_state_files(trial) -> tuple[dict[str, bytes], object, str]:
+    """Ray's experiment-state files as the driver staged them (whole: Ray writes them there before its background
+    upload), plus the storage filesystem and the experiment's path on it."""
+    from pathlib import Path
+
+    try:
+        storage = trial.storage
+        staging = Path(storage.experiment_driver_staging_path)
+        fs, exp = storage.storage_filesystem, storage.experiment_fs_path
+    except AttributeError as e:
+        raise _moved("Trial.storage.experiment_driver_staging_path", "back up the experiment state", str(e)) from None
+    files = {p.name: p.read_bytes() for p in staging.iterdir() if p.is_file() and is_state_file(p.name)}
+    return files, fs, exp
+
+
+def trial_states(data: bytes | str) -> dict[str, dict] | None:
+    """Trial id -> {"state", "failures"} from the bytes of an experiment_state-*.json; None if it is not whole.
+    The layout (a `trial_data` list of [trial metadata JSON, runtime metadata JSON]) is Ray's, not a public format."""
+    try:
+        rows = json.loads(data)["trial_data"]
+    except (ValueError, KeyError, TypeError):
+        return None
+    out = {}
+    try:
+        for meta_s, runtime_s in rows:
+            meta = json.loads(meta_s) if isinstance(meta_s, str) else meta_s
+            rt = json.loads(runtime_s) if isinstance(runtime_s, str) else runtime_s
+            out[meta["trial_id"]] = {"state": meta.get("status", "?"), "failures": rt.get("num_failures", 0)}
+    except (ValueError, KeyError, TypeError, AttributeError) as e:
+        raise _moved("experiment_state-*.json trial_data layout", "read trial states without Ray", str(e)) from None
+    return out
+
+
+QUIET_LOGGERS = ("ray.train._internal.storage",)  # one line per checkpoint is noise
+
+
+# ---- Optuna through Ray's OptunaSearch -------------------------------------------------------------------------
+def optuna_trials(searcher) -> dict:
+    """Ray trial id -> optuna.Trial of an OptunaSearch."""
+    try:
+        return searcher._ot_trials
+    except AttributeError as e:
+        raise _moved("OptunaSearch._ot_trials", "tell Optuna what really happened to each trial", str(e)) from None
+
+
+def optuna_study(searcher):
+    try:
+        return searcher._ot_study
+    except AttributeError as e:
+        raise _moved("OptunaSearch._ot_study", "tell Optuna what really happened to each trial", str(e)) from None
+
+
+def completed_trials(searcher) -> set:
+    """Ray trial ids the searcher already told Optuna about."""
+    try:
+        return searcher._completed_trials
+    except AttributeError as e:
+        raise _moved("OptunaSearch._completed_trials", "tell Optuna each trial's end once", str(e)) from None
+
+
+def intermediate_values(ot_trial) -> dict[int, float]:
+    """Epoch -> value already reported for an optuna.Trial (Optuna's Trial has no public getter)."""
+    try:
+        return ot_trial.storage.get_trial(ot_trial._trial_id).intermediate_values
+    except AttributeError as e:
+        raise _moved("optuna.Trial._trial_id", "skip epochs Optuna has already been told after a resume", str(e)) from None

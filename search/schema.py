@@ -1,0 +1,27 @@
+"""What a trial reports to Ray each epoch: the schema that the trainable writes and that status, report, export,
+ASHA and Optuna read. Defined once; importing it costs no torch and no Ray.
+
+A row (one per epoch, in each trial's result.json) holds the epoch metrics of the one training loop (names in
+model/metrics.py: epoch, train_loss, val_loss, val_acc, val_macro_f1, lr, samples_per_s, best_val_loss,
+best_epoch), the report keys below, and what Ray adds itself (trial_id, timestamp, training_iteration,
+checkpoint_dir_name, ...).
+"""
+from __future__ import annotations
+
+from model import metrics as M
+
+FINISHED = "finished"  # 1 when the trial ended by itself (all epochs, or val loss rose `patience` epochs in a row)
+DEVICE = "device"  # where the trial trained: cuda or cpu (CPU fallback where a GPU was reserved but CUDA is absent)
+GPU_IDS = "gpu_ids"  # the GPU ids Ray gave this trial, comma-separated (per node: pair with node_id)
+NODE_ID = "node_id"  # the Ray node the trial ran on
+REPORTED_AT = "reported_at"  # wall-clock time of a report (finer than Ray's whole-second timestamp)
+REPORT_KEYS = (FINISHED, DEVICE, GPU_IDS, NODE_ID, REPORTED_AT)
+
+# Added by Ray to every row (tests/test_ray_internals.py checks these names against Ray's constants).
+TRIAL_ID = "trial_id"
+TIMESTAMP = "timestamp"
+TRAINING_ITERATION = "training_iteration"
+CHECKPOINT_DIR_NAME = "checkpoint_dir_name"
+
+__all__ = ["M", "FINISHED", "DEVICE", "GPU_IDS", "NODE_ID", "REPORTED_AT", "REPORT_KEYS", "TRIAL_ID", "TIMESTAMP",
+           "TRAINING_ITERATION", "CHECKPOINT_DIR_NAME"]

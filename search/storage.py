@@ -1,0 +1,73 @@
+"""Where an experiment's files live: a local path or a URI (s3://, gs://, file://), opened through pyarrow's
+filesystems as Ray itself does, and the up-front check that local storage can take checkpoints."""
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+from data_pipeline.errors import UserError
+
+MIN_FREE_BYTES = 100 * 2**20  # below this a search cannot even write its first checkpoints
+
+
+def is_uri(location: str) -> bool:
+    return "://" in str(location)
+
+
+def join(storage: str, name: str) -> str:
+    return f"{storage.rstrip('/')}/{name}" if is_uri(storage) else str(Path(storage) / name)
+
+
+def normalize(location: str | Path) -> str:
+    """An absolute local path, or the URI without a trailing slash."""
+    return str(location).rstrip("/") if is_uri(str(location)) else str(Path(location).resolve())
+
+
+def filesystem(location: str | Path):
+    """A pyarrow filesystem and the path on it."""
+    import pyarrow.fs as pafs
+
+    if is_uri(str(location)):
+        return pafs.FileSystem.from_uri(str(location))
+    return pafs.LocalFileSystem(), str(Path(location).resolve())
+
+
+def read_bytes(fs, path: str) -> bytes | None:
+    """A file's bytes on a pyarrow filesystem, or None when it cannot be read."""
+    try:
+        with fs.open_input_stream(path) as f:
+            return f.read()
+    except OSError:
+        return None
+
+
+def is_file(fs, path: str) -> bool:
+    import pyarrow.fs as pafs
+
+    return fs.get_file_info(path).type == pafs.FileType.File
+
+
+def is_dir(fs, path: str) -> bool:
+    import pyarrow.fs as pafs
+
+    return fs.get_file_info(path).type == pafs.FileType.Directory
+
+
+def check_local_storage(storage: str) -> str:
+    """Absolute path; fails before any trial starts when it cannot be written or its disk is full."""
+    if is_uri(storage):
+        return storage
+    path = Path(storage).expanduser().resolve()
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        probe = path / ".mmsa-write-test"
+        probe.write_bytes(b"x" * 4096)
+        probe.unlink()
+    except OSError as e:
+        raise UserError(f"--storage {storage}: not writable ({e.strerror or e}). Free some space or choose another "
+                        "directory with --storage.") from None
+    free = shutil.disk_usage(path).free
+    if free < MIN_FREE_BYTES:
+        raise UserError(f"--storage {storage}: only {free / 2**20:.1f} MiB free; checkpoints need more. Free some space "
+                        "or choose another directory with --storage.")
+    return str(path)

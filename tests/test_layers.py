@@ -1,0 +1,79 @@
+"""The project's import structure: data_pipeline <- model <- search, Ray and Optuna only in search/, no import circle
+(lazy imports inside functions count too: a circle there is still a circle in the design)."""
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+PACKAGES = ("data_pipeline", "model", "search")
+
+
+def _module(path: Path) -> str:
+    return ".".join(path.relative_to(ROOT).with_suffix("").parts).removesuffix(".__init__")
+
+
+def _imports(path: Path) -> set[str]:
+    mod, out = _module(path), set()
+    pkg = mod if path.name == "__init__.py" else mod.rsplit(".", 1)[0]
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Import):
+            out |= {a.name for a in node.names}
+        elif isinstance(node, ast.ImportFrom):
+            base = node.module or ""
+            if node.level:
+                base = ".".join(pkg.split(".")[: len(pkg.split(".")) - node.level + 1] + ([base] if base else []))
+            out.add(base)
+            out |= {f"{base}.{a.name}" for a in node.names}  # `from . import x` imports module x
+    return out
+
+
+def graph() -> dict[str, set[str]]:
+    files = [p for pkg in PACKAGES for p in (ROOT / pkg).rglob("*.py")]
+    mods = {_module(p): p for p in files}
+    return {m: {i for i in _imports(p) if i in mods and i != m} for m, p in mods.items()}, \
+        {m: _imports(p) for m, p in mods.items()}
+
+
+def find_cycles(g: dict[str, set[str]]) -> list[list[str]]:
+    state: dict[str, int] = {}
+    cycles = []
+
+    def visit(m, stack):
+        state[m] = 1
+        for n in sorted(g[m]):
+            if state.get(n) == 1:
+                cycles.append(stack[stack.index(n):] + [n])
+            elif n not in state:
+                visit(n, stack + [n])
+        state[m] = 2
+
+    for m in sorted(g):
+        if m not in state:
+            visit(m, [m])
+    return cycles
+
+
+def test_no_import_circle():
+    g, _ = graph()
+    assert len(g) > 30 and g["search.tuner"]  # the graph is really read
+    cycles = find_cycles(g)
+    assert not cycles, "import circles: " + "; ".join(" -> ".join(c) for c in cycles)
+
+
+def test_the_checker_sees_a_circle():
+    assert find_cycles({"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}}) == [["a", "b", "c", "a"]]
+    assert find_cycles({"a": {"b"}, "b": set()}) == []
+
+
+def test_layers_and_where_ray_and_optuna_are_imported():
+    _, imports = graph()
+    bad = []
+    for m, names in imports.items():
+        top = {n.split(".")[0] for n in names}
+        layer = m.split(".")[0]
+        if layer in ("data_pipeline", "model") and top & {"ray", "optuna", "search"}:
+            bad.append(f"{m} imports {sorted(top & {'ray', 'optuna', 'search'})}")
+        if layer == "data_pipeline" and "model" in top:
+            bad.append(f"{m} imports model")
+    assert not bad, bad

@@ -1,0 +1,150 @@
+"""Canaries: each Ray/Optuna private touchpoint (search/ray_internals.py) exercised against the installed versions,
+on a real tiny Tune run with the project's own searcher and scheduler. A new Ray or Optuna that moves one fails here
+with the touchpoint's name, not as a search that silently stops resuming correctly."""
+from __future__ import annotations
+
+import json
+import re
+import tempfile
+from pathlib import Path
+
+import pytest
+
+from search import ray_internals as RI
+from search import schema as S
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _make_trainable():
+    """Defined in a function, so Ray ships it by value (worker processes cannot import test modules)."""
+
+    def trainable(config):
+        from ray import tune
+
+        for epoch in (1, 2):
+            with tempfile.TemporaryDirectory() as d:
+                (Path(d) / "w").write_text("x")
+                tune.report({S.M.EPOCH: epoch, S.M.SEARCH_METRIC: config["x"] / epoch, S.FINISHED: int(epoch == 2)},
+                            checkpoint=tune.Checkpoint.from_directory(d))
+
+    return trainable
+
+
+@pytest.fixture(scope="module")
+def tiny_run(ray_local, tmp_path_factory):
+    """Two trials through TruthfulOptunaSearch + ASHA, with a callback that reads the driver's staged state."""
+    from ray import tune
+    from ray.tune.schedulers import ASHAScheduler
+
+    from search.truthful_optuna import TruthfulOptunaSearch
+
+    seen = {}
+
+    class Recorder(tune.Callback):
+        def on_step_end(self, iteration, trials, **info):
+            if trials:
+                seen["staged"] = RI.driver_state_files(trials[0])
+
+    storage = tmp_path_factory.mktemp("canary")
+    searcher = TruthfulOptunaSearch(space={"x": tune.uniform(0.1, 1.0)}, metric=S.M.SEARCH_METRIC, mode=S.M.OPT_MODE)
+    scheduler = ASHAScheduler(time_attr=S.M.EPOCH, max_t=2, grace_period=1, reduction_factor=2,
+                              metric=S.M.SEARCH_METRIC, mode=S.M.OPT_MODE)
+    RI.upload_state_after_each_checkpoint()
+    tuner = tune.Tuner(_make_trainable(), tune_config=tune.TuneConfig(num_samples=2, search_alg=searcher, scheduler=scheduler),
+                       run_config=tune.RunConfig(name="canary", storage_path=str(storage), verbose=0,
+                                                 callbacks=[Recorder()]))
+    results = tuner.fit()
+    return {"exp": storage / "canary", "searcher": searcher, "scheduler": scheduler, "seen": seen,
+            "results": results, "tuner": tuner}
+
+
+def test_versions_are_the_tested_ones_and_pyproject_caps_them():
+    import optuna
+    import ray
+
+    assert ray.__version__.startswith(RI.TESTED["ray"] + "."), "update TESTED and the caps only after these canaries pass"
+    assert optuna.__version__.startswith(RI.TESTED["optuna"] + ".")
+    deps = (ROOT / "pyproject.toml").read_text()
+    for pkg, v in RI.TESTED.items():
+        major, minor = v.split(".")
+        assert re.search(rf'"{pkg}(\[tune\])?>={v},<{major}\.{int(minor) + 1}"', deps), f"pyproject.toml must cap {pkg} to {v}.x"
+
+
+def test_report_keys_ray_adds_are_rays_names(tiny_run):
+    from ray.tune import result as R
+
+    assert (S.TRAINING_ITERATION, S.TRIAL_ID, S.TIMESTAMP) == (R.TRAINING_ITERATION, R.TRIAL_ID, R.TIMESTAMP)
+    row = json.loads((next(tiny_run["exp"].glob("*/result.json"))).read_text().splitlines()[0])
+    assert {S.TRAINING_ITERATION, S.TRIAL_ID, S.TIMESTAMP, S.CHECKPOINT_DIR_NAME} <= set(row)
+
+
+def test_upload_state_after_each_checkpoint_patch():
+    from ray.tune.execution.experiment_state import _ExperimentCheckpointManager
+
+    RI.upload_state_after_each_checkpoint()
+    RI.upload_state_after_each_checkpoint()  # idempotent
+    assert RI.sync_every_n_trial_checkpoints(_ExperimentCheckpointManager(storage=None, checkpoint_period=0)) == 1
+    assert RI.sync_every_n_trial_checkpoints(_ExperimentCheckpointManager(
+        storage=None, checkpoint_period=0, sync_every_n_trial_checkpoints=3)) == 3
+
+
+def test_asha_bracket_and_rungs(tiny_run):
+    rungs = RI.asha_rungs(tiny_run["scheduler"])
+    assert [m for m, _ in rungs] == [2, 1] and len(rungs[1][1]) == 2  # both trials reached the epoch-1 rung
+    assert RI.asha_bracket(tiny_run["scheduler"]).on_result  # what search/asha_state.py replays into
+
+
+def test_restored_scheduler(tiny_run):
+    from ray import tune
+    from ray.tune.schedulers import ASHAScheduler
+
+    restored = tune.Tuner.restore(str(tiny_run["exp"]), trainable=_make_trainable())
+    assert isinstance(RI.restored_scheduler(restored), ASHAScheduler)
+
+
+def test_driver_state_files_and_their_names(tiny_run):
+    files, fs, exp = tiny_run["seen"]["staged"]
+    assert any(n.startswith("experiment_state-") for n in files) and all(RI.is_state_file(n) for n in files)
+    assert Path(exp) == tiny_run["exp"] and fs.get_file_info(f"{exp}/tuner.pkl").size > 0
+    top = [p.name for p in tiny_run["exp"].iterdir() if p.is_file()]
+    ray_files = [n for n in top if n.endswith((".pkl", ".json")) and not n.startswith("basic-variant")]
+    assert ray_files and all(RI.is_state_file(n) for n in ray_files), ray_files
+
+
+def test_trial_states_layout(tiny_run):
+    state_file = max(tiny_run["exp"].glob("experiment_state-*.json"))
+    states = RI.trial_states(state_file.read_bytes())
+    assert len(states) == 2 and {s["state"] for s in states.values()} == {"TERMINATED"}
+    assert all(s["failures"] == 0 for s in states.values())
+    assert RI.trial_states(state_file.read_bytes()[:50]) is None  # cut off: not whole
+
+
+def test_optuna_touchpoints(tiny_run):
+    from optuna.trial import TrialState
+
+    s = tiny_run["searcher"]
+    ot_trials = RI.optuna_trials(s)
+    assert len(ot_trials) == 2 and RI.completed_trials(s) == set(ot_trials)
+    study = RI.optuna_study(s)
+    states = {t.number: t.state for t in study.trials}
+    assert TrialState.COMPLETE in states.values() and set(states.values()) <= {TrialState.COMPLETE, TrialState.PRUNED}
+    for ot_trial in ot_trials.values():
+        assert 1 in RI.intermediate_values(ot_trial)
+
+
+def test_quiet_loggers_exist():
+    import importlib.util
+
+    assert all(importlib.util.find_spec(name) for name in RI.QUIET_LOGGERS)
+
+
+def test_a_moved_internal_names_itself_and_the_tested_versions():
+    with pytest.raises(RI.InternalsChanged) as e:
+        RI.asha_bracket(object())
+    msg = str(e.value)
+    assert "ASHAScheduler._brackets[0]" in msg and "rebuild ASHA's rungs" in msg and RI.TESTED["ray"] in msg
+    with pytest.raises(RI.InternalsChanged, match="OptunaSearch._ot_trials"):
+        RI.optuna_trials(object())
+    with pytest.raises(RI.InternalsChanged, match="Tuner._local_tuner"):
+        RI.restored_scheduler(object())
