@@ -15,6 +15,25 @@ def make_sampler(seed: int, num_samples: int):
                                       multivariate=True, constant_liar=True)
 
 
+def check_new_study(optuna_storage: str, name: str) -> None:
+    """Refuse an unusable --optuna-storage URL, or one that already holds a study of this name (two searches would
+    silently share one study, and TPE would mix their results)."""
+    import optuna
+
+    from data_pipeline.errors import UserError
+
+    try:
+        storage = optuna.storages.RDBStorage(optuna_storage)
+        names = {s.study_name for s in storage.get_all_studies()}
+    except Exception as e:  # noqa: BLE001 - SQLAlchemy raises many types for a bad URL, driver or database
+        raise UserError(f"--optuna-storage {optuna_storage}: cannot open it as an Optuna database "
+                        f"({type(e).__name__}: {' '.join(str(e).split())[:300]}). Use e.g. sqlite:///optuna.db.") from None
+    if name in names:
+        raise UserError(f"--optuna-storage {optuna_storage} already holds a study named {name!r} (from another search "
+                        "of that name): pick another --name, or delete the study with "
+                        f"`optuna delete-study --storage {optuna_storage} --study-name {name}`.")
+
+
 def make_searcher(spec: SearchSpec, name: str, max_concurrent: int, optuna_storage: str | None, num_samples: int):
     from ray.tune.search import ConcurrencyLimiter
 

@@ -3,14 +3,17 @@
 from __future__ import annotations
 
 import logging
+import os
+import signal
 
 import pyarrow.fs as pafs
 from ray.tune import Callback
 
-from . import faults, ray_internals
-from .checkpoint_retention import METRICS_FILE, read_checkpoint_metrics, to_delete
+from . import faults, ray_internals, trial_backup
+from .checkpoint_retention import METRICS_FILE, PIN_FILE, read_checkpoint_metrics, to_delete
+from .experiment import trial_dirname
 from .state_backup import backup
-from .storage import read_bytes
+from .storage import is_file, read_bytes
 
 log = logging.getLogger(__name__)
 
@@ -32,7 +35,8 @@ class CheckpointPruner(Callback):
             if d.type != pafs.FileType.Directory or not d.base_name.startswith("checkpoint_"):
                 continue
             metrics = read_checkpoint_metrics(read_bytes(fs, f"{d.path}/{METRICS_FILE}"))
-            if metrics is not None:  # otherwise not one of ours, or not whole: leave it alone
+            if metrics is not None and not is_file(fs, f"{d.path}/{PIN_FILE}"):
+                # otherwise not one of ours, not whole, or pinned by an export: leave it alone
                 entries[d.path] = metrics
         for path in to_delete(entries, self.keep):
             fs.delete_dir(path)
@@ -42,25 +46,50 @@ class CheckpointPruner(Callback):
 
 class StateBackup(Callback):
     """After each step whose events changed the experiment state (Ray has saved it by on_step_end), copy the
-    staged state files into the experiment's backup folder."""
+    staged state files into the experiment's backup folder; after each trial start and result, write whole copies
+    of the trial's params.json and result.json (search/trial_backup.py)."""
 
     def __init__(self):
+        self._trial = None  # any trial: they all carry the experiment's storage
         self._dirty = True
         self._copied: dict[str, int] = {}  # name -> hash of the bytes last backed up: unchanged files are skipped
 
     def _mark(self, *args, **kwargs):
         self._dirty = True
 
-    on_trial_start = on_trial_restore = on_trial_save = on_trial_result = on_checkpoint = _mark
+    on_trial_restore = on_trial_save = on_checkpoint = _mark
     on_trial_complete = on_trial_error = on_trial_recover = _mark
 
+    def on_trial_start(self, iteration, trials, trial, **info):
+        self._dirty = True
+        self._trial_copy(trial, lambda fs, exp, d: trial_backup.save_params(fs, exp, d, trial.config))
+
+    def on_trial_result(self, iteration, trials, trial, result, **info):
+        self._dirty = True
+        row = {k: v for k, v in result.items() if k != "config"}
+        self._trial_copy(trial, lambda fs, exp, d: trial_backup.save_result(fs, exp, d, row))
+
+    def _trial_copy(self, trial, write) -> None:
+        try:
+            _, fs, exp = ray_internals.driver_state_files(trial, files=False)
+            write(fs, exp, trial_dirname(trial))
+        except Exception as e:  # noqa: BLE001 - e.g. a full disk: the previous whole copy stays; never fail a trial
+            log.warning("could not back up the results of trial %s: %s", trial.trial_id, e)
+
     def on_step_end(self, iteration, trials, **info):
-        if self._dirty and trials:
-            self._copy(trials[0])
+        if trials:
+            self._trial = trials[0]
+            if self._dirty:
+                self._copy(trials[0])
 
     def on_experiment_end(self, trials, **info):
         if trials:
             self._copy(trials[0])
+
+    def flush(self) -> None:
+        """After Tuner.fit returned (also when Ctrl-C or SIGTERM stopped it): Ray's last state snapshot."""
+        if self._trial is not None:
+            self._copy(self._trial)
 
     def _copy(self, trial) -> None:
         try:
@@ -74,3 +103,22 @@ class StateBackup(Callback):
         except Exception as e:  # noqa: BLE001 - a failed backup must not stop the search; the next step retries
             log.warning("could not back up the experiment state: %s", e)
 
+
+
+class StopWhenStorageFull(Callback):
+    """A full storage disk fails every checkpoint and state upload from then on (Ray retries trials and logs each
+    failed sync): stop the search the way Ctrl-C does, so trials stay resumable, and let the CLI say why
+    (search/tuner.py)."""
+
+    def __init__(self, exp: str):
+        self.exp = exp
+        self._sent = False
+
+    def on_step_end(self, iteration, trials, **info):
+        from .storage import MIN_FREE_BYTES, free_bytes
+
+        free = free_bytes(self.exp)
+        if not self._sent and free is not None and free < MIN_FREE_BYTES:
+            self._sent = True
+            log.warning("the storage of %s is full (%.1f MiB free): stopping the search", self.exp, free / 2**20)
+            os.kill(os.getpid(), signal.SIGINT)

@@ -17,6 +17,7 @@ import json
 from .schema import M
 
 METRICS_FILE = "mmsa_metrics.json"
+PIN_FILE = "mmsa_pinned.json"  # `mmsa export` during a running search: this checkpoint is never pruned
 NEWEST_KEPT = 2  # the restore point the saved experiment state names is one of these
 
 

@@ -143,7 +143,7 @@ def cmd_resume(args) -> int:
     from .tuner import resume_search
 
     try:
-        resume_search(args.experiment, address=args.address, verbose=args.verbose)
+        resume_search(args.experiment, address=args.address, verbose=args.verbose, trust_state=args.trust_state)
     except KeyboardInterrupt:
         return _interrupted(args.experiment)
     return _finished(args.experiment)
@@ -186,13 +186,17 @@ def cmd_report(args) -> int:
 
 
 def cmd_export(args) -> int:
-    from .export import export_best
+    from .export import export_best, search_running
 
     info = export_best(args.experiment, args.output)
+    running = search_running(args.experiment)
     m = info["metrics"]
     print(f"best trial {info['trial_id']}: epoch {info['best_epoch']}, val_loss {m['val_loss']:.4f}, "
           f"val_acc {m['val_acc']:.4f}\nwrote {args.output}; train the final model with "
           f"`mmsa train --config {args.output} --out runs/final`")
+    if running:
+        print(f"note: the search is still running ({running}): this is the best trial so far, and a "
+              "better one may come; its checkpoint is pinned (kept) so that the path above stays valid.")
     return 0
 
 
@@ -231,6 +235,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("experiment", type=str, help="experiment directory, e.g. ray_results/NAME")
     p.add_argument("--address", help="Ray cluster to join (default: a fresh local instance)")
     p.add_argument("--verbose", type=int, default=1, choices=(0, 1, 2))
+    p.add_argument("--trust-state", action="store_true", help="load Ray's state files even though no search of yours "
+                   "signed them (an experiment copied from another machine or user); they are pickles, so only for "
+                   "experiments whose origin you trust")
     p.set_defaults(fn=cmd_resume)
 
     p = sub.add_parser("status", help="table of a search's trials: config, epochs, best val loss/acc, state, error")

@@ -58,6 +58,13 @@ def run_demo(out: str | Path = "demo", quiet: bool = False, num_samples: int = 1
     cfg = demo_config(data, tiny, cache_dir=out / "cache")
     spec = parse_spec({**DEMO_SPACE, "fixed": cfg.to_dict()}, "demo space")
     shutil.rmtree(out / "ray_results" / "demo", ignore_errors=True)  # a demo run starts a fresh search
+    if optuna_storage:  # ... and a fresh study (a search refuses a storage that already holds its study's name)
+        import optuna
+
+        try:
+            optuna.delete_study(study_name="demo", storage=optuna_storage)
+        except Exception:  # noqa: BLE001 - no such study, or a bad URL that the search itself then reports clearly
+            pass
     run_search(spec, num_samples, "demo", str(out / "ray_results"), verbose=0 if quiet else 1, log=log,
                optuna_storage=optuna_storage)
     exp = out / "ray_results" / "demo"

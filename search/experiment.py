@@ -8,7 +8,9 @@ Layout, as Ray Tune and mmsa-tune write it:
   trial_<id>/result.json         one JSON row per epoch (search/schema.py)
   trial_<id>/checkpoint_*/       kept by search/checkpoint_retention.py
   experiment_state-*.json, searcher-state-*.pkl, tuner.pkl, ...   Ray's state (search/ray_internals.py)
-  .mmsa-state/                   whole copies of Ray's state files (search/state_backup.py)
+  .mmsa-state/                   whole, signed copies of Ray's state files (search/state_backup.py, state_trust.py)
+  .mmsa-state/trials/            whole copies of each trial's params.json and result.json (search/trial_backup.py)
+  .mmsa-lock.json                the lease of the search or resume running now (search/lock.py)
 """
 from __future__ import annotations
 
@@ -23,6 +25,11 @@ from . import storage
 
 META = "mmsa_search.yaml"
 SMALL_FILES = ("result.json", "params.json", "error.txt", META)  # what status/report need; no checkpoints
+
+
+def trial_dirname(trial) -> str:
+    """The folder of a Ray trial in the experiment (Ray's trial_dirname_creator)."""
+    return f"trial_{trial.trial_id}"
 
 
 def location(storage_dir: str, name: str) -> str:
@@ -48,9 +55,36 @@ def read_meta(exp: str | Path) -> dict:
         return yaml.safe_load(f.read().decode())
 
 
-def check_state(exp: str, log=print) -> None:
-    """Put back whole copies of state files a crash cut short; refuse (with what to do) when none exists."""
-    from .state_backup import BACKUP_DIR, damaged, repair
+def ever_ran(exp: str | Path) -> bool:
+    """Whether a search here got as far as Ray's first state snapshot or a trial directory. One that did not (stopped
+    or failed during start-up) holds nothing worth resuming, and `mmsa search` may start it again."""
+    import pyarrow.fs as pafs
+
+    fs, path = storage.filesystem(exp)
+    if not storage.is_dir(fs, path):
+        return False
+    for info in fs.get_file_info(pafs.FileSelector(path)):
+        name = info.base_name
+        if name.startswith("trial_") or (name.startswith("experiment_state-") and name.endswith(".json")):
+            return True
+    return False
+
+
+def clear_start(exp: str | Path) -> None:
+    """Remove what a start that never ran left behind (metadata, Ray's tuner file), keeping any other file."""
+    import pyarrow.fs as pafs
+
+    fs, path = storage.filesystem(exp)
+    for info in fs.get_file_info(pafs.FileSelector(path)):
+        if info.type == pafs.FileType.File and (info.base_name in (META, "tuner.pkl")
+                                                or info.base_name.startswith(("searcher-state-", "search_gen_state-"))):
+            fs.delete_file(info.path)
+
+
+def check_state(exp: str, log=print, trust: bool = False) -> None:
+    """Put back whole copies of state files a crash cut short, and signed copies of files this user's searches did
+    not write (search/state_trust.py); refuse, with what to do, when there is none. Nothing is unpickled here."""
+    from .state_backup import BACKUP_DIR, damaged, repair, verify
 
     fs, path = storage.filesystem(exp)
     fixed = repair(fs, path)
@@ -61,6 +95,16 @@ def check_state(exp: str, log=print) -> None:
         raise UserError(f"{exp}: Ray's state file(s) {', '.join(bad)} are empty or cut off (the search was killed while "
                         f"Ray was writing them) and {BACKUP_DIR}/ holds no whole copy. Finished trials stay readable with "
                         f"`mmsa status {exp}`; start a new search with `mmsa search --name NEW`.")
+    restored, unsigned = verify(fs, path, trust)
+    if restored:
+        log(f"restored {', '.join(restored)} from {BACKUP_DIR}/: the live copies were not the ones this search wrote "
+            "(changed since, or its last state snapshot)")
+    if unsigned:
+        raise UserError(f"{exp}: Ray's state file(s) {', '.join(unsigned)} were not written by a search of yours (no "
+                        "matching signature; see docs/reliability.md, Security). Resuming unpickles them, which runs "
+                        "any code they carry, so they are not loaded. If you trust where this experiment came from "
+                        f"(copied from another machine or user, or made before mmsa-tune signed its state), resume "
+                        f"with `mmsa resume {exp} --trust-state`.")
 
 
 def local_copy(exp: str, dest: Path | None = None) -> Path:

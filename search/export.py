@@ -2,13 +2,25 @@
 for the best epoch count unless told otherwise."""
 from __future__ import annotations
 
+import json
+import time
 from pathlib import Path
 
 from data_pipeline.errors import UserError
 from model.config import Config, load_config, save_config
 
+from data_pipeline.atomic import write_file
+
 from . import storage
+from .checkpoint_retention import METRICS_FILE, PIN_FILE
 from .experiment import read_meta
+from .lock import describe, holder, read_lease
+
+
+def search_running(exp_dir: str | Path) -> str | None:
+    """Who is running the search now (`mmsa search`/`resume` holding its lease), or None."""
+    lease = holder(read_lease(storage.normalize(exp_dir)))
+    return describe(lease) if lease else None
 from .results import best_trial
 from .schema import CHECKPOINT_DIR_NAME, M
 
@@ -26,6 +38,11 @@ def export_best(exp_dir: str | Path, out: str | Path) -> dict:
     if ck is not None:  # kept only while it is among the trial's best `keep_checkpoints`
         fs, path = storage.filesystem(ck)
         ck = ck if storage.is_dir(fs, path) else None
+    running = holder(read_lease(exp))
+    if ck is not None and running:  # the pruner could delete it any minute: pin it, then make sure it is still there
+        fs, path = storage.filesystem(ck)
+        write_file(f"{path}/{PIN_FILE}", json.dumps({"pinned_by": "mmsa export", "at": time.time()}).encode(), fs)
+        ck = ck if storage.is_file(fs, f"{path}/{METRICS_FILE}") else None
     cfg = Config.from_dict(t.config, source=f"{t.path / 'params.json'}")
     info = {"experiment": exp, "trial_id": t.trial_id, "best_epoch": int(b[M.EPOCH]),
             "metrics": {k: float(b[k]) for k in (M.VAL_LOSS, M.VAL_ACC, M.VAL_F1, M.TRAIN_LOSS)},

@@ -48,6 +48,15 @@ def restored_scheduler(tuner):
         raise _moved("Tuner._local_tuner._tune_config.scheduler", "hand a resumed search its ASHA rungs", str(e)) from None
 
 
+def restored_callbacks(tuner) -> list:
+    """The callbacks of a Tuner made by Tuner.restore (restored from tuner.pkl with the search's RunConfig)."""
+    try:
+        return list(tuner._local_tuner._run_config.callbacks or [])
+    except AttributeError as e:
+        raise _moved("Tuner._local_tuner._run_config.callbacks", "back up the last state of a resumed search",
+                     str(e)) from None
+
+
 def asha_bracket(scheduler):
     """ASHA's one bracket, whose on_result(trial, epoch, reward) records a rung result and decides."""
     try:
@@ -106,9 +115,9 @@ def sync_every_n_trial_checkpoints(manager) -> int:
                      "each checkpoint", str(e)) from None
 
 
-def driver_state_files(trial) -> tuple[dict[str, bytes], object, str]:
+def driver_state_files(trial, files: bool = True) -> tuple[dict[str, bytes], object, str]:
     """Ray's experiment-state files as the driver staged them (whole: Ray writes them there before its background
-    upload), plus the storage filesystem and the experiment's path on it."""
+    upload; only with files=True), plus the storage filesystem and the experiment's path on it."""
     from pathlib import Path
 
     try:
@@ -117,8 +126,10 @@ def driver_state_files(trial) -> tuple[dict[str, bytes], object, str]:
         fs, exp = storage.storage_filesystem, storage.experiment_fs_path
     except AttributeError as e:
         raise _moved("Trial.storage.experiment_driver_staging_path", "back up the experiment state", str(e)) from None
-    files = {p.name: p.read_bytes() for p in staging.iterdir() if p.is_file() and is_state_file(p.name)}
-    return files, fs, exp
+    if not files:
+        return {}, fs, exp
+    staged = {p.name: p.read_bytes() for p in staging.iterdir() if p.is_file() and is_state_file(p.name)}
+    return staged, fs, exp
 
 
 def trial_states(data: bytes | str) -> dict[str, dict] | None:
@@ -172,3 +183,40 @@ def intermediate_values(ot_trial) -> dict[int, float]:
         return ot_trial.storage.get_trial(ot_trial._trial_id).intermediate_values
     except AttributeError as e:
         raise _moved("optuna.Trial._trial_id", "skip epochs Optuna has already been told after a resume", str(e)) from None
+
+
+def relocate_new_trials_on_restore() -> None:
+    """A restored search creates its not-yet-started trials from the experiment spec pickled in Ray's search state,
+    whose storage still names the directory the search was started in: resuming a copy wrote new trials into the
+    original, and after a move they failed ("Unable to set up cluster storage" naming the old path). Ray already
+    re-points restored trials at the directory being resumed (TuneController._restore_trials); do the same for the
+    spec new trials come from, right after TuneController.resume. Idempotent."""
+    import copy
+
+    try:
+        from ray.tune.execution.tune_controller import TuneController
+
+        resume = TuneController.resume
+    except (ImportError, AttributeError) as e:
+        raise _moved("TuneController.resume", "resume a moved or copied experiment", str(e)) from None
+    if getattr(resume, "_mmsa", False):
+        return
+
+    def patched(self, *args, **kwargs):
+        resume(self, *args, **kwargs)
+        try:
+            spec = self._search_alg._experiment.spec
+            new, old = self._storage, spec["storage"]
+        except (AttributeError, KeyError, TypeError) as e:
+            raise _moved("SearchGenerator._experiment.spec['storage']", "resume a moved or copied experiment",
+                         str(e)) from None
+        if old is not None and (old.storage_fs_path, old.experiment_dir_name) != (new.storage_fs_path,
+                                                                                  new.experiment_dir_name):
+            moved = copy.copy(old)
+            moved.storage_filesystem = new.storage_filesystem
+            moved.storage_fs_path = new.storage_fs_path
+            moved.experiment_dir_name = new.experiment_dir_name
+            spec["storage"] = moved
+
+    patched._mmsa = True
+    TuneController.resume = patched

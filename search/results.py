@@ -11,8 +11,9 @@ from pathlib import Path
 
 from data_pipeline.errors import UserError
 
-from . import ray_internals
+from . import ray_internals, storage, trial_backup
 from .experiment import local_dir, read_meta
+from .lock import describe, holder, read_lease
 from .schema import TRIAL_ID, M
 from .state_backup import BACKUP_DIR
 
@@ -65,30 +66,39 @@ def _error_reason(trial_dir: Path) -> str:
     return lines[-1][:300] if lines else "error"
 
 
-def _row(line: str) -> dict | None:
-    try:
-        return json.loads(line) if line.strip() else None
-    except ValueError:
-        return None  # a line cut short by a crash while Ray copied the file
-
-
 def load_trials(exp_dir: str | Path) -> list[TrialSummary]:
     read_meta(exp_dir)  # refuses directories that are not searches
     exp = local_dir(exp_dir)
     states = _states(exp)
+    fs, root = storage.filesystem(exp)
+    backed_up = set(trial_backup.backed_up_trials(fs, root))
+    live = {p.name for p in exp.iterdir() if p.is_dir() and p.name.startswith("trial_")}
     trials = []
-    for d in sorted(p for p in exp.iterdir() if p.is_dir() and (p / "params.json").is_file()):
-        rows = []
-        if (d / "result.json").is_file():
-            rows = [r for l in (d / "result.json").read_text().splitlines() if (r := _row(l)) is not None]
-        tid = rows[0][TRIAL_ID] if rows else d.name.removeprefix("trial_")
+    for name in sorted(live | backed_up):
+        d = exp / name
+        params = trial_backup.parse_params(_read(d / trial_backup.PARAMS))
+        rows = trial_backup.parse_rows(_read(d / trial_backup.RESULTS))
+        if name in backed_up:  # a full disk or a crash may have left Ray's own copies empty or short
+            saved_params, saved_rows = trial_backup.read_backup(fs, root, name)
+            params = params if params is not None else saved_params
+            rows = trial_backup.by_epoch(saved_rows, rows)
+        else:
+            rows = trial_backup.by_epoch(rows)
+        if params is None:
+            continue  # not a trial Ray got to start (or one without any readable config)
+        tid = rows[0][TRIAL_ID] if rows and TRIAL_ID in rows[0] else name.removeprefix("trial_")
         st = states.get(tid, {"state": "PENDING", "failures": 0})
         # A trial resumed after a crash may repeat the epoch that was in flight (same numbers: the loop is
-        # deterministic per epoch); keep one row per epoch, the latest.
-        by_epoch = {r[M.EPOCH]: r for r in rows if M.VAL_LOSS in r}
-        trials.append(TrialSummary(tid, d, json.loads((d / "params.json").read_text()), st["state"],
-                                   [by_epoch[e] for e in sorted(by_epoch)], _error_reason(d), st["failures"]))
+        # deterministic per epoch); by_epoch keeps one row per epoch, the latest.
+        trials.append(TrialSummary(tid, d, params, st["state"], rows, _error_reason(d), st["failures"]))
     return trials
+
+
+def _read(path: Path) -> bytes | None:
+    try:
+        return path.read_bytes()
+    except OSError:
+        return None
 
 
 def _space_keys(meta: dict) -> list[str]:
@@ -116,6 +126,9 @@ def status_table(exp_dir: str | Path) -> str:
     done = sum(t.state == "TERMINATED" for t in trials)
     summary = f"{meta['name']}: {len(trials)} of {meta['num_samples']} trials started, {done} terminated, " \
               f"{sum(t.state == 'ERROR' for t in trials)} errored; data {meta['data_dir']}"
+    lease = holder(read_lease(str(exp_dir)))
+    if lease:
+        summary += f"\nrunning now: {describe(lease)}"
     return "\n".join([summary, fmt(head), *(fmt(r) for r in rows)])
 
 

@@ -8,7 +8,8 @@ then fails with "EOFError: Ran out of input" or a JSON error (seen in this proje
 search/callbacks.py's StateBackup copies the last complete state into BACKUP_DIR after each step that changed it,
 each file written under a temporary name and then renamed; `mmsa resume` runs `repair` first, which puts a backup
 back wherever the live file is missing or damaged. Ray restores only the top level of the experiment folder, so it
-never reads or rewrites BACKUP_DIR.
+never reads or rewrites BACKUP_DIR. Each backup is signed (search/state_trust.py), and `verify` puts the signed copy
+back wherever a live file is not the one this user's search wrote, so Ray never unpickles a foreign file.
 """
 from __future__ import annotations
 
@@ -20,11 +21,12 @@ import pyarrow.fs as pafs
 
 from data_pipeline.atomic import write_file
 
+from . import state_trust
 from .ray_internals import STATE_FILE_PATTERNS, is_state_file
 from .storage import read_bytes
 
 BACKUP_DIR = ".mmsa-state"
-__all__ = ["BACKUP_DIR", "is_state_file", "intact", "backup", "repair", "damaged"]
+__all__ = ["BACKUP_DIR", "is_state_file", "intact", "backup", "repair", "damaged", "verify"]
 
 
 def intact(name: str, data: bytes) -> bool:
@@ -45,11 +47,14 @@ def intact(name: str, data: bytes) -> bool:
 
 
 def backup(fs, exp_path: str, files: dict[str, bytes]) -> None:
-    """Store whole copies of `files` (name -> bytes); damaged ones are skipped, keeping the previous copy."""
+    """Store whole copies of `files` (name -> bytes), signed; damaged ones are skipped, keeping the previous copy.
+    Only bytes this process's own search produced may come here: signing them vouches for them."""
     fs.create_dir(f"{exp_path}/{BACKUP_DIR}", recursive=True)
-    for name, data in files.items():
-        if is_state_file(name) and intact(name, data):
-            write_file(f"{exp_path}/{BACKUP_DIR}/{name}", data, fs)
+    whole = {n: d for n, d in files.items() if is_state_file(n) and intact(n, d)}
+    if whole:
+        state_trust.add_signatures(fs, f"{exp_path}/{BACKUP_DIR}", whole)
+    for name, data in whole.items():
+        write_file(f"{exp_path}/{BACKUP_DIR}/{name}", data, fs)
 
 
 def repair(fs, exp_path: str) -> list[str]:
@@ -77,3 +82,25 @@ def damaged(fs, exp_path: str) -> list[str]:
     names = [i.base_name for i in fs.get_file_info(pafs.FileSelector(exp_path)) if i.type == pafs.FileType.File]
     newest = [max(m) for p in STATE_FILE_PATTERNS if (m := fnmatch.filter(names, p))]
     return sorted(n for n in newest if not intact(n, read_bytes(fs, f"{exp_path}/{n}") or b""))
+
+
+def verify(fs, exp_path: str, trust: bool = False) -> tuple[list[str], list[str]]:
+    """Make every live state file one this user's search signed: keep it, put the signed backup back, or (trust)
+    sign it as it is. Returns (names put back from the backup, names that have no signed copy)."""
+    root = f"{exp_path}/{BACKUP_DIR}"
+    sigs = state_trust.read_signatures(fs, root)
+    restored, unsigned = [], []
+    for name in state_trust.live_state_files(fs, exp_path):
+        live = read_bytes(fs, f"{exp_path}/{name}")
+        if state_trust.signed(sigs, name, live):
+            continue
+        if trust and live is not None and intact(name, live):
+            backup(fs, exp_path, {name: live})
+            continue
+        saved = read_bytes(fs, f"{root}/{name}")
+        if state_trust.signed(sigs, name, saved) and intact(name, saved):
+            write_file(f"{exp_path}/{name}", saved, fs)
+            restored.append(name)
+        else:
+            unsigned.append(name)
+    return restored, unsigned

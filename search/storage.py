@@ -53,6 +53,19 @@ def is_dir(fs, path: str) -> bool:
     return fs.get_file_info(path).type == pafs.FileType.Directory
 
 
+def free_bytes(location: str | Path) -> int | None:
+    """Free space where a local experiment lives; None for object storage (no such limit to read)."""
+    if is_uri(str(location)):
+        return None
+    path = Path(location).resolve()
+    while not path.exists() and path != path.parent:
+        path = path.parent
+    try:
+        return shutil.disk_usage(path).free
+    except OSError:
+        return None
+
+
 def check_local_storage(storage: str) -> str:
     """Absolute path; fails before any trial starts when it cannot be written or its disk is full."""
     if is_uri(storage):
@@ -66,8 +79,8 @@ def check_local_storage(storage: str) -> str:
     except OSError as e:
         raise UserError(f"--storage {storage}: not writable ({e.strerror or e}). Free some space or choose another "
                         "directory with --storage.") from None
-    free = shutil.disk_usage(path).free
-    if free < MIN_FREE_BYTES:
+    free = free_bytes(path)
+    if free is not None and free < MIN_FREE_BYTES:
         raise UserError(f"--storage {storage}: only {free / 2**20:.1f} MiB free; checkpoints need more. Free some space "
                         "or choose another directory with --storage.")
     return str(path)

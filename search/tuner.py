@@ -2,6 +2,10 @@
 from __future__ import annotations
 
 import datetime
+import os
+import re
+import signal
+import threading
 from pathlib import Path
 
 from data_pipeline.dataset import check_data_dir
@@ -11,16 +15,36 @@ from model.backbones import check_backbones
 from model.run import load_train_val
 from model.train import Split
 
-from . import experiment, ray_internals, storage
-from .algorithms import make_scheduler, make_searcher, status_reporter
+from . import experiment, ray_internals, storage, trial_backup
+from .experiment import trial_dirname  # noqa: F401 - tuner.pkl of earlier searches names it here
+from .lock import ExperimentLock
+from .algorithms import check_new_study, make_scheduler, make_searcher, status_reporter
 from .ray_cluster import capacity, check_cluster_storage, init_ray
 from .schema import M
 from .space import SearchSpec, parse_spec, spec_to_dict
 from .trainable import train_trial
 
 
-def trial_dirname(trial) -> str:
-    return f"trial_{trial.trial_id}"
+NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
+
+
+def check_search_args(num_samples, name: str, optuna_storage: str | None) -> None:
+    """The arguments a search is started with, checked before anything is read, written or started."""
+    if isinstance(num_samples, bool) or not isinstance(num_samples, int) or not 1 <= num_samples <= 100_000:
+        raise UserError(f"--num-samples {num_samples}: must be a whole number of trials from 1 to 100000.")
+    if not NAME_RE.fullmatch(str(name)):
+        raise UserError(f"--name {name!r}: use letters, digits, '.', '_' and '-' (starting with a letter or digit, at "
+                        "most 128 characters): the experiment is the folder STORAGE/NAME and must stay inside STORAGE.")
+    if optuna_storage:
+        check_new_study(optuna_storage, name)
+
+
+def sigterm_like_ctrl_c() -> None:
+    """SIGTERM (Slurm, Kubernetes, `timeout`) stops the search the way Ctrl-C does: Ray Tune saves its state and
+    returns, and the CLI prints the resume command. Ray's driver installs a SIGTERM handler of its own in ray.init,
+    so this runs after it."""
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGTERM, lambda signum, frame: os.kill(os.getpid(), signal.SIGINT))
 
 
 def trainable_with(data: Split, resources: dict):
@@ -30,10 +54,35 @@ def trainable_with(data: Split, resources: dict):
     return tune.with_resources(tune.with_parameters(train_trial, data=data), resources)
 
 
-def _callbacks(spec: SearchSpec) -> list:
-    from .callbacks import CheckpointPruner, StateBackup
+def _callbacks(spec: SearchSpec, exp: str) -> list:
+    from .callbacks import CheckpointPruner, StateBackup, StopWhenStorageFull
 
-    return [CheckpointPruner(spec.search.keep_checkpoints), StateBackup()]
+    return [CheckpointPruner(spec.search.keep_checkpoints), StateBackup(), StopWhenStorageFull(exp)]
+
+
+def _fit(tuner, callbacks: list, exp: str):
+    """Tuner.fit, then back up (and sign) Ray's last state snapshot, however fit ended; a full storage disk ends
+    with one message saying what was kept and how to go on, instead of whatever Ray tripped over first."""
+    try:
+        result = tuner.fit()
+    except Exception:
+        _refuse_if_full(exp)
+        raise
+    finally:
+        for cb in callbacks:
+            if hasattr(cb, "flush"):
+                cb.flush()
+    _refuse_if_full(exp)
+    return result
+
+
+def _refuse_if_full(exp: str) -> None:
+    free = storage.free_bytes(exp)
+    if free is not None and free < storage.MIN_FREE_BYTES:
+        raise UserError(f"the storage of {exp} is full ({free / 2**20:.1f} MiB free), so the search stopped. Every "
+                        f"finished epoch is kept (`mmsa status {exp}`, `mmsa export`, `mmsa report` work now). Free some "
+                        f"space, or move the experiment to a larger disk (it is relocatable), then continue with "
+                        f"`mmsa resume {exp}`.")
 
 
 def run_search(spec: SearchSpec, num_samples: int, name: str, storage_dir: str = "ray_results", *,
@@ -41,6 +90,7 @@ def run_search(spec: SearchSpec, num_samples: int, name: str, storage_dir: str =
                verbose: int = 1, log=print):
     from ray import tune
 
+    check_search_args(num_samples, name, optuna_storage)
     data_dir = Path(spec.fixed.data.data_dir).resolve()
     spec.fixed = spec.fixed.with_overrides({"data.data_dir": str(data_dir)})
     check_data_dir(data_dir)
@@ -48,38 +98,46 @@ def run_search(spec: SearchSpec, num_samples: int, name: str, storage_dir: str =
     data = load_train_val(spec.fixed, log)  # all bad-input errors happen here, before Ray starts
     storage_dir = storage.check_local_storage(storage_dir)
     init_ray(address)
+    sigterm_like_ctrl_c()
     check_cluster_storage(storage_dir, shared_storage)
     resources, max_conc = capacity(spec)
     exp = experiment.location(storage_dir, name)
-    if experiment.meta_exists(exp):
-        raise UserError(f"{exp} already holds a search; continue it with `mmsa resume {exp}` or pick another --name.")
-    meta = {"name": name, "storage": storage_dir, "num_samples": num_samples, "data_dir": str(data_dir),
-            "data_fingerprint": data.train.fingerprint, "optuna_storage": optuna_storage,
-            "created": datetime.datetime.now().isoformat(timespec="seconds"), "resources": resources,
-            "max_concurrent": max_conc, "spec": spec_to_dict(spec)}
-    experiment.write_meta(exp, meta)
-    log(f"search {name}: {num_samples} trials, {max_conc} at once, {resources} each; results in {exp}")
-    ray_internals.upload_state_after_each_checkpoint()
-    tuner = tune.Tuner(
-        trainable_with(data, resources),
-        param_space=spec.param_space(),
-        tune_config=tune.TuneConfig(metric=M.SEARCH_METRIC, mode=M.OPT_MODE, num_samples=num_samples,
-                                    search_alg=make_searcher(spec, name, max_conc, optuna_storage, num_samples),
-                                    scheduler=make_scheduler(spec), trial_dirname_creator=trial_dirname,
-                                    reuse_actors=False),  # a fresh process per trial: its GPU memory goes back
-        run_config=tune.RunConfig(
-            name=name, storage_path=storage_dir, verbose=verbose, progress_reporter=status_reporter(spec),
-            # Ray keeps every checkpoint; CheckpointPruner deletes (search/checkpoint_retention.py says why not Ray).
-            checkpoint_config=tune.CheckpointConfig(num_to_keep=None, checkpoint_score_attribute=M.OPT_METRIC,
-                                                    checkpoint_score_order=M.OPT_MODE),
-            callbacks=_callbacks(spec),
-            failure_config=tune.FailureConfig(max_failures=spec.search.max_failures),
-        ),
-    )
-    return tuner.fit()
+    with ExperimentLock(exp, f"mmsa search --name {name}"):
+        if experiment.meta_exists(exp):
+            if experiment.ever_ran(exp):
+                raise UserError(f"{exp} already holds a search; continue it with `mmsa resume {exp}` or pick another "
+                                "--name.")
+            log(f"{exp}: an earlier start of this search never ran a trial; starting it again")
+            experiment.clear_start(exp)
+        meta = {"name": name, "storage": storage_dir, "num_samples": num_samples, "data_dir": str(data_dir),
+                "data_fingerprint": data.train.fingerprint, "optuna_storage": optuna_storage,
+                "created": datetime.datetime.now().isoformat(timespec="seconds"), "resources": resources,
+                "max_concurrent": max_conc, "spec": spec_to_dict(spec)}
+        experiment.write_meta(exp, meta)
+        log(f"search {name}: {num_samples} trials, {max_conc} at once, {resources} each; results in {exp}")
+        ray_internals.upload_state_after_each_checkpoint()
+        callbacks = _callbacks(spec, exp)
+        tuner = tune.Tuner(
+            trainable_with(data, resources),
+            param_space=spec.param_space(),
+            tune_config=tune.TuneConfig(metric=M.SEARCH_METRIC, mode=M.OPT_MODE, num_samples=num_samples,
+                                        search_alg=make_searcher(spec, name, max_conc, optuna_storage, num_samples),
+                                        scheduler=make_scheduler(spec), trial_dirname_creator=trial_dirname,
+                                        reuse_actors=False),  # a fresh process per trial: its GPU memory goes back
+            run_config=tune.RunConfig(
+                name=name, storage_path=storage_dir, verbose=verbose, progress_reporter=status_reporter(spec),
+                # Ray keeps every checkpoint; CheckpointPruner deletes (search/checkpoint_retention.py says why).
+                checkpoint_config=tune.CheckpointConfig(num_to_keep=None, checkpoint_score_attribute=M.OPT_METRIC,
+                                                        checkpoint_score_order=M.OPT_MODE),
+                callbacks=callbacks,
+                failure_config=tune.FailureConfig(max_failures=spec.search.max_failures),
+            ),
+        )
+        return _fit(tuner, callbacks, exp)
 
 
-def resume_search(exp_dir: str | Path, *, address: str | None = None, verbose: int = 1, log=print):
+def resume_search(exp_dir: str | Path, *, address: str | None = None, verbose: int = 1, trust_state: bool = False,
+                  log=print):
     from ray import tune
 
     from .asha_state import replay
@@ -88,20 +146,31 @@ def resume_search(exp_dir: str | Path, *, address: str | None = None, verbose: i
     exp = storage.normalize(exp_dir)
     meta = experiment.read_meta(exp)
     spec = parse_spec(meta["spec"], f"{exp}/{experiment.META}")
-    experiment.check_state(exp, log)  # cheap, and a refusal should come before hashing and preprocessing the data
-    now = data_fingerprint(meta["data_dir"], "train")
-    if now != meta["data_fingerprint"]:
-        raise UserError(f"{meta['data_dir']}: the data changed since the search started (fingerprint "
-                        f"{meta['data_fingerprint'][:12]} -> {now[:12]}); resuming would mix results of two datasets. "
-                        "Start a new search with `mmsa search --name NEW`.")
-    data = load_train_val(spec.fixed, log)
-    init_ray(address)
-    if not tune.Tuner.can_restore(exp):
-        raise UserError(f"{exp}: Ray has no saved experiment state here yet (the search was stopped before its first "
-                        "trial started); start it again with `mmsa search`.")
-    log(f"resuming search {meta['name']} in {exp}")
-    ray_internals.upload_state_after_each_checkpoint()
-    tuner = tune.Tuner.restore(exp, trainable=trainable_with(data, meta["resources"]), resume_unfinished=True,
-                               resume_errored=True)
-    replay(ray_internals.restored_scheduler(tuner), load_trials(exp))
-    return tuner.fit()
+    if not experiment.ever_ran(exp):
+        raise UserError(f"{exp}: this search was stopped before its first trial started, so there is nothing to resume; "
+                        f"start it again with the same `mmsa search ... --name {meta['name']}` (the name is free).")
+    with ExperimentLock(exp, f"mmsa resume {exp}"):
+        experiment.check_state(exp, log, trust_state)  # cheap: refusals come before hashing and preprocessing data
+        fs, path = storage.filesystem(exp)
+        repaired = trial_backup.repair_trials(fs, path)
+        if repaired:
+            log(f"restored params.json/result.json of {len(repaired)} trial(s) from their whole copies (the storage "
+                "was full or the search was killed while Ray was writing them)")
+        now = data_fingerprint(meta["data_dir"], "train")
+        if now != meta["data_fingerprint"]:
+            raise UserError(f"{meta['data_dir']}: the data changed since the search started (fingerprint "
+                            f"{meta['data_fingerprint'][:12]} -> {now[:12]}); resuming would mix results of two "
+                            "datasets. Start a new search with `mmsa search --name NEW`.")
+        data = load_train_val(spec.fixed, log)
+        init_ray(address)
+        sigterm_like_ctrl_c()
+        if not tune.Tuner.can_restore(exp):
+            raise UserError(f"{exp}: Ray has no saved experiment state here yet (the search was stopped before its "
+                            "first trial started); start it again with `mmsa search`.")
+        log(f"resuming search {meta['name']} in {exp}")
+        ray_internals.upload_state_after_each_checkpoint()
+        ray_internals.relocate_new_trials_on_restore()
+        tuner = tune.Tuner.restore(exp, trainable=trainable_with(data, meta["resources"]), resume_unfinished=True,
+                                   resume_errored=True)
+        replay(ray_internals.restored_scheduler(tuner), load_trials(exp))
+        return _fit(tuner, ray_internals.restored_callbacks(tuner), exp)

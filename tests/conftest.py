@@ -13,6 +13,7 @@ SAMPLE = Path(os.environ.get("MMSA_SAMPLE_DIR", ROOT.parent / "shared" / "lab5-s
 @pytest.fixture(scope="session", autouse=True)
 def _private_cache(tmp_path_factory):
     os.environ["MMSA_CACHE_DIR"] = str(tmp_path_factory.mktemp("cache"))
+    os.environ["MMSA_STATE_KEY"] = str(tmp_path_factory.mktemp("key") / "state.key")  # not the user's own key
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     yield

@@ -101,6 +101,7 @@ def test_restored_scheduler(tiny_run):
 
     restored = tune.Tuner.restore(str(tiny_run["exp"]), trainable=_make_trainable())
     assert isinstance(RI.restored_scheduler(restored), ASHAScheduler)
+    assert [type(c).__name__ for c in RI.restored_callbacks(restored)] == ["Recorder"]
 
 
 def test_driver_state_files_and_their_names(tiny_run):
@@ -148,3 +149,26 @@ def test_a_moved_internal_names_itself_and_the_tested_versions():
         RI.optuna_trials(object())
     with pytest.raises(RI.InternalsChanged, match="Tuner._local_tuner"):
         RI.restored_scheduler(object())
+    with pytest.raises(RI.InternalsChanged, match="Tuner._local_tuner._run_config.callbacks"):
+        RI.restored_callbacks(object())
+
+
+def test_relocation_patch_touchpoints():
+    """What relocate_new_trials_on_restore patches and reads: TuneController.resume, its _storage and _search_alg,
+    and the experiment spec inside Ray's SearchGenerator (tests/test_reliability.py resumes a copy and a move)."""
+    import inspect
+
+    from ray.tune.execution.tune_controller import TuneController
+    from ray.tune.search.search_generator import SearchGenerator
+
+    RI.relocate_new_trials_on_restore()
+    RI.relocate_new_trials_on_restore()  # idempotent
+    assert getattr(TuneController.resume, "_mmsa", False)
+    src = inspect.getsource(TuneController.__init__)
+    assert "self._storage = storage" in src and "self._search_alg" in src
+    gen = SearchGenerator.__new__(SearchGenerator)
+    gen.set_state({"counter": 0, "total_samples": 1, "finished": False, "experiment": "spec-holder"})
+    assert gen._experiment == "spec-holder"
+    from ray.tune.experiment import Experiment
+
+    assert '"storage": self.storage' in inspect.getsource(Experiment.__init__)

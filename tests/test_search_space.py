@@ -68,3 +68,43 @@ def test_search_refuses_missing_weights_before_ray(demo_cfg, tmp_path, capsys):
     err = capsys.readouterr().err
     assert "resnet50.safetensors: weights file not found (model.image_weights)" in err and "mmsa fetch-pretrained" in err
     assert ray.is_initialized() == was_running and not (tmp_path / "rr").exists()
+
+
+@pytest.mark.parametrize("flags, message", [
+    (["--num-samples", "0"], "--num-samples 0: must be a whole number of trials from 1"),
+    (["--num-samples", "-1"], "--num-samples -1"),
+    (["--name", "../x"], "--name '../x': use letters"),
+    (["--name", "a/b"], "--name 'a/b'"),
+    (["--name", ".hidden"], "--name '.hidden'"),
+    (["--cpus-per-trial", "0"], "search.cpus_per_trial: 0.0 must be > 0"),
+    (["--seed", "-1"], "search.seed: -1 must be >= 0"),
+    (["--max-concurrent", "-1"], "search.max_concurrent: -1 must be >= 0"),
+    (["--optuna-storage", "nosuchdb://x"], "--optuna-storage nosuchdb://x: cannot open it as an Optuna database"),
+])
+def test_bad_search_flags_refused_before_anything_is_written(tmp_path, demo_dir, flags, message, capsys):
+    from search.cli import main
+
+    args = {"--num-samples": "2", "--name": "ok"}
+    for k, v in zip(flags[::2], flags[1::2]):
+        args[k] = v
+    argv = ["search", "--data", str(demo_dir), "--storage", str(tmp_path / "rr")]
+    for k, v in args.items():
+        argv += [k, v]
+    argv += [f for f in flags if f not in args and f not in args.values()]
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert message in err and "Traceback" not in err
+    assert not (tmp_path / "rr").exists()  # nothing written, no Ray started
+
+
+def test_two_searches_cannot_share_one_optuna_study(tmp_path, demo_dir, capsys):
+    import optuna
+
+    from search.cli import main
+
+    url = f"sqlite:///{tmp_path / 'optuna.db'}"
+    optuna.create_study(study_name="dup", storage=url)
+    assert main(["search", "--data", str(demo_dir), "--num-samples", "2", "--name", "dup", "--storage",
+                 str(tmp_path / "rr"), "--optuna-storage", url]) == 2
+    assert "already holds a study named 'dup'" in capsys.readouterr().err
+    assert not (tmp_path / "rr").exists()

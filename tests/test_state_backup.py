@@ -8,6 +8,7 @@ import pytest
 from data_pipeline.errors import UserError
 from search.state_backup import BACKUP_DIR, backup, damaged, intact, repair
 from search.experiment import check_state
+from search.state_trust import SIGNATURES
 
 STATE = json.dumps({"trial_data": [], "runner_data": {"x": 1}}).encode()
 PKL = pickle.dumps({"searcher": {"n": 3, "name": "optuna"}, "list": list(range(100))})
@@ -28,7 +29,8 @@ def test_repair_puts_back_only_damaged_files(tmp_path):
     for n, data in files.items():
         (tmp_path / n).write_bytes(data)
     backup(fs, exp, {**files, "result.json": b"{}", "search_gen_state-a.json": b"{cut"})
-    assert sorted(p.name for p in (tmp_path / BACKUP_DIR).iterdir()) == sorted(files)  # no others, no cut ones
+    copies = sorted(p.name for p in (tmp_path / BACKUP_DIR).iterdir() if p.name != SIGNATURES)
+    assert copies == sorted(files)  # no others, no cut ones
     assert repair(fs, exp) == [] and damaged(fs, exp) == []
     (tmp_path / "experiment_state-a.json").write_bytes(STATE[:10])
     (tmp_path / "tuner.pkl").write_bytes(b"")
@@ -43,8 +45,44 @@ def test_repair_puts_back_only_damaged_files(tmp_path):
 
 def test_resume_refuses_cut_state_without_a_copy(tmp_path):
     (tmp_path / "experiment_state-a.json").write_bytes(STATE)
+    backup(pafs.LocalFileSystem(), str(tmp_path), {"experiment_state-a.json": STATE})  # signed: a search of ours
     (tmp_path / "experiment_state-b.json").write_bytes(STATE[:5])  # the newest, as Ray would pick it
     with pytest.raises(UserError, match=r"experiment_state-b.json are empty or cut off .*mmsa search --name NEW"):
         check_state(str(tmp_path), log=lambda *a: None)
     (tmp_path / "experiment_state-b.json").unlink()
     check_state(str(tmp_path), log=lambda *a: None)  # older, whole state: nothing to say
+
+
+EVIL = b"cos\nsystem\n(S'touch PWNED'\ntR."  # a pickle that runs a shell command when loaded
+
+
+def test_foreign_state_files_are_put_back_or_refused_never_loaded(tmp_path, monkeypatch):
+    """A state file this user's search did not write (no matching HMAC) is replaced by the signed backup copy, or
+    the resume is refused; it is never unpickled (search/state_trust.py)."""
+    from search.state_backup import verify
+
+    monkeypatch.chdir(tmp_path)
+    fs, exp = pafs.LocalFileSystem(), str(tmp_path)
+    files = {"experiment_state-a.json": STATE, "tuner.pkl": PKL}
+    for n, data in files.items():
+        (tmp_path / n).write_bytes(data)
+    backup(fs, exp, files)
+    assert verify(fs, exp) == ([], [])
+    (tmp_path / "tuner.pkl").write_bytes(EVIL)  # someone with write access to the shared experiment
+    (tmp_path / "searcher-state-z.pkl").write_bytes(EVIL)  # a planted newer-looking file with no copy
+    assert intact("tuner.pkl", EVIL)  # a whole pickle: the crash repair alone would keep it
+    with pytest.raises(UserError, match=r"searcher-state-z.pkl were not written by a search of yours.*--trust-state"):
+        check_state(exp, log=lambda *a: None)
+    assert (tmp_path / "tuner.pkl").read_bytes() == PKL  # put back from the signed copy
+    (tmp_path / "searcher-state-z.pkl").unlink()
+    (tmp_path / BACKUP_DIR / "tuner.pkl").write_bytes(EVIL)  # the copy is forged too
+    (tmp_path / "tuner.pkl").write_bytes(EVIL)
+    with pytest.raises(UserError, match="tuner.pkl were not written"):
+        check_state(exp, log=lambda *a: None)
+    assert not (tmp_path / "PWNED").exists()
+    (tmp_path / "tuner.pkl").write_bytes(PKL)
+    (tmp_path / BACKUP_DIR / SIGNATURES).unlink()  # an experiment from another machine: nothing signed here
+    with pytest.raises(UserError, match="--trust-state"):
+        check_state(exp, log=lambda *a: None)
+    check_state(exp, log=lambda *a: None, trust=True)  # the user vouches for it: signed as it is
+    check_state(exp, log=lambda *a: None)

@@ -1,0 +1,99 @@
+"""Whole copies of each trial's params.json and result.json, kept by the driver beside Ray's.
+
+Ray writes a trial's results in a driver-local folder and copies it to storage by rewriting each file in place; when
+the storage disk fills up mid-copy, params.json and result.json are left empty, and every finished epoch of the trial
+would be lost to `status`, `export`, `report` and `resume`. The driver (search/callbacks.py) therefore writes its own
+copy of each file after every result, whole or not at all (data_pipeline/atomic.py): a full disk keeps the previous
+whole copy. Readers merge the two (results.py), and `mmsa resume` puts whole copies back before Ray reads them.
+They are JSON (never pickles), so reading them is safe whoever wrote them.
+"""
+from __future__ import annotations
+
+import json
+
+import pyarrow.fs as pafs
+
+from data_pipeline.atomic import write_file
+
+from .schema import M
+from .storage import read_bytes
+
+PARAMS, RESULTS = "params.json", "result.json"
+TRIAL_BACKUPS = ".mmsa-state/trials"  # .mmsa-state is search/state_backup.py's BACKUP_DIR
+
+
+def parse_rows(data: bytes | None) -> list[dict]:
+    """The whole JSON lines of a result file (a line cut short by a crash is dropped)."""
+    rows = []
+    for line in (data or b"").decode(errors="replace").splitlines():
+        try:
+            row = json.loads(line) if line.strip() else None
+        except ValueError:
+            continue
+        if isinstance(row, dict):
+            rows.append(row)
+    return rows
+
+
+def parse_params(data: bytes | None) -> dict | None:
+    try:
+        params = json.loads(data or b"")
+        return params if isinstance(params, dict) else None
+    except ValueError:
+        return None
+
+
+def by_epoch(*row_lists: list[dict]) -> list[dict]:
+    """One row per epoch, later lists winning (a resumed trial may repeat the epoch that was in flight)."""
+    merged = {}
+    for rows in row_lists:
+        merged.update((r[M.EPOCH], r) for r in rows if M.EPOCH in r and M.VAL_LOSS in r)
+    return [merged[e] for e in sorted(merged)]
+
+
+def save_params(fs, exp: str, trial_dir: str, config: dict) -> None:
+    d = f"{exp}/{TRIAL_BACKUPS}/{trial_dir}"
+    fs.create_dir(d, recursive=True)
+    write_file(f"{d}/{PARAMS}", json.dumps(config, default=str).encode(), fs)
+
+
+def save_result(fs, exp: str, trial_dir: str, row: dict) -> None:
+    d = f"{exp}/{TRIAL_BACKUPS}/{trial_dir}"
+    fs.create_dir(d, recursive=True)
+    rows = by_epoch(parse_rows(read_bytes(fs, f"{d}/{RESULTS}")), [row])
+    write_file(f"{d}/{RESULTS}", "".join(json.dumps(r, default=str) + "\n" for r in rows).encode(), fs)
+
+
+def backed_up_trials(fs, exp: str) -> list[str]:
+    root = f"{exp}/{TRIAL_BACKUPS}"
+    if fs.get_file_info(root).type != pafs.FileType.Directory:
+        return []
+    return sorted(i.base_name for i in fs.get_file_info(pafs.FileSelector(root)) if i.type == pafs.FileType.Directory)
+
+
+def read_backup(fs, exp: str, trial_dir: str) -> tuple[dict | None, list[dict]]:
+    d = f"{exp}/{TRIAL_BACKUPS}/{trial_dir}"
+    return parse_params(read_bytes(fs, f"{d}/{PARAMS}")), parse_rows(read_bytes(fs, f"{d}/{RESULTS}"))
+
+
+def repair_trials(fs, exp: str) -> list[str]:
+    """Put whole copies back where a trial's live params.json or result.json is missing, empty, cut or shorter.
+    Returns the trial folders repaired."""
+    repaired = []
+    for trial_dir in backed_up_trials(fs, exp):
+        params, rows = read_backup(fs, exp, trial_dir)
+        live = f"{exp}/{trial_dir}"
+        fixed = False
+        if params is not None and parse_params(read_bytes(fs, f"{live}/{PARAMS}")) is None:
+            fs.create_dir(live, recursive=True)
+            write_file(f"{live}/{PARAMS}", json.dumps(params, default=str).encode(), fs)
+            fixed = True
+        live_rows = parse_rows(read_bytes(fs, f"{live}/{RESULTS}"))
+        merged = by_epoch(rows, live_rows)
+        if len(merged) > len(by_epoch(live_rows)):
+            fs.create_dir(live, recursive=True)
+            write_file(f"{live}/{RESULTS}", "".join(json.dumps(r, default=str) + "\n" for r in merged).encode(), fs)
+            fixed = True
+        if fixed:
+            repaired.append(trial_dir)
+    return repaired
