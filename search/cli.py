@@ -6,9 +6,8 @@ import argparse
 import sys
 from pathlib import Path
 
-import yaml
-
 from data_pipeline.errors import UserError
+from data_pipeline.safe_yaml import load_yaml_text
 
 from .cli_flags import add_config_flags, config_flags
 
@@ -19,7 +18,7 @@ def _overrides(args) -> dict:
         key, eq, value = item.partition("=")
         if not eq:
             raise UserError(f"--set {item!r}: expected KEY=VALUE, e.g. --set train.lr=1e-5")
-        flat[key.strip()] = yaml.safe_load(value)
+        flat[key.strip()] = load_yaml_text(value, f"--set {key.strip()}")
     flat.update(config_flags(args))
     return flat
 
