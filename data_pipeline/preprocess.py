@@ -19,7 +19,7 @@ from filelock import FileLock
 from tqdm import tqdm
 
 from .atomic import replace_dir
-from .dataset import SPLIT_FILES, check_data_dir, format_bad, read_rows, read_sample, sample_paths
+from .dataset import SPLIT_FILES, check_data_dir, format_bad, outside, read_rows, read_sample, sample_paths
 from .errors import UserError
 from .tokenizer import load_tokenizer, tokenizer_fingerprint
 
@@ -78,8 +78,13 @@ def data_fingerprint(data_dir: str | Path, split: str) -> str:
         h = hashlib.sha256(label_file.read_bytes())
         for row, pair in zip(rows, pairs):
             h.update(row.guid.encode() + b"\0")
-            for p in pair:
-                h.update(p.read_bytes() if p.is_file() else b"<missing>")
+            for p in pair:  # files that cannot be used are refused by read_sample; only their state is hashed here
+                if outside(root, p):
+                    h.update(b"<outside>")
+                elif p.is_file() and p.stat().st_size <= 1 << 30:
+                    h.update(p.read_bytes())
+                else:
+                    h.update(b"<missing>")
                 h.update(b"\0")
         if len(_FINGERPRINTS) >= 8:  # a few datasets per process at most; never grow without bound
             _FINGERPRINTS.clear()

@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
-from data_pipeline.dataset import check_data_dir, read_rows, stratified_split
+from data_pipeline.dataset import SPLIT_FILES, check_data_dir, read_rows, split_problem, stratified_split
 from data_pipeline.errors import UserError
 from data_pipeline.labels import LABELS
 from data_pipeline.preprocess import Prepared, prepare
@@ -33,6 +33,9 @@ def prepare_split(cfg: Config, split: str, log=print, progress: bool = True) -> 
 def load_train_val(cfg: Config, log=print, progress: bool = True) -> Split:
     full = prepare_split(cfg, "train", log, progress)
     tr, va = stratified_split(np.asarray(full.guids), np.asarray(full.labels), cfg.data.val_fraction, cfg.data.split_seed)
+    problem = split_problem(tr, va, cfg.data.val_fraction)
+    if problem:  # an empty val set reported val_loss 0.0 and won searches
+        raise UserError(f"{Path(cfg.data.data_dir) / SPLIT_FILES['train']}: {len(full)} usable labelled rows; {problem}")
     return Split(full.subset(tr), full.subset(va))
 
 

@@ -50,8 +50,11 @@ def _add_run_options(p: argparse.ArgumentParser) -> None:
 # ---- handlers -----------------------------------------------------------------------------------------------
 def cmd_check_data(args) -> int:
     from data_pipeline.check import check_data
+    from model.config import Config
 
-    report, usable = check_data(args.dir, args.val_fraction, args.split_seed)
+    d = Config().with_overrides({"data.val_fraction": args.val_fraction, "data.split_seed": args.split_seed},
+                                source="command line").data  # the same ranges as training's
+    report, usable = check_data(args.dir, d.val_fraction, d.split_seed)
     print(report)
     return 0 if usable else 1
 
@@ -59,6 +62,9 @@ def cmd_check_data(args) -> int:
 def cmd_make_demo_data(args) -> int:
     from data_pipeline.demo_data import make_demo_data
 
+    if args.n < 1 or args.seed < 0 or not 0 <= args.corrupt <= args.n:
+        raise UserError(f"--n {args.n}, --seed {args.seed}, --corrupt {args.corrupt}: need n >= 1, seed >= 0 and "
+                        "0 <= corrupt <= n.")
     s = make_demo_data(args.dir, n=args.n, seed=args.seed, corrupt=args.corrupt)
     print(f"wrote demo dataset to {args.dir}: train {s['train']}, test {s['test']} rows"
           + (f", broken pictures {s['broken']}" if s["broken"] else ""))
