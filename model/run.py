@@ -101,8 +101,16 @@ def load_trained(run_dir: str | Path) -> tuple[FusionClassifier, Config]:
     if not (run / ckpt.WEIGHTS).is_file() or not (run / ckpt.CONFIG).is_file():
         raise UserError(f"{run}: not a trained model directory (needs {ckpt.WEIGHTS} and {ckpt.CONFIG}; made by `mmsa train`).")
     cfg, _ = load_config(run / ckpt.CONFIG)
+    weights = ckpt.load_weights(run / ckpt.WEIGHTS)  # a cut or foreign file is refused before the backbones load
+    check_backbones(cfg.model)
     model = FusionClassifier(cfg.model)
-    model.load_state_dict(ckpt.load_weights(run / ckpt.WEIGHTS))
+    try:
+        model.load_state_dict(weights)
+    except RuntimeError as e:  # another complexity, modality or backbone than config.yaml says
+        raise UserError(f"{run / ckpt.WEIGHTS}: does not fit the model {run / ckpt.CONFIG} describes (complexity "
+                        f"{cfg.model.complexity}, modality {cfg.model.modality}, {cfg.model.image_arch}): "
+                        f"{str(e).splitlines()[0][:200]} ... The two files come from different runs; keep a run "
+                        "directory's files together.") from None
     return model, cfg
 
 
