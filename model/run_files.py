@@ -16,8 +16,9 @@ WEIGHTS = "model.safetensors"
 BEST_WEIGHTS = "best_model.safetensors"
 STATE = "trainer_state.pt"
 CONFIG = "config.yaml"
+DATA = "data.json"  # the data a run trained on (directory and content fingerprint), checked by --resume
 
-__all__ = ["WEIGHTS", "BEST_WEIGHTS", "STATE", "CONFIG", "save_weights", "load_weights", "load_state", "replace_dir",
+__all__ = ["WEIGHTS", "BEST_WEIGHTS", "STATE", "CONFIG", "DATA", "save_weights", "load_weights", "load_state", "replace_dir",
            "safetensors_shapes"]
 
 

@@ -65,7 +65,7 @@ def cmd_make_demo_data(args) -> int:
     if args.n < 1 or args.seed < 0 or not 0 <= args.corrupt <= args.n:
         raise UserError(f"--n {args.n}, --seed {args.seed}, --corrupt {args.corrupt}: need n >= 1, seed >= 0 and "
                         "0 <= corrupt <= n.")
-    s = make_demo_data(args.dir, n=args.n, seed=args.seed, corrupt=args.corrupt)
+    s = make_demo_data(args.dir, n=args.n, seed=args.seed, corrupt=args.corrupt, overwrite=args.overwrite)
     print(f"wrote demo dataset to {args.dir}: train {s['train']}, test {s['test']} rows"
           + (f", broken pictures {s['broken']}" if s["broken"] else ""))
     return 0
@@ -74,7 +74,7 @@ def cmd_make_demo_data(args) -> int:
 def cmd_make_tiny_pretrained(args) -> int:
     from model.pretrained import make_tiny_pretrained
 
-    paths = make_tiny_pretrained(args.dir)
+    paths = make_tiny_pretrained(args.dir, overwrite=args.overwrite)
     print(f"tiny BERT: {paths['text_model']}\ntiny ResNet (resnet10) weights: {paths['image_weights']}\n"
           f"use them with: --set model.text_model={paths['text_model']} --set model.image_arch=resnet10 "
           f"--set model.image_weights={paths['image_weights']}")
@@ -84,7 +84,7 @@ def cmd_make_tiny_pretrained(args) -> int:
 def cmd_fetch_pretrained(args) -> int:
     from model.pretrained import fetch_pretrained
 
-    for p in fetch_pretrained(args.dir, tuple(args.only or ("bert", "resnet50"))):
+    for p in fetch_pretrained(args.dir, tuple(args.only or ("bert", "resnet50")), overwrite=args.overwrite):
         print(f"wrote {p}")
     return 0
 
@@ -93,7 +93,7 @@ def cmd_train(args) -> int:
     from model.run import train_run
 
     cfg = _run_config(args)
-    train_run(cfg, args.out, resume=args.resume, progress=not args.quiet)
+    train_run(cfg, args.out, resume=args.resume, overwrite=args.overwrite, progress=not args.quiet)
     print(f"results in {args.out}: model.safetensors, config.yaml, metrics.json, metrics.csv, curves.png")
     return 0
 
@@ -101,14 +101,15 @@ def cmd_train(args) -> int:
 def cmd_predict(args) -> int:
     from model.run import predict_run
 
-    predict_run(args.model, args.data, args.out, probs=args.probs, progress=not args.quiet)
+    predict_run(args.model, args.data, args.out, probs=args.probs, progress=not args.quiet,
+                skip_bad=args.skip_bad or None, overwrite=args.overwrite)
     return 0
 
 
 def cmd_ablate(args) -> int:
     from model.run import ablate_run
 
-    ablate_run(_run_config(args), args.out, progress=not args.quiet)
+    ablate_run(_run_config(args), args.out, progress=not args.quiet, overwrite=args.overwrite)
     print(f"ablation table: {Path(args.out) / 'ablation.md'}, plot: {Path(args.out) / 'ablation.png'}")
     return 0
 
@@ -263,21 +264,25 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--n", type=int, default=400, help="labelled rows (a test file of n/8 rows is written too)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--corrupt", type=int, default=0, metavar="K", help="break K pictures (missing, zero-byte, truncated, not an image)")
+    p.add_argument("--overwrite", action="store_true", help="write into a directory that is not empty")
     p.set_defaults(fn=cmd_make_demo_data)
 
     p = sub.add_parser("make-tiny-pretrained", help="write a tiny random BERT and ResNet for dry runs without downloads")
     p.add_argument("dir", type=Path)
+    p.add_argument("--overwrite", action="store_true", help="replace tiny models already there")
     p.set_defaults(fn=cmd_make_tiny_pretrained)
 
     p = sub.add_parser("fetch-pretrained", help="download bert-base-uncased and ResNet-50 weights into pretrained/ (needs internet)")
     p.add_argument("dir", type=Path, nargs="?", default=Path("pretrained"))
     p.add_argument("--only", action="append", choices=("bert", "resnet50"), help="fetch only this one")
+    p.add_argument("--overwrite", action="store_true", help="replace weights already there")
     p.set_defaults(fn=cmd_fetch_pretrained)
 
     p = sub.add_parser("train", help="train one model; writes weights, metrics and curves")
     _add_run_options(p)
     p.add_argument("--out", type=Path, required=True, help="run directory, e.g. runs/final")
     p.add_argument("--resume", action="store_true", help="continue from OUT/checkpoint (the last finished epoch)")
+    p.add_argument("--overwrite", action="store_true", help="replace a run already in OUT")
     p.set_defaults(fn=cmd_train)
 
     p = sub.add_parser("predict", help="predict the test file with a trained model; writes predictions.txt")
@@ -285,12 +290,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--data", type=Path, help="dataset directory (default: the one the model was trained on)")
     p.add_argument("--out", type=Path, help="output file (default MODEL/predictions.txt)")
     p.add_argument("--probs", action="store_true", help="also write probabilities.csv beside it")
+    p.add_argument("--skip-bad", action="store_true", help="predict `null` for test samples whose files cannot be read")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing output file")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.set_defaults(fn=cmd_predict)
 
     p = sub.add_parser("ablate", help="train text-only, image-only and fusion with the same settings and compare")
     _add_run_options(p)
     p.add_argument("--out", type=Path, required=True)
+    p.add_argument("--overwrite", action="store_true", help="replace an ablation already in OUT")
     p.set_defaults(fn=cmd_ablate)
     return ap
 
