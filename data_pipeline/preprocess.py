@@ -112,6 +112,21 @@ def _load(dest: Path) -> Prepared:
     return Prepared(**arrays, meta=meta)
 
 
+def _load_whole(dest: Path) -> Prepared | None:
+    """The cache entry, or None when it is absent or damaged (a file edited, cut or deleted by hand: entries are
+    written whole, data_pipeline/atomic.py), in which case it is rebuilt rather than trusted."""
+    if not dest.is_dir():
+        return None
+    try:
+        p = _load(dest)
+        n = len(p.guids)
+        if not isinstance(p.meta.get("bad"), list) or any(len(getattr(p, a)) != n for a in ARRAYS):
+            raise ValueError("arrays of different lengths")
+        return p
+    except (OSError, ValueError, KeyError, TypeError, EOFError):
+        return None
+
+
 def _build(root: Path, split: str, tokenizer_dir, max_length: int, image_size: int, workers: int, progress: bool):
     rows = read_rows(root, split)
     with ThreadPoolExecutor(max_workers=workers) as pool:  # Pillow releases the GIL while decoding
@@ -172,11 +187,12 @@ def prepare(
         raise UserError(f"{cache_root}: cannot create the preprocessing cache ({e}); set MMSA_CACHE_DIR.") from None
     dest = cache_root / cache_key(data_fp, tokenizer_dir, max_length, image_size)
     with FileLock(str(dest) + ".lock"):  # several trial launchers may build the same entry at once
-        if not (dest / "meta.json").is_file():
+        prepared = _load_whole(dest)
+        if prepared is None:
             arrays, meta = _build(root, split, tokenizer_dir, max_length, image_size, workers or os.cpu_count() or 1, progress)
             meta["data_fingerprint"] = data_fp
             _save(dest, arrays, meta)  # bad samples are recorded in meta and checked below
-    prepared = _load(dest)
+            prepared = _load(dest)
     bad = prepared.meta["bad"]
     if bad:
         if not skip_bad:

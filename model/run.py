@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import csv
 import json
+import math
 import sys
 from pathlib import Path
 
@@ -152,9 +153,12 @@ def train_run(cfg: Config, out: str | Path, *, resume: bool = False, overwrite: 
     bar.close()
     if trainer.best_state is None:
         raise UserError(f"{out}: no epoch was trained (train.epochs is {cfg.train.epochs}, checkpoint at epoch {trainer.epoch}).")
+    if not any(math.isfinite(h[M.VAL_LOSS]) for h in trainer.history):
+        raise UserError(f"{out}: the validation loss was never a finite number ({trainer.history[-1][M.VAL_LOSS]}); "
+                        "no epoch can be the best. Lower train.lr or check the data.")
     ckpt.save_weights(trainer.best_state, out / ckpt.WEIGHTS)
     plot_curves(trainer.history, out / "curves.png", title=f"{cfg.model.modality} ({cfg.model.complexity}, lr {cfg.train.lr:g}, batch {cfg.train.batch_size})")
-    best = min(trainer.history, key=lambda h: h[M.VAL_LOSS])
+    best = min((h for h in trainer.history if math.isfinite(h[M.VAL_LOSS])), key=lambda h: h[M.VAL_LOSS])
     log(f"best epoch {best[M.EPOCH]}: val_loss {best[M.VAL_LOSS]:.4f}, val_acc {best[M.VAL_ACC]:.4f}; model in {out / ckpt.WEIGHTS}")
     return trainer.history
 

@@ -124,7 +124,7 @@ def cmd_demo(args) -> int:
 def cmd_search(args) -> int:
     import dataclasses
 
-    from model.config import build_section
+    from model.config import DataConfig, build_section
 
     from . import experiment
     from .space import SearchConfig, load_spec
@@ -132,6 +132,8 @@ def cmd_search(args) -> int:
 
     spec = load_spec(args.space)
     flags = config_flags(args)
+    if "data.data_dir" not in flags and spec.fixed.data.data_dir == DataConfig().data_dir:
+        raise UserError("no data: pass --data DIR, or set data_dir in the space file's fixed: data: section.")
     spec.fixed = spec.fixed.with_overrides({k: v for k, v in flags.items() if not k.startswith("search.")},
                                            source="command line")
     search = {k.split(".", 1)[1]: v for k, v in flags.items() if k.startswith("search.")}
@@ -229,7 +231,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--optuna-storage", help="e.g. sqlite:///optuna.db, to watch with optuna-dashboard")
     p.add_argument("--verbose", type=int, default=1, choices=(0, 1, 2), help="Ray's status output (0 silent, 1 concise)")
     add_config_flags(p, DataConfig, "data", only=("data_dir", "skip_bad"), aliases={"data_dir": "data"},
-                     required=("data_dir",), title="data (fixed for every trial)")
+                     title="data (fixed for every trial; --data may instead be the space file's fixed: data: data_dir)")
     add_config_flags(p, SearchConfig, "search", title="search: settings (override the space file's search: section)")
     p.set_defaults(fn=cmd_search)
 
