@@ -7,7 +7,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .dataset import SPLIT_FILES, check_data_dir, format_bad, read_rows, read_sample, stratified_split
+from .dataset import SPLIT_FILES, check_data_dir, class_warnings, format_bad, read_rows, read_sample, split_problem, stratified_split
 from .labels import LABEL_TO_ID, LABELS
 
 
@@ -31,6 +31,11 @@ def check_data(data_dir: str | Path, val_fraction: float = 0.2, split_seed: int 
             labels = np.array([LABEL_TO_ID[r.tag] for r in rows])
             tr, va = stratified_split(guids, labels, val_fraction, split_seed)
             lines.append(f"  split (val_fraction {val_fraction}, split_seed {split_seed}): train {len(tr)}, val {len(va)}")
+            lines += ["  " + w for w in class_warnings([r.tag for r in rows])]
+            problem = split_problem(tr, va, val_fraction)
+            if problem:  # training would refuse this split
+                usable = False
+                lines.append(f"  {problem}")
         else:
             lines.append(f"{SPLIT_FILES[split]}: {len(rows)} rows (tags: null)")
         for s in samples:

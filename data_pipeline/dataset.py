@@ -12,6 +12,8 @@ from .labels import LABEL_TO_ID, LabelRow, read_label_file
 from .text import decode_text
 
 SPLIT_FILES = {"train": "train.txt", "test": "test_without_label.txt"}
+MAX_TEXT_BYTES = 1 << 20  # a tweet is at most a few KiB; a bigger data/{guid}.txt is some other file
+MIN_VAL_ROWS = 10  # below this one sample moves val accuracy by over 10 points: early stopping and "best" follow noise
 
 
 @dataclass(frozen=True)
@@ -40,16 +42,59 @@ def read_rows(data_dir: str | Path, split: str) -> list[LabelRow]:
 
 
 def sample_paths(root: Path, guid: str) -> tuple[Path, Path]:
-    # Guids are validated as plain digits, so these paths cannot leave data/.
+    # Guids are validated as plain digits, so these names cannot leave data/; a symlink still can (outside()).
     return root / "data" / f"{guid}.txt", root / "data" / f"{guid}.jpg"
+
+
+def outside(root: Path, path: Path) -> bool:
+    """True when path (a symlink, or under a symlinked folder) resolves outside root/data: never read such a file,
+    it may be /etc/passwd or a device that never ends."""
+    try:
+        return not path.resolve().is_relative_to((root / "data").resolve())
+    except (OSError, RuntimeError):  # a symlink loop
+        return True
+
+
+def split_problem(train_labels, val_labels, val_fraction: float) -> str | None:
+    """Why a train/val split cannot give meaningful validation numbers, or None."""
+    if len(val_labels) < MIN_VAL_ROWS:
+        return (f"the validation set has {len(val_labels)} sample(s) (val_fraction {val_fraction}); at least "
+                f"{MIN_VAL_ROWS} are needed, since with fewer one sample moves val accuracy by over 10 points and "
+                "early stopping, the lr schedule and a search's best trial follow noise. Add labelled rows or raise "
+                "data.val_fraction.")
+    if len(train_labels) == 0:
+        return "the training set is empty; add labelled rows or lower data.val_fraction."
+    return None
+
+
+def class_warnings(labels: list[str]) -> list[str]:
+    """Classes the model cannot learn or be validated on: absent, or with one row (never in both train and val)."""
+    from collections import Counter
+
+    per = Counter(labels)
+    out = []
+    for name in LABEL_TO_ID:
+        if per[name] == 0:
+            out.append(f"warning: no row is labelled {name}: the model will never predict it.")
+        elif per[name] == 1:
+            out.append(f"warning: only one row is labelled {name}: it lands in train or in val, never both, so "
+                       "that class is either never validated or never learned.")
+    return out
 
 
 def read_sample(root: Path, row: LabelRow, image_size: int | None) -> RawSample:
     """Read one sample; problems are recorded, not raised, so every bad guid can be listed at once."""
     label = -1 if row.tag is None else LABEL_TO_ID[row.tag]
     text_path, image_path = sample_paths(root, row.guid)
+    for p in (text_path, image_path):
+        if (p.is_symlink() or p.exists()) and outside(root, p):
+            return RawSample(row.guid, label, "", "", None, None,
+                             f"{p.name}: links to {p.resolve()}, outside {root / 'data'}; refused (copy the file into data/)")
     if not text_path.is_file():
         return RawSample(row.guid, label, "", "", None, None, f"{text_path.name}: missing text file")
+    if text_path.stat().st_size > MAX_TEXT_BYTES:
+        return RawSample(row.guid, label, "", "", None, None,
+                         f"{text_path.name}: {text_path.stat().st_size} bytes, not a tweet (limit {MAX_TEXT_BYTES})")
     text, enc = decode_text(text_path.read_bytes())
     try:
         if image_size is None:

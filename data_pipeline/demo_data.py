@@ -11,6 +11,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from .errors import UserError
 from .labels import LABELS
 
 PROPORTIONS = {"positive": 0.6, "negative": 0.3, "neutral": 0.1}  # the full dataset's label mix
@@ -74,10 +75,17 @@ def _write_picture(path: Path, im: Image.Image, kind: str) -> None:
         im.save(path, "JPEG", quality=90)
 
 
-def make_demo_data(out: str | Path, n: int = 400, n_test: int | None = None, seed: int = 0, corrupt: int = 0) -> dict:
-    """Write the dataset; returns a summary (rows per label, broken guids by kind)."""
+def make_demo_data(out: str | Path, n: int = 400, n_test: int | None = None, seed: int = 0, corrupt: int = 0,
+                   overwrite: bool = False) -> dict:
+    """Write the dataset; returns a summary (rows per label, broken guids by kind). An existing dataset in `out`
+    is replaced only with overwrite (its label files would be replaced and its data/ mixed with the demo's)."""
     rng = np.random.default_rng(seed)
     out = Path(out)
+    if out.exists() and not out.is_dir():
+        raise UserError(f"{out}: is a file; give a directory for the demo dataset.")
+    if not overwrite and out.is_dir() and any(out.iterdir()):
+        raise UserError(f"{out}: not empty (a dataset or other files are there). Pass --overwrite to write the demo "
+                        "dataset into it anyway, or choose a new directory.")
     (out / "data").mkdir(parents=True, exist_ok=True)
     n_test = max(1, n // 8) if n_test is None else n_test
     counts = {lab: int(round(n * p)) for lab, p in PROPORTIONS.items()}

@@ -39,6 +39,27 @@ def _open_rgb(path: Path) -> tuple[Image.Image, ImageInfo]:
     except (OSError, SyntaxError, ValueError) as e:
         raise BadImage(f"cannot be decoded ({e})") from None
     info = ImageInfo(fmt, mode, im.size)
+    if im.mode.startswith("I;16") or (im.mode == "I" and fmt == "PNG"):
+        im = _sixteen_bit_to_l(im)
+    elif im.mode in ("I", "F") or im.mode.startswith(("I;", "F;")):
+        # 32-bit integer or float samples have no agreed white level: scaling them is a guess, so refuse.
+        raise BadImage(f"{mode} pixels ({'32-bit integer' if mode.startswith('I') else 'floating point'}) are not "
+                       "supported; save the picture as 8-bit RGB (JPEG or PNG)")
+    try:
+        im = _to_rgb(im)
+    except (OSError, ValueError) as e:
+        raise BadImage(f"mode {mode} cannot be converted to RGB ({e})") from None
+    return im, info
+
+
+def _sixteen_bit_to_l(im: Image.Image) -> Image.Image:
+    """16-bit grey (PNG/TIFF) -> 8-bit grey, scaled by 255/65535. Pillow's convert clips at 255 instead, which
+    turns a normal 16-bit picture almost entirely white."""
+    a = np.asarray(im, dtype=np.uint32 if im.mode == "I" else None).astype(np.float64)
+    return Image.fromarray(np.clip(np.rint(a / 257.0), 0, 255).astype(np.uint8), "L")
+
+
+def _to_rgb(im: Image.Image) -> Image.Image:
     if im.mode in ("RGBA", "LA", "PA") or (im.mode == "P" and "transparency" in im.info):
         # Transparent pixels become white, as a viewer would show them, not black.
         rgba = im.convert("RGBA")
@@ -46,7 +67,7 @@ def _open_rgb(path: Path) -> tuple[Image.Image, ImageInfo]:
         im.paste(rgba, mask=rgba.getchannel("A"))
     elif im.mode != "RGB":
         im = im.convert("RGB")
-    return im, info
+    return im
 
 
 def inspect_image(path: str | Path) -> ImageInfo:

@@ -19,7 +19,7 @@ from filelock import FileLock
 from tqdm import tqdm
 
 from .atomic import replace_dir
-from .dataset import SPLIT_FILES, check_data_dir, format_bad, read_rows, read_sample, sample_paths
+from .dataset import SPLIT_FILES, check_data_dir, format_bad, outside, read_rows, read_sample, sample_paths
 from .errors import UserError
 from .tokenizer import load_tokenizer, tokenizer_fingerprint
 
@@ -78,8 +78,13 @@ def data_fingerprint(data_dir: str | Path, split: str) -> str:
         h = hashlib.sha256(label_file.read_bytes())
         for row, pair in zip(rows, pairs):
             h.update(row.guid.encode() + b"\0")
-            for p in pair:
-                h.update(p.read_bytes() if p.is_file() else b"<missing>")
+            for p in pair:  # files that cannot be used are refused by read_sample; only their state is hashed here
+                if outside(root, p):
+                    h.update(b"<outside>")
+                elif p.is_file() and p.stat().st_size <= 1 << 30:
+                    h.update(p.read_bytes())
+                else:
+                    h.update(b"<missing>")
                 h.update(b"\0")
         if len(_FINGERPRINTS) >= 8:  # a few datasets per process at most; never grow without bound
             _FINGERPRINTS.clear()
@@ -105,6 +110,21 @@ def _load(dest: Path) -> Prepared:
     meta = json.loads((dest / "meta.json").read_text())
     arrays = {a: np.load(dest / f"{a}.npy", mmap_mode="r", allow_pickle=False) for a in ARRAYS}
     return Prepared(**arrays, meta=meta)
+
+
+def _load_whole(dest: Path) -> Prepared | None:
+    """The cache entry, or None when it is absent or damaged (a file edited, cut or deleted by hand: entries are
+    written whole, data_pipeline/atomic.py), in which case it is rebuilt rather than trusted."""
+    if not dest.is_dir():
+        return None
+    try:
+        p = _load(dest)
+        n = len(p.guids)
+        if not isinstance(p.meta.get("bad"), list) or any(len(getattr(p, a)) != n for a in ARRAYS):
+            raise ValueError("arrays of different lengths")
+        return p
+    except (OSError, ValueError, KeyError, TypeError, EOFError):
+        return None
 
 
 def _build(root: Path, split: str, tokenizer_dir, max_length: int, image_size: int, workers: int, progress: bool):
@@ -167,11 +187,12 @@ def prepare(
         raise UserError(f"{cache_root}: cannot create the preprocessing cache ({e}); set MMSA_CACHE_DIR.") from None
     dest = cache_root / cache_key(data_fp, tokenizer_dir, max_length, image_size)
     with FileLock(str(dest) + ".lock"):  # several trial launchers may build the same entry at once
-        if not (dest / "meta.json").is_file():
+        prepared = _load_whole(dest)
+        if prepared is None:
             arrays, meta = _build(root, split, tokenizer_dir, max_length, image_size, workers or os.cpu_count() or 1, progress)
             meta["data_fingerprint"] = data_fp
             _save(dest, arrays, meta)  # bad samples are recorded in meta and checked below
-    prepared = _load(dest)
+            prepared = _load(dest)
     bad = prepared.meta["bad"]
     if bad:
         if not skip_bad:

@@ -1,6 +1,7 @@
 """Backbones from local files only: BERT through `from_pretrained`, torchvision ResNets with a state dict."""
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import torch
@@ -31,8 +32,8 @@ def load_text_backbone(path: str | Path) -> nn.Module:
         # SDPA named, not left to the folder's config: encoder_mask() below builds the mask in SDPA's form.
         return BertModel.from_pretrained(str(p), local_files_only=True, trust_remote_code=False, add_pooling_layer=False,
                                          attn_implementation="sdpa")
-    except (OSError, ValueError) as e:
-        raise UserError(f"{p}: cannot load the BERT model ({e}). {HOW_TO_GET}") from None
+    except (OSError, ValueError, RuntimeError) as e:  # RuntimeError: weights of another shape than config.json's
+        raise UserError(f"{p}: cannot load the BERT model ({str(e).splitlines()[0][:300]}). {HOW_TO_GET}") from None
 
 
 def encoder_mask(attention_mask: torch.Tensor) -> torch.Tensor:
@@ -53,8 +54,24 @@ def load_state_dict_file(path: str | Path) -> dict[str, torch.Tensor]:
             return load_file(str(p))
         sd = torch.load(p, map_location="cpu", weights_only=True)
     except Exception as e:  # corrupt or foreign files: say which
-        raise UserError(f"{p}: cannot read weights ({e}).") from None
-    return sd.get("state_dict", sd) if isinstance(sd, dict) else sd
+        raise UserError(f"{p}: cannot read weights ({str(e).splitlines()[0][:200] if str(e) else type(e).__name__}); "
+                        "the file is cut short or not a state dict. Copy it again.") from None
+    sd = sd.get("state_dict", sd) if isinstance(sd, dict) else sd
+    if not isinstance(sd, dict) or not all(isinstance(v, torch.Tensor) for v in sd.values()):
+        raise UserError(f"{p}: not a state dict of tensors.")
+    return sd
+
+
+def _image_mismatch(arch: str, shapes: dict[str, tuple]) -> list[str]:
+    """Names of tensors missing, extra or of another shape than `arch` wants (the classifier fc.* is ignored)."""
+    want = {k: tuple(v.shape) for k, v in IMAGE_ARCHS[arch]().state_dict().items() if not k.startswith("fc.")}
+    have = {k: tuple(v) for k, v in shapes.items() if not k.startswith("fc.")}
+    return sorted(set(want) ^ set(have)) + [k for k in want if k in have and have[k] != want[k]]
+
+
+def _arch_error(weights, arch: str, wrong: list[str]) -> UserError:
+    return UserError(f"{weights}: does not match {arch} ({len(wrong)} tensors missing, extra or of another shape, "
+                     f"e.g. {wrong[0]}). Set model.image_arch to the architecture these weights belong to.")
 
 
 def load_image_backbone(arch: str, weights: str) -> tuple[nn.Module, int]:
@@ -62,24 +79,55 @@ def load_image_backbone(arch: str, weights: str) -> tuple[nn.Module, int]:
     net = IMAGE_ARCHS[arch]()
     if weights and weights.lower() != "none":
         sd = {k: v for k, v in load_state_dict_file(weights).items() if not k.startswith("fc.")}
-        want = {k: v.shape for k, v in net.state_dict().items() if not k.startswith("fc.")}
-        wrong = sorted(set(want) ^ set(sd)) + [k for k in want if k in sd and sd[k].shape != want[k]]
+        wrong = _image_mismatch(arch, {k: v.shape for k, v in sd.items()})
         if wrong:
-            raise UserError(
-                f"{weights}: does not match {arch} ({len(wrong)} tensors missing, extra or of another shape, "
-                f"e.g. {wrong[0]}). Set model.image_arch to the architecture these weights belong to."
-            )
+            raise _arch_error(weights, arch, wrong)
         net.load_state_dict(sd, strict=False)
     width = net.fc.in_features
     net.fc = nn.Identity()
     return net, width
 
 
+def check_text_model(path: str | Path) -> None:
+    """config.json, vocab.txt and model.safetensors of a BERT folder agree (headers only, no weights read). A vocab
+    larger than the embedding crashed in the middle of training (token id out of range); another hidden size failed
+    in every search trial."""
+    from .run_files import safetensors_shapes
+
+    p = check_text_model_dir(path, need_weights=True)
+    try:
+        conf = json.loads((p / "config.json").read_text(encoding="utf-8"))
+    except (ValueError, UnicodeDecodeError) as e:
+        raise UserError(f"{p / 'config.json'}: not valid JSON ({e}). {HOW_TO_GET}") from None
+    if not isinstance(conf, dict) or not all(isinstance(conf.get(k), int) and conf[k] > 0 for k in ("vocab_size", "hidden_size")):
+        raise UserError(f"{p / 'config.json'}: not a BERT config (needs positive integers vocab_size and hidden_size). {HOW_TO_GET}")
+    n_vocab = len((p / "vocab.txt").read_text(encoding="utf-8", errors="replace").splitlines())
+    if n_vocab > conf["vocab_size"]:
+        raise UserError(f"{p / 'vocab.txt'}: {n_vocab} tokens, but config.json's vocab_size is {conf['vocab_size']}: "
+                        "the vocabulary and the model come from different BERTs. Use the folder's original files.")
+    if (p / "model.safetensors").is_file():
+        shapes = safetensors_shapes(p / "model.safetensors")
+        emb = next((v for k, v in shapes.items() if k.endswith("embeddings.word_embeddings.weight")), None)
+        if emb is None:
+            raise UserError(f"{p / 'model.safetensors'}: no BERT word embeddings; not BERT weights. {HOW_TO_GET}")
+        if tuple(emb) != (conf["vocab_size"], conf["hidden_size"]):
+            raise UserError(f"{p / 'model.safetensors'}: word embeddings {tuple(emb)}, but config.json says vocab_size "
+                            f"{conf['vocab_size']}, hidden_size {conf['hidden_size']}: the weights and config.json come "
+                            "from different models. Use the folder's original files.")
+
+
 def check_backbones(cfg) -> None:
-    """Fail before any expensive work when a configured backbone file is missing (ModelConfig `cfg`)."""
+    """Fail before any expensive work when a configured backbone file is missing, unreadable or does not fit
+    (ModelConfig `cfg`)."""
+    from .run_files import safetensors_shapes
+
     if cfg.modality in ("fusion", "text"):
-        check_text_model_dir(cfg.text_model, need_weights=True)
+        check_text_model(cfg.text_model)
     if cfg.modality in ("fusion", "image") and cfg.image_weights and cfg.image_weights.lower() != "none":
         if not Path(cfg.image_weights).is_file():
             raise UserError(f"{cfg.image_weights}: weights file not found (model.image_weights). {HOW_TO_GET} "
                             "Use image_weights: none for random init.")
+        if cfg.image_weights.endswith(".safetensors"):  # header only; a .pth is checked when loaded
+            wrong = _image_mismatch(cfg.image_arch, safetensors_shapes(cfg.image_weights))
+            if wrong:
+                raise _arch_error(cfg.image_weights, cfg.image_arch, wrong)

@@ -6,6 +6,8 @@ backbones from pretrained/. A YAML file has sections `data:`, `model:`, `train:`
 from __future__ import annotations
 
 import dataclasses
+import math
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -13,11 +15,19 @@ from typing import Any
 import yaml
 
 from data_pipeline.errors import UserError
+from data_pipeline.safe_yaml import read_yaml_file
 
 
-def opt(default, help: str, *, choices=None, lo=None, hi=None, lo_open=False):
-    """A config field with help text and the checks `validate` applies."""
-    return field(default=default, metadata={"help": help, "choices": choices, "lo": lo, "hi": hi, "lo_open": lo_open})
+def opt(default, help: str, *, choices=None, lo=None, hi=None, lo_open=False, pattern=None, pattern_help=None):
+    """A config field with help text and the checks `_check` applies (pattern: a regex a string must match)."""
+    return field(default=default, metadata={"help": help, "choices": choices, "lo": lo, "hi": hi, "lo_open": lo_open,
+                                            "pattern": pattern, "pattern_help": pattern_help})
+
+
+def short(v, limit: int = 80) -> str:
+    """repr of a user's value, cut: a message must stay one readable line whatever was passed."""
+    r = repr(v)
+    return r if len(r) <= limit else r[: limit - 5] + "...'" if isinstance(v, str) else r[: limit - 4] + " ..."
 
 
 @dataclass
@@ -55,7 +65,8 @@ class TrainConfig:
     bucket_by_length: bool = opt(True, "group texts of similar length in training batches (less padding)")
     hflip: float = opt(0.5, "train-time probability of a horizontal flip", lo=0.0, hi=1.0)
     rotation: float = opt(10.0, "train-time random rotation range, degrees (+/-)", lo=0.0, hi=180.0)
-    device: str = opt("auto", "auto (cuda if available), cuda, cuda:N or cpu")
+    device: str = opt("auto", "auto (cuda if available), cuda, cuda:N or cpu", pattern=r"auto|cpu|cuda(:[0-9]+)?",
+                      pattern_help="auto, cpu, cuda or cuda:N")
     precision: str = opt("auto", "autocast: bf16-mixed, 16-mixed (float16 with loss scaling) or 32; auto = bf16-mixed on "
                          "GPUs with bfloat16 tensor cores (A100, H100, L4...), 16-mixed on older ones (T4, V100), 32 on the CPU",
                          choices=("auto", "bf16-mixed", "16-mixed", "32"))
@@ -79,17 +90,28 @@ class Config:
 
     @classmethod
     def from_dict(cls, d: dict | None, source: str = "config") -> "Config":
+        if d is not None and not isinstance(d, dict):
+            raise UserError(f"{source}: expected a mapping with sections {list(SECTIONS)}, got {short(d)}.")
         d = dict(d or {})
         unknown = set(d) - set(SECTIONS)
         if unknown:
-            raise UserError(f"{source}: unknown section(s) {sorted(unknown)}; expected {list(SECTIONS)}.")
+            raise UserError(f"{source}: unknown section(s) {sorted(str(k)[:40] for k in unknown)}; expected {list(SECTIONS)}.")
         parts = {}
         for name, klass in SECTIONS.items():
             sec = d.get(name) or {}
             if not isinstance(sec, dict):
                 raise UserError(f"{source}: section '{name}' must be a mapping of keys to values.")
             parts[name] = build_section(klass, sec, f"{source}: {name}")
-        return cls(**parts)
+        cfg = cls(**parts)
+        cfg.check_relations(source)
+        return cfg
+
+    def check_relations(self, source: str) -> None:
+        """Checks between keys (each key's own type and range are checked by build_section)."""
+        t = self.train
+        if t.micro_batch_size > t.batch_size:
+            raise UserError(f"{source}: train.micro_batch_size {t.micro_batch_size} is larger than train.batch_size "
+                            f"{t.batch_size}; a micro-batch is a part of a batch (0 = the whole batch).")
 
     def with_overrides(self, flat: dict[str, Any], source: str = "override") -> "Config":
         """Apply `section.key` (or unique bare `key`) overrides, validated like a file."""
@@ -99,19 +121,23 @@ class Config:
             if not sec:
                 owners = [s for s, k in SECTIONS.items() if name in {f.name for f in dataclasses.fields(k)}]
                 if len(owners) != 1:
-                    raise UserError(f"{source}: unknown key {key!r}.")
+                    raise UserError(f"{source}: unknown key {short(key)}.")
                 sec = owners[0]
             if sec not in d or name not in d[sec]:
-                raise UserError(f"{source}: unknown key {key!r}.")
+                raise UserError(f"{source}: unknown key {short(key)}.")
             d[sec][name] = value
         return Config.from_dict(d, source)
 
 
 def build_section(klass, values: dict, where: str):
+    if not isinstance(values, dict):
+        raise UserError(f"{where}: expected a mapping of keys to values, got {short(values)}.")
     fields = {f.name: f for f in dataclasses.fields(klass)}
     unknown = [k for k in values if k not in fields]
     if unknown:
-        raise UserError(f"{where}: unknown key(s) {unknown}; known keys: {', '.join(fields)}.")
+        more = f" and {len(unknown) - 5} more" if len(unknown) > 5 else ""
+        raise UserError(f"{where}: unknown key(s) {[str(k)[:40] for k in unknown[:5]]}{more}; "
+                        f"known keys: {', '.join(fields)}.")
     kwargs = {k: _coerce(fields[k], v, f"{where}.{k}") for k, v in values.items()}
     obj = klass(**kwargs)
     for f in fields.values():
@@ -121,13 +147,16 @@ def build_section(klass, values: dict, where: str):
 
 def _coerce(f: dataclasses.Field, v, where: str):
     t = f.type if isinstance(f.type, str) else f.type.__name__
+    if v is None and f.default is None:  # an optional value (only fields whose default is None)
+        return None
+    t = t.removesuffix(" | None")
     if t == "bool":
         if isinstance(v, bool):
             return v
-        raise UserError(f"{where}: expected true or false, got {v!r}.")
+        raise UserError(f"{where}: expected true or false, got {short(v)}.")
     if t == "int":
         if isinstance(v, bool) or not (isinstance(v, int) or (isinstance(v, float) and v.is_integer())):
-            raise UserError(f"{where}: expected an integer, got {v!r}.")
+            raise UserError(f"{where}: expected an integer, got {short(v)}.")
         return int(v)
     if t == "float":
         if isinstance(v, str):
@@ -136,19 +165,29 @@ def _coerce(f: dataclasses.Field, v, where: str):
             except ValueError:
                 pass
         if isinstance(v, bool) or not isinstance(v, (int, float)):
-            raise UserError(f"{where}: expected a number, got {v!r}.")
+            raise UserError(f"{where}: expected a number, got {short(v)}.")
+        if not math.isfinite(v):  # nan passes every range check (all comparisons are false)
+            raise UserError(f"{where}: expected a finite number, got {v}.")
         return float(v)
     if t == "str":
         if not isinstance(v, (str, int, float)) or isinstance(v, bool):
-            raise UserError(f"{where}: expected a string, got {v!r}.")
+            raise UserError(f"{where}: expected a string, got {short(v)}.")
         return str(v)
+    if t.startswith("dict"):
+        if not isinstance(v, dict):
+            raise UserError(f"{where}: expected a mapping, got {short(v)}.")
+        return v
     return v
 
 
 def _check(f: dataclasses.Field, v, where: str) -> None:
     m = f.metadata
+    if v is None:
+        return
     if m.get("choices") and v not in m["choices"]:
-        raise UserError(f"{where}: {v!r} is not one of {', '.join(m['choices'])}.")
+        raise UserError(f"{where}: {short(v)} is not one of {', '.join(m['choices'])}.")
+    if m.get("pattern") and not re.fullmatch(m["pattern"], v):
+        raise UserError(f"{where}: {short(v)} is not valid; expected {m.get('pattern_help') or m['pattern']}.")
     lo, hi = m.get("lo"), m.get("hi")
     if lo is not None and (v <= lo if m.get("lo_open") else v < lo):
         raise UserError(f"{where}: {v!r} must be {'>' if m.get('lo_open') else '>='} {lo}.")
@@ -162,12 +201,7 @@ def field_help(klass) -> dict[str, str]:
 
 def read_yaml(path: str | Path) -> dict:
     p = Path(path)
-    if not p.is_file():
-        raise UserError(f"{p}: config file not found.")
-    try:
-        d = yaml.safe_load(p.read_text())
-    except yaml.YAMLError as e:
-        raise UserError(f"{p}: not valid YAML ({e}).") from None
+    d = read_yaml_file(p)  # size- and alias-limited (data_pipeline/safe_yaml.py)
     if d is not None and not isinstance(d, dict):
         raise UserError(f"{p}: expected a mapping with sections {list(SECTIONS)}.")
     return d or {}

@@ -17,9 +17,19 @@ TINY_RESNET = "resnet10.safetensors"
 SPECIAL = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
 
 
-def make_tiny_pretrained(out: str | Path, seed: int = 0, dropout: float = 0.1) -> dict[str, Path]:
+def _refuse_overwrite(paths: list[Path]) -> None:
+    there = [str(p) for p in paths if p.exists()]
+    if there:
+        raise UserError(f"{', '.join(there)}: already there. Pass --overwrite to replace, or choose another directory.")
+
+
+def make_tiny_pretrained(out: str | Path, seed: int = 0, dropout: float = 0.1, overwrite: bool = False) -> dict[str, Path]:
     """A tiny BERT in Hugging Face format (config.json, vocab.txt, model.safetensors) and a tiny ResNet
     state dict, loaded by exactly the same code as the real ones."""
+    if Path(out).exists() and not Path(out).is_dir():
+        raise UserError(f"{out}: is a file; give a directory.")
+    if not overwrite:
+        _refuse_overwrite([Path(out) / TINY_BERT, Path(out) / TINY_RESNET])
     from transformers import BertConfig, BertModel, BertTokenizerFast
     from transformers.utils import logging as hf_logging
 
@@ -47,9 +57,14 @@ def make_tiny_pretrained(out: str | Path, seed: int = 0, dropout: float = 0.1) -
     return {"text_model": bert_dir, "image_weights": out / TINY_RESNET}
 
 
-def fetch_pretrained(out: str | Path = "pretrained", what: tuple[str, ...] = ("bert", "resnet50")) -> list[Path]:
+def fetch_pretrained(out: str | Path = "pretrained", what: tuple[str, ...] = ("bert", "resnet50"),
+                     overwrite: bool = False) -> list[Path]:
     """Download bert-base-uncased and torchvision's ResNet-50 ImageNet weights (needs internet)."""
     out = Path(out)
+    if out.exists() and not out.is_dir():
+        raise UserError(f"{out}: is a file; give a directory.")
+    if not overwrite:
+        _refuse_overwrite([out / n for w, n in (("bert", "bert-base-uncased"), ("resnet50", "resnet50.safetensors")) if w in what])
     out.mkdir(parents=True, exist_ok=True)
     written = []
     if "bert" in what:

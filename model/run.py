@@ -3,13 +3,14 @@ from __future__ import annotations
 
 import csv
 import json
+import math
 import sys
 from pathlib import Path
 
 import numpy as np
 from tqdm import tqdm
 
-from data_pipeline.dataset import check_data_dir, read_rows, stratified_split
+from data_pipeline.dataset import SPLIT_FILES, check_data_dir, read_rows, split_problem, stratified_split
 from data_pipeline.errors import UserError
 from data_pipeline.labels import LABELS
 from data_pipeline.preprocess import Prepared, prepare
@@ -22,6 +23,54 @@ from .fusion import FusionClassifier
 from .train import Split, Trainer, predict_proba
 
 LAST_CHECKPOINT = "checkpoint"  # inside a run directory: the last epoch's full state, for --resume
+# Settings `train --resume` may change: they do not change what the epochs so far computed (how many more epochs,
+# when to stop, where and how fast to run, where the cache is). data.data_dir may change when the data's content
+# is the same (a moved dataset). Any other difference is refused: the new value would not reach the restored
+# optimizer/scheduler state, or would mix two trainings in one history.
+RESUME_MAY_CHANGE = ("train.epochs", "train.patience", "train.device", "train.precision", "train.compile",
+                     "train.num_threads", "data.data_dir", "data.cache_dir", "data.skip_bad")
+
+
+def check_out_dir(out: Path, *, resume: bool = False, overwrite: bool = False) -> None:
+    """A run directory is written only when new, resumed, or replaced on purpose (--overwrite)."""
+    if out.exists() and not out.is_dir():
+        raise UserError(f"--out {out}: is a file; give a directory for the run.")
+    holds_run = out.is_dir() and any((out / f).exists() for f in (ckpt.WEIGHTS, ckpt.CONFIG, LAST_CHECKPOINT))
+    if holds_run and not (resume or overwrite):
+        raise UserError(f"--out {out}: already holds a training run. Pass --resume to continue it, --overwrite to "
+                        "replace it, or choose another directory.")
+
+
+def check_resume(cfg: Config, out: Path) -> Config:
+    """Refuse to resume with settings that shaped the training so far changed; returns the checkpoint's config."""
+    ck = out / LAST_CHECKPOINT
+    if not (ck / ckpt.STATE).is_file() or not (ck / ckpt.CONFIG).is_file():
+        raise UserError(f"{out}: no checkpoint to resume from ({ck} is missing or incomplete).")
+    old, _ = load_config(ck / ckpt.CONFIG)
+    before, now = old.to_dict(), cfg.to_dict()
+    changed = [f"{sec}.{k}: {before[sec][k]!r} in the checkpoint, {now[sec][k]!r} now"
+               for sec in now for k in now[sec] if now[sec][k] != before[sec][k] and f"{sec}.{k}" not in RESUME_MAY_CHANGE]
+    if changed:
+        raise UserError(f"{out}: cannot resume with other settings than the checkpoint's ({'; '.join(changed)}). "
+                        "They shaped the epochs already trained; drop those flags to resume, or train into a new "
+                        f"--out. Settings that may change on resume: {', '.join(RESUME_MAY_CHANGE)}.")
+    return old
+
+
+def check_resume_data(out: Path, data: Split, data_dir: str) -> None:
+    import json
+
+    f = out / ckpt.DATA
+    if not f.is_file():
+        return  # a run from before data.json existed: its config's data_dir was compared already
+    try:
+        was = json.loads(f.read_text())["data_fingerprint"]
+    except (ValueError, KeyError, TypeError):
+        raise UserError(f"{f}: unreadable; it records the data this run trained on. Train into a new --out.") from None
+    if was != data.train.fingerprint:
+        raise UserError(f"{out}: the data changed since this run started (it trained on {json.loads(f.read_text()).get('data_dir')}, "
+                        f"fingerprint {was[:12]}; {data_dir} is {data.train.fingerprint[:12]}): resuming would mix two "
+                        "datasets in one history. Train into a new --out.")
 
 
 def prepare_split(cfg: Config, split: str, log=print, progress: bool = True) -> Prepared:
@@ -33,6 +82,9 @@ def prepare_split(cfg: Config, split: str, log=print, progress: bool = True) -> 
 def load_train_val(cfg: Config, log=print, progress: bool = True) -> Split:
     full = prepare_split(cfg, "train", log, progress)
     tr, va = stratified_split(np.asarray(full.guids), np.asarray(full.labels), cfg.data.val_fraction, cfg.data.split_seed)
+    problem = split_problem(tr, va, cfg.data.val_fraction)
+    if problem:  # an empty val set reported val_loss 0.0 and won searches
+        raise UserError(f"{Path(cfg.data.data_dir) / SPLIT_FILES['train']}: {len(full)} usable labelled rows; {problem}")
     return Split(full.subset(tr), full.subset(va))
 
 
@@ -55,24 +107,39 @@ def write_metrics(history: list[dict], out: Path) -> None:
         w.writerows(history)
 
 
-def train_run(cfg: Config, out: str | Path, *, resume: bool = False, log=print, progress: bool = True,
-              data: Split | None = None) -> list[dict]:
-    """Train and write out/: model.safetensors (best val-loss epoch), config.yaml, metrics.json/.csv,
+def train_run(cfg: Config, out: str | Path, *, resume: bool = False, overwrite: bool = False, log=print,
+              progress: bool = True, data: Split | None = None) -> list[dict]:
+    """Train and write out/: model.safetensors (best val-loss epoch), config.yaml, data.json, metrics.json/.csv,
     curves.png, and checkpoint/ (last epoch's full state, for --resume)."""
+    import json
+
     from .plots import plot_curves
 
     out = Path(out)
+    check_out_dir(out, resume=resume, overwrite=overwrite)
+    if resume:
+        check_resume(cfg, out)
     if data is None:
         check_data_dir(cfg.data.data_dir)
         check_backbones(cfg.model)
         data = load_train_val(cfg, log, progress)
-    out.mkdir(parents=True, exist_ok=True)
+    if resume:
+        check_resume_data(out, data, cfg.data.data_dir)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise UserError(f"--out {out}: cannot create the run directory ({e.strerror}).") from None
     trainer = Trainer(cfg, data)
     if resume:
-        if not (out / LAST_CHECKPOINT / ckpt.STATE).is_file():
-            raise UserError(f"{out}: no checkpoint to resume from ({out / LAST_CHECKPOINT} is missing).")
-        trainer.load_checkpoint(out / LAST_CHECKPOINT)
+        try:
+            trainer.load_checkpoint(out / LAST_CHECKPOINT)
+        except (RuntimeError, KeyError, ValueError) as e:  # tensors of other shapes, a foreign state file
+            raise UserError(f"{out / LAST_CHECKPOINT}: does not fit this model ({str(e).splitlines()[0][:200]}); "
+                            "train into a new --out.") from None
         log(f"resumed from {out / LAST_CHECKPOINT} after epoch {trainer.epoch}")
+    else:
+        (out / ckpt.DATA).write_text(json.dumps({"data_dir": str(cfg.data.data_dir),
+                                                 "data_fingerprint": data.train.fingerprint}) + "\n")
     save_config(cfg, out / ckpt.CONFIG)
     log(f"training {cfg.model.modality} on {len(data.train)} samples, validating on {len(data.val)}, device {trainer.device}")
     bar = tqdm(total=len(data.train) * cfg.train.epochs, initial=len(data.train) * trainer.epoch, unit="sample",
@@ -86,9 +153,12 @@ def train_run(cfg: Config, out: str | Path, *, resume: bool = False, log=print, 
     bar.close()
     if trainer.best_state is None:
         raise UserError(f"{out}: no epoch was trained (train.epochs is {cfg.train.epochs}, checkpoint at epoch {trainer.epoch}).")
+    if not any(math.isfinite(h[M.VAL_LOSS]) for h in trainer.history):
+        raise UserError(f"{out}: the validation loss was never a finite number ({trainer.history[-1][M.VAL_LOSS]}); "
+                        "no epoch can be the best. Lower train.lr or check the data.")
     ckpt.save_weights(trainer.best_state, out / ckpt.WEIGHTS)
     plot_curves(trainer.history, out / "curves.png", title=f"{cfg.model.modality} ({cfg.model.complexity}, lr {cfg.train.lr:g}, batch {cfg.train.batch_size})")
-    best = min(trainer.history, key=lambda h: h[M.VAL_LOSS])
+    best = min((h for h in trainer.history if math.isfinite(h[M.VAL_LOSS])), key=lambda h: h[M.VAL_LOSS])
     log(f"best epoch {best[M.EPOCH]}: val_loss {best[M.VAL_LOSS]:.4f}, val_acc {best[M.VAL_ACC]:.4f}; model in {out / ckpt.WEIGHTS}")
     return trainer.history
 
@@ -98,21 +168,45 @@ def load_trained(run_dir: str | Path) -> tuple[FusionClassifier, Config]:
     if not (run / ckpt.WEIGHTS).is_file() or not (run / ckpt.CONFIG).is_file():
         raise UserError(f"{run}: not a trained model directory (needs {ckpt.WEIGHTS} and {ckpt.CONFIG}; made by `mmsa train`).")
     cfg, _ = load_config(run / ckpt.CONFIG)
+    weights = ckpt.load_weights(run / ckpt.WEIGHTS)  # a cut or foreign file is refused before the backbones load
+    check_backbones(cfg.model)
     model = FusionClassifier(cfg.model)
-    model.load_state_dict(ckpt.load_weights(run / ckpt.WEIGHTS))
+    try:
+        model.load_state_dict(weights)
+    except RuntimeError as e:  # another complexity, modality or backbone than config.yaml says
+        raise UserError(f"{run / ckpt.WEIGHTS}: does not fit the model {run / ckpt.CONFIG} describes (complexity "
+                        f"{cfg.model.complexity}, modality {cfg.model.modality}, {cfg.model.image_arch}): "
+                        f"{str(e).splitlines()[0][:200]} ... The two files come from different runs; keep a run "
+                        "directory's files together.") from None
     return model, cfg
 
 
+def check_out_file(out: Path, overwrite: bool) -> None:
+    if out.is_dir():
+        raise UserError(f"--out {out}: is a directory; give a file name, e.g. {out / 'predictions.txt'}.")
+    if not out.parent.is_dir():
+        raise UserError(f"--out {out}: folder {out.parent} does not exist; create it first.")
+    if out.exists() and not overwrite:
+        raise UserError(f"--out {out}: already exists. Pass --overwrite to replace it, or choose another file.")
+
+
 def predict_run(run_dir: str | Path, data_dir: str | Path | None, out: str | Path | None = None, probs: bool = False,
-                log=print, progress: bool = True) -> Path:
+                log=print, progress: bool = True, skip_bad: bool | None = None, overwrite: bool = False) -> Path:
     """Write predictions.txt (guid,tag in the test file's order) and optionally probabilities.csv."""
+    out = Path(out) if out else Path(run_dir) / "predictions.txt"
+    if Path(run_dir).is_dir():
+        check_out_file(out, overwrite)
+        if probs:
+            check_out_file(out.with_name("probabilities.csv"), overwrite)
     model, cfg = load_trained(run_dir)
-    if data_dir is not None:
-        cfg = cfg.with_overrides({"data.data_dir": str(data_dir)})
+    flat = {} if data_dir is None else {"data.data_dir": str(data_dir)}
+    if skip_bad is not None:
+        flat["data.skip_bad"] = skip_bad
+    if flat:
+        cfg = cfg.with_overrides(flat, source="command line")
     test = prepare_split(cfg, "test", log, progress)
     p = predict_proba(model, test, batch_size=cfg.train.batch_size, device=cfg.train.device, precision=cfg.train.precision)
     by_guid = {g: i for i, g in enumerate(np.asarray(test.guids))}
-    out = Path(out) if out else Path(run_dir) / "predictions.txt"
     rows = [r.guid for r in read_rows(cfg.data.data_dir, "test")]
     lines = ["guid,tag"]
     for g in rows:  # skipped (bad) samples have no prediction: the file says so instead of dropping the row
@@ -128,18 +222,24 @@ def predict_run(run_dir: str | Path, data_dir: str | Path | None, out: str | Pat
     return out
 
 
-def ablate_run(cfg: Config, out: str | Path, log=print, progress: bool = True) -> list[dict]:
+def ablate_run(cfg: Config, out: str | Path, log=print, progress: bool = True, overwrite: bool = False) -> list[dict]:
     """Train text-only, image-only and fusion with the same settings; write ablation.csv/.md and ablation.png."""
     from .plots import plot_ablation
 
     out = Path(out)
+    if out.exists() and not out.is_dir():
+        raise UserError(f"--out {out}: is a file; give a directory for the ablation.")
+    for modality in ("text", "image", "fusion"):
+        check_out_dir(out / modality, overwrite=overwrite)
+    if (out / "ablation.md").exists() and not overwrite:
+        raise UserError(f"--out {out}: already holds an ablation. Pass --overwrite to replace it, or choose another directory.")
     check_data_dir(cfg.data.data_dir)
     check_backbones(cfg.with_overrides({"model.modality": "fusion"}).model)  # all three runs' files, before any
     data = load_train_val(cfg, log, progress)
     results, histories = [], {}
     for modality in ("text", "image", "fusion"):
         sub = cfg.with_overrides({"model.modality": modality})
-        histories[modality] = train_run(sub, out / modality, log=log, progress=progress, data=data)
+        histories[modality] = train_run(sub, out / modality, log=log, progress=progress, data=data, overwrite=overwrite)
         release_gpu_memory()  # the lab ran out of GPU memory when runs followed each other in one process
         best = min(histories[modality], key=lambda h: h[M.VAL_LOSS])
         results.append({"modality": modality, M.BEST_EPOCH: best[M.EPOCH], M.VAL_LOSS: best[M.VAL_LOSS],

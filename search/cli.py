@@ -6,9 +6,8 @@ import argparse
 import sys
 from pathlib import Path
 
-import yaml
-
 from data_pipeline.errors import UserError
+from data_pipeline.safe_yaml import load_yaml_text
 
 from .cli_flags import add_config_flags, config_flags
 
@@ -19,7 +18,7 @@ def _overrides(args) -> dict:
         key, eq, value = item.partition("=")
         if not eq:
             raise UserError(f"--set {item!r}: expected KEY=VALUE, e.g. --set train.lr=1e-5")
-        flat[key.strip()] = yaml.safe_load(value)
+        flat[key.strip()] = load_yaml_text(value, f"--set {key.strip()}")
     flat.update(config_flags(args))
     return flat
 
@@ -51,8 +50,11 @@ def _add_run_options(p: argparse.ArgumentParser) -> None:
 # ---- handlers -----------------------------------------------------------------------------------------------
 def cmd_check_data(args) -> int:
     from data_pipeline.check import check_data
+    from model.config import Config
 
-    report, usable = check_data(args.dir, args.val_fraction, args.split_seed)
+    d = Config().with_overrides({"data.val_fraction": args.val_fraction, "data.split_seed": args.split_seed},
+                                source="command line").data  # the same ranges as training's
+    report, usable = check_data(args.dir, d.val_fraction, d.split_seed)
     print(report)
     return 0 if usable else 1
 
@@ -60,7 +62,10 @@ def cmd_check_data(args) -> int:
 def cmd_make_demo_data(args) -> int:
     from data_pipeline.demo_data import make_demo_data
 
-    s = make_demo_data(args.dir, n=args.n, seed=args.seed, corrupt=args.corrupt)
+    if args.n < 1 or args.seed < 0 or not 0 <= args.corrupt <= args.n:
+        raise UserError(f"--n {args.n}, --seed {args.seed}, --corrupt {args.corrupt}: need n >= 1, seed >= 0 and "
+                        "0 <= corrupt <= n.")
+    s = make_demo_data(args.dir, n=args.n, seed=args.seed, corrupt=args.corrupt, overwrite=args.overwrite)
     print(f"wrote demo dataset to {args.dir}: train {s['train']}, test {s['test']} rows"
           + (f", broken pictures {s['broken']}" if s["broken"] else ""))
     return 0
@@ -69,7 +74,7 @@ def cmd_make_demo_data(args) -> int:
 def cmd_make_tiny_pretrained(args) -> int:
     from model.pretrained import make_tiny_pretrained
 
-    paths = make_tiny_pretrained(args.dir)
+    paths = make_tiny_pretrained(args.dir, overwrite=args.overwrite)
     print(f"tiny BERT: {paths['text_model']}\ntiny ResNet (resnet10) weights: {paths['image_weights']}\n"
           f"use them with: --set model.text_model={paths['text_model']} --set model.image_arch=resnet10 "
           f"--set model.image_weights={paths['image_weights']}")
@@ -79,7 +84,7 @@ def cmd_make_tiny_pretrained(args) -> int:
 def cmd_fetch_pretrained(args) -> int:
     from model.pretrained import fetch_pretrained
 
-    for p in fetch_pretrained(args.dir, tuple(args.only or ("bert", "resnet50"))):
+    for p in fetch_pretrained(args.dir, tuple(args.only or ("bert", "resnet50")), overwrite=args.overwrite):
         print(f"wrote {p}")
     return 0
 
@@ -88,7 +93,7 @@ def cmd_train(args) -> int:
     from model.run import train_run
 
     cfg = _run_config(args)
-    train_run(cfg, args.out, resume=args.resume, progress=not args.quiet)
+    train_run(cfg, args.out, resume=args.resume, overwrite=args.overwrite, progress=not args.quiet)
     print(f"results in {args.out}: model.safetensors, config.yaml, metrics.json, metrics.csv, curves.png")
     return 0
 
@@ -96,14 +101,15 @@ def cmd_train(args) -> int:
 def cmd_predict(args) -> int:
     from model.run import predict_run
 
-    predict_run(args.model, args.data, args.out, probs=args.probs, progress=not args.quiet)
+    predict_run(args.model, args.data, args.out, probs=args.probs, progress=not args.quiet,
+                skip_bad=args.skip_bad or None, overwrite=args.overwrite)
     return 0
 
 
 def cmd_ablate(args) -> int:
     from model.run import ablate_run
 
-    ablate_run(_run_config(args), args.out, progress=not args.quiet)
+    ablate_run(_run_config(args), args.out, progress=not args.quiet, overwrite=args.overwrite)
     print(f"ablation table: {Path(args.out) / 'ablation.md'}, plot: {Path(args.out) / 'ablation.png'}")
     return 0
 
@@ -118,7 +124,7 @@ def cmd_demo(args) -> int:
 def cmd_search(args) -> int:
     import dataclasses
 
-    from model.config import build_section
+    from model.config import DataConfig, build_section
 
     from . import experiment
     from .space import SearchConfig, load_spec
@@ -126,6 +132,8 @@ def cmd_search(args) -> int:
 
     spec = load_spec(args.space)
     flags = config_flags(args)
+    if "data.data_dir" not in flags and spec.fixed.data.data_dir == DataConfig().data_dir:
+        raise UserError("no data: pass --data DIR, or set data_dir in the space file's fixed: data: section.")
     spec.fixed = spec.fixed.with_overrides({k: v for k, v in flags.items() if not k.startswith("search.")},
                                            source="command line")
     search = {k.split(".", 1)[1]: v for k, v in flags.items() if k.startswith("search.")}
@@ -227,7 +235,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--optuna-storage", help="e.g. sqlite:///optuna.db, to watch with optuna-dashboard")
     p.add_argument("--verbose", type=int, default=1, choices=(0, 1, 2), help="Ray's status output (0 silent, 1 concise)")
     add_config_flags(p, DataConfig, "data", only=("data_dir", "skip_bad"), aliases={"data_dir": "data"},
-                     required=("data_dir",), title="data (fixed for every trial)")
+                     title="data (fixed for every trial; --data may instead be the space file's fixed: data: data_dir)")
     add_config_flags(p, SearchConfig, "search", title="search: settings (override the space file's search: section)")
     p.set_defaults(fn=cmd_search)
 
@@ -265,21 +273,25 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--n", type=int, default=400, help="labelled rows (a test file of n/8 rows is written too)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--corrupt", type=int, default=0, metavar="K", help="break K pictures (missing, zero-byte, truncated, not an image)")
+    p.add_argument("--overwrite", action="store_true", help="write into a directory that is not empty")
     p.set_defaults(fn=cmd_make_demo_data)
 
     p = sub.add_parser("make-tiny-pretrained", help="write a tiny random BERT and ResNet for dry runs without downloads")
     p.add_argument("dir", type=Path)
+    p.add_argument("--overwrite", action="store_true", help="replace tiny models already there")
     p.set_defaults(fn=cmd_make_tiny_pretrained)
 
     p = sub.add_parser("fetch-pretrained", help="download bert-base-uncased and ResNet-50 weights into pretrained/ (needs internet)")
     p.add_argument("dir", type=Path, nargs="?", default=Path("pretrained"))
     p.add_argument("--only", action="append", choices=("bert", "resnet50"), help="fetch only this one")
+    p.add_argument("--overwrite", action="store_true", help="replace weights already there")
     p.set_defaults(fn=cmd_fetch_pretrained)
 
     p = sub.add_parser("train", help="train one model; writes weights, metrics and curves")
     _add_run_options(p)
     p.add_argument("--out", type=Path, required=True, help="run directory, e.g. runs/final")
     p.add_argument("--resume", action="store_true", help="continue from OUT/checkpoint (the last finished epoch)")
+    p.add_argument("--overwrite", action="store_true", help="replace a run already in OUT")
     p.set_defaults(fn=cmd_train)
 
     p = sub.add_parser("predict", help="predict the test file with a trained model; writes predictions.txt")
@@ -287,12 +299,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--data", type=Path, help="dataset directory (default: the one the model was trained on)")
     p.add_argument("--out", type=Path, help="output file (default MODEL/predictions.txt)")
     p.add_argument("--probs", action="store_true", help="also write probabilities.csv beside it")
+    p.add_argument("--skip-bad", action="store_true", help="predict `null` for test samples whose files cannot be read")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing output file")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.set_defaults(fn=cmd_predict)
 
     p = sub.add_parser("ablate", help="train text-only, image-only and fusion with the same settings and compare")
     _add_run_options(p)
     p.add_argument("--out", type=Path, required=True)
+    p.add_argument("--overwrite", action="store_true", help="replace an ablation already in OUT")
     p.set_defaults(fn=cmd_ablate)
     return ap
 

@@ -50,9 +50,15 @@ def write_meta(exp: str | Path, meta: dict) -> None:
 def read_meta(exp: str | Path) -> dict:
     if not meta_exists(exp):
         raise UserError(f"{exp}: not a search experiment (no {META}; `mmsa search --name NAME` creates ray_results/NAME).")
+    from data_pipeline.safe_yaml import load_yaml_text
+
     fs, path = storage.filesystem(exp)
     with fs.open_input_stream(f"{path}/{META}") as f:
-        return yaml.safe_load(f.read().decode())
+        meta = load_yaml_text(f.read().decode(errors="replace"), f"{exp}/{META}")
+    if not isinstance(meta, dict) or not isinstance(meta.get("spec"), dict):
+        raise UserError(f"{exp}/{META}: not the metadata `mmsa search` writes (cut or edited by hand); the search "
+                        "cannot be read without it.")
+    return meta
 
 
 def ever_ran(exp: str | Path) -> bool:

@@ -2,29 +2,44 @@
 for the best epoch count unless told otherwise."""
 from __future__ import annotations
 
+import dataclasses
 import json
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
-from data_pipeline.errors import UserError
-from model.config import Config, load_config, save_config
-
 from data_pipeline.atomic import write_file
+from data_pipeline.errors import UserError
+from model.config import Config, build_section, load_config, opt, save_config
 
 from . import storage
 from .checkpoint_retention import METRICS_FILE, PIN_FILE
 from .experiment import read_meta
 from .lock import describe, holder, read_lease
+from .results import best_trial
+from .schema import CHECKPOINT_DIR_NAME, M
 
 
 def search_running(exp_dir: str | Path) -> str | None:
     """Who is running the search now (`mmsa search`/`resume` holding its lease), or None."""
     lease = holder(read_lease(storage.normalize(exp_dir)))
     return describe(lease) if lease else None
-from .results import best_trial
-from .schema import CHECKPOINT_DIR_NAME, M
+
 
 SECTION = "search"  # the export's provenance section beside data:/model:/train:
+
+
+@dataclass
+class ExportSection:
+    """The `search:` section of an export file, checked like the run config when read back (it may be hand-edited)."""
+
+    experiment: str = opt("", "the search's experiment directory")
+    trial_id: str = opt("", "the best trial")
+    best_epoch: int = opt(0, "the best trial's best epoch; `mmsa train --config` trains this many epochs", lo=0, hi=1000)
+    metrics: dict = opt(None, "the best epoch's validation metrics")
+    checkpoint: str | None = opt(None, "the best epoch's checkpoint, while the search keeps it")
+    data_dir: str = opt("", "the data the search ran on")
+    data_fingerprint: str = opt("", "hash of that data; training on other data is refused without --allow-other-data")
 
 
 def export_best(exp_dir: str | Path, out: str | Path) -> dict:
@@ -58,7 +73,7 @@ def load_run_config(path: str | Path, overrides: dict | None = None, *, allow_ot
     set train.epochs) and only on the data it was searched on (unless allow_other_data)."""
     cfg, extras = load_config(path, extra_sections=(SECTION,))
     flat = dict(overrides or {})
-    exported = extras.get(SECTION) or {}
+    exported = dataclasses.asdict(build_section(ExportSection, extras.get(SECTION) or {}, f"{path}: {SECTION}"))
     if exported.get("best_epoch") and "train.epochs" not in flat:
         flat["train.epochs"] = int(exported["best_epoch"])
     cfg = cfg.with_overrides(flat, source=source) if flat else cfg

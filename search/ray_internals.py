@@ -186,21 +186,41 @@ def intermediate_values(ot_trial) -> dict[int, float]:
 
 
 def relocate_new_trials_on_restore() -> None:
-    """A restored search creates its not-yet-started trials from the experiment spec pickled in Ray's search state,
+    """(1) A restored search creates its not-yet-started trials from the experiment spec pickled in Ray's search state,
     whose storage still names the directory the search was started in: resuming a copy wrote new trials into the
     original, and after a move they failed ("Unable to set up cluster storage" naming the old path). Ray already
     re-points restored trials at the directory being resumed (TuneController._restore_trials); do the same for the
-    spec new trials come from, right after TuneController.resume. Idempotent."""
+    spec new trials come from, right after TuneController.resume.
+    (2) The driver's staging folder is keyed by the experiment's name and its original start time, which restored
+    trials bring back (in _restore_trials), so a copy resumed earlier in the same Ray session (or on a long-lived
+    cluster) left its newer state files and its trials' result folders there; Ray would upload them into this
+    experiment and restore the searcher from them. Empty the folder as soon as it is known, before Ray syncs it
+    either way: a resume in a fresh Ray session starts from an empty one too. Idempotent."""
     import copy
+    from pathlib import Path
 
     try:
         from ray.tune.execution.tune_controller import TuneController
 
-        resume = TuneController.resume
+        resume, restore_trials = TuneController.resume, TuneController._restore_trials
     except (ImportError, AttributeError) as e:
-        raise _moved("TuneController.resume", "resume a moved or copied experiment", str(e)) from None
+        raise _moved("TuneController.resume / _restore_trials", "resume a moved or copied experiment", str(e)) from None
     if getattr(resume, "_mmsa", False):
         return
+
+    def patched_restore_trials(self, *args, **kwargs):
+        trials = restore_trials(self, *args, **kwargs)
+        try:
+            staging = Path(self._storage.experiment_driver_staging_path)
+        except AttributeError as e:
+            raise _moved("TuneController._storage.experiment_driver_staging_path", "resume a copied experiment",
+                         str(e)) from None
+        if staging.is_dir():  # as empty as in a fresh Ray session, where resume always starts
+            import shutil
+
+            for f in staging.iterdir():
+                shutil.rmtree(f) if f.is_dir() and not f.is_symlink() else f.unlink()
+        return trials
 
     def patched(self, *args, **kwargs):
         resume(self, *args, **kwargs)
@@ -220,3 +240,4 @@ def relocate_new_trials_on_restore() -> None:
 
     patched._mmsa = True
     TuneController.resume = patched
+    TuneController._restore_trials = patched_restore_trials

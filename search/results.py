@@ -6,6 +6,7 @@ needs no running Ray and works on a copy of the experiment directory.
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -30,7 +31,9 @@ class TrialSummary:
 
     @property
     def best(self) -> dict | None:
-        return min(self.results, key=lambda r: r[M.VAL_LOSS]) if self.results else None
+        # A nan or inf val_loss is never "best" (nan compares false with everything, so min() could pick it).
+        finite = [r for r in self.results if isinstance(r.get(M.VAL_LOSS), (int, float)) and math.isfinite(r[M.VAL_LOSS])]
+        return min(finite, key=lambda r: r[M.VAL_LOSS]) if finite else None
 
     @property
     def epochs(self) -> list[int]:
@@ -133,7 +136,7 @@ def status_table(exp_dir: str | Path) -> str:
 
 
 def best_trial(exp_dir: str | Path) -> TrialSummary:
-    usable = [t for t in load_trials(exp_dir) if t.state != "ERROR" and t.results]
+    usable = [t for t in load_trials(exp_dir) if t.state != "ERROR" and t.best is not None]
     if not usable:
         raise UserError(f"{exp_dir}: no trial has reported a result yet (errored trials are ignored); see `mmsa status {exp_dir}`.")
     return min(usable, key=lambda t: t.best[M.VAL_LOSS])

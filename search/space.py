@@ -88,9 +88,11 @@ def _check_value(fixed: Config, key: str, value, where: str) -> None:
 
 
 def parse_spec(d: dict, source: str) -> SearchSpec:
+    if not isinstance(d, dict):
+        raise UserError(f"{source}: expected a mapping with keys {', '.join(TOP_KEYS)}.")
     unknown = set(d) - set(TOP_KEYS)
     if unknown:
-        raise UserError(f"{source}: unknown key(s) {sorted(unknown)}; expected {', '.join(TOP_KEYS)}.")
+        raise UserError(f"{source}: unknown key(s) {sorted(str(k)[:40] for k in unknown)}; expected {', '.join(TOP_KEYS)}.")
     fixed = Config.from_dict(d.get("fixed") or {}, f"{source}: fixed")
     search = build_section(SearchConfig, d.get("search") or {}, f"{source}: search")
     space_d = d.get("space") or {}
@@ -133,9 +135,9 @@ def parse_spec(d: dict, source: str) -> SearchSpec:
 
 def load_spec(path: str | Path | None) -> SearchSpec:
     if path is None:
-        import yaml
+        from data_pipeline.safe_yaml import load_yaml_text
 
-        return parse_spec(yaml.safe_load(default_space_yaml()), "default space")
+        return parse_spec(load_yaml_text(default_space_yaml(), "default space"), "default space")
     return parse_spec(read_yaml(path), str(path))
 
 

@@ -13,7 +13,7 @@ import pytest
 from search import experiment
 from search.checkpoint_retention import PIN_FILE
 from search.cli import main
-from search.results import load_trials
+from search.results import load_trials, status_table
 from search.state_backup import BACKUP_DIR
 from searchproc import kill_group, result_rows, start, wait_rows, write_space
 
@@ -102,7 +102,7 @@ def test_killed_search_resumes_copied_and_moved_and_refuses_foreign_state(tmp_pa
     moved = tmp_path / "elsewhere" / "mv"
     moved.parent.mkdir()
     exp.rename(moved)
-    assert main(["resume", str(moved), "--verbose", "0"]) == 0
+    assert main(["resume", str(moved), "--verbose", "0"]) == 0, status_table(moved)
     assert _all_finished(moved, 3)
     assert not exp.exists()
 
@@ -120,12 +120,15 @@ def test_killed_search_resumes_copied_and_moved_and_refuses_foreign_state(tmp_pa
 
 
 def test_search_that_never_started_a_trial_can_be_started_again(tmp_path, demo_cfg):
+    import yaml
+
     exp = tmp_path / "rr" / "again"
-    experiment.write_meta(exp, {"name": "again"})  # what Ctrl-C during start-up left behind
+    space = _space(tmp_path, demo_cfg, epochs=1)
+    experiment.write_meta(exp, {"name": "again", "spec": yaml.safe_load(space.read_text())})  # Ctrl-C at start-up
     (exp / "tuner.pkl").write_bytes(b"")
     r = _cli("resume", str(exp))
     assert r.returncode == 2 and "stopped before its first trial started" in r.stderr and "--name again" in r.stderr
-    r = _cli(*_search(demo_cfg, _space(tmp_path, demo_cfg, epochs=1), tmp_path / "rr", "again", 1))
+    r = _cli(*_search(demo_cfg, space, tmp_path / "rr", "again", 1))
     assert r.returncode == 0, r.stderr[-2000:]
     assert "never ran a trial; starting it again" in r.stdout and _all_finished(exp, 1)
 
