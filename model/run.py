@@ -99,7 +99,8 @@ def release_gpu_memory() -> None:
         torch.cuda.empty_cache()
 
 
-def write_metrics(history: list[dict], out: Path) -> None:
+def write_history(history: list[dict], out: Path) -> None:
+    """metrics.json and metrics.csv of a training run: one row per epoch (model/metrics.py names)."""
     (out / "metrics.json").write_text(json.dumps(history, indent=1))
     with open(out / "metrics.csv", "w", newline="") as f:
         w = csv.DictWriter(f, fieldnames=list(M.EPOCH_METRICS))
@@ -149,7 +150,7 @@ def train_run(cfg: Config, out: str | Path, *, resume: bool = False, overwrite: 
         bar.set_postfix({k: f"{row[k]:.4g}" for k in (M.TRAIN_LOSS, M.VAL_LOSS, M.VAL_ACC)})
         log(f"epoch {row[M.EPOCH]}: " + ", ".join(f"{k} {row[k]:.4g}" for k in M.EPOCH_METRICS if k != M.EPOCH))
         trainer.save_checkpoint(out / LAST_CHECKPOINT, include_best=True)
-        write_metrics(trainer.history, out)
+        write_history(trainer.history, out)
     bar.close()
     if trainer.best_state is None:
         raise UserError(f"{out}: no epoch was trained (train.epochs is {cfg.train.epochs}, checkpoint at epoch {trainer.epoch}).")
@@ -181,13 +182,13 @@ def load_trained(run_dir: str | Path) -> tuple[FusionClassifier, Config]:
     return model, cfg
 
 
-def check_out_file(out: Path, overwrite: bool) -> None:
+def check_out_file(out: Path, overwrite: bool, flag: str = "--out") -> None:
     if out.is_dir():
-        raise UserError(f"--out {out}: is a directory; give a file name, e.g. {out / 'predictions.txt'}.")
+        raise UserError(f"{flag} {out}: is a directory; give a file name, e.g. {out / 'predictions.txt'}.")
     if not out.parent.is_dir():
-        raise UserError(f"--out {out}: folder {out.parent} does not exist; create it first.")
+        raise UserError(f"{flag} {out}: folder {out.parent} does not exist; create it first.")
     if out.exists() and not overwrite:
-        raise UserError(f"--out {out}: already exists. Pass --overwrite to replace it, or choose another file.")
+        raise UserError(f"{flag} {out}: already exists. Pass --overwrite to replace it, or choose another file.")
 
 
 def predict_run(run_dir: str | Path, data_dir: str | Path | None, out: str | Path | None = None, probs: bool = False,

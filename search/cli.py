@@ -194,8 +194,11 @@ def cmd_report(args) -> int:
 
 
 def cmd_export(args) -> int:
+    from model.run import check_out_file
+
     from .export import export_best, search_running
 
+    check_out_file(args.output, args.overwrite, flag="--output")
     info = export_best(args.experiment, args.output)
     running = search_running(args.experiment)
     m = info["metrics"]
@@ -260,6 +263,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("export", help="write the best trial's config (best epoch, metrics, checkpoint) as YAML")
     p.add_argument("experiment", type=str)
     p.add_argument("-o", "--output", type=Path, default=Path("best.yaml"))
+    p.add_argument("--overwrite", action="store_true", help="replace OUTPUT if it exists")
     p.set_defaults(fn=cmd_export)
 
     p = sub.add_parser("check-data", help="validate a dataset and describe it (rows, labels, encodings, images, bad files)")

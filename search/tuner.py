@@ -39,6 +39,14 @@ def check_search_args(num_samples, name: str, optuna_storage: str | None) -> Non
         check_new_study(optuna_storage, name)
 
 
+def check_spec(spec: SearchSpec) -> None:
+    """Relations between keys that each passed their own check (flags may override the space file's values)."""
+    s, epochs = spec.search, spec.fixed.train.epochs
+    if s.grace_period > epochs:
+        raise UserError(f"search.grace_period {s.grace_period} is more than train.epochs {epochs}: ASHA could never "
+                        "stop a trial. Lower --grace-period, or raise the epochs in the space file's fixed: section.")
+
+
 def sigterm_like_ctrl_c() -> None:
     """SIGTERM (Slurm, Kubernetes, `timeout`) stops the search the way Ctrl-C does: Ray Tune saves its state and
     returns, and the CLI prints the resume command. Ray's driver installs a SIGTERM handler of its own in ray.init,
@@ -91,6 +99,7 @@ def run_search(spec: SearchSpec, num_samples: int, name: str, storage_dir: str =
     from ray import tune
 
     check_search_args(num_samples, name, optuna_storage)
+    check_spec(spec)
     data_dir = Path(spec.fixed.data.data_dir).resolve()
     spec.fixed = spec.fixed.with_overrides({"data.data_dir": str(data_dir)})
     check_data_dir(data_dir)

@@ -80,6 +80,7 @@ def test_search_refuses_missing_weights_before_ray(demo_cfg, tmp_path, capsys):
     (["--seed", "-1"], "search.seed: -1 must be >= 0"),
     (["--max-concurrent", "-1"], "search.max_concurrent: -1 must be >= 0"),
     (["--optuna-storage", "nosuchdb://x"], "--optuna-storage nosuchdb://x: cannot open it as an Optuna database"),
+    (["--grace-period", "7"], "search.grace_period 7 is more than train.epochs 6: ASHA could never stop a trial"),
 ])
 def test_bad_search_flags_refused_before_anything_is_written(tmp_path, demo_dir, flags, message, capsys):
     from search.cli import main
@@ -108,3 +109,12 @@ def test_two_searches_cannot_share_one_optuna_study(tmp_path, demo_dir, capsys):
                  str(tmp_path / "rr"), "--optuna-storage", url]) == 2
     assert "already holds a study named 'dup'" in capsys.readouterr().err
     assert not (tmp_path / "rr").exists()
+
+
+def test_export_never_overwrites_without_the_flag(tmp_path, capsys):
+    from search.cli import main
+
+    out = tmp_path / "best.yaml"
+    out.write_text("mine")
+    assert main(["export", str(tmp_path / "nowhere"), "-o", str(out)]) == 2
+    assert "--output" in capsys.readouterr().err and out.read_text() == "mine"
