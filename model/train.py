@@ -49,10 +49,10 @@ def autocast(device: torch.device, precision: str):
 
 
 def keep_freed_host_memory() -> bool:
-    """Ask glibc to keep freed memory for reuse instead of returning it to the kernel. By default a block of
-    more than a few MB (a batch of float pictures: 19 MB at 32 x 224 px) is mapped fresh and unmapped on free, so
-    every batch first-touches ~50 MB of new pages: ~200k page faults per 600 pictures, the larger part of the CPU
-    image path's time on a fresh 2-core VM (docs/benchmarks.md). The price: the process keeps its peak size."""
+    """Ask glibc to keep freed memory for reuse instead of returning it to the kernel. By default large blocks
+    (a batch of float pictures: 19 MB at 32 x 224 px) may be mapped fresh and given back on free, so a batch
+    first-touches tens of MB of new pages again: 30k-230k page faults per 600 pictures, 8-15% of the CPU image
+    path's time on a 2-core VM (docs/benchmarks.md). The price: the process keeps its peak size."""
     import ctypes
     import ctypes.util
 
