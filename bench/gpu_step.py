@@ -23,12 +23,12 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from common import ROOT  # noqa: F401  (puts the project on sys.path)
-from data_pipeline.augment import normalize
-from data_pipeline.batches import batch_indices, collate
+from common import machine, spread
+from data_pipeline.batches import collate
 from data_pipeline.preprocess import Prepared
 from model.config import Config
 from model.train import Split, Trainer
+from pure import pure_epoch
 
 # Token lengths of the lab5 sample with the bert-base-uncased vocabulary: percentiles 1..99 (mean 31.8).
 REAL_LENGTHS = [9, 12, 14, 14, 16, 17, 18, 18, 19, 20, 21, 21, 22, 23, 23, 24, 24, 25, 25, 26, 27, 27, 28, 28, 29, 30,
@@ -66,56 +66,36 @@ def make_backbones(tmp: Path, tiny: bool) -> dict:
 def step_flops(trainer: Trainer, batch: dict) -> float:
     from torch.utils.flop_counter import FlopCounterMode
 
-    b = trainer._to_device(batch)
+    b = trainer.to_device(batch)
     with FlopCounterMode(display=False) as fc:
-        loss = F.cross_entropy(trainer._forward(b, train=True, gen=torch.Generator().manual_seed(0)), b["labels"])
+        loss = F.cross_entropy(trainer.forward(b, train=True, gen=torch.Generator().manual_seed(0)), b["labels"])
         loss.backward()
     trainer.optimizer.zero_grad(set_to_none=True)
     return float(fc.get_total_flops())
 
 
-def sync(dev):
-    if dev.type == "cuda":
-        torch.cuda.synchronize()
-
-
-def bench_batch(backbones: dict, bs: int, steps: int, image_size: int, compile_: bool, precision: str = "auto") -> dict:
+def bench_batch(backbones: dict, bs: int, steps: int, image_size: int, compile_: bool, precision: str = "auto",
+                repeats: int = 3) -> dict:
     n = bs * steps
     data = synthetic(n, 30522 if "bert-base" in backbones["text_model"] else 100, image_size)
     cfg = Config.from_dict({"data": {"image_size": image_size}, "model": {**backbones, "complexity": "high"},
                                "train": {"batch_size": bs, "lr": 1e-5, "compile": compile_, "precision": precision,
                                          "hflip": 0.5, "rotation": 10}})
     trainer = Trainer(cfg, Split(data, data.subset(np.arange(min(n, bs)))))
-    dev = trainer.device
     first = collate(data, np.arange(bs))
     flops_per_sample = step_flops(trainer, first) / bs
     t0 = time.perf_counter()
     trainer.run_epoch(data, train=True, seed=0)  # warm-up (and compilation)
     warmup = time.perf_counter() - t0
-    full = [n / trainer.run_epoch(data, train=True, seed=e)["seconds"] for e in (1, 2)]
-    # Pure model steps on tensors already on the device: what the loop would reach with free data handling.
-    batches = []
-    for idx in batch_indices(data.lengths, bs, shuffle=True, bucket=True, seed=0):
-        b = trainer._to_device(collate(data, idx))
-        images = normalize(b["images"])
-        if dev.type == "cuda":
-            images = images.contiguous(memory_format=torch.channels_last)
-        batches.append((b["input_ids"], b["attention_mask"], images, b["labels"]))
-    model = trainer.step_model
-    model.train()
-    pure = []
-    for _ in range(2):
-        sync(dev)
-        t = time.perf_counter()
-        for ids, mask, images, labels in batches:
-            with trainer._autocast():
-                loss = F.cross_entropy(model(ids, mask, images).float(), labels)
-            trainer._backward(loss)  # the loop's own backward and optimizer step (loss scaling included)
-            trainer._step()
-        sync(dev)
-        pure.append(n / (time.perf_counter() - t))
+    # Interleaved, so a change in machine load hits both alike; pure: the loop's own train_step on the same
+    # batches already on the device, i.e. what the loop would reach with free batching, copies and metrics.
+    full, pure = [], []
+    for e in range(1, repeats + 1):
+        full.append(n / trainer.run_epoch(data, train=True, seed=e)["seconds"])
+        pure.append(n / pure_epoch(trainer, data, seed=e))
     f, p = statistics.median(full), statistics.median(pure)
     return {"batch": bs, "samples_per_s": f, "pure_samples_per_s": p, "outside_model_share": max(0.0, 1 - f / p),
+            "samples_per_s_repeats": full, "pure_samples_per_s_repeats": pure,
             "gflop_per_sample": flops_per_sample / 1e9, "achieved_tflops": f * flops_per_sample / 1e12,
             "warmup_s": warmup, "steady_epoch_s": n / f, "precision": trainer.precision}
 
@@ -125,6 +105,7 @@ def main() -> None:
     ap.add_argument("--tiny", action="store_true", help="tiny models on the CPU: checks the script, not the card")
     ap.add_argument("--batches", default="16,32,64,128")
     ap.add_argument("--steps", type=int, default=20, help="optimizer steps per measured epoch")
+    ap.add_argument("--repeats", type=int, default=3, help="measured epochs per batch size (median and range printed)")
     ap.add_argument("--compile", action="store_true")
     ap.add_argument("--precision", default="auto", choices=("auto", "bf16-mixed", "16-mixed", "32"),
                     help="train.precision (auto: bf16 on A100/H100-class cards, float16 + loss scaling on older ones)")
@@ -137,11 +118,13 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         backbones = make_backbones(Path(tmp), args.tiny)
         for bs in (int(b) for b in args.batches.split(",")):
-            rows.append(bench_batch(backbones, bs, args.steps, image_size, args.compile, args.precision))
+            rows.append(bench_batch(backbones, bs, args.steps, image_size, args.compile, args.precision, args.repeats))
             if dev == "cuda":
                 torch.cuda.empty_cache()
+    print(machine())
     print(f"device: {name}; {'tiny BERT + resnet10, 32 px' if args.tiny else 'BERT-base + ResNet-50 (random weights), 224 px'}, "
-          f"precision {rows[0]['precision']}, compile={args.compile}, {args.steps} steps per epoch")
+          f"precision {rows[0]['precision']}, compile={args.compile}, {args.steps} steps per epoch, "
+          f"median of {args.repeats} epochs (loop and pure steps interleaved)")
     print(f"{'batch':>5} {'samples/s':>10} {'pure model':>11} {'outside model':>14} {'GFLOP/sample':>13} {'TFLOP/s':>8} "
           f"{'MFU':>6} {'warm-up s':>10} {'epoch s':>8}")
     for r in rows:
@@ -149,9 +132,12 @@ def main() -> None:
         mfu = f"{r['mfu'] * 100:5.1f}%" if peak else "   n/a"
         print(f"{r['batch']:>5} {r['samples_per_s']:>10.1f} {r['pure_samples_per_s']:>11.1f} {r['outside_model_share'] * 100:>13.1f}% "
               f"{r['gflop_per_sample']:>13.2f} {r['achieved_tflops']:>8.2f} {mfu:>6} {r['warmup_s']:>10.1f} {r['steady_epoch_s']:>8.2f}")
+    for r in rows:
+        print(f"batch {r['batch']}: loop {spread(r['samples_per_s_repeats'], '.1f')}, "
+              f"pure {spread(r['pure_samples_per_s_repeats'], '.1f')} samples/s")
     print("targets (H100-class): MFU >= 35% at batch 128; >= 90% of step time inside the model (outside <= 10%)")
     out = Path(os.environ.get("OUT", "."))
-    (out / "gpu_step.json").write_text(json.dumps({"device": name, "peak_flops": peak, "compile": args.compile,
+    (out / "gpu_step.json").write_text(json.dumps({"machine": machine(), "device": name, "peak_flops": peak, "compile": args.compile,
                                                    "tiny": args.tiny, "rows": rows}, indent=1))
 
 

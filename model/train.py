@@ -48,6 +48,23 @@ def autocast(device: torch.device, precision: str):
     return torch.autocast(device.type, dtype=torch.bfloat16 if precision == "bf16-mixed" else torch.float16)
 
 
+def keep_freed_host_memory() -> bool:
+    """Ask glibc to keep freed memory for reuse instead of returning it to the kernel. By default large blocks
+    (a batch of float pictures: 19 MB at 32 x 224 px) may be mapped fresh and given back on free, so a batch
+    first-touches tens of MB of new pages again: 30k-230k page faults per 600 pictures, 8-15% of the CPU image
+    path's time on a 2-core VM (docs/benchmarks.md). The price: the process keeps its peak size."""
+    import ctypes
+    import ctypes.util
+
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+        mallopt = libc.mallopt
+    except (OSError, AttributeError):  # not glibc (macOS, musl): nothing to tune
+        return False
+    M_TRIM_THRESHOLD, M_MMAP_MAX = -1, -4
+    return bool(mallopt(M_MMAP_MAX, 0)) and bool(mallopt(M_TRIM_THRESHOLD, 2**30))
+
+
 def _epoch_seed(seed: int, epoch: int, stream: int) -> int:
     # Each epoch's randomness is a pure function of (seed, epoch), so resuming at epoch k replays k+1... exactly.
     return (seed * 1_000_003 + epoch * 7_919 + stream) % (2**63)
@@ -68,6 +85,7 @@ class Trainer:
         self.cuda = self.device.type == "cuda"
         if t.num_threads:
             torch.set_num_threads(t.num_threads)
+        keep_freed_host_memory()
         if self.cuda:
             torch.backends.cuda.matmul.allow_tf32 = True
             torch.backends.cudnn.allow_tf32 = True
@@ -91,21 +109,20 @@ class Trainer:
         self.best_state: dict[str, torch.Tensor] | None = None
         self.on_batch = None  # optional callback(train: bool, samples: int), e.g. a progress bar
 
-    # ---- one epoch -------------------------------------------------------------------------------------------
-    def _autocast(self):
-        return autocast(self.device, self.precision)
-
+    # ---- one step: the public pieces run_batches is made of (benches time exactly these) -------------------
     def _collate(self, data: Prepared, idx: np.ndarray) -> dict:
         b = collate(data, idx)
         # Pinned on the prefetch thread, so the copy to the GPU below is asynchronous.
         return {k: v.pin_memory() for k, v in b.items()} if self.cuda else b
 
-    def _to_device(self, batch: dict) -> dict:
+    def to_device(self, batch: dict) -> dict:
+        """A collated batch on the training device (asynchronous from pinned memory; the CPU batch itself on the CPU)."""
         if self.cuda:
             return {k: v.to(self.device, non_blocking=True) for k, v in batch.items()}
         return batch
 
-    def _forward(self, b: dict, train: bool, gen: torch.Generator | None) -> torch.Tensor:
+    def forward(self, b: dict, train: bool, gen: torch.Generator | None) -> torch.Tensor:
+        """Float32 logits of a device batch: images normalised (and augmented with gen when train) on the device."""
         images = None
         if self.model.uses_image:
             images = normalize(b["images"])
@@ -113,13 +130,23 @@ class Trainer:
                 images = augment(images, self.cfg.train.hflip, self.cfg.train.rotation, gen)
             if self.cuda:
                 images = images.contiguous(memory_format=torch.channels_last)
-        with self._autocast():
+        with autocast(self.device, self.precision):
             return self.step_model(b["input_ids"], b["attention_mask"], images).float()
 
-    def _backward(self, loss: torch.Tensor) -> None:
-        (self.scaler.scale(loss) if self.scaler else loss).backward()
+    def train_step(self, b: dict, gen: torch.Generator, step_size: int | None = None, last: bool = True
+                   ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Forward and backward of one (micro-)batch, then the optimizer step if it is the step's last micro-batch.
+        The gradient is of the summed loss / step_size (default: this batch's size), so micro-batches of one step
+        add up to the big batch's mean gradient. Returns the summed loss and the logits, left on the device."""
+        logits = self.forward(b, True, gen)
+        loss = F.cross_entropy(logits, b["labels"], reduction="sum")
+        scaled = loss / (step_size or b["labels"].shape[0])
+        (self.scaler.scale(scaled) if self.scaler else scaled).backward()
+        if last:
+            self.optimizer_step()
+        return loss, logits
 
-    def _step(self) -> None:
+    def optimizer_step(self) -> None:
         if self.scaler:  # skips the update on the device when float16 gradients overflowed
             self.scaler.step(self.optimizer)
             self.scaler.update()
@@ -127,6 +154,7 @@ class Trainer:
             self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)
 
+    # ---- one epoch -------------------------------------------------------------------------------------------
     def run_epoch(self, data: Prepared, train: bool, seed: int = 0) -> dict:
         """One pass over data; returns loss, accuracy, macro F1, samples, seconds."""
         start = time.perf_counter()
@@ -136,32 +164,38 @@ class Trainer:
         return {"loss": float(loss_sum) / max(seen, 1), "acc": float(conf.diag().sum()) / max(seen, 1),
                 "f1": M.macro_f1(conf), "samples": seen, "seconds": secs}
 
+    def epoch_plan(self, data: Prepared, train: bool, seed: int = 0
+                   ) -> tuple[list[tuple[np.ndarray, int, bool]], torch.Generator]:
+        """A pass's micro-batches as (sample indices, size of their optimizer step, last of the step?) and the
+        generator of its augmentation: pure functions of (train.seed, seed), so a bench can replay a pass."""
+        t = self.cfg.train
+        batches = batch_indices(data.lengths, t.batch_size, shuffle=train, bucket=t.bucket_by_length or not train,
+                                seed=_epoch_seed(t.seed, seed, 1))
+        micro = t.micro_batch_size or t.batch_size
+        plan = [(part, len(idx), part is chunks[-1])
+                for idx in batches for chunks in [np.split(idx, range(micro, len(idx), micro))] for part in chunks]
+        return plan, torch.Generator().manual_seed(_epoch_seed(t.seed, seed, 2))
+
     def run_batches(self, data: Prepared, train: bool, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor, int]:
         """The batches of one pass: summed loss and flat confusion counts, both left on the device (no host
         synchronisation per batch: the host queues work and runs ahead of the GPU), and the number of samples."""
         t = self.cfg.train
         self.model.train(train)
-        batches = batch_indices(data.lengths, t.batch_size, shuffle=train, bucket=t.bucket_by_length or not train,
-                                seed=_epoch_seed(t.seed, seed, 1))
-        micro = t.micro_batch_size or t.batch_size
-        gen = torch.Generator().manual_seed(_epoch_seed(t.seed, seed, 2))
-        # (micro-batch, size of its optimizer step, last micro-batch of the step?)
-        parts = ((self._collate(data, part), len(idx), part is chunks[-1])
-                 for idx in batches for chunks in [np.split(idx, range(micro, len(idx), micro))] for part in chunks)
+        plan, gen = self.epoch_plan(data, train, seed)
+        parts = ((self._collate(data, idx), step_size, last) for idx, step_size, last in plan)
         loss_sum = torch.zeros((), device=self.device)
         n_classes = len(LABELS)
         confusion = torch.zeros(n_classes**2, dtype=torch.long, device=self.device)
-        ones = torch.ones(max(t.batch_size, micro), dtype=torch.long, device=self.device)
+        ones = torch.ones(max(t.batch_size, t.micro_batch_size or 0), dtype=torch.long, device=self.device)
         seen = 0
         with torch.set_grad_enabled(train):
             for b, step_size, last in prefetch(parts):
-                b = self._to_device(b)
-                logits = self._forward(b, train, gen)
-                loss = F.cross_entropy(logits, b["labels"], reduction="sum")
+                b = self.to_device(b)
                 if train:
-                    self._backward(loss / step_size)  # summed over micro-batches = one big batch's mean gradient
-                    if last:
-                        self._step()
+                    loss, logits = self.train_step(b, gen, step_size, last)
+                else:
+                    logits = self.forward(b, False, gen)
+                    loss = F.cross_entropy(logits, b["labels"], reduction="sum")
                 loss_sum += loss.detach()
                 # index_add_, not bincount: bincount on CUDA reads the maximum back to the host every batch.
                 confusion.index_add_(0, b["labels"] * n_classes + logits.argmax(1), ones[: b["labels"].shape[0]])

@@ -1,0 +1,44 @@
+"""The benchmarks' plumbing, cheaply: every CPU bench runs in smoke mode, and the "pure" baseline of the loop
+benchmarks replays exactly the loop's own work. Speed itself is measured in bench/, never asserted here."""
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import torch
+
+from model.run import load_train_val
+from model.train import Trainer
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_all_benches_run_in_smoke_mode(tmp_path):
+    out = tmp_path / "headlines.json"
+    r = subprocess.run([sys.executable, str(ROOT / "bench" / "all.py"), "--smoke", "--json", str(out)],
+                       capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert r.stdout.startswith("machine: ") and "torch " in r.stdout and "commit " in r.stdout
+    d = json.loads(out.read_text())
+    keys = [h["key"] for h in d["headlines"]]
+    assert {"data_pipeline.cache_over_usual", "data_pipeline.bucketed_tokens", "train_loop.loop_over_pure",
+            "train_loop.bucketed_speedup"} <= set(keys)
+    for h in d["headlines"]:
+        assert h["values"] and all(v > 0 for v in h["values"])
+        assert f"{h['key']} " in r.stdout  # one summary line per headline
+
+
+def test_pure_steps_replay_the_loops_epoch_exactly(demo_cfg):
+    sys.path.insert(0, str(ROOT / "bench"))
+    from pure import pure_epoch
+
+    split = load_train_val(demo_cfg, progress=False)
+    data = split.train.subset(torch.arange(96).numpy())
+    loop, pure = Trainer(demo_cfg, split, device="cpu"), Trainer(demo_cfg, split, device="cpu")
+    torch.manual_seed(7)  # dropout
+    loop.run_epoch(data, train=True, seed=3)
+    torch.manual_seed(7)
+    pure_epoch(pure, data, seed=3)
+    # Same batches, augmentation draws, loss scaling and optimizer steps: the very same weights afterwards.
+    for (name, a), b in zip(loop.model.state_dict().items(), pure.model.state_dict().values()):
+        assert torch.equal(a, b), name
