@@ -202,6 +202,12 @@ def cmd_export(args) -> int:
     print(f"best trial {info['trial_id']}: epoch {info['best_epoch']}, val_loss {m['val_loss']:.4f}, "
           f"val_acc {m['val_acc']:.4f}\nwrote {args.output}; train the final model with "
           f"`mmsa train --config {args.output} --out runs/final`")
+    if info.get("val_acc_interval"):
+        lo, hi = info["val_acc_interval"]
+        tied = info.get("tied") or []
+        print(f"val_acc 95% interval [{lo:.3f}, {hi:.3f}]; {len(tied)} other trial(s) tied with it"
+              + (f" ({', '.join(tied[:8])}{' ...' if len(tied) > 8 else ''}): the validation set cannot tell them "
+                 f"apart, `mmsa confirm {args.experiment}` re-trains the top ones with fresh seeds" if tied else ""))
     if running:
         print(f"note: the search is still running ({running}): this is the best trial so far, and a "
               "better one may come; its checkpoint is pinned (kept) so that the path above stays valid.")

@@ -16,7 +16,7 @@ from . import storage
 from .checkpoint_retention import METRICS_FILE, PIN_FILE
 from .experiment import read_meta
 from .lock import describe, holder, read_lease
-from .results import best_trial
+from .results import accuracy_intervals, best_trial, load_trials
 from .schema import CHECKPOINT_DIR_NAME, M
 
 
@@ -40,6 +40,8 @@ class ExportSection:
     checkpoint: str | None = opt(None, "the best epoch's checkpoint, while the search keeps it")
     data_dir: str = opt("", "the data the search ran on")
     data_fingerprint: str = opt("", "hash of that data; training on other data is refused without --allow-other-data")
+    val_acc_interval: list | None = opt(None, "95% bootstrap interval of the best epoch's val accuracy")
+    tied: list | None = opt(None, "trials whose val accuracy the validation set cannot tell from this one's")
 
 
 def export_best(exp_dir: str | Path, out: str | Path) -> dict:
@@ -62,9 +64,17 @@ def export_best(exp_dir: str | Path, out: str | Path) -> dict:
     info = {"experiment": exp, "trial_id": t.trial_id, "best_epoch": int(b[M.EPOCH]),
             "metrics": {k: float(b[k]) for k in (M.VAL_LOSS, M.VAL_ACC, M.VAL_F1, M.TRAIN_LOSS)},
             "checkpoint": ck,
-            "data_dir": meta["data_dir"], "data_fingerprint": meta["data_fingerprint"]}
+            "data_dir": meta["data_dir"], "data_fingerprint": meta["data_fingerprint"], **interval_info(exp, t.trial_id)}
     save_config(cfg, out, extras={SECTION: info})
     return info
+
+
+def interval_info(exp: str, trial_id: str) -> dict:
+    ivs = accuracy_intervals(load_trials(exp))
+    if trial_id not in ivs:
+        return {}
+    return {"val_acc_interval": [round(ivs[trial_id].lo, 6), round(ivs[trial_id].hi, 6)],
+            "tied": sorted(k for k, iv in ivs.items() if iv.tied)}
 
 
 def load_run_config(path: str | Path, overrides: dict | None = None, *, allow_other_data: bool = False,
