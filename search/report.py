@@ -167,6 +167,11 @@ def write_report(exp_dir: str | Path, ablation: str | Path | None = None) -> Pat
         lines += ["", f"Export it with `mmsa export {exp} -o best.yaml`.", ""]
     except Exception as e:  # an empty search still gets a report of what exists
         lines += [f"No best trial yet: {e}", ""]
+    from .confirm import evidence_markdown, read_evidence
+
+    ev = read_evidence(exp)
+    if ev is not None:
+        lines += evidence_markdown(ev) + [f"`mmsa export {exp}` exports the confirmed choice.", ""]
     lines += ["## Learning curves", "", "![learning curves](report/curves.png)", "",
               "## Search progress", "", "![search progress](report/progress.png)", "", "## Hyperparameter effects", ""]
     for name, caption in hp:

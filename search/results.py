@@ -136,6 +136,9 @@ def status_table(exp_dir: str | Path) -> str:
     done = sum(t.state == "TERMINATED" for t in trials)
     summary = f"{meta['name']}: {len(trials)} of {meta['num_samples']} trials started, {done} terminated, " \
               f"{sum(t.state == 'ERROR' for t in trials)} errored; data {meta['data_dir']}"
+    from .confirm import budget_line
+
+    summary += f"\n{budget_line(exp_dir, trials)}"
     if ivs:
         summary += ("\nval_acc: 95% bootstrap interval over the validation rows; vs best: 'tied' = the paired interval "
                     "of the accuracy difference to the best trial contains 0 (the data cannot tell them apart)")
