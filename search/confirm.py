@@ -28,8 +28,7 @@ from .results import TrialSummary, best_row_scores, load_trials
 from .schema import FINISHED, M
 from .stats import compare
 
-CONFIRM_DIR = "confirm"  # EXP/confirm: the confirmation's experiment
-EVIDENCE = "confirm.json"  # EXP/confirm.json: what it found
+from .confirm_files import CONFIRM_DIR, EVIDENCE, chosen, confirm_location, read_evidence  # noqa: F401
 SEED_KEY = "train.seed"
 
 
@@ -37,10 +36,6 @@ def check_confirm_args(top, seeds) -> None:
     for flag, v, hi in (("--top", top, 100), ("--seeds", seeds, 100)):
         if isinstance(v, bool) or not isinstance(v, int) or not 1 <= v <= hi:
             raise UserError(f"{flag} {v}: must be a whole number from 1 to {hi}.")
-
-
-def confirm_location(exp: str) -> str:
-    return storage.join(exp, CONFIRM_DIR)
 
 
 def parent_of(cexp: str) -> str:
@@ -202,37 +197,6 @@ def write_evidence(exp: str) -> dict:
     fs, path = storage.filesystem(exp)
     write_file(f"{path}/{EVIDENCE}", json.dumps(ev, indent=1).encode(), fs)
     return ev
-
-
-def read_evidence(exp: str | Path) -> dict | None:
-    """EXP/confirm.json when a finished confirmation wrote it (None when absent or not readable: the caller then
-    falls back to the best trial)."""
-    fs, path = storage.filesystem(str(exp))
-    try:
-        with fs.open_input_stream(f"{path}/{EVIDENCE}") as f:
-            ev = json.loads(f.read())
-    except (OSError, ValueError):
-        return None
-    if not isinstance(ev, dict) or not isinstance(ev.get("candidates"), list) or not ev.get("chosen"):
-        return None
-    return ev
-
-
-def chosen(ev: dict) -> dict:
-    return next(c for c in ev["candidates"] if c.get("chosen"))
-
-
-def budget_line(exp: str | Path, search_trials: list[TrialSummary]) -> str:
-    """Trial-epochs spent: the search's, plus the confirmation's when there is one."""
-    n = sum(len(t.results) for t in search_trials)
-    cexp = confirm_location(storage.normalize(str(exp)))
-    if not experiment.meta_exists(cexp):
-        return f"trial-epochs spent: {n}"
-    c = sum(len(t.results) for t in load_trials(cexp))
-    ev = read_evidence(exp)
-    what = (f"chose trial {ev['chosen']}'s configuration (mean of {ev['seeds']} fresh seeds); `mmsa report` shows "
-            "the evidence" if ev else f"not finished: `mmsa resume {cexp}`")
-    return f"trial-epochs spent: {n + c} (search {n} + confirm {c}); confirm: {what}"
 
 
 def evidence_markdown(ev: dict) -> list[str]:

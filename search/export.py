@@ -52,7 +52,7 @@ def export_best(exp_dir: str | Path, out: str | Path) -> dict:
     fingerprint); `mmsa train --config OUT` trains it for the best epoch count."""
     exp = storage.normalize(exp_dir)
     meta = read_meta(exp)
-    from .confirm import chosen, read_evidence
+    from .confirm_files import chosen, read_evidence
 
     ev = read_evidence(exp)
     if ev is not None:

@@ -167,7 +167,8 @@ def write_report(exp_dir: str | Path, ablation: str | Path | None = None) -> Pat
         lines += ["", f"Export it with `mmsa export {exp} -o best.yaml`.", ""]
     except Exception as e:  # an empty search still gets a report of what exists
         lines += [f"No best trial yet: {e}", ""]
-    from .confirm import evidence_markdown, read_evidence
+    from .confirm import evidence_markdown
+    from .confirm_files import read_evidence
 
     ev = read_evidence(exp)
     if ev is not None:

@@ -136,8 +136,6 @@ def status_table(exp_dir: str | Path) -> str:
     done = sum(t.state == "TERMINATED" for t in trials)
     summary = f"{meta['name']}: {len(trials)} of {meta['num_samples']} trials started, {done} terminated, " \
               f"{sum(t.state == 'ERROR' for t in trials)} errored; data {meta['data_dir']}"
-    from .confirm import budget_line
-
     summary += f"\n{budget_line(exp_dir, trials)}"
     if ivs:
         summary += ("\nval_acc: 95% bootstrap interval over the validation rows; vs best: 'tied' = the paired interval "
@@ -183,3 +181,19 @@ def tie_mark(iv: Interval | None) -> str:
     if iv.tied is None:  # evaluated on other validation rows (the split was searched): not comparable
         return "-"
     return "tied" if iv.tied else ("higher" if iv.diff_lo > 0 else "lower")
+
+
+def budget_line(exp: str | Path, search_trials: list[TrialSummary]) -> str:
+    """Trial-epochs spent: the search's, plus the confirmation's when there is one."""
+    from .confirm_files import confirm_location, read_evidence
+    from .experiment import meta_exists
+
+    n = sum(len(t.results) for t in search_trials)
+    cexp = confirm_location(storage.normalize(str(exp)))
+    if not meta_exists(cexp):
+        return f"trial-epochs spent: {n}"
+    c = sum(len(t.results) for t in load_trials(cexp))
+    ev = read_evidence(exp)
+    what = (f"chose trial {ev['chosen']}'s configuration (mean of {ev['seeds']} fresh seeds); `mmsa report` shows "
+            "the evidence" if ev else f"not finished: `mmsa resume {cexp}`")
+    return f"trial-epochs spent: {n + c} (search {n} + confirm {c}); confirm: {what}"
