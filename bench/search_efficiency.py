@@ -78,7 +78,7 @@ def run_grid(spec, storage: Path) -> tuple[dict, float]:
                tune_config=tune.TuneConfig(max_concurrent_trials=max_conc),
                run_config=tune.RunConfig(name="grid", storage_path=str(storage), verbose=0)).fit()
     wall = time.time() - t
-    (storage / "grid" / "mmsa_search.yaml").write_text("name: grid\n")  # lets load_trials read it
+    (storage / "grid" / "mmsa_search.yaml").write_text("name: grid\nspec: {space: {}}\n")  # lets load_trials read it
     return summarize(storage / "grid"), wall
 
 
