@@ -4,6 +4,9 @@ Prints trial-epochs spent, wall time and best val loss for the grid and for ASHA
 wall time, and the time from a search's start to its first report.
 Usage: python bench/search_efficiency.py [--seeds 3] [--num-samples 12] [--rows 400] [--grace G] [--reduction R]
        [--lr-choice] [--skip-demo] [--first-seed 0]
+With --heldout N [--noise 0.2] [--top 3] [--confirm-seeds 3]: judges the grid, the ASHA+TPE best trial and
+ASHA+TPE + `mmsa confirm` by a final model's accuracy and macro-F1 on N labelled held-out rows (carved off the demo
+data before anything runs; label noise makes the validation scores noisy and keeps accuracy below 1).
 """
 from __future__ import annotations
 
@@ -75,12 +78,113 @@ def run_grid(spec, storage: Path) -> tuple[dict, float]:
                tune_config=tune.TuneConfig(max_concurrent_trials=max_conc),
                run_config=tune.RunConfig(name="grid", storage_path=str(storage), verbose=0)).fit()
     wall = time.time() - t
-    (storage / "grid" / "mmsa_search.yaml").write_text("name: grid\n")  # lets load_trials read it
+    (storage / "grid" / "mmsa_search.yaml").write_text("name: grid\nspec: {space: {}}\n")  # lets load_trials read it
     return summarize(storage / "grid"), wall
+
+
+# ---- --heldout: judge each method by its final model on labelled rows neither search nor selection saw ----------
+def carve_heldout(full: Path, search_dir: Path, heldout_dir: Path, n_heldout: int) -> None:
+    """Split a labelled demo dataset: the last n_heldout rows of train.txt go to heldout_dir/train.txt (stratified
+    by nothing: the row order of the demo data is random), the rest to search_dir; both get copies of the files."""
+    import shutil
+
+    lines = (full / "train.txt").read_text().splitlines()
+    head, rows = lines[0], lines[1:]
+    for d, part in ((search_dir, rows[:-n_heldout]), (heldout_dir, rows[-n_heldout:])):
+        shutil.copytree(full / "data", d / "data")
+        (d / "train.txt").write_text("\n".join([head, *part]) + "\n")
+        shutil.copy(full / "test_without_label.txt", d / "test_without_label.txt")
+
+
+def heldout_score(cfg, heldout_dir: Path) -> dict:
+    """Train cfg (its epochs: the export's epoch count) on the search's train split, as `mmsa train --config EXPORT`
+    does, then score the last epoch's model on the held-out rows: accuracy, macro-F1 and per-row correctness."""
+    import numpy as np
+    import torch
+
+    from data_pipeline.labels import LABELS
+    from model.run import prepare_split
+    from model.train import Trainer, predict_proba
+
+    data = load_train_val(cfg, progress=False)
+    trainer = Trainer(cfg, data)
+    for _ in trainer.fit():
+        pass
+    held = prepare_split(cfg.with_overrides({"data.data_dir": str(heldout_dir)}), "train", log=lambda *a: None,
+                         progress=False)
+    pred = predict_proba(trainer.model, held, device="cpu").argmax(1)
+    conf = torch.zeros(len(LABELS), len(LABELS), dtype=torch.long)
+    for y, p in zip(held.labels, pred):
+        conf[y, p] += 1
+    correct = (pred == held.labels).astype(float)
+    return {"acc": float(correct.mean()), "f1": M.macro_f1(conf), "correct": correct, "epochs": cfg.train.epochs}
+
+
+def run_heldout(args) -> None:
+    from model.config import Config
+    from search.confirm import run_confirm
+    from search.export import export_best, load_run_config
+    from search.stats import compare
+
+    log = lambda *a: None  # noqa: E731
+    with tempfile.TemporaryDirectory() as tmp:
+        tmp = Path(tmp)
+        make_demo_data(tmp / "full", n=args.rows + args.heldout, seed=0, label_noise=args.noise)
+        carve_heldout(tmp / "full", tmp / "data", tmp / "heldout", args.heldout)
+        make_tiny_pretrained(tmp / "tiny")
+        cfg = demo_config(tmp / "data", tmp / "tiny", cache_dir=tmp / "cache")
+        init_ray(None)
+        grid_spec = parse_spec({**DEMO_SPACE, "fixed": cfg.with_overrides({"train.patience": 0}).to_dict()}, "grid")
+        t0 = time.time()
+        grid, grid_wall = run_grid(grid_spec, tmp / "rr")
+        gbest = min((t for t in load_trials(tmp / "rr" / "grid") if t.results), key=lambda t: t.best[M.VAL_LOSS])
+        gcfg = Config.from_dict(gbest.config).with_overrides({"train.epochs": int(gbest.best[M.EPOCH])})
+        g = heldout_score(gcfg, tmp / "heldout")
+        giv = compare({"grid": g["correct"]})["grid"]
+        print(f"grid: {grid['trial_epochs']} trial-epochs, {grid_wall:.0f} s; held-out acc {g['acc']:.4f} "
+              f"[{giv.lo:.3f}, {giv.hi:.3f}], macro-F1 {g['f1']:.4f}, epochs {g['epochs']}", flush=True)
+        rows = []
+        for seed in range(args.first_seed, args.first_seed + args.seeds):
+            spec = parse_spec({"space": DEMO_SPACE["space"], "fixed": cfg.to_dict(),
+                               "search": {**DEMO_SPACE["search"], "seed": seed}}, "asha")
+            name = f"asha{seed}"
+            exp = tmp / "rr" / name
+            run_search(spec, args.num_samples, name, str(tmp / "rr"), verbose=0, log=log)
+            asha_epochs = summarize(exp)["trial_epochs"]
+            export_best(exp, tmp / f"{name}-best.yaml")
+            b = heldout_score(load_run_config(tmp / f"{name}-best.yaml"), tmp / "heldout")
+            ev = run_confirm(str(exp), args.top, args.confirm_seeds, verbose=0, log=log)
+            export_best(exp, tmp / f"{name}-confirmed.yaml")
+            c = heldout_score(load_run_config(tmp / f"{name}-confirmed.yaml"), tmp / "heldout")
+            rows.append((seed, asha_epochs, ev["trial_epochs"], b, c, ev))
+            print(f"seed {seed}: ASHA+TPE {asha_epochs} trial-epochs, best trial held-out acc {b['acc']:.4f} f1 "
+                  f"{b['f1']:.4f} ({b['epochs']} epochs); +confirm {ev['trial_epochs']} trial-epochs, chose "
+                  f"{ev['chosen']} held-out acc {c['acc']:.4f} f1 {c['f1']:.4f} ({c['epochs']} epochs)", flush=True)
+    print(f"\ndemo data with label noise {args.noise}: {args.rows} rows for the search ({args.rows // 5} validation), "
+          f"{args.heldout} held-out rows; tiny models; ASHA+TPE {args.num_samples} trials; confirm --top {args.top} "
+          f"--seeds {args.confirm_seeds}; total wall {time.time() - t0:.0f} s")
+    print("| method | seed | trial-epochs | / grid | held-out acc | held-out macro-F1 | epochs | within grid's interval |")
+    print("|---|---|---|---|---|---|---|---|")
+    print(f"| grid (lab method) | - | {grid['trial_epochs']} | 1.00 | {g['acc']:.4f} [{giv.lo:.3f}, {giv.hi:.3f}] | "
+          f"{g['f1']:.4f} | {g['epochs']} | |")
+    for seed, ae, ce, b, c, ev in rows:
+        for label, r, te in (("ASHA+TPE best trial", b, ae), ("ASHA+TPE + confirm", c, ae + ce)):
+            print(f"| {label} | {seed} | {te} | {te / grid['trial_epochs']:.2f} | {r['acc']:.4f} | {r['f1']:.4f} | "
+                  f"{r['epochs']} | {'yes' if r['acc'] >= giv.lo else 'no'} |")
+    ok = sum(c["acc"] >= giv.lo and (ae + ce) <= 2 / 3 * grid["trial_epochs"] for _, ae, ce, _, c, _ in rows)
+    worse = sum(b["acc"] < c["acc"] for _, _, _, b, c, _ in rows)
+    print(f"confirm reaches the grid's interval with <= 2/3 of its trial-epochs in {ok} of {len(rows)} seeds; the plain "
+          f"best trial is worse on held-out data than the confirmed choice in {worse} of {len(rows)}")
 
 
 def main() -> None:
     ap = argparse.ArgumentParser()
+    ap.add_argument("--heldout", type=int, default=0, metavar="N",
+                    help="judge grid, ASHA+TPE best trial and ASHA+TPE+confirm by the held-out accuracy and macro-F1 of "
+                         "a final model on N labelled rows carved off before the search (0: the search-only benchmark)")
+    ap.add_argument("--noise", type=float, default=0.2, help="with --heldout: label noise of the demo data")
+    ap.add_argument("--top", type=int, default=3, help="with --heldout: mmsa confirm --top")
+    ap.add_argument("--confirm-seeds", type=int, default=3, help="with --heldout: mmsa confirm --seeds")
     ap.add_argument("--seeds", type=int, default=3)
     ap.add_argument("--first-seed", type=int, default=0, help="seeds run are first-seed .. first-seed + seeds - 1")
     ap.add_argument("--num-samples", type=int, default=12)
@@ -91,6 +195,8 @@ def main() -> None:
     ap.add_argument("--lr-choice", action="store_true",
                     help="search lr over the grid's values (the very same space as the grid) instead of log-uniform")
     args = ap.parse_args()
+    if args.heldout:
+        return run_heldout(args)
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
         make_demo_data(tmp / "data", n=args.rows, seed=0)

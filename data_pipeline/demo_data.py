@@ -76,9 +76,14 @@ def _write_picture(path: Path, im: Image.Image, kind: str) -> None:
 
 
 def make_demo_data(out: str | Path, n: int = 400, n_test: int | None = None, seed: int = 0, corrupt: int = 0,
-                   overwrite: bool = False) -> dict:
+                   overwrite: bool = False, label_noise: float = 0.0) -> dict:
     """Write the dataset; returns a summary (rows per label, broken guids by kind). An existing dataset in `out`
-    is replaced only with overwrite (its label files would be replaced and its data/ mixed with the demo's)."""
+    is replaced only with overwrite (its label files would be replaced and its data/ mixed with the demo's).
+    label_noise: the share of labelled rows whose written label is replaced by another label at random (the
+    content still carries the true one), so that no model can exceed about 1 - label_noise accuracy and noisy
+    validation scores can mislead a search (bench/search_efficiency.py --heldout)."""
+    if not 0.0 <= label_noise < 1.0:
+        raise UserError(f"label_noise {label_noise}: must be from 0 to below 1.")
     rng = np.random.default_rng(seed)
     out = Path(out)
     if out.exists() and not out.is_dir():
@@ -106,6 +111,11 @@ def make_demo_data(out: str | Path, n: int = 400, n_test: int | None = None, see
             pic_kind = "rgb"  # grey pictures cannot carry a colour-coded label
         _write_picture(out / "data" / f"{guid}.jpg", _picture(rng, label, carrier != "text"), pic_kind)
     train_guids = [str(g) for g in guids[:n]]
+    if label_noise:  # a separate stream: the dataset itself is the same as without noise
+        noise_rng = np.random.default_rng([seed, 1])
+        flip = noise_rng.random(n) < label_noise
+        shift = noise_rng.integers(1, len(LABELS), n)
+        labels = [LABELS[(LABELS.index(l) + int(k)) % len(LABELS)] if f else l for l, f, k in zip(labels, flip, shift)]
     (out / "train.txt").write_text("guid,tag\n" + "".join(f"{g},{l}\n" for g, l in zip(train_guids, labels)))
     (out / "test_without_label.txt").write_text("guid,tag\n" + "".join(f"{g},null\n" for g in guids[n:]))
     broken: dict[str, str] = {}

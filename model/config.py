@@ -177,6 +177,10 @@ def _coerce(f: dataclasses.Field, v, where: str):
         if not isinstance(v, dict):
             raise UserError(f"{where}: expected a mapping, got {short(v)}.")
         return v
+    if t.startswith("list"):
+        if not isinstance(v, list):
+            raise UserError(f"{where}: expected a list, got {short(v)}.")
+        return v
     return v
 
 

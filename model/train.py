@@ -107,6 +107,9 @@ class Trainer:
         self.epoch = 0  # epochs finished
         self.history: list[dict] = []
         self.best_state: dict[str, torch.Tensor] | None = None
+        # The last validation pass's predicted class per row (int8, the row order of data.val): the search keeps the
+        # best epoch's for intervals and paired comparisons between trials (search/stats.py). No extra pass.
+        self.val_pred: np.ndarray | None = None
         self.on_batch = None  # optional callback(train: bool, samples: int), e.g. a progress bar
 
     # ---- one step: the public pieces run_batches is made of (benches time exactly these) -------------------
@@ -156,13 +159,18 @@ class Trainer:
 
     # ---- one epoch -------------------------------------------------------------------------------------------
     def run_epoch(self, data: Prepared, train: bool, seed: int = 0) -> dict:
-        """One pass over data; returns loss, accuracy, macro F1, samples, seconds."""
+        """One pass over data; returns loss, accuracy, macro F1, samples, seconds (and, for an evaluation pass,
+        "pred": the predicted class of each row of data, in its row order)."""
         start = time.perf_counter()
-        loss_sum, confusion, seen = self.run_batches(data, train, seed)
+        pred = None if train else torch.full((len(data),), -1, dtype=torch.int8, device=self.device)
+        loss_sum, confusion, seen = self.run_batches(data, train, seed, pred)
         conf = confusion.view(len(LABELS), len(LABELS)).cpu()  # the pass's one read of the device
         secs = time.perf_counter() - start
-        return {"loss": float(loss_sum) / max(seen, 1), "acc": float(conf.diag().sum()) / max(seen, 1),
-                "f1": M.macro_f1(conf), "samples": seen, "seconds": secs}
+        out = {"loss": float(loss_sum) / max(seen, 1), "acc": float(conf.diag().sum()) / max(seen, 1),
+               "f1": M.macro_f1(conf), "samples": seen, "seconds": secs}
+        if pred is not None:
+            out["pred"] = pred.cpu().numpy()
+        return out
 
     def epoch_plan(self, data: Prepared, train: bool, seed: int = 0
                    ) -> tuple[list[tuple[np.ndarray, int, bool]], torch.Generator]:
@@ -176,9 +184,11 @@ class Trainer:
                 for idx in batches for chunks in [np.split(idx, range(micro, len(idx), micro))] for part in chunks]
         return plan, torch.Generator().manual_seed(_epoch_seed(t.seed, seed, 2))
 
-    def run_batches(self, data: Prepared, train: bool, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor, int]:
+    def run_batches(self, data: Prepared, train: bool, seed: int = 0,
+                    pred: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor, int]:
         """The batches of one pass: summed loss and flat confusion counts, both left on the device (no host
-        synchronisation per batch: the host queues work and runs ahead of the GPU), and the number of samples."""
+        synchronisation per batch: the host queues work and runs ahead of the GPU), and the number of samples.
+        `pred` (a device tensor of len(data)), if given, receives each row's predicted class."""
         t = self.cfg.train
         self.model.train(train)
         plan, gen = self.epoch_plan(data, train, seed)
@@ -199,6 +209,8 @@ class Trainer:
                 loss_sum += loss.detach()
                 # index_add_, not bincount: bincount on CUDA reads the maximum back to the host every batch.
                 confusion.index_add_(0, b["labels"] * n_classes + logits.argmax(1), ones[: b["labels"].shape[0]])
+                if pred is not None:
+                    pred.index_copy_(0, b["index"], logits.argmax(1).to(torch.int8))
                 seen += b["labels"].shape[0]
                 if self.on_batch is not None:
                     self.on_batch(train, b["labels"].shape[0])
@@ -220,6 +232,7 @@ class Trainer:
             lr = self.optimizer.param_groups[0]["lr"]
             tr = self.run_epoch(self.data.train, train=True, seed=self.epoch)
             va = self.run_epoch(self.data.val, train=False, seed=self.epoch)
+            self.val_pred = va["pred"]
             if not math.isfinite(tr["loss"]):
                 raise FloatingPointError(f"training loss is {tr['loss']} at epoch {self.epoch + 1}; lower train.lr")
             self.scheduler.step(va["loss"])

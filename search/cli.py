@@ -148,13 +148,37 @@ def cmd_search(args) -> int:
 
 
 def cmd_resume(args) -> int:
+    from .experiment import read_meta
     from .tuner import resume_search
 
+    if read_meta(args.experiment).get("fixed_trials"):  # a `mmsa confirm` run: its evidence is written at the end
+        from .confirm import resume_confirm as resume_search  # noqa: F811
     try:
         resume_search(args.experiment, address=args.address, verbose=args.verbose, trust_state=args.trust_state)
     except KeyboardInterrupt:
         return _interrupted(args.experiment)
     return _finished(args.experiment)
+
+
+def cmd_confirm(args) -> int:
+    from .confirm import check_confirm_args, confirm_location, run_confirm
+
+    check_confirm_args(args.top, args.seeds)
+    cexp = confirm_location(args.experiment)
+    try:
+        ev = run_confirm(args.experiment, args.top, args.seeds, address=args.address, verbose=args.verbose)
+    except KeyboardInterrupt:
+        return _interrupted(cexp)
+    if ev is None:
+        return _interrupted(cexp)
+    from .confirm import chosen
+
+    c = chosen(ev)
+    print(f"confirmed: trial {c['trial_id']}'s configuration, {c['epochs']} epochs (mean val_loss "
+          f"{c['val_loss_at_epochs']:.4f}, mean val_acc {c['val_acc_at_epochs']:.4f} over {c['runs']} seeds); "
+          f"{ev['trial_epochs']} trial-epochs. Evidence in {args.experiment}/confirm.json and `mmsa report "
+          f"{args.experiment}`; `mmsa export {args.experiment} -o best.yaml` exports this choice")
+    return 0
 
 
 def _finished(exp) -> int:
@@ -202,9 +226,22 @@ def cmd_export(args) -> int:
     info = export_best(args.experiment, args.output)
     running = search_running(args.experiment)
     m = info["metrics"]
-    print(f"best trial {info['trial_id']}: epoch {info['best_epoch']}, val_loss {m['val_loss']:.4f}, "
-          f"val_acc {m['val_acc']:.4f}\nwrote {args.output}; train the final model with "
+    if info.get("selection") == "confirmed":
+        c = info["confirm"]
+        print(f"confirmed choice (`mmsa confirm`, mean of {len(c['seeds'] or [])} fresh seeds): the configuration "
+              f"of trial {info['trial_id']}, {info['best_epoch']} epochs from the mean curve, mean val_loss "
+              f"{m['val_loss']:.4f}, mean val_acc {m['val_acc']:.4f}")
+    else:
+        print(f"best trial {info['trial_id']}: epoch {info['best_epoch']}, val_loss {m['val_loss']:.4f}, "
+              f"val_acc {m['val_acc']:.4f}")
+    print(f"wrote {args.output}; train the final model with "
           f"`mmsa train --config {args.output} --out runs/final`")
+    if info.get("val_acc_interval") and info.get("selection") != "confirmed":
+        lo, hi = info["val_acc_interval"]
+        tied = info.get("tied") or []
+        print(f"val_acc 95% interval [{lo:.3f}, {hi:.3f}]; {len(tied)} other trial(s) tied with it"
+              + (f" ({', '.join(tied[:8])}{' ...' if len(tied) > 8 else ''}): the validation set cannot tell them "
+                 f"apart, `mmsa confirm {args.experiment}` re-trains the top ones with fresh seeds" if tied else ""))
     if running:
         print(f"note: the search is still running ({running}): this is the best trial so far, and a "
               "better one may come; its checkpoint is pinned (kept) so that the path above stays valid.")
@@ -250,6 +287,14 @@ def build_parser() -> argparse.ArgumentParser:
                    "signed them (an experiment copied from another machine or user); they are pickles, so only for "
                    "experiments whose origin you trust")
     p.set_defaults(fn=cmd_resume)
+
+    p = sub.add_parser("confirm", help="re-train the top configurations with fresh seeds; export then takes the best mean")
+    p.add_argument("experiment", type=str, help="a search's experiment directory, e.g. ray_results/NAME")
+    p.add_argument("--top", type=int, default=3, help="configurations to confirm, best first (default 3)")
+    p.add_argument("--seeds", type=int, default=3, help="fresh seeds per configuration (default 3)")
+    p.add_argument("--address", help="Ray cluster to join (default: a fresh local instance)")
+    p.add_argument("--verbose", type=int, default=1, choices=(0, 1, 2))
+    p.set_defaults(fn=cmd_confirm)
 
     p = sub.add_parser("status", help="table of a search's trials: config, epochs, best val loss/acc, state, error")
     p.add_argument("experiment", type=str)

@@ -83,7 +83,7 @@ def clear_start(exp: str | Path) -> None:
     fs, path = storage.filesystem(exp)
     for info in fs.get_file_info(pafs.FileSelector(path)):
         if info.type == pafs.FileType.File and (info.base_name in (META, "tuner.pkl")
-                                                or info.base_name.startswith(("searcher-state-", "search_gen_state-"))):
+                                                or info.base_name.startswith(("searcher-state-", "search_gen_state-", "basic-variant-state-"))):
             fs.delete_file(info.path)
 
 

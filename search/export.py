@@ -16,7 +16,7 @@ from . import storage
 from .checkpoint_retention import METRICS_FILE, PIN_FILE
 from .experiment import read_meta
 from .lock import describe, holder, read_lease
-from .results import best_trial
+from .results import accuracy_intervals, best_trial, load_trials
 from .schema import CHECKPOINT_DIR_NAME, M
 
 
@@ -40,6 +40,11 @@ class ExportSection:
     checkpoint: str | None = opt(None, "the best epoch's checkpoint, while the search keeps it")
     data_dir: str = opt("", "the data the search ran on")
     data_fingerprint: str = opt("", "hash of that data; training on other data is refused without --allow-other-data")
+    val_acc_interval: list | None = opt(None, "95% bootstrap interval of the best epoch's val accuracy")
+    tied: list | None = opt(None, "trials whose val accuracy the validation set cannot tell from this one's")
+    selection: str = opt("best trial", "how the configuration was chosen: the search's best trial, or confirmed by "
+                         "`mmsa confirm` (best mean over fresh seeds)", choices=("best trial", "confirmed"))
+    confirm: dict | None = opt(None, "`mmsa confirm`'s evidence for the chosen configuration (seeds, mean +/- std)")
 
 
 def export_best(exp_dir: str | Path, out: str | Path) -> dict:
@@ -47,6 +52,11 @@ def export_best(exp_dir: str | Path, out: str | Path) -> dict:
     fingerprint); `mmsa train --config OUT` trains it for the best epoch count."""
     exp = storage.normalize(exp_dir)
     meta = read_meta(exp)
+    from .confirm_files import chosen, read_evidence
+
+    ev = read_evidence(exp)
+    if ev is not None:
+        return export_confirmed(exp, meta, chosen(ev), ev, out)
     t = best_trial(exp)
     b = t.best
     ck = f"{exp}/{t.path.name}/{b[CHECKPOINT_DIR_NAME]}" if b.get(CHECKPOINT_DIR_NAME) else None
@@ -62,9 +72,36 @@ def export_best(exp_dir: str | Path, out: str | Path) -> dict:
     info = {"experiment": exp, "trial_id": t.trial_id, "best_epoch": int(b[M.EPOCH]),
             "metrics": {k: float(b[k]) for k in (M.VAL_LOSS, M.VAL_ACC, M.VAL_F1, M.TRAIN_LOSS)},
             "checkpoint": ck,
-            "data_dir": meta["data_dir"], "data_fingerprint": meta["data_fingerprint"]}
+            "data_dir": meta["data_dir"], "data_fingerprint": meta["data_fingerprint"], **interval_info(exp, t.trial_id)}
     save_config(cfg, out, extras={SECTION: info})
     return info
+
+
+def export_confirmed(exp: str, meta: dict, c: dict, ev: dict, out: str | Path) -> dict:
+    """The configuration `mmsa confirm` chose, for the epoch count of its mean curve; its metrics are the means over
+    the confirmation's seeds at that epoch. No checkpoint: no single run is the chosen one."""
+    cfg = Config.from_dict(c["config"], source=f"{exp}/confirm.json")
+    info = {"experiment": exp, "trial_id": c["trial_id"], "best_epoch": int(c["epochs"]),
+            "metrics": {M.VAL_LOSS: c["val_loss_at_epochs"], M.VAL_ACC: c["val_acc_at_epochs"],
+                        M.VAL_F1: c["val_f1_at_epochs"], M.TRAIN_LOSS: c["train_loss_at_epochs"]},
+            "checkpoint": None, "data_dir": meta["data_dir"], "data_fingerprint": meta["data_fingerprint"],
+            "val_acc_interval": c.get("val_acc_interval"),
+            "tied": sorted(o["trial_id"] for o in ev["candidates"] if o.get("tied")),
+            "selection": "confirmed",
+            "confirm": {"seeds": c.get("seeds"), "best_val_loss_mean": c["best_val_loss_mean"],
+                        "best_val_loss_std": c["best_val_loss_std"], "best_val_acc_mean": c["best_val_acc_mean"],
+                        "best_val_acc_std": c["best_val_acc_std"], "candidates": len(ev["candidates"]),
+                        "trial_epochs": ev["trial_epochs"]}}
+    save_config(cfg, out, extras={SECTION: info})
+    return info
+
+
+def interval_info(exp: str, trial_id: str) -> dict:
+    ivs = accuracy_intervals(load_trials(exp))
+    if trial_id not in ivs:
+        return {}
+    return {"val_acc_interval": [round(ivs[trial_id].lo, 6), round(ivs[trial_id].hi, 6)],
+            "tied": sorted(k for k, iv in ivs.items() if iv.tied)}
 
 
 def load_run_config(path: str | Path, overrides: dict | None = None, *, allow_other_data: bool = False,

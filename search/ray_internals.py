@@ -16,8 +16,9 @@ import json
 TESTED = {"ray": "2.60", "optuna": "5.0"}
 
 # Ray's experiment-state files in an experiment directory (written by Ray's driver, read by Tuner.restore).
+# basic-variant-state-*.json (a pickle too): the search algorithm of `mmsa confirm` (fixed configurations).
 STATE_FILE_PATTERNS = ("experiment_state-*.json", "searcher-state-*.pkl", "search_gen_state-*.json",
-                       "callback-states-*.pkl", "tuner.pkl")
+                       "callback-states-*.pkl", "tuner.pkl", "basic-variant-state-*.json")
 
 
 class InternalsChanged(RuntimeError):

@@ -11,7 +11,7 @@ import numpy as np  # noqa: E402
 
 from . import storage  # noqa: E402
 from .experiment import local_copy, read_meta  # noqa: E402
-from .results import TrialSummary, best_trial, config_value, load_trials, status_table  # noqa: E402
+from .results import TrialSummary, accuracy_intervals, best_trial, config_value, load_trials, status_table  # noqa: E402
 from .schema import FINISHED, REPORTED_AT, TIMESTAMP, M  # noqa: E402
 
 
@@ -155,9 +155,24 @@ def write_report(exp_dir: str | Path, ablation: str | Path | None = None) -> Pat
                   f"{b.best[M.EPOCH]} (val acc {b.best[M.VAL_ACC]:.4f}, macro-F1 {b.best[M.VAL_F1]:.4f}).", "",
                   "| hyperparameter | value |", "|---|---|"]
         lines += [f"| {k} | {config_value(b.config, k)} |" for k in meta["spec"]["space"]]
+        ivs = accuracy_intervals(trials)
+        iv = ivs.get(b.trial_id)
+        if iv is not None:
+            tied = [k for k, v in ivs.items() if v.tied]
+            lines += ["", f"Val accuracy {iv.value:.4f}, 95% interval [{iv.lo:.3f}, {iv.hi:.3f}] (bootstrap over the "
+                      f"validation rows). {len(tied)} other trial(s) are statistically tied with it (the paired interval "
+                      f"of the accuracy difference contains 0){': ' + ', '.join(f'`{k}`' for k in tied) if tied else ''}."
+                      + (f" The best trial's edge over them may be luck: `mmsa confirm {exp}` re-trains the top "
+                         "configurations with fresh seeds." if tied else "")]
         lines += ["", f"Export it with `mmsa export {exp} -o best.yaml`.", ""]
     except Exception as e:  # an empty search still gets a report of what exists
         lines += [f"No best trial yet: {e}", ""]
+    from .confirm import evidence_markdown
+    from .confirm_files import read_evidence
+
+    ev = read_evidence(exp)
+    if ev is not None:
+        lines += evidence_markdown(ev) + [f"`mmsa export {exp}` exports the confirmed choice.", ""]
     lines += ["## Learning curves", "", "![learning curves](report/curves.png)", "",
               "## Search progress", "", "![search progress](report/progress.png)", "", "## Hyperparameter effects", ""]
     for name, caption in hp:

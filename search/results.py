@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import json
 import math
+
+import numpy as np
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -15,7 +17,8 @@ from data_pipeline.errors import UserError
 from . import ray_internals, storage, trial_backup
 from .experiment import local_dir, read_meta
 from .lock import describe, holder, read_lease
-from .schema import TRIAL_ID, M
+from .schema import TRIAL_ID, VAL_LABEL, VAL_PRED, M
+from .stats import Interval, compare, correct_rows
 from .state_backup import BACKUP_DIR
 
 
@@ -117,18 +120,26 @@ def status_table(exp_dir: str | Path) -> str:
     meta = read_meta(exp_dir)
     trials = load_trials(exp_dir)
     keys = _space_keys(meta)
-    head = ["trial", "state", *[k.split(".")[1] for k in keys], "epochs", "best val_loss", "val_acc", "best epoch", "error"]
+    head = ["trial", "state", *[k.split(".")[1] for k in keys], "epochs", "best val_loss", "val_acc [95% interval]",
+            "vs best", "best epoch", "error"]
     rows = []
+    ivs = accuracy_intervals(trials)
     for t in sorted(trials, key=lambda t: (t.best is None, t.best[M.VAL_LOSS] if t.best else 0)):
         b = t.best
         vals = [f"{v:.3g}" if isinstance(v, float) else str(v) for v in (config_value(t.config, k) for k in keys)]
+        iv = ivs.get(t.trial_id)
+        acc = iv.fmt() if iv else f"{b[M.VAL_ACC]:.4f}" if b else "-"
         rows.append([t.trial_id, t.state, *vals, str(len(t.results)), f"{b[M.VAL_LOSS]:.4f}" if b else "-",
-                     f"{b[M.VAL_ACC]:.4f}" if b else "-", str(b[M.EPOCH]) if b else "-", t.error or ""])
+                     acc, tie_mark(iv), str(b[M.EPOCH]) if b else "-", t.error or ""])
     widths = [max(len(str(x)) for x in col) for col in zip(head, *rows)]
     fmt = lambda r: "  ".join(str(x).ljust(w) for x, w in zip(r, widths)).rstrip()
     done = sum(t.state == "TERMINATED" for t in trials)
     summary = f"{meta['name']}: {len(trials)} of {meta['num_samples']} trials started, {done} terminated, " \
               f"{sum(t.state == 'ERROR' for t in trials)} errored; data {meta['data_dir']}"
+    summary += f"\n{budget_line(exp_dir, trials)}"
+    if ivs:
+        summary += ("\nval_acc: 95% bootstrap interval over the validation rows; vs best: 'tied' = the paired interval "
+                    "of the accuracy difference to the best trial contains 0 (the data cannot tell them apart)")
     lease = holder(read_lease(str(exp_dir)))
     if lease:
         summary += f"\nrunning now: {describe(lease)}"
@@ -140,3 +151,49 @@ def best_trial(exp_dir: str | Path) -> TrialSummary:
     if not usable:
         raise UserError(f"{exp_dir}: no trial has reported a result yet (errored trials are ignored); see `mmsa status {exp_dir}`.")
     return min(usable, key=lambda t: t.best[M.VAL_LOSS])
+
+
+def best_row_scores(t: TrialSummary) -> tuple[np.ndarray, str] | None:
+    """Per validation row 1/0 (right/wrong) at the trial's best epoch, and the rows' labels; None for trials that
+    ran before predictions were kept (or whose best row lacks them)."""
+    b = t.best
+    if b is None or not isinstance(b.get(VAL_LABEL), str):
+        return None
+    c = correct_rows(b.get(VAL_PRED), b[VAL_LABEL])
+    return None if c is None else (c, b[VAL_LABEL])
+
+
+def accuracy_intervals(trials: list[TrialSummary]) -> dict[str, Interval]:
+    """Trial id -> its best epoch's val accuracy with a 95% interval and whether it is tied with the best trial
+    (the one `mmsa export` picks); only trials whose best epoch kept its validation predictions."""
+    scored = {t.trial_id: best_row_scores(t) for t in trials if t.state != "ERROR"}
+    scored = {k: v for k, v in scored.items() if v is not None}
+    usable = [t for t in trials if t.trial_id in scored]
+    ref = min(usable, key=lambda t: t.best[M.VAL_LOSS]).trial_id if usable else None
+    return compare({k: v[0] for k, v in scored.items()}, ref, {k: v[1] for k, v in scored.items()})
+
+
+def tie_mark(iv: Interval | None) -> str:
+    if iv is None:
+        return "-"
+    if iv.ref:
+        return "best"
+    if iv.tied is None:  # evaluated on other validation rows (the split was searched): not comparable
+        return "-"
+    return "tied" if iv.tied else ("higher" if iv.diff_lo > 0 else "lower")
+
+
+def budget_line(exp: str | Path, search_trials: list[TrialSummary]) -> str:
+    """Trial-epochs spent: the search's, plus the confirmation's when there is one."""
+    from .confirm_files import confirm_location, read_evidence
+    from .experiment import meta_exists
+
+    n = sum(len(t.results) for t in search_trials)
+    cexp = confirm_location(storage.normalize(str(exp)))
+    if not meta_exists(cexp):
+        return f"trial-epochs spent: {n}"
+    c = sum(len(t.results) for t in load_trials(cexp))
+    ev = read_evidence(exp)
+    what = (f"chose trial {ev['chosen']}'s configuration (mean of {ev['seeds']} fresh seeds); `mmsa report` shows "
+            "the evidence" if ev else f"not finished: `mmsa resume {cexp}`")
+    return f"trial-epochs spent: {n + c} (search {n} + confirm {c}); confirm: {what}"

@@ -14,12 +14,20 @@ from model.train import Split, Trainer
 from .checkpoint_retention import write_checkpoint_metrics
 from .faults import batch_hook
 from .ray_internals import QUIET_LOGGERS
-from .schema import DEVICE, FINISHED, GPU_IDS, NODE_ID, REPORTED_AT, M
+from .schema import DEVICE, FINISHED, GPU_IDS, NODE_ID, REPORTED_AT, VAL_LABEL, VAL_PRED, M
+from .stats import encode_classes
 
 
 class TrialOutOfMemory(RuntimeError):
     """CUDA ran out of memory in a trial; the message says how to make the trial fit."""
 
+
+
+def val_predictions(row: dict, pred, labels: str) -> dict:
+    """The validation predictions to report with this epoch: only when it is the trial's best so far."""
+    if pred is None or row[M.VAL_LOSS] > row[M.BEST_VAL_LOSS]:
+        return {}
+    return {VAL_PRED: encode_classes(pred), VAL_LABEL: labels}
 
 
 def train_trial(config: dict, data: Split) -> None:
@@ -38,13 +46,15 @@ def train_trial(config: dict, data: Split) -> None:
             trainer.load_checkpoint(Path(d))
     ctx = ray.get_runtime_context()
     where = {DEVICE: trainer.device.type, GPU_IDS: ",".join(str(g) for g in ray.get_gpu_ids()), NODE_ID: ctx.get_node_id()}
+    labels = encode_classes(data.val.labels)
     try:
         for row in trainer.fit():
             finished = trainer.epoch >= cfg.train.epochs or trainer.should_stop()
             with tempfile.TemporaryDirectory() as tmp:
                 ck = trainer.save_checkpoint(Path(tmp) / "checkpoint", include_best=False)
                 write_checkpoint_metrics(ck, trainer.epoch, row[M.VAL_LOSS])
-                tune.report({**row, FINISHED: int(finished), REPORTED_AT: time.time(), **where},
+                preds = val_predictions(row, trainer.val_pred, labels)
+                tune.report({**row, FINISHED: int(finished), REPORTED_AT: time.time(), **where, **preds},
                             checkpoint=tune.Checkpoint.from_directory(str(ck)))
     except torch.cuda.OutOfMemoryError:
         t = cfg.train

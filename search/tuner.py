@@ -95,7 +95,9 @@ def _refuse_if_full(exp: str) -> None:
 
 def run_search(spec: SearchSpec, num_samples: int, name: str, storage_dir: str = "ray_results", *,
                address: str | None = None, shared_storage: bool = False, optuna_storage: str | None = None,
-               verbose: int = 1, log=print):
+               verbose: int = 1, log=print, points: list[dict] | None = None, extra_meta: dict | None = None):
+    """A search over spec's space (Optuna proposes, ASHA stops); or, with `points`, exactly these trial configs, each
+    trained for all its epochs (`mmsa confirm`: fixed configurations with fresh seeds, no early stopping by ASHA)."""
     from ray import tune
 
     check_search_args(num_samples, name, optuna_storage)
@@ -121,17 +123,28 @@ def run_search(spec: SearchSpec, num_samples: int, name: str, storage_dir: str =
         meta = {"name": name, "storage": storage_dir, "num_samples": num_samples, "data_dir": str(data_dir),
                 "data_fingerprint": data.train.fingerprint, "optuna_storage": optuna_storage,
                 "created": datetime.datetime.now().isoformat(timespec="seconds"), "resources": resources,
-                "max_concurrent": max_conc, "spec": spec_to_dict(spec)}
+                "max_concurrent": max_conc, "spec": spec_to_dict(spec), **(extra_meta or {})}
         experiment.write_meta(exp, meta)
         log(f"search {name}: {num_samples} trials, {max_conc} at once, {resources} each; results in {exp}")
         ray_internals.upload_state_after_each_checkpoint()
         callbacks = _callbacks(spec, exp)
+        if points is None:
+            param_space = spec.param_space()
+            search_alg = make_searcher(spec, name, max_conc, optuna_storage, num_samples)
+            scheduler = make_scheduler(spec)
+        else:
+            from ray.tune.schedulers import FIFOScheduler
+            from ray.tune.search import BasicVariantGenerator
+
+            param_space = spec.fixed.to_dict()
+            search_alg = BasicVariantGenerator(points_to_evaluate=points, max_concurrent=max_conc)
+            scheduler = FIFOScheduler()
         tuner = tune.Tuner(
             trainable_with(data, resources),
-            param_space=spec.param_space(),
+            param_space=param_space,
             tune_config=tune.TuneConfig(metric=M.SEARCH_METRIC, mode=M.OPT_MODE, num_samples=num_samples,
-                                        search_alg=make_searcher(spec, name, max_conc, optuna_storage, num_samples),
-                                        scheduler=make_scheduler(spec), trial_dirname_creator=trial_dirname,
+                                        search_alg=search_alg,
+                                        scheduler=scheduler, trial_dirname_creator=trial_dirname,
                                         reuse_actors=False),  # a fresh process per trial: its GPU memory goes back
             run_config=tune.RunConfig(
                 name=name, storage_path=storage_dir, verbose=verbose, progress_reporter=status_reporter(spec),
@@ -181,5 +194,6 @@ def resume_search(exp_dir: str | Path, *, address: str | None = None, verbose: i
         ray_internals.relocate_new_trials_on_restore()
         tuner = tune.Tuner.restore(exp, trainable=trainable_with(data, meta["resources"]), resume_unfinished=True,
                                    resume_errored=True)
-        replay(ray_internals.restored_scheduler(tuner), load_trials(exp))
+        if not meta.get("fixed_trials"):  # `mmsa confirm` runs without ASHA: nothing to replay
+            replay(ray_internals.restored_scheduler(tuner), load_trials(exp))
         return _fit(tuner, ray_internals.restored_callbacks(tuner), exp)

@@ -172,3 +172,12 @@ def test_relocation_patch_touchpoints():
     from ray.tune.experiment import Experiment
 
     assert '"storage": self.storage' in inspect.getsource(Experiment.__init__)
+
+
+def test_confirm_search_state_file_is_a_backed_up_state_file():
+    """`mmsa confirm` runs Ray's BasicVariantGenerator, whose state is a pickle: it must be signed like the others."""
+    from ray.tune.search import BasicVariantGenerator
+
+    from search.ray_internals import is_state_file
+
+    assert is_state_file(BasicVariantGenerator.CKPT_FILE_TMPL.format("2024-01-01_00-00-00"))

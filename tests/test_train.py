@@ -179,3 +179,12 @@ def test_cuda_bf16_epoch(demo_cfg, split):
     t = Trainer(_cfg(demo_cfg, epochs=1, device="cuda"), split)
     h = next(t.fit())
     assert np.isfinite(h[M.VAL_LOSS]) and next(t.model.parameters()).is_cuda
+
+
+def test_validation_predictions_come_from_the_pass_that_scores(demo_cfg, split):
+    """The row-order predictions of the validation pass give exactly its reported accuracy (no second pass)."""
+    t = Trainer(_cfg(demo_cfg, epochs=1, patience=0), split)
+    row = next(t.fit())
+    assert t.val_pred is not None and t.val_pred.shape == (len(split.val),)
+    assert t.val_pred.min() >= 0
+    assert abs(float((t.val_pred == split.val.labels).mean()) - row["val_acc"]) < 1e-9

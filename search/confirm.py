@@ -1,0 +1,223 @@
+"""`mmsa confirm EXP --top K --seeds S`: re-train the search's top-K configurations with S fresh seeds each and pick
+by the mean, not by the luckiest curve.
+
+The confirmation is an experiment of its own in EXP/confirm (its own mmsa_search.yaml, Ray state, lease and trial
+folders: `mmsa resume EXP/confirm` continues it after a crash, `mmsa status EXP/confirm` lists its trials). Its
+trials are the K configurations with train.seed = the configuration's seed + 1 .. + S, each trained for all its
+epochs (no ASHA: a seed is not stopped for being unlucky early). When it has finished, the evidence goes to
+EXP/confirm.json (JSON, written whole): per configuration the mean +/- std over seeds of the best val loss and
+accuracy, the mean validation-loss curve and its minimum (the epoch count), a 95% interval of the mean accuracy
+and which configurations are tied with the chosen one. `mmsa export EXP` then exports the chosen configuration,
+`mmsa report EXP` shows the evidence, and `mmsa status EXP` counts its trial-epochs in the budget.
+"""
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+
+from data_pipeline.atomic import write_file
+from data_pipeline.errors import UserError
+from model.config import Config
+
+from . import experiment, storage
+from .lock import ExperimentLock, describe, holder, read_lease
+from .results import TrialSummary, best_row_scores, load_trials
+from .schema import FINISHED, M
+from .stats import compare
+
+from .confirm_files import CONFIRM_DIR, EVIDENCE, chosen, confirm_location, read_evidence  # noqa: F401
+SEED_KEY = "train.seed"
+
+
+def check_confirm_args(top, seeds) -> None:
+    for flag, v, hi in (("--top", top, 100), ("--seeds", seeds, 100)):
+        if isinstance(v, bool) or not isinstance(v, int) or not 1 <= v <= hi:
+            raise UserError(f"{flag} {v}: must be a whole number from 1 to {hi}.")
+
+
+def parent_of(cexp: str) -> str:
+    return storage.normalize(str(cexp)).rstrip("/").rsplit("/", 1)[0]
+
+
+def _key(config: dict) -> str:
+    """A configuration without its seed: what the seeds of one candidate share."""
+    d = Config.from_dict(config, source="trial config").to_dict()
+    d["train"].pop("seed", None)
+    return json.dumps(d, sort_keys=True)
+
+
+def candidates(trials: list[TrialSummary], top: int) -> list[dict]:
+    """The top `top` distinct configurations by best val loss (errored trials and trials without a result left out)."""
+    usable = sorted((t for t in trials if t.state != "ERROR" and t.best is not None), key=lambda t: t.best[M.VAL_LOSS])
+    out, seen = [], set()
+    for t in usable:
+        k = _key(t.config)
+        if k not in seen:
+            seen.add(k)
+            out.append({"trial_id": t.trial_id, "config": t.config, "search_best_val_loss": float(t.best[M.VAL_LOSS]),
+                        "search_best_epoch": int(t.best[M.EPOCH])})
+        if len(out) == top:
+            break
+    return out
+
+
+def points(cands: list[dict], seeds: int) -> list[dict]:
+    out = []
+    for c in cands:
+        cfg = Config.from_dict(c["config"], source="trial config")
+        c["seeds"] = [cfg.train.seed + 1 + j for j in range(seeds)]
+        out += [cfg.with_overrides({SEED_KEY: s}).to_dict() for s in c["seeds"]]
+    return out
+
+
+def run_confirm(exp_dir: str, top: int = 3, seeds: int = 3, *, address: str | None = None, verbose: int = 1, log=print):
+    from data_pipeline.preprocess import data_fingerprint
+
+    from .space import parse_spec
+    from .tuner import run_search
+
+    check_confirm_args(top, seeds)
+    exp = storage.normalize(exp_dir)
+    meta = experiment.read_meta(exp)
+    if meta.get("fixed_trials"):
+        raise UserError(f"{exp} is itself a confirmation; confirm the search it belongs to ({parent_of(exp)}).")
+    cexp = confirm_location(exp)
+    if experiment.meta_exists(cexp) and experiment.ever_ran(cexp):
+        cm = experiment.read_meta(cexp)
+        if not finished(cexp):
+            raise UserError(f"{cexp}: a confirmation of this search was started and has not finished; continue it with "
+                            f"`mmsa resume {cexp}`.")
+        if (cm.get("top"), cm.get("seeds")) != (top, seeds):
+            raise UserError(f"{cexp}: this search was confirmed already with --top {cm.get('top')} --seeds "
+                            f"{cm.get('seeds')}; its evidence is in {exp}/{EVIDENCE}. To confirm again with other "
+                            f"settings, move or delete {cexp} first.")
+        log(f"{cexp}: the confirmation has finished already; rewriting its evidence")
+        return write_evidence(exp)
+    running = holder(read_lease(exp))
+    if running:
+        raise UserError(f"{exp} is in use by {describe(running)}; confirm the search when it has finished.")
+    trials = load_trials(exp)
+    cands = candidates(trials, top)
+    if not cands:
+        raise UserError(f"{exp}: no trial has reported a result yet (errored trials are ignored); nothing to confirm.")
+    if data_fingerprint(meta["data_dir"], "train") != meta["data_fingerprint"]:
+        raise UserError(f"{meta['data_dir']}: the data changed since the search ran; its configurations cannot be "
+                        "confirmed on other data. Start a new search.")
+    spec = parse_spec(meta["spec"], f"{exp}/{experiment.META}")
+    pts = points(cands, seeds)
+    extra = {"fixed_trials": True, "confirm_of": meta["name"], "top": top, "seeds": seeds,
+             "search_trials": len(trials), "candidates": cands}
+    log(f"confirming the top {len(cands)} configuration(s) of {exp} with {seeds} fresh seed(s) each: "
+        f"{len(pts)} trials of up to {spec.fixed.train.epochs} epochs")
+    with ExperimentLock(exp, f"mmsa confirm {exp}"):  # the search is not resumed meanwhile
+        run_search(spec, len(pts), CONFIRM_DIR, exp, address=address, verbose=verbose, log=log, points=pts,
+                   extra_meta=extra)
+        if finished(cexp):
+            return write_evidence(exp)
+    return None
+
+
+def resume_confirm(cexp: str, *, address: str | None = None, verbose: int = 1, trust_state: bool = False, log=print):
+    from .tuner import resume_search
+
+    exp = parent_of(cexp)
+    with ExperimentLock(exp, f"mmsa resume {cexp}"):
+        resume_search(cexp, address=address, verbose=verbose, trust_state=trust_state, log=log)
+        if finished(cexp):
+            return write_evidence(exp)
+    return None
+
+
+def finished(cexp: str) -> bool:
+    meta = experiment.read_meta(cexp)
+    trials = load_trials(cexp)
+    # Without ASHA every trial ends by itself: its last row says so even where Ray's state file lags behind.
+    return len(trials) >= meta["num_samples"] and all(
+        t.state in ("TERMINATED", "ERROR") or (t.results and t.results[-1].get(FINISHED)) for t in trials)
+
+
+def _std(xs: list[float]) -> float:
+    return float(np.std(xs, ddof=1)) if len(xs) > 1 else 0.0
+
+
+def evidence(exp: str) -> dict:
+    """What the confirmation found (see the module docstring); the chosen configuration has the lowest minimum of
+    its mean validation-loss curve."""
+    cexp = confirm_location(exp)
+    cm = experiment.read_meta(cexp)
+    trials = load_trials(cexp)
+    by_key: dict[str, list[TrialSummary]] = {}
+    for t in trials:
+        if t.state != "ERROR" and t.results:
+            by_key.setdefault(_key(t.config), []).append(t)
+    rows, scores, label_rows = [], {}, {}
+    for c in cm["candidates"]:
+        runs = by_key.get(_key(c["config"]), [])
+        row = {"trial_id": c["trial_id"], "search_best_val_loss": c["search_best_val_loss"],
+               "search_best_epoch": c.get("search_best_epoch"), "seeds": c.get("seeds"), "runs": len(runs),
+               "config": c["config"]}
+        runs = [t for t in runs if t.best is not None]
+        if runs:
+            length = min(len(t.results) for t in runs)
+            curve = [float(np.mean([t.results[e][M.VAL_LOSS] for t in runs])) for e in range(length)]
+            e = int(np.nanargmin(curve)) if any(math.isfinite(v) for v in curve) else 0
+            row |= {
+                "best_val_loss_mean": float(np.mean([t.best[M.VAL_LOSS] for t in runs])),
+                "best_val_loss_std": _std([t.best[M.VAL_LOSS] for t in runs]),
+                "best_val_acc_mean": float(np.mean([t.best[M.VAL_ACC] for t in runs])),
+                "best_val_acc_std": _std([t.best[M.VAL_ACC] for t in runs]),
+                "mean_curve": curve, "epochs": e + 1, "val_loss_at_epochs": curve[e],
+                "val_acc_at_epochs": float(np.mean([t.results[e][M.VAL_ACC] for t in runs])),
+                "val_f1_at_epochs": float(np.mean([t.results[e][M.VAL_F1] for t in runs])),
+                "train_loss_at_epochs": float(np.mean([t.results[e][M.TRAIN_LOSS] for t in runs])),
+            }
+            per_row = [best_row_scores(t) for t in runs]
+            if per_row and all(p is not None and p[1] == per_row[0][1] for p in per_row):
+                scores[c["trial_id"]] = np.mean([p[0] for p in per_row], axis=0)  # mean accuracy per row over seeds
+                label_rows[c["trial_id"]] = per_row[0][1]
+        rows.append(row)
+    ranked = [r for r in rows if "val_loss_at_epochs" in r and math.isfinite(r["val_loss_at_epochs"])]
+    chosen = min(ranked, key=lambda r: r["val_loss_at_epochs"]) if ranked else None
+    ivs = compare(scores, chosen["trial_id"] if chosen else None, label_rows)
+    for r in rows:
+        iv = ivs.get(r["trial_id"])
+        r["val_acc_interval"] = [iv.lo, iv.hi] if iv else None
+        r["tied"] = bool(iv.tied) if iv and iv.tied is not None else None
+        r["chosen"] = r is chosen
+    return {"experiment": exp, "top": cm["top"], "seeds": cm["seeds"], "search_trials": cm.get("search_trials"),
+            "trials": len(trials), "trial_epochs": sum(len(t.results) for t in trials),
+            "chosen": chosen["trial_id"] if chosen else None, "candidates": rows}
+
+
+def write_evidence(exp: str) -> dict:
+    ev = evidence(exp)
+    fs, path = storage.filesystem(exp)
+    write_file(f"{path}/{EVIDENCE}", json.dumps(ev, indent=1).encode(), fs)
+    return ev
+
+
+def evidence_markdown(ev: dict) -> list[str]:
+    lines = ["## Confirmation (`mmsa confirm`)", "",
+             f"The top {len(ev['candidates'])} configurations re-trained with {ev['seeds']} fresh seeds each "
+             f"({ev['trials']} trials, {ev['trial_epochs']} trial-epochs, all epochs, no early stopping by ASHA). "
+             "Chosen: the lowest minimum of the mean validation-loss curve over seeds; its epoch count is where that "
+             "minimum is. Accuracy interval: 95% bootstrap over the validation rows of the per-row accuracy averaged "
+             "over seeds; tied: the paired interval of the difference to the chosen one contains 0.", "",
+             "| search trial | search best val loss | seeds | best val loss (mean +/- std) | best val acc (mean +/- std) "
+             "| epochs | mean val loss at epochs | mean val acc at epochs | 95% interval | vs chosen |",
+             "|---|---|---|---|---|---|---|---|---|---|"]
+    for c in ev["candidates"]:
+        if "best_val_loss_mean" not in c:
+            lines.append(f"| `{c['trial_id']}` | {c['search_best_val_loss']:.4f} | 0 | - | - | - | - | - | - | no result |")
+            continue
+        iv = c.get("val_acc_interval")
+        mark = "**chosen**" if c.get("chosen") else {True: "tied", False: "not tied"}.get(c.get("tied"), "-")
+        lines.append(f"| `{c['trial_id']}` | {c['search_best_val_loss']:.4f} | {c['runs']} | "
+                     f"{c['best_val_loss_mean']:.4f} +/- {c['best_val_loss_std']:.4f} | "
+                     f"{c['best_val_acc_mean']:.4f} +/- {c['best_val_acc_std']:.4f} | {c['epochs']} | "
+                     f"{c['val_loss_at_epochs']:.4f} | {c['val_acc_at_epochs']:.4f} | "
+                     + (f"[{iv[0]:.3f}, {iv[1]:.3f}]" if iv else "-") + f" | {mark} |")
+    return lines + [""]
