@@ -225,19 +225,25 @@ def relocate_new_trials_on_restore() -> None:
 
     def patched(self, *args, **kwargs):
         resume(self, *args, **kwargs)
+        alg = self._search_alg
         try:
-            spec = self._search_alg._experiment.spec
-            new, old = self._storage, spec["storage"]
+            if hasattr(alg, "_experiment"):  # SearchGenerator (a Searcher such as Optuna's)
+                specs = [alg._experiment.spec] if alg._experiment is not None else []
+            else:  # BasicVariantGenerator (fixed points, e.g. `mmsa confirm`)
+                specs = [it.unresolved_spec for it in alg._iterators]
+            new = self._storage
+            for spec in specs:
+                old = spec["storage"]
+                if old is not None and (old.storage_fs_path, old.experiment_dir_name) != (new.storage_fs_path,
+                                                                                          new.experiment_dir_name):
+                    moved = copy.copy(old)
+                    moved.storage_filesystem = new.storage_filesystem
+                    moved.storage_fs_path = new.storage_fs_path
+                    moved.experiment_dir_name = new.experiment_dir_name
+                    spec["storage"] = moved
         except (AttributeError, KeyError, TypeError) as e:
-            raise _moved("SearchGenerator._experiment.spec['storage']", "resume a moved or copied experiment",
-                         str(e)) from None
-        if old is not None and (old.storage_fs_path, old.experiment_dir_name) != (new.storage_fs_path,
-                                                                                  new.experiment_dir_name):
-            moved = copy.copy(old)
-            moved.storage_filesystem = new.storage_filesystem
-            moved.storage_fs_path = new.storage_fs_path
-            moved.experiment_dir_name = new.experiment_dir_name
-            spec["storage"] = moved
+            raise _moved("SearchGenerator._experiment.spec / BasicVariantGenerator._iterators[].unresolved_spec "
+                         "['storage']", "resume a moved or copied experiment", str(e)) from None
 
     patched._mmsa = True
     TuneController.resume = patched

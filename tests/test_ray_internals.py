@@ -170,8 +170,11 @@ def test_relocation_patch_touchpoints():
     gen.set_state({"counter": 0, "total_samples": 1, "finished": False, "experiment": "spec-holder"})
     assert gen._experiment == "spec-holder"
     from ray.tune.experiment import Experiment
+    from ray.tune.search.basic_variant import BasicVariantGenerator, _TrialIterator
 
     assert '"storage": self.storage' in inspect.getsource(Experiment.__init__)
+    assert "self._iterators" in inspect.getsource(BasicVariantGenerator.__init__)
+    assert "self.unresolved_spec = unresolved_spec" in inspect.getsource(_TrialIterator.__init__)
 
 
 def test_confirm_search_state_file_is_a_backed_up_state_file():
