@@ -74,9 +74,10 @@ def cmd_make_demo_data(args) -> int:
 def cmd_make_tiny_pretrained(args) -> int:
     from model.pretrained import make_tiny_pretrained
 
-    paths = make_tiny_pretrained(args.dir, overwrite=args.overwrite)
-    print(f"tiny BERT: {paths['text_model']}\ntiny ResNet (resnet10) weights: {paths['image_weights']}\n"
-          f"use them with: --set model.text_model={paths['text_model']} --set model.image_arch=resnet10 "
+    paths = make_tiny_pretrained(args.dir, overwrite=args.overwrite, size=args.size)
+    what = "tiny" if args.size == "tiny" else "real-size random"
+    print(f"{what} BERT: {paths['text_model']}\n{what} ResNet ({paths['image_arch']}) weights: {paths['image_weights']}\n"
+          f"use them with: --set model.text_model={paths['text_model']} --set model.image_arch={paths['image_arch']} "
           f"--set model.image_weights={paths['image_weights']}")
     return 0
 
@@ -278,6 +279,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("make-tiny-pretrained", help="write a tiny random BERT and ResNet for dry runs without downloads")
     p.add_argument("dir", type=Path)
+    p.add_argument("--size", choices=("tiny", "base"), default="tiny", help="tiny (default), or base: the real "
+                   "architectures (bert-base-uncased config and vocabulary size, ResNet-50) with random weights")
     p.add_argument("--overwrite", action="store_true", help="replace tiny models already there")
     p.set_defaults(fn=cmd_make_tiny_pretrained)
 
