@@ -11,6 +11,7 @@ import torch
 from model.config import Config
 from model.train import Split, Trainer
 
+from .async_checkpoint import BYTES_PREV, FIRST_BATCH_S, OVERHEAD_S, PASS_S
 from .checkpoint_retention import write_checkpoint_metrics
 from .faults import batch_hook
 from .ray_internals import QUIET_LOGGERS
@@ -22,10 +23,24 @@ class TrialOutOfMemory(RuntimeError):
 
 
 
-def train_trial(config: dict, data: Split) -> None:
+def process_started() -> float:
+    """perf_counter() value of this process's start (the start-to-first-batch clock includes imports)."""
+    import psutil
+
+    return time.perf_counter() - (time.time() - psutil.Process().create_time())
+
+
+def train_trial(config: dict, data: Split, checkpointing: dict | None = None) -> None:
+    started = process_started()
     cfg = Config.from_dict(config, source="trial config")  # Ray's dict -> typed configs, first thing
     import ray
     from ray import tune
+
+    ck = checkpointing or {"checkpoint_mode": "sync"}  # sync: the behaviour before search.checkpoint_mode
+    if ck["checkpoint_mode"] == "async":
+        from .trainable_async import train_trial_async
+
+        return train_trial_async(cfg, data, int(ck.get("checkpoint_every", 1)), started)
 
     for name in QUIET_LOGGERS:
         logging.getLogger(name).setLevel(logging.WARNING)
@@ -38,14 +53,28 @@ def train_trial(config: dict, data: Split) -> None:
             trainer.load_checkpoint(Path(d))
     ctx = ray.get_runtime_context()
     where = {DEVICE: trainer.device.type, GPU_IDS: ",".join(str(g) for g in ray.get_gpu_ids()), NODE_ID: ctx.get_node_id()}
+    timing = {OVERHEAD_S: 0.0, BYTES_PREV: 0}  # the same timing keys as async mode (bench/search_overhead.py)
+    first_batch: list[float] = []
+    hook = trainer.on_batch
+    trainer.on_batch = lambda train, n: (first_batch or first_batch.append(time.perf_counter() - started),
+                                         hook and hook(train, n))
     try:
-        for row in trainer.fit():
+        epochs = trainer.fit()
+        while True:
+            t0 = time.perf_counter()
+            row = next(epochs, None)
+            if row is None:
+                break
+            t1 = time.perf_counter()
+            timing.update({PASS_S: t1 - t0, FIRST_BATCH_S: first_batch[0] if first_batch else float("nan")})
             finished = trainer.epoch >= cfg.train.epochs or trainer.should_stop()
             with tempfile.TemporaryDirectory() as tmp:
                 ck = trainer.save_checkpoint(Path(tmp) / "checkpoint", include_best=False)
                 write_checkpoint_metrics(ck, trainer.epoch, row[M.VAL_LOSS])
-                tune.report({**row, FINISHED: int(finished), REPORTED_AT: time.time(), **where},
+                tune.report({**row, FINISHED: int(finished), REPORTED_AT: time.time(), **where, **timing},
                             checkpoint=tune.Checkpoint.from_directory(str(ck)))
+                size = sum(f.stat().st_size for f in ck.iterdir())
+            timing = {OVERHEAD_S: time.perf_counter() - t1, BYTES_PREV: size}
     except torch.cuda.OutOfMemoryError:
         t = cfg.train
         micro = t.micro_batch_size or t.batch_size

@@ -47,17 +47,24 @@ def sigterm_like_ctrl_c() -> None:
         signal.signal(signal.SIGTERM, lambda signum, frame: os.kill(os.getpid(), signal.SIGINT))
 
 
-def trainable_with(data: Split, resources: dict):
+def checkpointing(spec: SearchSpec) -> dict:
+    return {"checkpoint_mode": spec.search.checkpoint_mode, "checkpoint_every": spec.search.checkpoint_every}
+
+
+def trainable_with(data: Split, resources: dict, ck: dict | None = None):
     from ray import tune
 
     # The preprocessed arrays go to the object store once; every trial on a node maps the same copy.
-    return tune.with_resources(tune.with_parameters(train_trial, data=data), resources)
+    return tune.with_resources(tune.with_parameters(train_trial, data=data, checkpointing=ck), resources)
 
 
 def _callbacks(spec: SearchSpec, exp: str) -> list:
     from .callbacks import CheckpointPruner, StateBackup, StopWhenStorageFull
 
-    return [CheckpointPruner(spec.search.keep_checkpoints), StateBackup(), StopWhenStorageFull(exp)]
+    from .callbacks import TrialRetention
+
+    return [CheckpointPruner(spec.search.keep_checkpoints), StateBackup(), StopWhenStorageFull(exp),
+            TrialRetention(spec.search.keep_best_trials)]
 
 
 def _fit(tuner, callbacks: list, exp: str):
@@ -118,7 +125,7 @@ def run_search(spec: SearchSpec, num_samples: int, name: str, storage_dir: str =
         ray_internals.upload_state_after_each_checkpoint()
         callbacks = _callbacks(spec, exp)
         tuner = tune.Tuner(
-            trainable_with(data, resources),
+            trainable_with(data, resources, checkpointing(spec)),
             param_space=spec.param_space(),
             tune_config=tune.TuneConfig(metric=M.SEARCH_METRIC, mode=M.OPT_MODE, num_samples=num_samples,
                                         search_alg=make_searcher(spec, name, max_conc, optuna_storage, num_samples),
@@ -170,7 +177,7 @@ def resume_search(exp_dir: str | Path, *, address: str | None = None, verbose: i
         log(f"resuming search {meta['name']} in {exp}")
         ray_internals.upload_state_after_each_checkpoint()
         ray_internals.relocate_new_trials_on_restore()
-        tuner = tune.Tuner.restore(exp, trainable=trainable_with(data, meta["resources"]), resume_unfinished=True,
+        tuner = tune.Tuner.restore(exp, trainable=trainable_with(data, meta["resources"], checkpointing(spec)), resume_unfinished=True,
                                    resume_errored=True)
         replay(ray_internals.restored_scheduler(tuner), load_trials(exp))
         return _fit(tuner, ray_internals.restored_callbacks(tuner), exp)

@@ -172,3 +172,12 @@ def test_relocation_patch_touchpoints():
     from ray.tune.experiment import Experiment
 
     assert '"storage": self.storage' in inspect.getsource(Experiment.__init__)
+
+
+def test_canary_trial_storage_paths():
+    """ray_internals.trial_storage / driver_trial_path read these attributes of Ray's StorageContext."""
+    from ray.train._internal.storage import StorageContext
+    import ray.train._internal.session as session
+
+    assert hasattr(session, "get_session")
+    assert isinstance(getattr(StorageContext, "trial_fs_path", None), property)
