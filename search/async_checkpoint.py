@@ -7,11 +7,12 @@ At the lab's real size a checkpoint (weights + AdamW moments) is 1.5 GiB; writte
   written by a background thread. The tensors are snapshotted (cloned) just before the first optimizer step of epoch
   k+1 (Trainer.before_step), so nothing changed them since epoch k ended, and the forward/backward pass of that first
   batch is not held up by the write. A folder is complete or absent (written beside, then renamed).
-- Ray's checkpoint is a few bytes: POINTER_FILE names the newest *complete* state folder and the epoch whose result
-  it was reported with (normally state k with the result of epoch k+1). Ray's saved experiment state therefore
-  never names a state that is not whole, whenever the trial is killed. Resuming loads exactly that state (epoch k)
-  and trains epoch k+1 again without reporting it (Ray has its result already; each epoch's randomness is a
-  function of (seed, epoch), so the replay is the same epoch), then goes on reporting from k+2.
+- Ray's checkpoint, reported with every result, is a few bytes: POINTER_FILE names the newest *complete* state
+  folder (none before the first: the fresh start) and the epoch whose result it was reported with (normally state
+  k with the result of epoch k+1). Ray's saved experiment state therefore never names a state that is not whole,
+  whenever the trial is killed. Resuming loads exactly that state (epoch k) and trains epoch k+1 again without
+  reporting it (Ray has its result already; each epoch's randomness is a function of (seed, epoch), so the replay
+  is the same epoch), then goes on reporting from k+2.
 - The best epoch's weights (no optimizer state) go to TRIAL/mmsa_best_epoch_0000kk/ with config.yaml, a folder that
   `mmsa predict --model` reads; an older best folder is deleted once a better one is complete, unless `mmsa export`
   pinned it. No host copy of the best weights is kept in memory.
@@ -36,7 +37,8 @@ import torch
 from model import run_files as ckpt
 from model.config import save_config
 
-from .checkpoint_retention import METRICS_FILE, PIN_FILE, write_checkpoint_metrics
+from . import faults
+from .checkpoint_retention import PIN_FILE, write_checkpoint_metrics
 from .schema import M
 
 STATE_DIR = "mmsa_state"
@@ -63,7 +65,7 @@ def read_pointer(ck_dir: Path) -> dict | None:
     if not p.is_file():
         return None  # a checkpoint of checkpoint_mode sync (or of an older search): the whole state is in it
     d = json.loads(p.read_text())
-    return {"state": str(d["state"]), "reported_epoch": int(d["reported_epoch"])}
+    return {"state": None if d["state"] is None else str(d["state"]), "reported_epoch": int(d["reported_epoch"])}
 
 
 def _clone(obj):
@@ -137,29 +139,28 @@ class AsyncCheckpointer:
             gate()
             self.gate_s += time.perf_counter() - start
 
-    def pointer(self, reported_epoch: int, tmp: Path) -> Path | None:
-        """Wait for the state writes started so far (normally done: they had an epoch), then a checkpoint folder
-        naming the newest complete state, to report with the result of `reported_epoch`; None when there is none
-        new."""
+    def pointer(self, reported_epoch: int, tmp: Path) -> Path:
+        """Wait for the state writes started so far (normally done: they had an epoch), then a checkpoint folder to
+        report with the result of `reported_epoch`: it names the newest complete state (none yet: the fresh start,
+        replayable from the seed) and that epoch, so a resumed trial replays the epochs in between silently."""
         for e, fut in self.pending:
             fut.result()  # a failed write raises here: the trial fails and Ray retries it from the last pointer
             self.complete = e
         self.pending.clear()
-        if self.complete is None:
-            return None
-        e, self.complete = self.complete, None
         d = tmp / "checkpoint"
         d.mkdir(parents=True, exist_ok=True)
-        (d / POINTER_FILE).write_text(json.dumps({"state": state_name(e), "reported_epoch": reported_epoch}))
-        write_checkpoint_metrics(d, e, self.val_loss.get(e, float("nan")))
-        self.reported.append(e)
+        state = state_name(self.complete) if self.complete is not None else None
+        (d / POINTER_FILE).write_text(json.dumps({"state": state, "reported_epoch": reported_epoch}))
+        # the pruner (search/callbacks.py) keeps the two newest pointers, by the epoch they were reported with
+        write_checkpoint_metrics(d, reported_epoch, self.val_loss.get(reported_epoch, float("nan")))
+        self.reported.append(self.complete)
         return d
 
     def after_report(self) -> None:
-        """States older than the two newest reported pointers are named by no saved experiment state any more."""
+        """States older than those the two newest reported pointers name are named by no saved experiment state."""
         keep = set(self.reported[-2:])
-        for old in self.reported[:-2]:
-            if old not in keep:
+        for old in set(self.reported[:-2]) - keep:
+            if old is not None:
                 self.pool.submit(delete_unpinned, self.trial_dir / state_name(old))
         self.reported = self.reported[-2:]
 
@@ -191,6 +192,7 @@ class AsyncCheckpointer:
             except OSError:
                 ckpt.save_weights(weights, tmp / ckpt.WEIGHTS)
                 self.bytes_written += (tmp / ckpt.WEIGHTS).stat().st_size
+            faults.during_state_write(self.trial_dir.name, epoch)
             torch.save(state, tmp / ckpt.STATE)
             save_config(self.trainer.cfg, tmp / ckpt.CONFIG)
             write_checkpoint_metrics(tmp, epoch, self.val_loss.get(epoch, float("nan")))

@@ -16,11 +16,7 @@ from .checkpoint_retention import write_checkpoint_metrics
 from .faults import batch_hook
 from .ray_internals import QUIET_LOGGERS
 from .schema import DEVICE, FINISHED, GPU_IDS, NODE_ID, REPORTED_AT, M
-
-
-class TrialOutOfMemory(RuntimeError):
-    """CUDA ran out of memory in a trial; the message says how to make the trial fit."""
-
+from .trial_errors import TrialOutOfMemory, out_of_memory  # noqa: F401 - TrialOutOfMemory: defined there, named here
 
 
 def process_started() -> float:
@@ -36,11 +32,13 @@ def train_trial(config: dict, data: Split, checkpointing: dict | None = None) ->
     import ray
     from ray import tune
 
-    ck = checkpointing or {"checkpoint_mode": "sync"}  # sync: the behaviour before search.checkpoint_mode
-    if ck["checkpoint_mode"] == "async":
+    mode = checkpointing or {"checkpoint_mode": "sync"}  # sync: the behaviour before search.checkpoint_mode
+    if mode["checkpoint_mode"] == "async":
         from .trainable_async import train_trial_async
 
-        return train_trial_async(cfg, data, int(ck.get("checkpoint_every", 1)), started)
+        if train_trial_async(cfg, data, int(mode.get("checkpoint_every", 1)), started):
+            return None
+        # URI storage: Ray uploads the whole checkpoint (sync mode)
 
     for name in QUIET_LOGGERS:
         logging.getLogger(name).setLevel(logging.WARNING)
@@ -76,10 +74,4 @@ def train_trial(config: dict, data: Split, checkpointing: dict | None = None) ->
                 size = sum(f.stat().st_size for f in ck.iterdir())
             timing = {OVERHEAD_S: time.perf_counter() - t1, BYTES_PREV: size}
     except torch.cuda.OutOfMemoryError:
-        t = cfg.train
-        micro = t.micro_batch_size or t.batch_size
-        raise TrialOutOfMemory(
-            f"CUDA out of memory at batch_size {t.batch_size} (micro-batch {micro}) on {trainer.device}: set "
-            f"train.micro_batch_size to {max(1, micro // 2)} in the space file's fixed: section (gradient accumulation "
-            f"keeps the effective batch of {t.batch_size}), or search smaller batch sizes"
-        ) from None
+        raise out_of_memory(cfg, trainer.device) from None

@@ -17,22 +17,20 @@ from . import ray_internals
 from .async_checkpoint import (BYTES_PREV, FIRST_BATCH_S, OVERHEAD_S, PASS_S, AsyncCheckpointer, read_pointer)
 from .faults import batch_hook
 from .ray_internals import QUIET_LOGGERS
+from .trial_errors import out_of_memory
 from .schema import DEVICE, FINISHED, GPU_IDS, NODE_ID, REPORTED_AT, M
 
 
-def train_trial_async(cfg: Config, data: Split, every: int, started: float) -> None:
+def train_trial_async(cfg: Config, data: Split, every: int, started: float) -> bool:
+    """The trial, or False (nothing done) where the storage is not a local filesystem."""
     import ray
     from ray import tune
-
-    from .trainable import TrialOutOfMemory
 
     for name in QUIET_LOGGERS:
         logging.getLogger(name).setLevel(logging.WARNING)
     fs, trial_path = ray_internals.trial_storage()
-    if not isinstance(fs, pafs.LocalFileSystem):  # URI storage: Ray uploads the whole checkpoint (sync mode)
-        from .trainable import train_trial
-
-        return train_trial(cfg.to_dict(), data, {"checkpoint_mode": "sync"})
+    if not isinstance(fs, pafs.LocalFileSystem):
+        return False
     trainer = Trainer(cfg, data)
     hook = batch_hook(cfg, tune.get_context().get_trial_id(), lambda: trainer.epoch)
     first_batch: list[float] = []
@@ -53,7 +51,8 @@ def train_trial_async(cfg: Config, data: Split, every: int, started: float) -> N
             if pointer is None:  # a whole checkpoint of sync mode (or of a search before async mode)
                 trainer.load_checkpoint(Path(d))
         if pointer is not None:
-            trainer.load_checkpoint(Path(trial_path) / pointer["state"])
+            if pointer["state"] is not None:  # else: from the start, which the seed makes the same
+                trainer.load_checkpoint(Path(trial_path) / pointer["state"])
             replay_until = pointer["reported_epoch"]  # Ray has these epochs' results: train them again silently
     ctx = ray.get_runtime_context()
     where = {DEVICE: trainer.device.type, GPU_IDS: ",".join(str(g) for g in ray.get_gpu_ids()), NODE_ID: ctx.get_node_id()}
@@ -79,16 +78,11 @@ def train_trial_async(cfg: Config, data: Split, every: int, started: float) -> N
                          FIRST_BATCH_S: first_batch[0] if first_batch else float("nan")}
                 last_bytes = ck.bytes_written
                 tune.report({**row, FINISHED: int(finished), REPORTED_AT: time.time(), **where, **extra},
-                            checkpoint=tune.Checkpoint.from_directory(str(pointer_dir)) if pointer_dir else None)
+                            checkpoint=tune.Checkpoint.from_directory(str(pointer_dir)))
             ck.after_report()
             overhead = time.perf_counter() - t1
     except torch.cuda.OutOfMemoryError:
-        t = cfg.train
-        micro = t.micro_batch_size or t.batch_size
-        raise TrialOutOfMemory(
-            f"CUDA out of memory at batch_size {t.batch_size} (micro-batch {micro}) on {trainer.device}: set "
-            f"train.micro_batch_size to {max(1, micro // 2)} in the space file's fixed: section (gradient accumulation "
-            f"keeps the effective batch of {t.batch_size}), or search smaller batch sizes"
-        ) from None
+        raise out_of_memory(cfg, trainer.device) from None
     finally:
         ck.close()
+    return True

@@ -43,7 +43,8 @@ def test_pointer_names_whole_state_of_the_snapshot_epoch(tmp_path, monkeypatch):
     t.epoch = 1
     ck.after_epoch({"epoch": 1, "val_loss": 1.0, "best_val_loss": 1.0})
     want = {k: v.clone() for k, v in t.model.state_dict().items()}
-    assert ck.pointer(1, tmp_path / "p1") is None  # epoch 1's state is written only once epoch 2 starts
+    # epoch 1's state is written only once epoch 2 starts: the first report names the fresh start
+    assert read_pointer(ck.pointer(1, tmp_path / "p1")) == {"state": None, "reported_epoch": 1}
     t.step()  # the snapshot happens before this step changes the weights
     t.epoch = 2
     ck.after_epoch({"epoch": 2, "val_loss": 2.0, "best_val_loss": 1.0})
