@@ -4,9 +4,10 @@ At the lab's real size a checkpoint (weights + AdamW moments) is 1.5 GiB; writte
 `tune.report` it blocked the GPU for seconds every epoch. Here:
 
 - The trial's full training state of epoch k goes to its own folder on storage, TRIAL/mmsa_state/epoch_0000kk/,
-  written by a background thread. The tensors are snapshotted (cloned) just before the first optimizer step of epoch
-  k+1 (Trainer.before_step), so nothing changed them since epoch k ended, and the forward/backward pass of that first
-  batch is not held up by the write. A folder is complete or absent (written beside, then renamed).
+  written by a background thread. The parameters and optimizer moments are cloned by the writer thread while the first
+  forward/backward pass of epoch k+1 runs, and that epoch's first optimizer step waits for the clone
+  (Trainer.before_step), so nothing changed them since epoch k ended (buffers such as BatchNorm statistics, which a
+  forward pass updates, are copied when the epoch ends). A folder is complete or absent (written beside, then renamed).
 - Ray's checkpoint, reported with every result, is a few bytes: POINTER_FILE names the newest *complete* state
   folder (none before the first: the fresh start) and the epoch whose result it was reported with (normally state
   k with the result of epoch k+1). Ray's saved experiment state therefore never names a state that is not whole,
@@ -24,11 +25,14 @@ epochs); best weights are written whenever an epoch improves.
 """
 from __future__ import annotations
 
+import atexit
 import concurrent.futures
 import copy
 import json
+import math
 import os
 import shutil
+import threading
 import time
 from pathlib import Path
 
@@ -98,55 +102,82 @@ class AsyncCheckpointer:
         self.pending: list[tuple[int, concurrent.futures.Future]] = []  # state writes not yet reported
         self.complete: int | None = None  # newest complete state epoch not yet reported
         self.reported: list[int] = []  # state epochs named by reported pointers, oldest first
-        self._gate = None
+        self._cloned: threading.Event | None = None  # set once the snapshot of the last epoch is taken
+        self.best_pending: list[tuple[int, concurrent.futures.Future]] = []
         self.gate_s = 0.0
         self.bytes_written = 0
         self.val_loss: dict[int, float] = {}
         trainer.before_step = self._before_step
         trainer.keep_best_state = False
+        # A trial that ASHA stops ends its process right after a report; Ray runs atexit handlers (exit_actor), so
+        # the best weights being written then are finished first.
+        atexit.register(self.pool.shutdown, wait=True)
 
     # ---- the training thread --------------------------------------------------------------------------------
     def after_epoch(self, row: dict) -> None:
         """Right after epoch `row[epoch]` ended: start writing what this epoch must leave on storage."""
         e = int(row[M.EPOCH])
         self.val_loss[e] = float(row[M.VAL_LOSS])
-        best = row[M.VAL_LOSS] == row[M.BEST_VAL_LOSS] and row[M.VAL_LOSS] == row[M.VAL_LOSS]
-        if best:  # the weights now, not at the next step: a trial stopped after this report still gets them
-            weights = _clone(self.trainer.model.state_dict())
-            self.pool.submit(self._write_best, e, weights, float(row[M.VAL_LOSS]))
-        else:
-            weights = None
-        if e % self.every == 0:
-            t = self.trainer
+        loss = float(row[M.VAL_LOSS])
+        before = [h[M.VAL_LOSS] for h in self.trainer.history if h[M.EPOCH] < e and math.isfinite(h[M.VAL_LOSS])]
+        best = math.isfinite(loss) and loss < min(before, default=math.inf)  # the first epoch of the lowest loss,
+        # as `mmsa export` finds it
+        state_epoch = e % self.every == 0
+        if not (best or state_epoch):
+            return
+        t = self.trainer
+        live = t.model.state_dict()
+        # Buffers (BatchNorm statistics) change in the next forward pass: copied now (kilobytes). Parameters and
+        # optimizer moments change only in the next optimizer step: cloned by the writer thread while the next
+        # epoch's first forward/backward runs, and that step waits for the clone (Trainer.before_step).
+        buffer_names = {n for n, _ in t.model.named_buffers()}
+        buffers = {k: _clone(v) for k, v in live.items() if k in buffer_names}
+        small = opt_state = None
+        if state_epoch:
             small = {"scheduler": copy.deepcopy(t.scheduler.state_dict()), "epoch": t.epoch,
                      "history": copy.deepcopy(t.history), "torch_rng": torch.get_rng_state()}
             if t.scaler:
                 small["grad_scaler"] = copy.deepcopy(t.scaler.state_dict())
-            opt_state = t.optimizer.state_dict()  # references to the live moments: cloned at the gate
+            opt_state = t.optimizer.state_dict()  # references to the live moments
+        cloned = threading.Event()
+        self._cloned = cloned
 
-            def gate():
-                w = weights if weights is not None else _clone(t.model.state_dict())
-                state = {**small, "optimizer": _clone(opt_state)}
-                fut = self.pool.submit(self._write_state, e, w, state)
-                self.pending.append((e, fut))
+        def job():
+            try:
+                weights = {k: buffers[k] if k in buffers else _clone(v) for k, v in live.items()}
+                state = {**small, "optimizer": _clone(opt_state)} if state_epoch else None
+            finally:
+                cloned.set()
+            if best:
+                self._write_best(e, weights, loss)
+            if state_epoch:
+                self._write_state(e, weights, state)
 
-            self._gate = gate
+        fut = self.pool.submit(job)
+        if state_epoch:
+            self.pending.append((e, fut))
+        else:
+            self.best_pending.append((e, fut))
 
     def _before_step(self) -> None:
-        if self._gate is not None:
+        if self._cloned is not None:
             start = time.perf_counter()
-            gate, self._gate = self._gate, None
-            gate()
+            self._cloned.wait()
+            self._cloned = None
             self.gate_s += time.perf_counter() - start
 
     def pointer(self, reported_epoch: int, tmp: Path) -> Path:
         """Wait for the state writes started so far (normally done: they had an epoch), then a checkpoint folder to
         report with the result of `reported_epoch`: it names the newest complete state (none yet: the fresh start,
         replayable from the seed) and that epoch, so a resumed trial replays the epochs in between silently."""
-        for e, fut in self.pending:
-            fut.result()  # a failed write raises here: the trial fails and Ray retries it from the last pointer
-            self.complete = e
-        self.pending.clear()
+        for e, fut in self.best_pending + self.pending:
+            if e < reported_epoch:  # not this epoch's own writes: they run during the next epoch
+                fut.result()  # a failed write raises here: the trial fails and Ray retries it from the last pointer
+        self.best_pending = [(e, f) for e, f in self.best_pending if e >= reported_epoch]
+        for e, _ in self.pending:
+            if e < reported_epoch:
+                self.complete = e
+        self.pending = [(e, f) for e, f in self.pending if e >= reported_epoch]
         d = tmp / "checkpoint"
         d.mkdir(parents=True, exist_ok=True)
         state = state_name(self.complete) if self.complete is not None else None
@@ -167,7 +198,6 @@ class AsyncCheckpointer:
     def close(self, wait: bool = True) -> None:
         """The trial ends: no state of the last epoch is needed (a finished trial is not continued), but the best
         weights written in the background are waited for."""
-        self._gate = None
         self.pool.shutdown(wait=wait)
 
     # ---- the writer thread ----------------------------------------------------------------------------------
@@ -204,7 +234,8 @@ class AsyncCheckpointer:
 def retain_finished(trials: list[tuple[str, float]], keep_best_trials: int) -> None:
     """trials: (trial folder, best val_loss) of finished trials. Their training state goes; best weights stay for
     the `keep_best_trials` lowest losses (NaN last) and where pinned."""
-    ranked = sorted(trials, key=lambda t: (t[1] != t[1], t[1]))
+    # NaN last; ties by folder name, as search/results.py best_trial picks among equal losses
+    ranked = sorted(trials, key=lambda t: (t[1] != t[1], t[1], Path(t[0]).name))
     for i, (path, _) in enumerate(ranked):
         shutil.rmtree(Path(path) / STATE_DIR, ignore_errors=True)
         if i >= keep_best_trials:

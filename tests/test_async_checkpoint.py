@@ -41,13 +41,15 @@ def test_pointer_names_whole_state_of_the_snapshot_epoch(tmp_path, monkeypatch):
     ck = AsyncCheckpointer(t, tmp_path, every=1)
     t.step()
     t.epoch = 1
+    t.history.append({"epoch": 1, "val_loss": 1.0})
     ck.after_epoch({"epoch": 1, "val_loss": 1.0, "best_val_loss": 1.0})
     want = {k: v.clone() for k, v in t.model.state_dict().items()}
     # epoch 1's state is written only once epoch 2 starts: the first report names the fresh start
     assert read_pointer(ck.pointer(1, tmp_path / "p1")) == {"state": None, "reported_epoch": 1}
     t.step()  # the snapshot happens before this step changes the weights
     t.epoch = 2
-    ck.after_epoch({"epoch": 2, "val_loss": 2.0, "best_val_loss": 1.0})
+    t.history.append({"epoch": 2, "val_loss": 1.0})  # as good, not better: epoch 1 stays the best
+    ck.after_epoch({"epoch": 2, "val_loss": 1.0, "best_val_loss": 1.0})
     p = ck.pointer(2, tmp_path / "p2")
     assert read_pointer(p) == {"state": state_name(1), "reported_epoch": 2}
     state_dir = tmp_path / state_name(1)

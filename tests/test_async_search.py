@@ -14,7 +14,7 @@ pytestmark = pytest.mark.slow
 
 def _run(tmp_path, demo_cfg, name, env=None):
     fixed = demo_cfg.with_overrides({"patience": 0, "epochs": 4}).to_dict()
-    space = write_space(tmp_path / f"{name}.yaml", fixed, {"train.lr": {"choice": [1e-3]}},
+    space = write_space(tmp_path / f"{name}.yaml", fixed, {"train.lr": {"choice": [1e-3, 3e-3]}},
                         {"grace_period": 4, "max_failures": 2, "seed": 1, "keep_best_trials": 1, "max_concurrent": 2})
     proc = start(["search", "--data", demo_cfg.data.data_dir, "--space", str(space), "--num-samples", "2", "--name",
                   name, "--storage", str(tmp_path / "rr"), "--verbose", "0"], env)
@@ -29,12 +29,12 @@ def test_kill_during_background_write_then_retry_is_exact(tmp_path, demo_cfg, ca
     killed = _run(tmp_path, demo_cfg, "kw", {WRITE_ENV: "2", "MMSA_TEST_FAULT_DIR": str(tmp_path)})
     clean = _run(tmp_path, demo_cfg, "clean")
     assert len(list(tmp_path.glob("killwrite-*"))) == 2  # each trial was killed once, mid-write of epoch 2's state
-    want = {t.config["train"]["seed"]: [r[M.VAL_LOSS] for r in raw_results(t.path)] for t in load_trials(clean)}
+    want = {t.config["train"]["lr"]: [r[M.VAL_LOSS] for r in raw_results(t.path)] for t in load_trials(clean)}
     for t in load_trials(killed):
         assert t.state == "TERMINATED" and t.failures == 1
         rows = raw_results(t.path)
         assert [r[M.EPOCH] for r in rows] == [1, 2, 3, 4]  # no epoch lost or reported twice
-        assert [r[M.VAL_LOSS] for r in rows] == want[t.config["train"]["seed"]]  # the same training, exactly
+        assert [r[M.VAL_LOSS] for r in rows] == want[t.config["train"]["lr"]]  # the same training, exactly
     for exp in (killed, clean):
         assert not list(exp.glob(f"trial_*/{STATE_DIR}/epoch_*"))  # finished trials keep no training state
         assert len(list(exp.glob(f"trial_*/{BEST_PREFIX}*"))) == 1  # keep_best_trials: 1
