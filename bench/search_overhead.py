@@ -33,7 +33,18 @@ from search.tuner import run_search
 
 
 def du(path: Path) -> int:
-    return sum(f.stat().st_size for f in Path(path).rglob("*") if f.is_file() and not f.is_symlink())
+    """Bytes on disk, hard links counted once."""
+    seen = {}
+    for f in Path(path).rglob("*"):
+        if f.is_file() and not f.is_symlink():
+            st = f.stat()
+            seen[(st.st_dev, st.st_ino)] = st.st_size
+    return sum(seen.values())
+
+
+def leftovers(path: Path) -> int:
+    """Hidden temporary folders of writes that never finished."""
+    return len([p for p in Path(path).glob("trial_*/.*.tmp*")])
 
 
 def summarize(exp: Path) -> list[dict]:
@@ -87,14 +98,14 @@ def main() -> None:
         storage = work / f"results-{mode}"
         run_search(spec, args.trials, f"overhead-{mode}", str(storage), verbose=0, log=lambda *a: None)
         exp = storage / f"overhead-{mode}"
-        results[mode] = (summarize(exp), du(exp))
+        results[mode] = (summarize(exp), du(exp), leftovers(exp))
         import ray
 
         ray.shutdown()
     print(f"size {args.size}, {args.rows} rows, image {args.image_size} px, {args.max_length} tokens, "
           f"{args.trials} trials x <= {args.epochs} epochs, 1 trial at a time, {os.cpu_count()} CPUs, "
           f"load {os.getloadavg()[0]:.1f}")
-    for mode, (trials, size) in results.items():
+    for mode, (trials, size, left) in results.items():
         print(f"\n== {mode} ==")
         print("trial      epochs  start->1st batch s  blocking s/epoch (each)       MB written/epoch  pass s  goodput")
         for t in trials:
@@ -104,7 +115,8 @@ def main() -> None:
                   f"{t['pass_s']:>6.1f}  {t['goodput']:>6.1%}")
         allo = [x for t in trials for x in t["overhead_s"]]
         print(f"mean blocking per epoch {statistics.mean(allo) if allo else math.nan:.2f} s, max "
-              f"{max(allo) if allo else math.nan:.2f} s; experiment at the end: {size / 2**20:.0f} MiB")
+              f"{max(allo) if allo else math.nan:.2f} s; experiment at the end: {size / 2**20:.0f} MiB; unfinished "
+              f"temporary folders: {left}")
 
 
 if __name__ == "__main__":
