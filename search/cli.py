@@ -298,7 +298,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(fn=cmd_train)
 
     p = sub.add_parser("predict", help="predict the test file with a trained model; writes predictions.txt")
-    p.add_argument("--model", type=Path, required=True, help="run directory written by `mmsa train`")
+    p.add_argument("--model", type=Path, required=True, help="run directory written by `mmsa train`, or the best-weights folder of a "
+                   "search trial (the checkpoint: that `mmsa export` names)")
     p.add_argument("--data", type=Path, help="dataset directory (default: the one the model was trained on)")
     p.add_argument("--out", type=Path, help="output file (default MODEL/predictions.txt)")
     p.add_argument("--probs", action="store_true", help="also write probabilities.csv beside it")

@@ -54,6 +54,12 @@ def export_best(exp_dir: str | Path, out: str | Path) -> dict:
     ck = f"{exp}/{t.path.name}/{b[CHECKPOINT_DIR_NAME]}" if b.get(CHECKPOINT_DIR_NAME) else None
     best_dir = f"{exp}/{t.path.name}/{best_name(int(b[M.EPOCH]))}"  # checkpoint_mode async: the best weights
     fs_b, path_b = storage.filesystem(best_dir)
+    running = holder(read_lease(exp))
+    if running and t.state not in ("TERMINATED", "ERROR"):  # the trial may be writing it right now (background)
+        for _ in range(60):
+            if storage.is_file(fs_b, f"{path_b}/{METRICS_FILE}"):
+                break
+            time.sleep(0.5)
     if storage.is_file(fs_b, f"{path_b}/{METRICS_FILE}"):  # `mmsa predict --model` reads this folder
         ck = best_dir
     elif ck is not None and storage.is_file(storage.filesystem(ck)[0], f"{storage.filesystem(ck)[1]}/{POINTER_FILE}"):
@@ -61,7 +67,6 @@ def export_best(exp_dir: str | Path, out: str | Path) -> dict:
     if ck is not None:  # kept only while it is among the trial's best `keep_checkpoints`
         fs, path = storage.filesystem(ck)
         ck = ck if storage.is_dir(fs, path) else None
-    running = holder(read_lease(exp))
     if ck is not None and running:  # the pruner could delete it any minute: pin it, then make sure it is still there
         fs, path = storage.filesystem(ck)
         write_file(f"{path}/{PIN_FILE}", json.dumps({"pinned_by": "mmsa export", "at": time.time()}).encode(), fs)

@@ -1,6 +1,7 @@
 """End to end on a real local Ray instance: the demo (search + export + train + predict), export round trip,
 Optuna's view of ASHA-stopped trials, and the refusal messages of resume/status/export."""
 import json
+from pathlib import Path
 
 import optuna
 import pytest
@@ -97,7 +98,9 @@ def test_status_and_export_cli(demo, tmp_path, capsys):
     info = d["search"]
     assert info["best_epoch"] >= 1 and info["data_fingerprint"] and info["checkpoint"]
     assert (demo["experiment"] / info["trial_id"].join(["trial_", ""])).is_dir()
-    assert f"checkpoint_{info['best_epoch'] - 1:06d}" in info["checkpoint"]
+    # checkpoint_mode async: the best epoch's weights folder, which `mmsa predict --model` reads
+    assert info["checkpoint"].endswith(f"mmsa_best_epoch_{info['best_epoch']:06d}")
+    assert (Path(info["checkpoint"]) / "model.safetensors").is_file()
 
 
 def test_export_then_train_round_trip(demo, tmp_path, capsys):
