@@ -48,6 +48,20 @@ def test_checkpoints_kept_are_the_best_and_the_newest(demo):
         assert kept == want, (t.trial_id, kept, want)
 
 
+def test_finished_demo_keeps_only_the_best_trials_weights(demo):
+    """checkpoint_mode async: no training state of finished trials, best weights of keep_best_trials (3) trials; the
+    demo's experiment was 1.5 GB with 26 whole checkpoints before."""
+    exp = demo["experiment"]
+    assert not list(exp.glob("trial_*/mmsa_state/epoch_*"))
+    best = list(exp.glob("trial_*/mmsa_best_epoch_*"))
+    assert len(best) == 3 and not list(exp.glob("trial_*/.*.tmp*"))
+    ranked = sorted(load_trials(exp), key=lambda t: (t.best[M.VAL_LOSS], t.path.name))
+    assert {b.parent.name for b in best} == {t.path.name for t in ranked[:3]}
+    weights = (best[0] / "model.safetensors").stat().st_size
+    total = sum(f.stat().st_size for f in exp.rglob("*") if f.is_file())
+    assert total < 3 * weights + 20 * 2**20, total
+
+
 def test_status_reads_files_cut_by_a_crash(demo, tmp_path, capsys):
     """A kill while Ray copies its files leaves a cut-off last result line or state file: status still reads."""
     import shutil
