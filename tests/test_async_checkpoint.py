@@ -100,3 +100,23 @@ def test_retain_finished_keeps_best_weights_of_the_best_trials(tmp_path):
     assert not any((tmp_path / f"trial_{i}" / STATE_DIR).exists() for i in range(4))
     kept = sorted(p.parent.name for p in tmp_path.glob(f"*/{BEST_PREFIX}*"))
     assert kept == ["trial_0", "trial_1", "trial_3"]  # the two best, and the pinned one
+
+
+def test_checkpoint_every_writes_the_state_every_n_epochs(tmp_path, monkeypatch):
+    import search.async_checkpoint as ac
+
+    monkeypatch.setattr(ac, "save_config", lambda cfg, path: path.write_text("{}"))
+    t = FakeTrainer()
+    ck = AsyncCheckpointer(t, tmp_path, every=2)
+    names = []
+    for e, loss in enumerate([1.0, 2.0, 3.0, 0.5], start=1):
+        t.step()
+        t.epoch = e
+        t.history.append({"epoch": e, "val_loss": loss})
+        ck.after_epoch({"epoch": e, "val_loss": loss, "best_val_loss": min(h["val_loss"] for h in t.history)})
+        names.append(read_pointer(ck.pointer(e, tmp_path / f"p{e}"))["state"])
+        ck.after_report()
+    ck.close()
+    assert names == [None, None, state_name(2), state_name(2)]  # epoch 2's state, from the report of epoch 3 on
+    assert sorted(p.name for p in (tmp_path / STATE_DIR).iterdir()) == ["epoch_000002", "epoch_000004"]
+    assert [p.name for p in tmp_path.glob(f"{BEST_PREFIX}*")] == [f"{BEST_PREFIX}000004"]  # best: every improvement
