@@ -114,6 +114,10 @@ class StopWhenStorageFull(Callback):
         self.exp = exp
         self._sent = False
 
+    @property
+    def stopped_full(self) -> bool:
+        return getattr(self, "_sent", False)
+
     def on_step_end(self, iteration, trials, **info):
         from .storage import MIN_FREE_BYTES, free_bytes
 

@@ -70,22 +70,24 @@ def _callbacks(spec: SearchSpec, exp: str) -> list:
 def _fit(tuner, callbacks: list, exp: str):
     """Tuner.fit, then back up (and sign) Ray's last state snapshot, however fit ended; a full storage disk ends
     with one message saying what was kept and how to go on, instead of whatever Ray tripped over first."""
+    # StopWhenStorageFull stopped it: space freed since (finished trials' states deleted) does not make it a Ctrl-C
+    stopped = lambda: any(getattr(cb, "stopped_full", False) for cb in callbacks)  # noqa: E731
     try:
         result = tuner.fit()
     except Exception:
-        _refuse_if_full(exp)
+        _refuse_if_full(exp, stopped())
         raise
     finally:
         for cb in callbacks:
             if hasattr(cb, "flush"):
                 cb.flush()
-    _refuse_if_full(exp)
+    _refuse_if_full(exp, stopped())
     return result
 
 
-def _refuse_if_full(exp: str) -> None:
+def _refuse_if_full(exp: str, stopped: bool = False) -> None:
     free = storage.free_bytes(exp)
-    if free is not None and free < storage.MIN_FREE_BYTES:
+    if free is not None and (free < storage.MIN_FREE_BYTES or stopped):
         raise UserError(f"the storage of {exp} is full ({free / 2**20:.1f} MiB free), so the search stopped. Every "
                         f"finished epoch is kept (`mmsa status {exp}`, `mmsa export`, `mmsa report` work now). Free some "
                         f"space, or move the experiment to a larger disk (it is relocatable), then continue with "
