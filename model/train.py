@@ -111,6 +111,8 @@ class Trainer:
         # best epoch's for intervals and paired comparisons between trials (search/stats.py). No extra pass.
         self.val_pred: np.ndarray | None = None
         self.on_batch = None  # optional callback(train: bool, samples: int), e.g. a progress bar
+        self.before_step = None  # optional callback() before each optimizer step (search/async_checkpoint.py)
+        self.keep_best_state = True  # host copy of the best epoch's weights (search trials keep them on storage)
 
     # ---- one step: the public pieces run_batches is made of (benches time exactly these) -------------------
     def _collate(self, data: Prepared, idx: np.ndarray) -> dict:
@@ -150,6 +152,8 @@ class Trainer:
         return loss, logits
 
     def optimizer_step(self) -> None:
+        if self.before_step is not None:
+            self.before_step()
         if self.scaler:  # skips the update on the device when float16 gradients overflowed
             self.scaler.step(self.optimizer)
             self.scaler.update()
@@ -238,7 +242,7 @@ class Trainer:
             self.scheduler.step(va["loss"])
             self.epoch += 1
             best = min([h[M.VAL_LOSS] for h in self.history] + [va["loss"]])
-            if va["loss"] <= best:
+            if va["loss"] <= best and self.keep_best_state:
                 self.best_state = {k: v.detach().to("cpu", copy=True) for k, v in self.model.state_dict().items()}
             row = {M.EPOCH: self.epoch, M.TRAIN_LOSS: tr["loss"], M.VAL_LOSS: va["loss"], M.VAL_ACC: va["acc"],
                    M.VAL_F1: va["f1"], M.LR: lr, M.SPS: tr["samples"] / max(tr["seconds"], 1e-9), M.BEST_VAL_LOSS: best}
@@ -247,16 +251,20 @@ class Trainer:
             yield row
 
     # ---- checkpoints ------------------------------------------------------------------------------------------
+    def training_state(self) -> dict:
+        """Everything but the weights that a checkpoint holds (tensors are references, not copies)."""
+        state = {"optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict(),
+                 "epoch": self.epoch, "history": self.history, "torch_rng": torch.get_rng_state()}
+        if self.scaler:
+            state["grad_scaler"] = self.scaler.state_dict()
+        return state
+
     def save_checkpoint(self, path: str | Path, include_best: bool = True) -> Path:
         def write(tmp: Path):
             ckpt.save_weights(self.model.state_dict(), tmp / ckpt.WEIGHTS)
             if include_best and self.best_state is not None:
                 ckpt.save_weights(self.best_state, tmp / ckpt.BEST_WEIGHTS)
-            state = {"optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict(),
-                     "epoch": self.epoch, "history": self.history, "torch_rng": torch.get_rng_state()}
-            if self.scaler:
-                state["grad_scaler"] = self.scaler.state_dict()
-            torch.save(state, tmp / ckpt.STATE)
+            torch.save(self.training_state(), tmp / ckpt.STATE)
             save_config(self.cfg, tmp / ckpt.CONFIG)
 
         return ckpt.replace_dir(path, write)

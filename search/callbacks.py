@@ -114,6 +114,10 @@ class StopWhenStorageFull(Callback):
         self.exp = exp
         self._sent = False
 
+    @property
+    def stopped_full(self) -> bool:
+        return getattr(self, "_sent", False)
+
     def on_step_end(self, iteration, trials, **info):
         from .storage import MIN_FREE_BYTES, free_bytes
 
@@ -122,3 +126,33 @@ class StopWhenStorageFull(Callback):
             self._sent = True
             log.warning("the storage of %s is full (%.1f MiB free): stopping the search", self.exp, free / 2**20)
             os.kill(os.getpid(), signal.SIGINT)
+
+
+class TrialRetention(Callback):
+    """What a trial leaves on storage once it ends (checkpoint_mode async, search/async_checkpoint.py): its full
+    training state goes (a finished trial is not continued); its best-epoch weights stay only for the
+    `keep_best_trials` best finished trials (by best val_loss), and for any that `mmsa export` pinned. Errored
+    trials keep everything: `mmsa resume` retries them from their state."""
+
+    def __init__(self, keep_best_trials: int):
+        self.keep = keep_best_trials
+
+    def on_trial_complete(self, iteration, trials, trial, **info):
+        self._apply([t for t in trials if t.status == "TERMINATED" and t is not trial] + [trial])
+
+    def on_experiment_end(self, trials, **info):
+        self._apply([t for t in trials if t.status == "TERMINATED"])
+
+    def _apply(self, done: list) -> None:
+        from .async_checkpoint import retain_finished
+
+        try:
+            paths = []
+            for t in done:
+                fs, path = ray_internals.driver_trial_path(t)
+                if isinstance(fs, pafs.LocalFileSystem):
+                    loss = (t.last_result or {}).get("best_val_loss", float("nan"))
+                    paths.append((path, float(loss)))
+            retain_finished(paths, self.keep)
+        except Exception as e:  # noqa: BLE001 - never fail the search over clean-up; the next end retries
+            log.warning("could not delete the training state of finished trials: %s", e)

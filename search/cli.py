@@ -74,9 +74,10 @@ def cmd_make_demo_data(args) -> int:
 def cmd_make_tiny_pretrained(args) -> int:
     from model.pretrained import make_tiny_pretrained
 
-    paths = make_tiny_pretrained(args.dir, overwrite=args.overwrite)
-    print(f"tiny BERT: {paths['text_model']}\ntiny ResNet (resnet10) weights: {paths['image_weights']}\n"
-          f"use them with: --set model.text_model={paths['text_model']} --set model.image_arch=resnet10 "
+    paths = make_tiny_pretrained(args.dir, overwrite=args.overwrite, size=args.size)
+    what = "tiny" if args.size == "tiny" else "real-size random"
+    print(f"{what} BERT: {paths['text_model']}\n{what} ResNet ({paths['image_arch']}) weights: {paths['image_weights']}\n"
+          f"use them with: --set model.text_model={paths['text_model']} --set model.image_arch={paths['image_arch']} "
           f"--set model.image_weights={paths['image_weights']}")
     return 0
 
@@ -327,6 +328,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("make-tiny-pretrained", help="write a tiny random BERT and ResNet for dry runs without downloads")
     p.add_argument("dir", type=Path)
+    p.add_argument("--size", choices=("tiny", "base"), default="tiny", help="tiny (default), or base: the real "
+                   "architectures (bert-base-uncased config and vocabulary size, ResNet-50) with random weights")
     p.add_argument("--overwrite", action="store_true", help="replace tiny models already there")
     p.set_defaults(fn=cmd_make_tiny_pretrained)
 
@@ -344,7 +347,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(fn=cmd_train)
 
     p = sub.add_parser("predict", help="predict the test file with a trained model; writes predictions.txt")
-    p.add_argument("--model", type=Path, required=True, help="run directory written by `mmsa train`")
+    p.add_argument("--model", type=Path, required=True, help="run directory written by `mmsa train`, or the best-weights folder of a "
+                   "search trial (the checkpoint: that `mmsa export` names)")
     p.add_argument("--data", type=Path, help="dataset directory (default: the one the model was trained on)")
     p.add_argument("--out", type=Path, help="output file (default MODEL/predictions.txt)")
     p.add_argument("--probs", action="store_true", help="also write probabilities.csv beside it")

@@ -13,6 +13,7 @@ from data_pipeline.errors import UserError
 from model.config import Config, build_section, load_config, opt, save_config
 
 from . import storage
+from .async_checkpoint import POINTER_FILE, best_name
 from .checkpoint_retention import METRICS_FILE, PIN_FILE
 from .experiment import read_meta
 from .lock import describe, holder, read_lease
@@ -37,7 +38,8 @@ class ExportSection:
     trial_id: str = opt("", "the best trial")
     best_epoch: int = opt(0, "the best trial's best epoch; `mmsa train --config` trains this many epochs", lo=0, hi=1000)
     metrics: dict = opt(None, "the best epoch's validation metrics")
-    checkpoint: str | None = opt(None, "the best epoch's checkpoint, while the search keeps it")
+    checkpoint: str | None = opt(None, "the best epoch's weights folder (`mmsa predict --model` reads it), or its "
+                                 "checkpoint, while the search keeps it")
     data_dir: str = opt("", "the data the search ran on")
     data_fingerprint: str = opt("", "hash of that data; training on other data is refused without --allow-other-data")
     val_acc_interval: list | None = opt(None, "95% bootstrap interval of the best epoch's val accuracy")
@@ -60,10 +62,21 @@ def export_best(exp_dir: str | Path, out: str | Path) -> dict:
     t = best_trial(exp)
     b = t.best
     ck = f"{exp}/{t.path.name}/{b[CHECKPOINT_DIR_NAME]}" if b.get(CHECKPOINT_DIR_NAME) else None
+    best_dir = f"{exp}/{t.path.name}/{best_name(int(b[M.EPOCH]))}"  # checkpoint_mode async: the best weights
+    fs_b, path_b = storage.filesystem(best_dir)
+    running = holder(read_lease(exp))
+    if running and t.state not in ("TERMINATED", "ERROR"):  # the trial may be writing it right now (background)
+        for _ in range(60):
+            if storage.is_file(fs_b, f"{path_b}/{METRICS_FILE}"):
+                break
+            time.sleep(0.5)
+    if storage.is_file(fs_b, f"{path_b}/{METRICS_FILE}"):  # `mmsa predict --model` reads this folder
+        ck = best_dir
+    elif ck is not None and storage.is_file(storage.filesystem(ck)[0], f"{storage.filesystem(ck)[1]}/{POINTER_FILE}"):
+        ck = None  # only a pointer to a training state: the best weights are gone (not among keep_best_trials)
     if ck is not None:  # kept only while it is among the trial's best `keep_checkpoints`
         fs, path = storage.filesystem(ck)
         ck = ck if storage.is_dir(fs, path) else None
-    running = holder(read_lease(exp))
     if ck is not None and running:  # the pruner could delete it any minute: pin it, then make sure it is still there
         fs, path = storage.filesystem(ck)
         write_file(f"{path}/{PIN_FILE}", json.dumps({"pinned_by": "mmsa export", "at": time.time()}).encode(), fs)

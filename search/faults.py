@@ -9,6 +9,10 @@ so the retry from the checkpoint can succeed).
 MMSA_TEST_FAULT_PRUNE=EPOCH SIGKILLs the search driver right after it pruned checkpoints once a trial reached EPOCH,
 before Ray saved the experiment state: the worst moment for a crash.
 
+MMSA_TEST_FAULT_WRITE=EPOCH SIGKILLs a trial's worker in the middle of writing the training state of EPOCH in the
+background (search/async_checkpoint.py: weights written, the rest not), once per trial (marker in
+MMSA_TEST_FAULT_DIR).
+
 (Tests count picture decodes by wrapping data_pipeline.images._open_rgb, with no hook in production code.)
 """
 from __future__ import annotations
@@ -20,6 +24,7 @@ from pathlib import Path
 ENV = "MMSA_TEST_FAULT"
 ENV_DIR = "MMSA_TEST_FAULT_DIR"
 PRUNE_ENV = "MMSA_TEST_FAULT_PRUNE"
+WRITE_ENV = "MMSA_TEST_FAULT_WRITE"
 
 
 def batch_hook(cfg, trial_id: str, epoch_of):
@@ -56,3 +61,13 @@ def after_pruning(newest_epoch: int) -> None:
     fault = os.environ.get(PRUNE_ENV)
     if fault and newest_epoch == int(fault):
         os.kill(os.getpid(), signal.SIGKILL)
+
+
+def during_state_write(trial: str, epoch: int) -> None:
+    """Called by the background writer between the weights and the rest of a training state."""
+    fault = os.environ.get(WRITE_ENV)
+    if fault and epoch == int(fault):
+        marker = Path(os.environ.get(ENV_DIR, "/tmp")) / f"killwrite-{trial}"
+        if not marker.exists():
+            marker.write_text("fired")
+            os.kill(os.getpid(), signal.SIGKILL)

@@ -248,3 +248,24 @@ def relocate_new_trials_on_restore() -> None:
     patched._mmsa = True
     TuneController.resume = patched
     TuneController._restore_trials = patched_restore_trials
+
+
+def trial_storage() -> tuple[object, str]:
+    """Inside a trial: the storage filesystem and the trial folder's path on it (where the trial writes its own
+    state and best weights, search/async_checkpoint.py). Ray's train context has it as a DeveloperAPI only."""
+    try:
+        from ray.train._internal.session import get_session
+
+        storage = get_session().storage
+        return storage.storage_filesystem, storage.trial_fs_path
+    except AttributeError as e:
+        raise _moved("ray.train._internal.session.get_session().storage.trial_fs_path", "write a trial's "
+                     "checkpoints into its own folder", str(e)) from None
+
+
+def driver_trial_path(trial) -> tuple[object, str]:
+    """On the driver: the storage filesystem and a trial folder's path on it."""
+    try:
+        return trial.storage.storage_filesystem, trial.storage.trial_fs_path
+    except AttributeError as e:
+        raise _moved("Trial.storage.trial_fs_path", "delete a finished trial's training state", str(e)) from None

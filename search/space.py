@@ -34,6 +34,13 @@ class SearchConfig:
     cpus_per_trial: float = opt(1.0, "CPU cores reserved per trial", lo=0.0, lo_open=True)
     gpus_per_trial: float = opt(-1.0, "GPUs per trial: -1 = 1 when the cluster has GPUs else 0; fractions pack trials", lo=-1.0, hi=64.0)
     max_concurrent: int = opt(0, "trials at once; 0 = as many as the cluster's GPUs (or CPUs) hold", lo=0)
+    checkpoint_mode: str = opt("async", "async: a trial's state is written while the next epoch trains, into its own "
+                               "folder; sync: inside Ray's checkpoint at each report (the behaviour before, for "
+                               "comparison; also used on URI storage)", choices=("async", "sync"))
+    checkpoint_every: int = opt(1, "epochs between full training states (async); a retried or resumed trial repeats "
+                                "up to this many epochs, but writes this many times less", lo=1, hi=1000)
+    keep_best_trials: int = opt(3, "finished trials whose best-epoch weights stay on storage (async); the others "
+                                "keep only their results", lo=0, hi=100_000)
 
 
 @dataclass

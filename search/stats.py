@@ -90,3 +90,13 @@ def compare(scores: dict[str, np.ndarray], ref: str | None = None, rows: dict[st
         iv.diff_lo, iv.diff_hi = float(lo), float(hi)
         iv.tied = bool(lo <= 0 <= hi)
     return out
+
+
+def val_predictions(row: dict, pred, labels: str) -> dict:
+    """The validation predictions a trial reports with an epoch: only when it is the trial's best so far (so its
+    best epoch always carries them; search/schema.py names the keys)."""
+    from .schema import VAL_LABEL, VAL_PRED, M
+
+    if pred is None or row[M.VAL_LOSS] > row[M.BEST_VAL_LOSS]:
+        return {}
+    return {VAL_PRED: encode_classes(pred), VAL_LABEL: labels}

@@ -11,29 +11,35 @@ import torch
 from model.config import Config
 from model.train import Split, Trainer
 
+from .async_checkpoint import BYTES_PREV, FIRST_BATCH_S, OVERHEAD_S, PASS_S
 from .checkpoint_retention import write_checkpoint_metrics
 from .faults import batch_hook
 from .ray_internals import QUIET_LOGGERS
-from .schema import DEVICE, FINISHED, GPU_IDS, NODE_ID, REPORTED_AT, VAL_LABEL, VAL_PRED, M
-from .stats import encode_classes
+from .schema import DEVICE, FINISHED, GPU_IDS, NODE_ID, REPORTED_AT, M
+from .stats import encode_classes, val_predictions
+from .trial_errors import TrialOutOfMemory, out_of_memory  # noqa: F401 - TrialOutOfMemory: defined there, named here
 
 
-class TrialOutOfMemory(RuntimeError):
-    """CUDA ran out of memory in a trial; the message says how to make the trial fit."""
+def process_started() -> float:
+    """perf_counter() value of this process's start (the start-to-first-batch clock includes imports)."""
+    import psutil
+
+    return time.perf_counter() - (time.time() - psutil.Process().create_time())
 
 
-
-def val_predictions(row: dict, pred, labels: str) -> dict:
-    """The validation predictions to report with this epoch: only when it is the trial's best so far."""
-    if pred is None or row[M.VAL_LOSS] > row[M.BEST_VAL_LOSS]:
-        return {}
-    return {VAL_PRED: encode_classes(pred), VAL_LABEL: labels}
-
-
-def train_trial(config: dict, data: Split) -> None:
+def train_trial(config: dict, data: Split, checkpointing: dict | None = None) -> None:
+    started = process_started()
     cfg = Config.from_dict(config, source="trial config")  # Ray's dict -> typed configs, first thing
     import ray
     from ray import tune
+
+    mode = checkpointing or {"checkpoint_mode": "sync"}  # sync: the behaviour before search.checkpoint_mode
+    if mode["checkpoint_mode"] == "async":
+        from .trainable_async import train_trial_async
+
+        if train_trial_async(cfg, data, int(mode.get("checkpoint_every", 1)), started):
+            return None
+        # URI storage: Ray uploads the whole checkpoint (sync mode)
 
     for name in QUIET_LOGGERS:
         logging.getLogger(name).setLevel(logging.WARNING)
@@ -47,20 +53,28 @@ def train_trial(config: dict, data: Split) -> None:
     ctx = ray.get_runtime_context()
     where = {DEVICE: trainer.device.type, GPU_IDS: ",".join(str(g) for g in ray.get_gpu_ids()), NODE_ID: ctx.get_node_id()}
     labels = encode_classes(data.val.labels)
+    timing = {OVERHEAD_S: 0.0, BYTES_PREV: 0}  # the same timing keys as async mode (bench/search_overhead.py)
+    first_batch: list[float] = []
+    hook = trainer.on_batch
+    trainer.on_batch = lambda train, n: (first_batch or first_batch.append(time.perf_counter() - started),
+                                         hook and hook(train, n))
     try:
-        for row in trainer.fit():
+        epochs = trainer.fit()
+        while True:
+            t0 = time.perf_counter()
+            row = next(epochs, None)
+            if row is None:
+                break
+            t1 = time.perf_counter()
+            timing.update({PASS_S: t1 - t0, FIRST_BATCH_S: first_batch[0] if first_batch else float("nan")})
             finished = trainer.epoch >= cfg.train.epochs or trainer.should_stop()
             with tempfile.TemporaryDirectory() as tmp:
                 ck = trainer.save_checkpoint(Path(tmp) / "checkpoint", include_best=False)
                 write_checkpoint_metrics(ck, trainer.epoch, row[M.VAL_LOSS])
                 preds = val_predictions(row, trainer.val_pred, labels)
-                tune.report({**row, FINISHED: int(finished), REPORTED_AT: time.time(), **where, **preds},
+                tune.report({**row, FINISHED: int(finished), REPORTED_AT: time.time(), **where, **timing, **preds},
                             checkpoint=tune.Checkpoint.from_directory(str(ck)))
+                size = sum(f.stat().st_size for f in ck.iterdir())
+            timing = {OVERHEAD_S: time.perf_counter() - t1, BYTES_PREV: size}
     except torch.cuda.OutOfMemoryError:
-        t = cfg.train
-        micro = t.micro_batch_size or t.batch_size
-        raise TrialOutOfMemory(
-            f"CUDA out of memory at batch_size {t.batch_size} (micro-batch {micro}) on {trainer.device}: set "
-            f"train.micro_batch_size to {max(1, micro // 2)} in the space file's fixed: section (gradient accumulation "
-            f"keeps the effective batch of {t.batch_size}), or search smaller batch sizes"
-        ) from None
+        raise out_of_memory(cfg, trainer.device) from None

@@ -55,38 +55,47 @@ def sigterm_like_ctrl_c() -> None:
         signal.signal(signal.SIGTERM, lambda signum, frame: os.kill(os.getpid(), signal.SIGINT))
 
 
-def trainable_with(data: Split, resources: dict):
+def checkpointing(spec: SearchSpec) -> dict:
+    return {"checkpoint_mode": spec.search.checkpoint_mode, "checkpoint_every": spec.search.checkpoint_every}
+
+
+def trainable_with(data: Split, resources: dict, ck: dict | None = None):
     from ray import tune
 
     # The preprocessed arrays go to the object store once; every trial on a node maps the same copy.
-    return tune.with_resources(tune.with_parameters(train_trial, data=data), resources)
+    return tune.with_resources(tune.with_parameters(train_trial, data=data, checkpointing=ck), resources)
 
 
 def _callbacks(spec: SearchSpec, exp: str) -> list:
     from .callbacks import CheckpointPruner, StateBackup, StopWhenStorageFull
 
-    return [CheckpointPruner(spec.search.keep_checkpoints), StateBackup(), StopWhenStorageFull(exp)]
+    from .callbacks import TrialRetention
+
+    return [CheckpointPruner(spec.search.keep_checkpoints), StateBackup(), StopWhenStorageFull(exp),
+            TrialRetention(spec.search.keep_best_trials)]
 
 
 def _fit(tuner, callbacks: list, exp: str):
     """Tuner.fit, then back up (and sign) Ray's last state snapshot, however fit ended; a full storage disk ends
     with one message saying what was kept and how to go on, instead of whatever Ray tripped over first."""
+    # StopWhenStorageFull stopped it: space freed since (finished trials' states deleted) does not make it a Ctrl-C
+    stopped = lambda: any(getattr(cb, "stopped_full", False) for cb in callbacks)  # noqa: E731
     try:
         result = tuner.fit()
     except Exception:
-        _refuse_if_full(exp)
+        _refuse_if_full(exp, stopped())
         raise
     finally:
         for cb in callbacks:
             if hasattr(cb, "flush"):
                 cb.flush()
-    _refuse_if_full(exp)
+    _refuse_if_full(exp, stopped())
     return result
 
 
-def _refuse_if_full(exp: str) -> None:
+def _refuse_if_full(exp: str, stopped: bool = False) -> None:
     free = storage.free_bytes(exp)
-    if free is not None and free < storage.MIN_FREE_BYTES:
+    if free is not None and (free < storage.MIN_FREE_BYTES or stopped):
         raise UserError(f"the storage of {exp} is full ({free / 2**20:.1f} MiB free), so the search stopped. Every "
                         f"finished epoch is kept (`mmsa status {exp}`, `mmsa export`, `mmsa report` work now). Free some "
                         f"space, or move the experiment to a larger disk (it is relocatable), then continue with "
@@ -140,7 +149,7 @@ def run_search(spec: SearchSpec, num_samples: int, name: str, storage_dir: str =
             search_alg = BasicVariantGenerator(points_to_evaluate=points, max_concurrent=max_conc)
             scheduler = FIFOScheduler()
         tuner = tune.Tuner(
-            trainable_with(data, resources),
+            trainable_with(data, resources, checkpointing(spec)),
             param_space=param_space,
             tune_config=tune.TuneConfig(metric=M.SEARCH_METRIC, mode=M.OPT_MODE, num_samples=num_samples,
                                         search_alg=search_alg,
@@ -192,8 +201,8 @@ def resume_search(exp_dir: str | Path, *, address: str | None = None, verbose: i
         log(f"resuming search {meta['name']} in {exp}")
         ray_internals.upload_state_after_each_checkpoint()
         ray_internals.relocate_new_trials_on_restore()
-        tuner = tune.Tuner.restore(exp, trainable=trainable_with(data, meta["resources"]), resume_unfinished=True,
-                                   resume_errored=True)
+        tuner = tune.Tuner.restore(exp, trainable=trainable_with(data, meta["resources"], checkpointing(spec)),
+                                   resume_unfinished=True, resume_errored=True)
         if not meta.get("fixed_trials"):  # `mmsa confirm` runs without ASHA: nothing to replay
             replay(ray_internals.restored_scheduler(tuner), load_trials(exp))
         return _fit(tuner, ray_internals.restored_callbacks(tuner), exp)

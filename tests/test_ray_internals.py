@@ -184,3 +184,12 @@ def test_confirm_search_state_file_is_a_backed_up_state_file():
     from search.ray_internals import is_state_file
 
     assert is_state_file(BasicVariantGenerator.CKPT_FILE_TMPL.format("2024-01-01_00-00-00"))
+
+
+def test_canary_trial_storage_paths():
+    """ray_internals.trial_storage / driver_trial_path read these attributes of Ray's StorageContext."""
+    from ray.train._internal.storage import StorageContext
+    import ray.train._internal.session as session
+
+    assert hasattr(session, "get_session")
+    assert isinstance(getattr(StorageContext, "trial_fs_path", None), property)

@@ -1,6 +1,7 @@
 """End to end on a real local Ray instance: the demo (search + export + train + predict), export round trip,
 Optuna's view of ASHA-stopped trials, and the refusal messages of resume/status/export."""
 import json
+from pathlib import Path
 
 import optuna
 import pytest
@@ -45,6 +46,20 @@ def test_checkpoints_kept_are_the_best_and_the_newest(demo):
         by_loss = sorted(t.results, key=lambda r: r[M.VAL_LOSS])
         want = {r[M.EPOCH] for r in by_loss[:2]} | set(t.epochs[-2:])
         assert kept == want, (t.trial_id, kept, want)
+
+
+def test_finished_demo_keeps_only_the_best_trials_weights(demo):
+    """checkpoint_mode async: no training state of finished trials, best weights of keep_best_trials (3) trials; the
+    demo's experiment was 1.5 GB with 26 whole checkpoints before."""
+    exp = demo["experiment"]
+    assert not list(exp.glob("trial_*/mmsa_state/epoch_*"))
+    best = list(exp.glob("trial_*/mmsa_best_epoch_*"))
+    assert len(best) == 3 and not list(exp.glob("trial_*/.*.tmp*"))
+    ranked = sorted(load_trials(exp), key=lambda t: (t.best[M.VAL_LOSS], t.path.name))
+    assert {b.parent.name for b in best} == {t.path.name for t in ranked[:3]}
+    weights = (best[0] / "model.safetensors").stat().st_size
+    total = sum(f.stat().st_size for f in exp.rglob("*") if f.is_file())
+    assert total < 3 * weights + 20 * 2**20, total
 
 
 def test_status_reads_files_cut_by_a_crash(demo, tmp_path, capsys):
@@ -97,7 +112,9 @@ def test_status_and_export_cli(demo, tmp_path, capsys):
     info = d["search"]
     assert info["best_epoch"] >= 1 and info["data_fingerprint"] and info["checkpoint"]
     assert (demo["experiment"] / info["trial_id"].join(["trial_", ""])).is_dir()
-    assert f"checkpoint_{info['best_epoch'] - 1:06d}" in info["checkpoint"]
+    # checkpoint_mode async: the best epoch's weights folder, which `mmsa predict --model` reads
+    assert info["checkpoint"].endswith(f"mmsa_best_epoch_{info['best_epoch']:06d}")
+    assert (Path(info["checkpoint"]) / "model.safetensors").is_file()
 
 
 def test_export_then_train_round_trip(demo, tmp_path, capsys):

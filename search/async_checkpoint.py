@@ -1,0 +1,243 @@
+"""Trial checkpoints written while the next epoch trains (search.checkpoint_mode: async, the default).
+
+At the lab's real size a checkpoint (weights + AdamW moments) is 1.5 GiB; written and then copied by Ray inside
+`tune.report` it blocked the GPU for seconds every epoch. Here:
+
+- The trial's full training state of epoch k goes to its own folder on storage, TRIAL/mmsa_state/epoch_0000kk/,
+  written by a background thread. The parameters and optimizer moments are cloned by the writer thread while the first
+  forward/backward pass of epoch k+1 runs, and that epoch's first optimizer step waits for the clone
+  (Trainer.before_step), so nothing changed them since epoch k ended (buffers such as BatchNorm statistics, which a
+  forward pass updates, are copied when the epoch ends). A folder is complete or absent (written beside, then renamed).
+- Ray's checkpoint, reported with every result, is a few bytes: POINTER_FILE names the newest *complete* state
+  folder (none before the first: the fresh start) and the epoch whose result it was reported with (normally state
+  k with the result of epoch k+1). Ray's saved experiment state therefore never names a state that is not whole,
+  whenever the trial is killed. Resuming loads exactly that state (epoch k) and trains epoch k+1 again without
+  reporting it (Ray has its result already; each epoch's randomness is a function of (seed, epoch), so the replay
+  is the same epoch), then goes on reporting from k+2.
+- The best epoch's weights (no optimizer state) go to TRIAL/mmsa_best_epoch_0000kk/ with config.yaml, a folder that
+  `mmsa predict --model` reads; an older best folder is deleted once a better one is complete, unless `mmsa export`
+  pinned it. No host copy of the best weights is kept in memory.
+- When a trial ends, the driver (search/callbacks.py TrialRetention) deletes its mmsa_state/ and keeps best folders
+  only for the `search.keep_best_trials` best finished trials.
+
+`search.checkpoint_every` N writes the state every N epochs (a retried or resumed trial then repeats up to N
+epochs); best weights are written whenever an epoch improves.
+"""
+from __future__ import annotations
+
+import atexit
+import concurrent.futures
+import copy
+import json
+import math
+import os
+import shutil
+import threading
+import time
+from pathlib import Path
+
+import torch
+
+from model import run_files as ckpt
+from model.config import save_config
+
+from . import faults
+from .checkpoint_retention import PIN_FILE, write_checkpoint_metrics
+from .schema import M
+
+STATE_DIR = "mmsa_state"
+BEST_PREFIX = "mmsa_best_epoch_"
+POINTER_FILE = "mmsa_state.json"
+
+# Extra keys of each reported row (bench/search_overhead.py reads them): measured in the trial process.
+OVERHEAD_S = "overhead_prev_s"  # seconds the trainable blocked training after the previous epoch's passes
+BYTES_PREV = "bytes_written_prev"  # bytes the previous epoch's checkpointing wrote to storage
+PASS_S = "pass_s"  # seconds of this epoch's training + validation passes
+FIRST_BATCH_S = "first_batch_s"  # trial process start (train_trial called) to its first batch
+
+
+def state_name(epoch: int) -> str:
+    return f"{STATE_DIR}/epoch_{epoch:06d}"
+
+
+def best_name(epoch: int) -> str:
+    return f"{BEST_PREFIX}{epoch:06d}"
+
+
+def read_pointer(ck_dir: Path) -> dict | None:
+    p = Path(ck_dir) / POINTER_FILE
+    if not p.is_file():
+        return None  # a checkpoint of checkpoint_mode sync (or of an older search): the whole state is in it
+    d = json.loads(p.read_text())
+    return {"state": None if d["state"] is None else str(d["state"]), "reported_epoch": int(d["reported_epoch"])}
+
+
+def _clone(obj):
+    if isinstance(obj, torch.Tensor):
+        return obj.detach().to("cpu", copy=True)
+    if isinstance(obj, dict):
+        return {k: _clone(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return type(obj)(_clone(v) for v in obj)
+    return obj
+
+
+def _dir_bytes(path: Path) -> int:
+    return sum(f.stat().st_size for f in Path(path).rglob("*") if f.is_file())
+
+
+def delete_unpinned(path: Path) -> None:
+    if path.is_dir() and not (path / PIN_FILE).exists():
+        shutil.rmtree(path, ignore_errors=True)
+
+
+class AsyncCheckpointer:
+    """Owns the trial folder's mmsa_state/ and mmsa_best_epoch_*/ (local storage)."""
+
+    def __init__(self, trainer, trial_dir: str | Path, every: int = 1):
+        self.trainer = trainer
+        self.trial_dir = Path(trial_dir)
+        self.every = every
+        self.pool = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="mmsa-ckpt")  # joined at exit
+        self.pending: list[tuple[int, concurrent.futures.Future]] = []  # state writes not yet reported
+        self.complete: int | None = None  # newest complete state epoch not yet reported
+        self.reported: list[int] = []  # state epochs named by reported pointers, oldest first
+        self._cloned: threading.Event | None = None  # set once the snapshot of the last epoch is taken
+        self.best_pending: list[tuple[int, concurrent.futures.Future]] = []
+        self.gate_s = 0.0
+        self.bytes_written = 0
+        self.val_loss: dict[int, float] = {}
+        trainer.before_step = self._before_step
+        trainer.keep_best_state = False
+        # A trial that ASHA stops ends its process right after a report; Ray runs atexit handlers (exit_actor), so
+        # the best weights being written then are finished first.
+        atexit.register(self.pool.shutdown, wait=True)
+
+    # ---- the training thread --------------------------------------------------------------------------------
+    def after_epoch(self, row: dict) -> None:
+        """Right after epoch `row[epoch]` ended: start writing what this epoch must leave on storage."""
+        e = int(row[M.EPOCH])
+        self.val_loss[e] = float(row[M.VAL_LOSS])
+        loss = float(row[M.VAL_LOSS])
+        before = [h[M.VAL_LOSS] for h in self.trainer.history if h[M.EPOCH] < e and math.isfinite(h[M.VAL_LOSS])]
+        best = math.isfinite(loss) and loss < min(before, default=math.inf)  # the first epoch of the lowest loss,
+        # as `mmsa export` finds it
+        state_epoch = e % self.every == 0
+        if not (best or state_epoch):
+            return
+        t = self.trainer
+        live = t.model.state_dict()
+        # Buffers (BatchNorm statistics) change in the next forward pass: copied now (kilobytes). Parameters and
+        # optimizer moments change only in the next optimizer step: cloned by the writer thread while the next
+        # epoch's first forward/backward runs, and that step waits for the clone (Trainer.before_step).
+        buffer_names = {n for n, _ in t.model.named_buffers()}
+        buffers = {k: _clone(v) for k, v in live.items() if k in buffer_names}
+        small = opt_state = None
+        if state_epoch:
+            small = {"scheduler": copy.deepcopy(t.scheduler.state_dict()), "epoch": t.epoch,
+                     "history": copy.deepcopy(t.history), "torch_rng": torch.get_rng_state()}
+            if t.scaler:
+                small["grad_scaler"] = copy.deepcopy(t.scaler.state_dict())
+            opt_state = t.optimizer.state_dict()  # references to the live moments
+        cloned = threading.Event()
+        self._cloned = cloned
+
+        def job():
+            try:
+                weights = {k: buffers[k] if k in buffers else _clone(v) for k, v in live.items()}
+                state = {**small, "optimizer": _clone(opt_state)} if state_epoch else None
+            finally:
+                cloned.set()
+            if best:
+                self._write_best(e, weights, loss)
+            if state_epoch:
+                self._write_state(e, weights, state)
+
+        fut = self.pool.submit(job)
+        if state_epoch:
+            self.pending.append((e, fut))
+        else:
+            self.best_pending.append((e, fut))
+
+    def _before_step(self) -> None:
+        if self._cloned is not None:
+            start = time.perf_counter()
+            self._cloned.wait()
+            self._cloned = None
+            self.gate_s += time.perf_counter() - start
+
+    def pointer(self, reported_epoch: int, tmp: Path) -> Path:
+        """Wait for the state writes started so far (normally done: they had an epoch), then a checkpoint folder to
+        report with the result of `reported_epoch`: it names the newest complete state (none yet: the fresh start,
+        replayable from the seed) and that epoch, so a resumed trial replays the epochs in between silently."""
+        for e, fut in self.best_pending + self.pending:
+            if e < reported_epoch:  # not this epoch's own writes: they run during the next epoch
+                fut.result()  # a failed write raises here: the trial fails and Ray retries it from the last pointer
+        self.best_pending = [(e, f) for e, f in self.best_pending if e >= reported_epoch]
+        for e, _ in self.pending:
+            if e < reported_epoch:
+                self.complete = e
+        self.pending = [(e, f) for e, f in self.pending if e >= reported_epoch]
+        d = tmp / "checkpoint"
+        d.mkdir(parents=True, exist_ok=True)
+        state = state_name(self.complete) if self.complete is not None else None
+        (d / POINTER_FILE).write_text(json.dumps({"state": state, "reported_epoch": reported_epoch}))
+        # the pruner (search/callbacks.py) keeps the two newest pointers, by the epoch they were reported with
+        write_checkpoint_metrics(d, reported_epoch, self.val_loss.get(reported_epoch, float("nan")))
+        self.reported.append(self.complete)
+        return d
+
+    def after_report(self) -> None:
+        """States older than those the two newest reported pointers name are named by no saved experiment state."""
+        keep = set(self.reported[-2:])
+        for old in set(self.reported[:-2]) - keep:
+            if old is not None:
+                self.pool.submit(delete_unpinned, self.trial_dir / state_name(old))
+        self.reported = self.reported[-2:]
+
+    def close(self, wait: bool = True) -> None:
+        """The trial ends: no state of the last epoch is needed (a finished trial is not continued), but the best
+        weights written in the background are waited for."""
+        self.pool.shutdown(wait=wait)
+
+    # ---- the writer thread ----------------------------------------------------------------------------------
+    def _write_best(self, epoch: int, weights: dict, val_loss: float) -> None:
+        def write(tmp: Path):
+            ckpt.save_weights(weights, tmp / ckpt.WEIGHTS)
+            save_config(self.trainer.cfg, tmp / ckpt.CONFIG)
+            write_checkpoint_metrics(tmp, epoch, val_loss)
+
+        dest = ckpt.replace_dir(self.trial_dir / best_name(epoch), write)
+        self.bytes_written += _dir_bytes(dest)
+        for old in self.trial_dir.glob(f"{BEST_PREFIX}*"):
+            if old.name != dest.name:
+                delete_unpinned(old)
+
+    def _write_state(self, epoch: int, weights: dict, state: dict) -> None:
+        best = self.trial_dir / best_name(epoch) / ckpt.WEIGHTS
+
+        def write(tmp: Path):
+            try:  # the same bytes as the best folder's weights: a hard link costs no write
+                os.link(best, tmp / ckpt.WEIGHTS)
+            except OSError:
+                ckpt.save_weights(weights, tmp / ckpt.WEIGHTS)
+                self.bytes_written += (tmp / ckpt.WEIGHTS).stat().st_size
+            faults.during_state_write(self.trial_dir.name, epoch)
+            torch.save(state, tmp / ckpt.STATE)
+            save_config(self.trainer.cfg, tmp / ckpt.CONFIG)
+            write_checkpoint_metrics(tmp, epoch, self.val_loss.get(epoch, float("nan")))
+            self.bytes_written += sum(f.stat().st_size for f in tmp.iterdir() if f.name != ckpt.WEIGHTS)
+
+        ckpt.replace_dir(self.trial_dir / state_name(epoch), write)
+
+
+def retain_finished(trials: list[tuple[str, float]], keep_best_trials: int) -> None:
+    """trials: (trial folder, best val_loss) of finished trials. Their training state goes; best weights stay for
+    the `keep_best_trials` lowest losses (NaN last) and where pinned."""
+    # NaN last; ties by folder name, as search/results.py best_trial picks among equal losses
+    ranked = sorted(trials, key=lambda t: (t[1] != t[1], t[1], Path(t[0]).name))
+    for i, (path, _) in enumerate(ranked):
+        shutil.rmtree(Path(path) / STATE_DIR, ignore_errors=True)
+        if i >= keep_best_trials:
+            for best in Path(path).glob(f"{BEST_PREFIX}*"):
+                delete_unpinned(best)

@@ -1,0 +1,91 @@
+"""The trainable with checkpoints written in the background (search.checkpoint_mode: async; the protocol is in
+search/async_checkpoint.py). Same training loop and rows as search/trainable.py, plus a few timing keys."""
+from __future__ import annotations
+
+import logging
+import tempfile
+import time
+from pathlib import Path
+
+import pyarrow.fs as pafs
+import torch
+
+from model.config import Config
+from model.train import Split, Trainer
+
+from . import ray_internals
+from .async_checkpoint import (BYTES_PREV, FIRST_BATCH_S, OVERHEAD_S, PASS_S, AsyncCheckpointer, read_pointer)
+from .faults import batch_hook
+from .ray_internals import QUIET_LOGGERS
+from .trial_errors import out_of_memory
+from .schema import DEVICE, FINISHED, GPU_IDS, NODE_ID, REPORTED_AT, M
+from .stats import encode_classes, val_predictions
+
+
+def train_trial_async(cfg: Config, data: Split, every: int, started: float) -> bool:
+    """The trial, or False (nothing done) where the storage is not a local filesystem."""
+    import ray
+    from ray import tune
+
+    for name in QUIET_LOGGERS:
+        logging.getLogger(name).setLevel(logging.WARNING)
+    fs, trial_path = ray_internals.trial_storage()
+    if not isinstance(fs, pafs.LocalFileSystem):
+        return False
+    trainer = Trainer(cfg, data)
+    hook = batch_hook(cfg, tune.get_context().get_trial_id(), lambda: trainer.epoch)
+    first_batch: list[float] = []
+
+    def on_batch(train, n):
+        if not first_batch:
+            first_batch.append(time.perf_counter() - started)
+        if hook is not None:
+            hook(train, n)
+
+    trainer.on_batch = on_batch
+    ck = AsyncCheckpointer(trainer, trial_path, every)
+    replay_until = 0
+    checkpoint = tune.get_checkpoint()
+    if checkpoint is not None:  # a resumed search or a retried trial continues after its last epoch
+        with checkpoint.as_directory() as d:
+            pointer = read_pointer(Path(d))
+            if pointer is None:  # a whole checkpoint of sync mode (or of a search before async mode)
+                trainer.load_checkpoint(Path(d))
+        if pointer is not None:
+            if pointer["state"] is not None:  # else: from the start, which the seed makes the same
+                trainer.load_checkpoint(Path(trial_path) / pointer["state"])
+            replay_until = pointer["reported_epoch"]  # Ray has these epochs' results: train them again silently
+    ctx = ray.get_runtime_context()
+    where = {DEVICE: trainer.device.type, GPU_IDS: ",".join(str(g) for g in ray.get_gpu_ids()), NODE_ID: ctx.get_node_id()}
+    labels = encode_classes(data.val.labels)
+    overhead, last_bytes = 0.0, 0
+    try:
+        epochs = trainer.fit()
+        while True:
+            t0, gate0 = time.perf_counter(), ck.gate_s
+            row = next(epochs, None)
+            if row is None:
+                break
+            t1 = time.perf_counter()
+            gate = ck.gate_s - gate0  # snapshot time inside the first step: blocking, not training
+            passes = t1 - t0 - gate
+            overhead += gate
+            ck.after_epoch(row)
+            if trainer.epoch <= replay_until:
+                continue
+            finished = trainer.epoch >= cfg.train.epochs or trainer.should_stop()
+            with tempfile.TemporaryDirectory() as tmp:
+                pointer_dir = ck.pointer(trainer.epoch, Path(tmp))
+                extra = {OVERHEAD_S: overhead, BYTES_PREV: ck.bytes_written - last_bytes, PASS_S: passes,
+                         FIRST_BATCH_S: first_batch[0] if first_batch else float("nan")}
+                last_bytes = ck.bytes_written
+                preds = val_predictions(row, trainer.val_pred, labels)
+                tune.report({**row, FINISHED: int(finished), REPORTED_AT: time.time(), **where, **extra, **preds},
+                            checkpoint=tune.Checkpoint.from_directory(str(pointer_dir)))
+            ck.after_report()
+            overhead = time.perf_counter() - t1
+    except torch.cuda.OutOfMemoryError:
+        raise out_of_memory(cfg, trainer.device) from None
+    finally:
+        ck.close()
+    return True

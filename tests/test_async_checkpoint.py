@@ -1,0 +1,122 @@
+"""search/async_checkpoint.py without Ray: a pointer names only whole states, what it names loads exactly that
+epoch, and finished trials keep only the best weights of the best trials."""
+import json
+import math
+
+import torch
+
+from search.async_checkpoint import (BEST_PREFIX, STATE_DIR, AsyncCheckpointer, read_pointer, retain_finished,
+                                     state_name)
+from search.checkpoint_retention import PIN_FILE
+
+
+class _Cfg:
+    pass
+
+
+class FakeTrainer:
+    def __init__(self):
+        self.model = torch.nn.Linear(3, 2)
+        self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=0.1)
+        self.scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(self.optimizer)
+        self.scaler = None
+        self.epoch = 0
+        self.history = []
+        self.cfg = None
+        self.before_step = None
+
+    def step(self):
+        if self.before_step:
+            self.before_step()
+        self.model(torch.ones(1, 3)).sum().backward()
+        self.optimizer.step()
+        self.optimizer.zero_grad()
+
+
+def test_pointer_names_whole_state_of_the_snapshot_epoch(tmp_path, monkeypatch):
+    import search.async_checkpoint as ac
+
+    monkeypatch.setattr(ac, "save_config", lambda cfg, path: path.write_text("{}"))
+    t = FakeTrainer()
+    ck = AsyncCheckpointer(t, tmp_path, every=1)
+    t.step()
+    t.epoch = 1
+    t.history.append({"epoch": 1, "val_loss": 1.0})
+    ck.after_epoch({"epoch": 1, "val_loss": 1.0, "best_val_loss": 1.0})
+    want = {k: v.clone() for k, v in t.model.state_dict().items()}
+    # epoch 1's state is written only once epoch 2 starts: the first report names the fresh start
+    assert read_pointer(ck.pointer(1, tmp_path / "p1")) == {"state": None, "reported_epoch": 1}
+    t.step()  # the snapshot happens before this step changes the weights
+    t.epoch = 2
+    t.history.append({"epoch": 2, "val_loss": 1.0})  # as good, not better: epoch 1 stays the best
+    ck.after_epoch({"epoch": 2, "val_loss": 1.0, "best_val_loss": 1.0})
+    p = ck.pointer(2, tmp_path / "p2")
+    assert read_pointer(p) == {"state": state_name(1), "reported_epoch": 2}
+    state_dir = tmp_path / state_name(1)
+    from safetensors.torch import load_file
+
+    got = load_file(str(state_dir / "model.safetensors"))
+    assert all(torch.equal(got[k], want[k]) for k in want)
+    st = torch.load(state_dir / "trainer_state.pt", weights_only=True)
+    assert st["epoch"] == 1
+    assert sorted(x.name for x in tmp_path.glob(f"{BEST_PREFIX}*")) == [f"{BEST_PREFIX}000001"]
+    ck.close()
+
+
+def test_a_write_cut_short_is_never_named(tmp_path, monkeypatch):
+    """A kill during the write leaves only a hidden temporary folder; no pointer names it."""
+    import search.async_checkpoint as ac
+
+    monkeypatch.setattr(ac, "save_config", lambda cfg, path: path.write_text("{}"))
+    t = FakeTrainer()
+    ck = AsyncCheckpointer(t, tmp_path, every=1)
+
+    def killed(*a, **k):
+        raise SystemExit("killed while writing")
+
+    monkeypatch.setattr(ac.torch, "save", killed)
+    t.epoch = 1
+    ck.after_epoch({"epoch": 1, "val_loss": 1.0, "best_val_loss": 1.0})
+    t.step()
+    try:
+        ck.pointer(2, tmp_path / "p")
+        raise AssertionError("a failed write must fail the trial (Ray retries from the previous pointer)")
+    except SystemExit:
+        pass
+    assert not (tmp_path / state_name(1)).exists()
+    assert [p.name for p in (tmp_path / STATE_DIR).iterdir()] == [] if (tmp_path / STATE_DIR).exists() else True
+    ck.close()
+
+
+def test_retain_finished_keeps_best_weights_of_the_best_trials(tmp_path):
+    trials = []
+    for i, loss in enumerate([0.5, 0.2, math.nan, 0.9]):
+        d = tmp_path / f"trial_{i}"
+        (d / STATE_DIR / "epoch_000001").mkdir(parents=True)
+        (d / f"{BEST_PREFIX}000001").mkdir()
+        trials.append((str(d), loss))
+    (tmp_path / "trial_3" / f"{BEST_PREFIX}000001" / PIN_FILE).write_text(json.dumps({}))
+    retain_finished(trials, 2)
+    assert not any((tmp_path / f"trial_{i}" / STATE_DIR).exists() for i in range(4))
+    kept = sorted(p.parent.name for p in tmp_path.glob(f"*/{BEST_PREFIX}*"))
+    assert kept == ["trial_0", "trial_1", "trial_3"]  # the two best, and the pinned one
+
+
+def test_checkpoint_every_writes_the_state_every_n_epochs(tmp_path, monkeypatch):
+    import search.async_checkpoint as ac
+
+    monkeypatch.setattr(ac, "save_config", lambda cfg, path: path.write_text("{}"))
+    t = FakeTrainer()
+    ck = AsyncCheckpointer(t, tmp_path, every=2)
+    names = []
+    for e, loss in enumerate([1.0, 2.0, 3.0, 0.5], start=1):
+        t.step()
+        t.epoch = e
+        t.history.append({"epoch": e, "val_loss": loss})
+        ck.after_epoch({"epoch": e, "val_loss": loss, "best_val_loss": min(h["val_loss"] for h in t.history)})
+        names.append(read_pointer(ck.pointer(e, tmp_path / f"p{e}"))["state"])
+        ck.after_report()
+    ck.close()
+    assert names == [None, None, state_name(2), state_name(2)]  # epoch 2's state, from the report of epoch 3 on
+    assert sorted(p.name for p in (tmp_path / STATE_DIR).iterdir()) == ["epoch_000002", "epoch_000004"]
+    assert [p.name for p in tmp_path.glob(f"{BEST_PREFIX}*")] == [f"{BEST_PREFIX}000004"]  # best: every improvement
