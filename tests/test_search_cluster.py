@@ -28,7 +28,7 @@ def two_node_cluster():
 def _spec(demo_cfg, epochs=3):
     return parse_spec({"space": {"train.lr": {"loguniform": [1e-4, 1e-2]}, "train.batch_size": {"choice": [16, 32, 64]}},
                        "fixed": demo_cfg.with_overrides({"epochs": epochs, "patience": 0}).to_dict(),
-                       "search": {"grace_period": 3}}, "cluster test")
+                       "search": {"grace_period": min(3, epochs)}}, "cluster test")
 
 
 def test_local_storage_refused_on_multi_node(two_node_cluster, demo_cfg, tmp_path):
