@@ -64,3 +64,16 @@ def spread(values: list[float], fmt: str = ".0f") -> str:
     """'median [min-max] of n': the median is the number quoted, the range says how far to trust it."""
     m = statistics.median(values)
     return f"{m:{fmt}} [{min(values):{fmt}}-{max(values):{fmt}}] of {len(values)}"
+
+
+def main(run, quick_help: str) -> None:
+    """The command line every CPU bench shares: --quick | --smoke, the machine line, then run(mode)."""
+    import argparse
+
+    ap = argparse.ArgumentParser()
+    g = ap.add_mutually_exclusive_group()
+    g.add_argument("--quick", action="store_true", help=quick_help)
+    g.add_argument("--smoke", action="store_true", help="seconds: demo data, checks the script, not the numbers")
+    args = ap.parse_args()
+    print(machine())
+    run("smoke" if args.smoke else "quick" if args.quick else "full")

