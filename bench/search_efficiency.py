@@ -75,7 +75,7 @@ def run_grid(spec, storage: Path) -> tuple[dict, float]:
     ps["model"]["complexity"] = tune.grid_search(spec.space["model.complexity"].args)
     t = time.time()
     tune.Tuner(trainable_with(data, resources), param_space=ps,
-               tune_config=tune.TuneConfig(max_concurrent_trials=max_conc),
+               tune_config=tune.TuneConfig(max_concurrent_trials=max_conc, reuse_actors=spec.search.reuse_workers),
                run_config=tune.RunConfig(name="grid", storage_path=str(storage), verbose=0)).fit()
     wall = time.time() - t
     (storage / "grid" / "mmsa_search.yaml").write_text("name: grid\nspec: {space: {}}\n")  # lets load_trials read it

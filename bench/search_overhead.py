@@ -1,14 +1,19 @@
 """Benchmark: what a search costs beyond training, at the lab's real size (BERT-base + ResNet-50, random weights).
 
-Runs the same real search (Ray, the real trainable, Optuna + ASHA) once per checkpoint mode -- `sync` (the behaviour
-before issue 14: the whole state inside Ray's checkpoint at each report, best weights copied to host memory) and
-`async` (search/async_checkpoint.py) -- on a small data slice, and prints per trial: seconds from process start to
-the first batch, per epoch the seconds the trainable blocked outside the training/validation passes, bytes written
-to storage per epoch, goodput (time in the passes / trial wall time); and the experiment's bytes at the end.
+Runs the same real search (Ray, the real trainable, Optuna + ASHA) once per mode on a small data slice:
+- `sync`: the behaviour before issue 14 (the whole state inside Ray's checkpoint at each report, best weights copied
+  to host memory, a fresh worker process per trial);
+- `async`: checkpoints written in the background (search/async_checkpoint.py), a fresh process per trial;
+- `warm`: async, and warm workers (search.reuse_workers: a trial runs in the previous trial's process, which kept
+  its imports and backbones), the default.
+Per trial it prints: seconds from the trial's start (process start for a process's first trial, the trainable's
+call on a warm worker) to its first batch, and the seconds from the previous trial's last report on the same worker
+(Ray's reset included); per epoch the seconds the trainable blocked outside the training/validation passes, bytes
+written to storage per epoch, goodput (time in the passes / trial wall time); and the experiment's bytes at the end.
 
 The overhead of an epoch is reported with the next epoch's row, so a trial's last epoch has none measured.
 Usage (from the repository root): python -m bench.search_overhead [--size base|tiny] [--rows 48] [--trials 4] [--epochs 3] [--image-size 64]
-       [--max-length 32] [--modes sync,async]
+       [--max-length 32] [--modes sync,async,warm]
 """
 from __future__ import annotations
 
@@ -27,7 +32,7 @@ from data_pipeline.demo_data import make_demo_data
 from model.pretrained import make_tiny_pretrained
 from search.async_checkpoint import BYTES_PREV, FIRST_BATCH_S, OVERHEAD_S, PASS_S
 from search.results import load_trials
-from search.schema import REPORTED_AT
+from search.schema import REPORTED_AT, WORKER_PID, WORKER_TRIAL
 from search.space import parse_spec
 from search.tuner import run_search
 
@@ -59,7 +64,13 @@ def summarize(exp: Path) -> list[dict]:
         written = [r[BYTES_PREV] for r in rows[1:]]
         out.append({"trial": t.trial_id, "epochs": len(rows), "first_batch_s": rows[0][FIRST_BATCH_S],
                     "overhead_s": over, "bytes": written, "goodput": sum(r[PASS_S] for r in rows) / wall,
-                    "pass_s": statistics.mean(r[PASS_S] for r in rows)})
+                    "pass_s": statistics.mean(r[PASS_S] for r in rows), "pid": rows[0].get(WORKER_PID),
+                    "nth": rows[0].get(WORKER_TRIAL, 1), "first_batch_at": rows[0][REPORTED_AT] - rows[0][PASS_S],
+                    "last_report": rows[-1][REPORTED_AT]})
+    out.sort(key=lambda t: t["first_batch_at"])
+    for t in out:  # the worker's idle time between its previous trial's last report and this trial's first batch
+        before = [p for p in out if p["pid"] == t["pid"] and p["nth"] == t["nth"] - 1]
+        t["gap_s"] = t["first_batch_at"] - before[0]["last_report"] if before and t["nth"] > 1 else math.nan
     return out
 
 
@@ -71,7 +82,7 @@ def main() -> None:
     ap.add_argument("--epochs", type=int, default=3)
     ap.add_argument("--image-size", type=int, default=64)
     ap.add_argument("--max-length", type=int, default=32)
-    ap.add_argument("--modes", default="sync,async")
+    ap.add_argument("--modes", default="sync,async,warm", help="comma-separated: sync, async, warm (see above)")
     ap.add_argument("--pretrained", help="folder of make-tiny-pretrained --size SIZE output (made when absent)")
     ap.add_argument("--keep-best-trials", type=int, default=1)
     args = ap.parse_args()
@@ -85,14 +96,19 @@ def main() -> None:
     if not (pre / names[0]).is_dir():
         make_tiny_pretrained(pre, size=args.size)
     results = {}
-    for mode in args.modes.split(","):
+    modes = args.modes.split(",")
+    bad = [m for m in modes if m not in ("sync", "async", "warm")]
+    if bad:
+        ap.error(f"--modes: unknown {bad}; choose from sync, async, warm")
+    for mode in modes:
         spec = parse_spec({
             "space": {"train.lr": {"loguniform": [1e-5, 1e-3]}},
             "fixed": {"data": {"data_dir": str(data), "image_size": args.image_size, "max_length": args.max_length},
                       "model": {"text_model": str(pre / names[0]), "image_weights": str(pre / names[1]),
                                 "image_arch": names[2]},
                       "train": {"epochs": args.epochs, "batch_size": 16, "device": "cpu", "num_threads": 1}},
-            "search": {"grace_period": 1, "reduction_factor": 2, "checkpoint_mode": mode, "max_concurrent": 1,
+            "search": {"grace_period": 1, "reduction_factor": 2, "checkpoint_mode": "sync" if mode == "sync" else "async",
+                       "reuse_workers": mode == "warm", "max_concurrent": 1,
                        "cpus_per_trial": 1, "keep_best_trials": args.keep_best_trials},
         }, "bench")
         storage = work / f"results-{mode}"
@@ -107,12 +123,17 @@ def main() -> None:
           f"load {os.getloadavg()[0]:.1f}")
     for mode, (trials, size, left) in results.items():
         print(f"\n== {mode} ==")
-        print("trial      epochs  start->1st batch s  blocking s/epoch (each)       MB written/epoch  pass s  goodput")
+        print("trial      worker trial  epochs  start->1st batch s  gap after previous s  blocking s/epoch (each)  "
+              "     MB written/epoch  pass s  goodput")
         for t in trials:
             over = " ".join(f"{x:.2f}" for x in t["overhead_s"]) or "-"
             mb = statistics.mean(t["bytes"]) / 2**20 if t["bytes"] else math.nan
-            print(f"{t['trial']:<10} {t['epochs']:>6}  {t['first_batch_s']:>18.1f}  {over:<28}  {mb:>16.0f}  "
-                  f"{t['pass_s']:>6.1f}  {t['goodput']:>6.1%}")
+            print(f"{t['trial']:<10} {t['nth']:>12}  {t['epochs']:>6}  {t['first_batch_s']:>18.2f}  {t['gap_s']:>20.2f}  "
+                  f"{over:<28}  {mb:>16.0f}  {t['pass_s']:>6.1f}  {t['goodput']:>6.1%}")
+        later = [t["first_batch_s"] for t in trials if t["nth"] > 1]
+        if later:
+            print(f"trials after the first on a worker: start->1st batch {statistics.median(later):.2f} s median "
+                  f"[{min(later):.2f}-{max(later):.2f}] (target <= 1.5 s)")
         allo = [x for t in trials for x in t["overhead_s"]]
         print(f"mean blocking per epoch {statistics.mean(allo) if allo else math.nan:.2f} s, max "
               f"{max(allo) if allo else math.nan:.2f} s; experiment at the end: {size / 2**20:.0f} MiB; unfinished "

@@ -1,6 +1,7 @@
 """Backbones from local files only: BERT through `from_pretrained`, torchvision ResNets with a state dict."""
 from __future__ import annotations
 
+import copy
 import json
 from pathlib import Path
 
@@ -20,13 +21,51 @@ IMAGE_ARCHS = {
 }
 
 
+# A warm search worker runs many trials in one process (search.reuse_workers): each weights file is read and each
+# backbone built once per process, and every model gets its own deep copy (fresh parameters, nothing shared with the
+# trial before). One entry per kind: a process trains one backbone pair at a time; at real size an entry is 0.4 GiB.
+_LOADED: dict[str, tuple[tuple, nn.Module, int]] = {}
+
+
+def _files_key(*paths: Path) -> tuple:
+    """Changes when any file changes (path, size, mtime): a rewritten weights file is read again."""
+    out = []
+    for p in paths:
+        files = sorted(f for f in p.iterdir() if f.is_file()) if p.is_dir() else [p]
+        for f in files:
+            st = f.stat() if f.exists() else None  # missing: the read below says so
+            out.append((str(f.resolve()), st and st.st_size, st and st.st_mtime_ns))
+    return tuple(out)
+
+
+def _cached(kind: str, key: tuple, build) -> tuple[nn.Module, int]:
+    """A private copy of the backbone `build()` makes, built at most once per process for `key`. Building draws no
+    numbers from torch's global generator (forked), so the layers a model initialises after its backbones get the
+    same weights whether the backbone came from the files or from this cache."""
+    hit = _LOADED.get(kind)
+    if hit is None or hit[0] != key:
+        _LOADED.pop(kind, None)  # the old template's memory goes before the new one is read
+        with torch.random.fork_rng(devices=[]):
+            net, width = build()
+        _LOADED[kind] = hit = (key, net, width)
+    return copy.deepcopy(hit[1]), hit[2]
+
+
+def clear_backbone_cache() -> None:
+    _LOADED.clear()
+
+
 def load_text_backbone(path: str | Path) -> nn.Module:
+    p = check_text_model_dir(path, need_weights=True)
+    return _cached("text", _files_key(p), lambda: (_read_text_backbone(p), 0))[0]
+
+
+def _read_text_backbone(p: Path) -> nn.Module:
     from transformers import BertModel
     from transformers.utils import logging as hf_logging
 
     hf_logging.disable_progress_bar()  # our own progress bars say what is happening
     hf_logging.set_verbosity_error()  # BERT checkpoints carry a pooler we do not build ([CLS] state is used): not news
-    p = check_text_model_dir(path, need_weights=True)
     try:
         # Local files only and no remote code: weights never come from the network at training time.
         # SDPA named, not left to the folder's config: encoder_mask() below builds the mask in SDPA's form.
@@ -76,6 +115,12 @@ def _arch_error(weights, arch: str, wrong: list[str]) -> UserError:
 
 def load_image_backbone(arch: str, weights: str) -> tuple[nn.Module, int]:
     """The ResNet with its classifier removed, and the width of its features."""
+    if weights and weights.lower() != "none":
+        return _cached("image", (arch, _files_key(Path(weights))), lambda: _read_image_backbone(arch, weights))
+    return _read_image_backbone(arch, weights)  # random init: the trial's seed decides it, never cached
+
+
+def _read_image_backbone(arch: str, weights: str) -> tuple[nn.Module, int]:
     net = IMAGE_ARCHS[arch]()
     if weights and weights.lower() != "none":
         sd = {k: v for k, v in load_state_dict_file(weights).items() if not k.startswith("fc.")}

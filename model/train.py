@@ -250,6 +250,21 @@ class Trainer:
             self.history.append(row)
             yield row
 
+    def close(self) -> None:
+        """Give back what this trainer holds (model, optimizer state, best weights; on CUDA the cached blocks too),
+        even while something else still refers to the trainer, e.g. a traceback: a warm search worker runs the next
+        trial in the same process, and the lab's "GPU memory not freed between runs" must not come back."""
+        import gc
+
+        self.model = self.step_model = self.optimizer = self.scheduler = self.scaler = None
+        self.best_state = self.val_pred = None
+        self.before_step = self.on_batch = None
+        gc.collect()
+        if self.cfg.train.compile:  # compiled graphs guard on the old module; a new trial's would pile up and recompile
+            torch.compiler.reset()
+        if self.cuda:
+            torch.cuda.empty_cache()
+
     # ---- checkpoints ------------------------------------------------------------------------------------------
     def training_state(self) -> dict:
         """Everything but the weights that a checkpoint holds (tensors are references, not copies)."""

@@ -48,6 +48,7 @@ from .schema import M
 STATE_DIR = "mmsa_state"
 BEST_PREFIX = "mmsa_best_epoch_"
 POINTER_FILE = "mmsa_state.json"
+ENDED_FILE = "mmsa_ended.json"  # the driver's verdict on a finished trial (mark_ended)
 
 # Extra keys of each reported row (bench/search_overhead.py reads them): measured in the trial process.
 OVERHEAD_S = "overhead_prev_s"  # seconds the trainable blocked training after the previous epoch's passes
@@ -91,6 +92,31 @@ def delete_unpinned(path: Path) -> None:
         shutil.rmtree(path, ignore_errors=True)
 
 
+def apply_retention(trial_dir: Path, keep_best: bool) -> None:
+    """What a finished trial keeps: no training state; its best weights only if `keep_best` (or pinned)."""
+    shutil.rmtree(Path(trial_dir) / STATE_DIR, ignore_errors=True)
+    if not keep_best:
+        for best in Path(trial_dir).glob(f"{BEST_PREFIX}*"):
+            delete_unpinned(best)
+
+
+def mark_ended(trial_dir: Path, keep_best: bool) -> None:
+    """The driver's verdict on a finished trial, written BEFORE it deletes: a background write of that trial that
+    completes after the deletion (a warm worker finishes the stopped trial's writes when it is reused) sees the
+    verdict and applies it itself, so nothing is left behind whichever side comes last."""
+    from data_pipeline.atomic import write_file
+
+    write_file(Path(trial_dir) / ENDED_FILE, json.dumps({"keep_best": keep_best}).encode())
+
+
+def ended_verdict(trial_dir: Path) -> bool | None:
+    """keep_best of the driver's verdict, or None while the trial has not been judged finished."""
+    try:
+        return bool(json.loads((Path(trial_dir) / ENDED_FILE).read_text())["keep_best"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+
+
 class AsyncCheckpointer:
     """Owns the trial folder's mmsa_state/ and mmsa_best_epoch_*/ (local storage)."""
 
@@ -114,15 +140,16 @@ class AsyncCheckpointer:
         atexit.register(self.pool.shutdown, wait=True)
 
     # ---- the training thread --------------------------------------------------------------------------------
-    def after_epoch(self, row: dict) -> None:
-        """Right after epoch `row[epoch]` ended: start writing what this epoch must leave on storage."""
+    def after_epoch(self, row: dict, final: bool = False) -> None:
+        """Right after epoch `row[epoch]` ended: start writing what this epoch must leave on storage. `final`: the
+        trial ends with this epoch (all epochs, or early stop), so no state to continue from is written."""
         e = int(row[M.EPOCH])
         self.val_loss[e] = float(row[M.VAL_LOSS])
         loss = float(row[M.VAL_LOSS])
         before = [h[M.VAL_LOSS] for h in self.trainer.history if h[M.EPOCH] < e and math.isfinite(h[M.VAL_LOSS])]
         best = math.isfinite(loss) and loss < min(before, default=math.inf)  # the first epoch of the lowest loss,
         # as `mmsa export` finds it
-        state_epoch = e % self.every == 0
+        state_epoch = e % self.every == 0 and not final
         if not (best or state_epoch):
             return
         t = self.trainer
@@ -144,14 +171,19 @@ class AsyncCheckpointer:
 
         def job():
             try:
-                weights = {k: buffers[k] if k in buffers else _clone(v) for k, v in live.items()}
-                state = {**small, "optimizer": _clone(opt_state)} if state_epoch else None
-            finally:
-                cloned.set()
-            if best:
-                self._write_best(e, weights, loss)
-            if state_epoch:
-                self._write_state(e, weights, state)
+                try:
+                    weights = {k: buffers[k] if k in buffers else _clone(v) for k, v in live.items()}
+                    state = {**small, "optimizer": _clone(opt_state)} if state_epoch else None
+                finally:
+                    cloned.set()
+                if best:
+                    self._write_best(e, weights, loss)
+                if state_epoch:
+                    self._write_state(e, weights, state)
+            finally:  # written after the driver judged the trial finished: apply its verdict (mark_ended)
+                keep_best = ended_verdict(self.trial_dir)
+                if keep_best is not None:
+                    apply_retention(self.trial_dir, keep_best)
 
         fut = self.pool.submit(job)
         if state_epoch:
@@ -199,6 +231,7 @@ class AsyncCheckpointer:
         """The trial ends: no state of the last epoch is needed (a finished trial is not continued), but the best
         weights written in the background are waited for."""
         self.pool.shutdown(wait=wait)
+        atexit.unregister(self.pool.shutdown)  # a warm worker runs the next trial: no handler per trial piles up
 
     # ---- the writer thread ----------------------------------------------------------------------------------
     def _write_best(self, epoch: int, weights: dict, val_loss: float) -> None:
@@ -237,7 +270,7 @@ def retain_finished(trials: list[tuple[str, float]], keep_best_trials: int) -> N
     # NaN last; ties by folder name, as search/results.py best_trial picks among equal losses
     ranked = sorted(trials, key=lambda t: (t[1] != t[1], t[1], Path(t[0]).name))
     for i, (path, _) in enumerate(ranked):
-        shutil.rmtree(Path(path) / STATE_DIR, ignore_errors=True)
-        if i >= keep_best_trials:
-            for best in Path(path).glob(f"{BEST_PREFIX}*"):
-                delete_unpinned(best)
+        keep = i < keep_best_trials
+        if ended_verdict(Path(path)) != keep:
+            mark_ended(Path(path), keep)
+        apply_retention(Path(path), keep)

@@ -269,3 +269,31 @@ def driver_trial_path(trial) -> tuple[object, str]:
         return trial.storage.storage_filesystem, trial.storage.trial_fs_path
     except AttributeError as e:
         raise _moved("Trial.storage.trial_fs_path", "delete a finished trial's training state", str(e)) from None
+
+
+# Ray's FunctionTrainable.reset_config, run in a warm worker before its next trial, waits this many seconds (default
+# 2) for the previous trial's thread to end; if it has not, the NEW trial fails ("Could not re-use actor"). Our
+# trial thread ends after its background checkpoint writes (best weights, 0.4 GiB at real size), which can take
+# longer on a slow disk.
+REUSE_THREAD_TIMEOUT_ENV = "TUNE_FUNCTION_THREAD_TIMEOUT_S"
+REUSE_THREAD_TIMEOUT_S = 600
+
+
+def let_previous_trial_finish_on_reuse() -> None:
+    """Inside a trial (the worker process reads the variable at each reset)."""
+    import os
+
+    os.environ[REUSE_THREAD_TIMEOUT_ENV] = str(REUSE_THREAD_TIMEOUT_S)
+
+
+def reuse_waits_for_thread_env() -> str:
+    """The canary: the variable's name as Ray's reset_config reads it (InternalsChanged when it no longer does)."""
+    import inspect
+
+    from ray.tune.trainable.function_trainable import FunctionTrainable
+
+    src = inspect.getsource(FunctionTrainable.reset_config)
+    if REUSE_THREAD_TIMEOUT_ENV not in src:
+        raise _moved(f"FunctionTrainable.reset_config reading {REUSE_THREAD_TIMEOUT_ENV}", "let a warm worker's "
+                     "previous trial finish its checkpoint writes before the next trial starts")
+    return REUSE_THREAD_TIMEOUT_ENV

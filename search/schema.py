@@ -14,13 +14,15 @@ FINISHED = "finished"  # 1 when the trial ended by itself (all epochs, or val lo
 DEVICE = "device"  # where the trial trained: cuda or cpu (CPU fallback where a GPU was reserved but CUDA is absent)
 GPU_IDS = "gpu_ids"  # the GPU ids Ray gave this trial, comma-separated (per node: pair with node_id)
 NODE_ID = "node_id"  # the Ray node the trial ran on
+WORKER_PID = "worker_pid"  # the process that ran the trial: a warm worker (search.reuse_workers) runs several
+WORKER_TRIAL = "worker_trial"  # 1 for the first trial of that process, 2 for the next one it ran, ...
 REPORTED_AT = "reported_at"  # wall-clock time of a report (finer than Ray's whole-second timestamp)
 # Only in the rows of epochs that were the trial's best so far (so always in its best epoch's row): the validation
 # rows' predicted classes and true labels, one digit per row in the validation set's row order (LABELS' indices).
 # Small (one byte per row); they give each trial's accuracy interval and paired comparisons (search/stats.py).
 VAL_PRED = "val_pred"
 VAL_LABEL = "val_label"
-REPORT_KEYS = (FINISHED, DEVICE, GPU_IDS, NODE_ID, REPORTED_AT, VAL_PRED, VAL_LABEL)
+REPORT_KEYS = (FINISHED, DEVICE, GPU_IDS, NODE_ID, WORKER_PID, WORKER_TRIAL, REPORTED_AT, VAL_PRED, VAL_LABEL)
 
 # Added by Ray to every row (tests/test_ray_internals.py checks these names against Ray's constants).
 TRIAL_ID = "trial_id"
@@ -28,5 +30,5 @@ TIMESTAMP = "timestamp"
 TRAINING_ITERATION = "training_iteration"
 CHECKPOINT_DIR_NAME = "checkpoint_dir_name"
 
-__all__ = ["M", "FINISHED", "DEVICE", "GPU_IDS", "NODE_ID", "REPORTED_AT", "VAL_PRED", "VAL_LABEL", "REPORT_KEYS", "TRIAL_ID", "TIMESTAMP",
+__all__ = ["M", "FINISHED", "DEVICE", "GPU_IDS", "NODE_ID", "WORKER_PID", "WORKER_TRIAL", "REPORTED_AT", "VAL_PRED", "VAL_LABEL", "REPORT_KEYS", "TRIAL_ID", "TIMESTAMP",
            "TRAINING_ITERATION", "CHECKPOINT_DIR_NAME"]

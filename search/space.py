@@ -39,6 +39,9 @@ class SearchConfig:
                                "comparison; also used on URI storage)", choices=("async", "sync"))
     checkpoint_every: int = opt(1, "epochs between full training states (async); a retried or resumed trial repeats "
                                 "up to this many epochs, but writes this many times less", lo=1, hi=1000)
+    reuse_workers: bool = opt(True, "run the next trial in a finished trial's process (imports and backbones read from "
+                              "disk are kept; model, optimizer and seeds are fresh per trial); false: a new process "
+                              "per trial")
     keep_best_trials: int = opt(3, "finished trials whose best-epoch weights stay on storage (async); the others "
                                 "keep only their results", lo=0, hi=100_000)
 

@@ -14,24 +14,22 @@ from model.train import Split, Trainer
 from .async_checkpoint import BYTES_PREV, FIRST_BATCH_S, OVERHEAD_S, PASS_S
 from .checkpoint_retention import write_checkpoint_metrics
 from .faults import batch_hook
+from . import ray_internals
 from .ray_internals import QUIET_LOGGERS
 from .schema import DEVICE, FINISHED, GPU_IDS, NODE_ID, REPORTED_AT, M
 from .stats import encode_classes, val_predictions
 from .trial_errors import TrialOutOfMemory, out_of_memory  # noqa: F401 - TrialOutOfMemory: defined there, named here
-
-
-def process_started() -> float:
-    """perf_counter() value of this process's start (the start-to-first-batch clock includes imports)."""
-    import psutil
-
-    return time.perf_counter() - (time.time() - psutil.Process().create_time())
+from .worker import trial_started, worker_keys
 
 
 def train_trial(config: dict, data: Split, checkpointing: dict | None = None) -> None:
-    started = process_started()
+    entered = time.perf_counter()
     cfg = Config.from_dict(config, source="trial config")  # Ray's dict -> typed configs, first thing
     import ray
     from ray import tune
+
+    started = trial_started(entered)
+    ray_internals.let_previous_trial_finish_on_reuse()
 
     mode = checkpointing or {"checkpoint_mode": "sync"}  # sync: the behaviour before search.checkpoint_mode
     if mode["checkpoint_mode"] == "async":
@@ -51,7 +49,8 @@ def train_trial(config: dict, data: Split, checkpointing: dict | None = None) ->
         with checkpoint.as_directory() as d:
             trainer.load_checkpoint(Path(d))
     ctx = ray.get_runtime_context()
-    where = {DEVICE: trainer.device.type, GPU_IDS: ",".join(str(g) for g in ray.get_gpu_ids()), NODE_ID: ctx.get_node_id()}
+    where = {DEVICE: trainer.device.type, GPU_IDS: ",".join(str(g) for g in ray.get_gpu_ids()), NODE_ID: ctx.get_node_id(),
+             **worker_keys()}
     labels = encode_classes(data.val.labels)
     timing = {OVERHEAD_S: 0.0, BYTES_PREV: 0}  # the same timing keys as async mode (bench/search_overhead.py)
     first_batch: list[float] = []
@@ -78,3 +77,5 @@ def train_trial(config: dict, data: Split, checkpointing: dict | None = None) ->
             timing = {OVERHEAD_S: time.perf_counter() - t1, BYTES_PREV: size}
     except torch.cuda.OutOfMemoryError:
         raise out_of_memory(cfg, trainer.device) from None
+    finally:  # also when Ray ends the thread (ASHA stopped the trial): the next trial may run in this process
+        trainer.close()

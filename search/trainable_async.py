@@ -20,6 +20,7 @@ from .ray_internals import QUIET_LOGGERS
 from .trial_errors import out_of_memory
 from .schema import DEVICE, FINISHED, GPU_IDS, NODE_ID, REPORTED_AT, M
 from .stats import encode_classes, val_predictions
+from .worker import worker_keys
 
 
 def train_trial_async(cfg: Config, data: Split, every: int, started: float) -> bool:
@@ -56,7 +57,8 @@ def train_trial_async(cfg: Config, data: Split, every: int, started: float) -> b
                 trainer.load_checkpoint(Path(trial_path) / pointer["state"])
             replay_until = pointer["reported_epoch"]  # Ray has these epochs' results: train them again silently
     ctx = ray.get_runtime_context()
-    where = {DEVICE: trainer.device.type, GPU_IDS: ",".join(str(g) for g in ray.get_gpu_ids()), NODE_ID: ctx.get_node_id()}
+    where = {DEVICE: trainer.device.type, GPU_IDS: ",".join(str(g) for g in ray.get_gpu_ids()), NODE_ID: ctx.get_node_id(),
+             **worker_keys()}
     labels = encode_classes(data.val.labels)
     overhead, last_bytes = 0.0, 0
     try:
@@ -70,10 +72,10 @@ def train_trial_async(cfg: Config, data: Split, every: int, started: float) -> b
             gate = ck.gate_s - gate0  # snapshot time inside the first step: blocking, not training
             passes = t1 - t0 - gate
             overhead += gate
-            ck.after_epoch(row)
+            finished = trainer.epoch >= cfg.train.epochs or trainer.should_stop()
+            ck.after_epoch(row, final=finished)
             if trainer.epoch <= replay_until:
                 continue
-            finished = trainer.epoch >= cfg.train.epochs or trainer.should_stop()
             with tempfile.TemporaryDirectory() as tmp:
                 pointer_dir = ck.pointer(trainer.epoch, Path(tmp))
                 extra = {OVERHEAD_S: overhead, BYTES_PREV: ck.bytes_written - last_bytes, PASS_S: passes,
@@ -86,6 +88,7 @@ def train_trial_async(cfg: Config, data: Split, every: int, started: float) -> b
             overhead = time.perf_counter() - t1
     except torch.cuda.OutOfMemoryError:
         raise out_of_memory(cfg, trainer.device) from None
-    finally:
+    finally:  # also when Ray ends the thread (ASHA stopped the trial): the next trial may run in this process
         ck.close()
+        trainer.close()
     return True

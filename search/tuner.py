@@ -154,7 +154,8 @@ def run_search(spec: SearchSpec, num_samples: int, name: str, storage_dir: str =
             tune_config=tune.TuneConfig(metric=M.SEARCH_METRIC, mode=M.OPT_MODE, num_samples=num_samples,
                                         search_alg=search_alg,
                                         scheduler=scheduler, trial_dirname_creator=trial_dirname,
-                                        reuse_actors=False),  # a fresh process per trial: its GPU memory goes back
+                                        # warm workers: start-up (imports, weights) once per process, not per trial
+                                        reuse_actors=spec.search.reuse_workers),
             run_config=tune.RunConfig(
                 name=name, storage_path=storage_dir, verbose=verbose, progress_reporter=status_reporter(spec),
                 # Ray keeps every checkpoint; CheckpointPruner deletes (search/checkpoint_retention.py says why).

@@ -5,8 +5,8 @@ import math
 
 import torch
 
-from search.async_checkpoint import (BEST_PREFIX, STATE_DIR, AsyncCheckpointer, read_pointer, retain_finished,
-                                     state_name)
+from search.async_checkpoint import (BEST_PREFIX, STATE_DIR, AsyncCheckpointer, mark_ended, read_pointer,
+                                     retain_finished, state_name)
 from search.checkpoint_retention import PIN_FILE
 
 
@@ -120,3 +120,42 @@ def test_checkpoint_every_writes_the_state_every_n_epochs(tmp_path, monkeypatch)
     assert names == [None, None, state_name(2), state_name(2)]  # epoch 2's state, from the report of epoch 3 on
     assert sorted(p.name for p in (tmp_path / STATE_DIR).iterdir()) == ["epoch_000002", "epoch_000004"]
     assert [p.name for p in tmp_path.glob(f"{BEST_PREFIX}*")] == [f"{BEST_PREFIX}000004"]  # best: every improvement
+
+
+def test_a_write_that_ends_after_the_drivers_verdict_applies_it(tmp_path, monkeypatch):
+    """A warm worker finishes an ASHA-stopped trial's background writes only when it is reused, after the driver
+    deleted the trial's state: the late write sees the verdict (mark_ended) and leaves nothing the verdict drops."""
+    import search.async_checkpoint as ac
+
+    monkeypatch.setattr(ac, "save_config", lambda cfg, path: path.write_text("{}"))
+    for keep_best in (False, True):
+        trial = tmp_path / f"keep{keep_best}"
+        trial.mkdir()
+        t = FakeTrainer()
+        ck = AsyncCheckpointer(t, trial, every=1)
+        t.step()
+        t.epoch = 1
+        t.history.append({"epoch": 1, "val_loss": 1.0})
+        retain_finished([(str(trial), 1.0)], 1 if keep_best else 0)  # the driver judged the trial first
+        ck.after_epoch({"epoch": 1, "val_loss": 1.0, "best_val_loss": 1.0})  # a best epoch, and a state epoch
+        ck.close()
+        assert not (trial / STATE_DIR).exists() or not any((trial / STATE_DIR).iterdir())
+        assert bool(list(trial.glob(f"{BEST_PREFIX}*"))) == keep_best
+
+
+def test_the_final_epoch_writes_no_state_and_a_verdict_can_change(tmp_path, monkeypatch):
+    import search.async_checkpoint as ac
+
+    monkeypatch.setattr(ac, "save_config", lambda cfg, path: path.write_text("{}"))
+    t = FakeTrainer()
+    ck = AsyncCheckpointer(t, tmp_path, every=1)
+    t.step()
+    t.epoch = 1
+    t.history.append({"epoch": 1, "val_loss": 1.0})
+    ck.after_epoch({"epoch": 1, "val_loss": 1.0, "best_val_loss": 1.0}, final=True)
+    ck.close()
+    assert not (tmp_path / STATE_DIR).exists() and len(list(tmp_path.glob(f"{BEST_PREFIX}*"))) == 1
+    mark_ended(tmp_path, True)
+    retain_finished([(str(tmp_path), 1.0)], 0)  # better trials finished since: this one drops out of the top
+    assert not list(tmp_path.glob(f"{BEST_PREFIX}*"))
+    assert json.loads((tmp_path / "mmsa_ended.json").read_text()) == {"keep_best": False}

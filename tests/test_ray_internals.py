@@ -193,3 +193,13 @@ def test_canary_trial_storage_paths():
 
     assert hasattr(session, "get_session")
     assert isinstance(getattr(StorageContext, "trial_fs_path", None), property)
+
+
+def test_canary_reuse_thread_timeout_env(monkeypatch):
+    # Ray still reads the variable at reset time, in the worker (the trainable sets it there, search.reuse_workers)
+    assert RI.reuse_waits_for_thread_env() == "TUNE_FUNCTION_THREAD_TIMEOUT_S"
+    import os
+
+    monkeypatch.setenv("TUNE_FUNCTION_THREAD_TIMEOUT_S", "2")  # restored after the test
+    RI.let_previous_trial_finish_on_reuse()
+    assert int(os.environ["TUNE_FUNCTION_THREAD_TIMEOUT_S"]) >= 60
