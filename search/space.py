@@ -9,19 +9,21 @@ fixed:                       # the same for every trial (a run config: data/mode
   train: {epochs: 6}
 search:                      # scheduler, searcher and resources (SearchConfig below)
   grace_period: 1
+enqueue:                     # optional: configurations Optuna tries first (partial: the rest is sampled)
+  - {train.lr: 8.0e-6, train.batch_size: 128, model.complexity: low}
 ```
 """
 from __future__ import annotations
 
 import dataclasses
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from data_pipeline.errors import UserError
 from model.config import Config, build_section, opt, read_yaml
 
 DISTRIBUTIONS = ("loguniform", "uniform", "randint", "choice")
-TOP_KEYS = ("space", "fixed", "search")
+TOP_KEYS = ("space", "fixed", "search", "enqueue")
 
 
 @dataclass
@@ -62,6 +64,7 @@ class SearchSpec:
     fixed: Config
     search: SearchConfig
     source: str = "space"
+    enqueue: list[dict] = field(default_factory=list)  # configurations Optuna tries first (search/warm_start.py)
 
     def param_space(self) -> dict:
         """Ray's config dict: the fixed run config with the sampled keys replaced by distributions."""
@@ -137,7 +140,14 @@ def parse_spec(d: dict, source: str) -> SearchSpec:
             _check_value(fixed, key, lo, where)
             _check_value(fixed, key, hi - 1 if kind == "randint" else hi, where)
         space[f"{sec}.{name}"] = Dist(kind, args)
-    return SearchSpec(space, fixed, search, source)
+    spec = SearchSpec(space, fixed, search, source)
+    enqueue = d.get("enqueue") or []
+    if not isinstance(enqueue, list):
+        raise UserError(f"{source}: enqueue must be a list of configurations, e.g. [{{train.lr: 8.0e-6}}].")
+    from .warm_start import check_point
+
+    spec.enqueue = [check_point(p, spec, f"{source}: enqueue[{i}]") for i, p in enumerate(enqueue)]
+    return spec
 
 
 def load_spec(path: str | Path | None) -> SearchSpec:
@@ -149,5 +159,8 @@ def load_spec(path: str | Path | None) -> SearchSpec:
 
 
 def spec_to_dict(spec: SearchSpec) -> dict:
-    return {"space": {k: {d.kind: d.args} for k, d in spec.space.items()}, "fixed": spec.fixed.to_dict(),
-            "search": dataclasses.asdict(spec.search)}
+    d = {"space": {k: {d.kind: d.args} for k, d in spec.space.items()}, "fixed": spec.fixed.to_dict(),
+         "search": dataclasses.asdict(spec.search)}
+    if spec.enqueue:
+        d["enqueue"] = [dict(p) for p in spec.enqueue]
+    return d
