@@ -86,7 +86,7 @@ def test_warm_start_gives_optuna_the_known_trials_and_enqueue_goes_first(coarse,
 
 def test_warm_start_from_other_data_is_refused_unless_asked(coarse, demo_cfg, tmp_path):
     other = tmp_path / "other"
-    shutil.copytree(coarse, other, ignore=shutil.ignore_patterns("checkpoint_*", "mmsa_*"))
+    shutil.copytree(coarse, other, ignore=shutil.ignore_patterns("checkpoint_*", "mmsa_best_*", "mmsa_state"))
     meta = experiment.read_meta(other)
     experiment.write_meta(other, {**meta, "data_fingerprint": "0" * 64})
     with pytest.raises(UserError, match="--warm-start-any-data"):
