@@ -111,17 +111,16 @@ def collect(sources: list[str], spec: SearchSpec, fingerprint: str, any_data: bo
     any_data."""
     from .results import load_trials
 
-    warm, record, seen = [], [], set()
-    for src in sources:
+    warm, record, seen = [], [], {}
+    for src in sources:  # every name checked before any experiment is read
         exp = storage.normalize(str(src))
-        if not storage.is_uri(exp):
-            exp = str(Path(exp).resolve())
-            if not Path(exp).is_dir():
-                raise UserError(f"--warm-start {src}: no such directory; name an experiment folder of an earlier "
-                                "search, e.g. ray_results/NAME.")
-        if exp in seen:
+        if not storage.is_uri(exp) and not Path(exp).is_dir():
+            raise UserError(f"--warm-start {src}: no such directory; name an experiment folder of an earlier "
+                            "search, e.g. ray_results/NAME.")
+        if exp in seen.values():
             raise UserError(f"--warm-start {src}: named twice.")
-        seen.add(exp)
+        seen[src] = exp
+    for src, exp in seen.items():
         try:
             meta = read_meta(exp)
         except UserError as e:
@@ -183,7 +182,7 @@ def points_from_file(path: str | Path, spec: SearchSpec) -> dict:
     if not isinstance(d, dict):
         raise UserError(f"--enqueue {path}: expected a run config (data:/model:/train: sections).")
     run = {k: v for k, v in d.items() if k != SECTION}
-    Config.from_dict(run, str(path))  # unknown keys and wrong values are refused with the file named
+    Config.from_dict(run, f"--enqueue {path}")  # unknown keys and wrong values are refused with the file named
     point = {k: run[k.split(".")[0]][k.split(".")[1]] for k in spec.space
              if isinstance(run.get(k.split(".")[0]), dict) and k.split(".")[1] in run[k.split(".")[0]]}
     if not point:
