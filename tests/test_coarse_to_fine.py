@@ -115,6 +115,9 @@ def test_refine_writes_a_space_around_the_winner_and_reports_both_stages(coarse,
     assert main(["refine", str(exp), "--num-samples", "2", "--name", "fine", "--verbose", "0"]) == 0
     meta = experiment.read_meta(work / "fine")
     assert meta["refined_from"] == str(exp) and meta["warm_start"][0]["trials"]
+    capsys.readouterr()
+    assert main(["status", str(work / "fine")]) == 0
+    assert f"warm-started from {exp}" in capsys.readouterr().out
     assert main(["report", str(work / "fine")]) == 0
     report = (work / "fine" / "report.md").read_text()
     assert "## Stages" in report and "stage 1" in report and "stage 2" in report and best.trial_id in report
