@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass, field
+import math
 from pathlib import Path
 
 from data_pipeline.errors import UserError
@@ -73,6 +74,40 @@ class SearchSpec:
             sec, name = key.split(".")
             d[sec][name] = dist.to_tune()
         return d
+
+
+def in_dist(dist: Dist, value) -> bool:
+    if dist.kind == "choice":
+        return any(value == c and isinstance(value, bool) == isinstance(c, bool) for c in dist.args)
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        return False
+    lo, hi = dist.args
+    if dist.kind == "randint":
+        return float(value).is_integer() and lo <= value < hi
+    return lo <= value <= hi
+
+
+def describe_dist(dist: Dist) -> str:
+    if dist.kind == "choice":
+        return f"not one of {dist.args}"
+    lo, hi = dist.args
+    return f"not in [{lo:g}, {hi:g}{')' if dist.kind == 'randint' else ']'}"
+
+
+def check_point(point: dict, spec: SearchSpec, where: str) -> dict:
+    """One configuration to try first: space key -> value, every key searched and every value inside the space."""
+    if not isinstance(point, dict) or not point:
+        raise UserError(f"{where}: expected a mapping of searched keys to values, e.g. {{train.lr: 8.0e-6}}.")
+    out = {}
+    for key, value in point.items():
+        if key not in spec.space:
+            raise UserError(f"{where}: {key} is not searched (the space has {', '.join(spec.space)}); enqueue only "
+                            "searched keys, or set it in the fixed: section.")
+        if not in_dist(spec.space[key], value):
+            raise UserError(f"{where}: {key} {value!r} is outside the space ({describe_dist(spec.space[key])}); "
+                            "widen the space or change the value.")
+        out[key] = value
+    return out
 
 
 def default_space_yaml() -> str:
@@ -144,8 +179,6 @@ def parse_spec(d: dict, source: str) -> SearchSpec:
     enqueue = d.get("enqueue") or []
     if not isinstance(enqueue, list):
         raise UserError(f"{source}: enqueue must be a list of configurations, e.g. [{{train.lr: 8.0e-6}}].")
-    from .warm_start import check_point
-
     spec.enqueue = [check_point(p, spec, f"{source}: enqueue[{i}]") for i, p in enumerate(enqueue)]
     return spec
 

@@ -21,7 +21,7 @@ from data_pipeline.errors import UserError
 from . import storage
 from .experiment import read_meta
 from .schema import FINISHED, TRAINING_ITERATION, M
-from .space import Dist, SearchSpec
+from .space import SearchSpec, check_point, describe_dist, in_dist  # noqa: F401 - check_point: for callers
 
 # Settings that do not change what a trial learns (paths to the same data, the device, threads, compilation,
 # micro-batching: the same update), so trials that differ only in them are still comparable.
@@ -34,24 +34,6 @@ ENQUEUE_ATTR = "mmsa_enqueued"  # Optuna user attribute of an enqueued configura
 def optuna_name(key: str) -> str:
     """A space key (train.lr) as Ray's OptunaSearch names the parameter (train/lr)."""
     return key.replace(".", "/")
-
-
-def in_dist(dist: Dist, value) -> bool:
-    if dist.kind == "choice":
-        return any(value == c and isinstance(value, bool) == isinstance(c, bool) for c in dist.args)
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
-        return False
-    lo, hi = dist.args
-    if dist.kind == "randint":
-        return float(value).is_integer() and lo <= value < hi
-    return lo <= value <= hi
-
-
-def describe_dist(dist: Dist) -> str:
-    if dist.kind == "choice":
-        return f"not one of {dist.args}"
-    lo, hi = dist.args
-    return f"not in [{lo:g}, {hi:g}{')' if dist.kind == 'randint' else ']'}"
 
 
 def outside(config: dict, spec: SearchSpec) -> str | None:
@@ -153,22 +135,6 @@ def collect(sources: list[str], spec: SearchSpec, fingerprint: str, any_data: bo
 
 
 # ---- enqueue ----------------------------------------------------------------------------------------------------
-def check_point(point: dict, spec: SearchSpec, where: str) -> dict:
-    """One configuration to try first: space key -> value, every key searched and every value inside the space."""
-    if not isinstance(point, dict) or not point:
-        raise UserError(f"{where}: expected a mapping of searched keys to values, e.g. {{train.lr: 8.0e-6}}.")
-    out = {}
-    for key, value in point.items():
-        if key not in spec.space:
-            raise UserError(f"{where}: {key} is not searched (the space has {', '.join(spec.space)}); enqueue only "
-                            "searched keys, or set it in the fixed: section.")
-        if not in_dist(spec.space[key], value):
-            raise UserError(f"{where}: {key} {value!r} is outside the space ({describe_dist(spec.space[key])}); "
-                            "widen the space or change the value.")
-        out[key] = value
-    return out
-
-
 def points_from_file(path: str | Path, spec: SearchSpec) -> dict:
     """The searched keys of a run config YAML or a `mmsa export` file (only the keys the file sets)."""
     from model.config import Config, read_yaml
