@@ -34,7 +34,11 @@ def check_new_study(optuna_storage: str, name: str) -> None:
                         f"`optuna delete-study --storage {optuna_storage} --study-name {name}`.")
 
 
-def make_searcher(spec: SearchSpec, name: str, max_concurrent: int, optuna_storage: str | None, num_samples: int):
+def make_searcher(spec: SearchSpec, name: str, max_concurrent: int, optuna_storage: str | None, num_samples: int,
+                  warm: list | None = None):
+    """warm: search/warm_start.WarmTrial's given to the study before the first proposal; they count among TPE's
+    n_startup_trials (TPE counts every COMPLETE and PRUNED trial of its study), so a warm-started search starts
+    modelling at once. spec.enqueue: configurations tried first."""
     from ray.tune.search import ConcurrencyLimiter
 
     from .truthful_optuna import TruthfulOptunaSearch
@@ -44,7 +48,8 @@ def make_searcher(spec: SearchSpec, name: str, max_concurrent: int, optuna_stora
         import optuna
 
         storage = optuna.storages.RDBStorage(optuna_storage)
-    searcher = TruthfulOptunaSearch(sampler=make_sampler(spec.search.seed, num_samples), study_name=name, storage=storage)
+    searcher = TruthfulOptunaSearch(sampler=make_sampler(spec.search.seed, num_samples), study_name=name, storage=storage,
+                                    warm=warm, enqueue=spec.enqueue)
     return ConcurrencyLimiter(searcher, max_concurrent=max_concurrent)
 
 

@@ -139,13 +139,56 @@ def cmd_search(args) -> int:
                                            source="command line")
     search = {k.split(".", 1)[1]: v for k, v in flags.items() if k.startswith("search.")}
     spec.search = build_section(SearchConfig, {**dataclasses.asdict(spec.search), **search}, "command line: search")
+    if args.enqueue:
+        from .warm_start import enqueue_points
+
+        spec.enqueue = enqueue_points(spec, args.enqueue)
     exp = experiment.location(str(args.storage), args.name)
     try:
         run_search(spec, args.num_samples, args.name, str(args.storage), address=args.address,
-                   shared_storage=args.shared_storage, optuna_storage=args.optuna_storage, verbose=args.verbose)
+                   shared_storage=args.shared_storage, optuna_storage=args.optuna_storage, verbose=args.verbose,
+                   warm_start=args.warm_start, warm_any_data=args.warm_start_any_data)
     except KeyboardInterrupt:  # a second Ctrl-C skips Ray's last state snapshot; the last one taken still resumes
         return _interrupted(exp)
     return _finished(exp)
+
+
+def cmd_refine(args) -> int:
+    from . import storage
+    from .experiment import location, meta_exists, read_meta
+    from .refine import check_refine_args, stage_storage, write_refine_space
+
+    check_refine_args(args.top, args.num_samples)
+    if args.num_samples is None and not args.dry_run:
+        raise UserError("mmsa refine: pass --num-samples N (the second stage's trials), or --dry-run to only write "
+                        "the space file.")
+    exp = storage.normalize(args.experiment)
+    name = args.name or f"{read_meta(exp)['name']}-refine"
+    parent, rexp = stage_storage(exp), location(stage_storage(exp), name)
+    if not args.dry_run:  # refuse a taken name before writing anything
+        from .tuner import check_search_args
+
+        check_search_args(args.num_samples, name, args.optuna_storage)
+        if meta_exists(rexp):
+            raise UserError(f"{rexp} already holds a search; pick another --name, or continue it with "
+                            f"`mmsa resume {rexp}`.")
+    path, d, notes = write_refine_space(exp, name, args.top, overwrite=args.overwrite or not args.dry_run)
+    fs, p = storage.filesystem(path)
+    with fs.open_input_stream(p) as f:
+        print(f"wrote {path}:\n{f.read().decode()}")
+    if args.dry_run:
+        print(f"run it with: mmsa search --space {path} --warm-start {exp} --name {name} --num-samples N")
+        return 0
+    from .space import load_spec
+    from .tuner import run_search
+
+    try:
+        run_search(load_spec(path), args.num_samples, name, parent, address=args.address,
+                   optuna_storage=args.optuna_storage, verbose=args.verbose, warm_start=[exp],
+                   extra_meta={"refined_from": exp, "refine_notes": notes})
+    except KeyboardInterrupt:
+        return _interrupted(rexp)
+    return _finished(rexp)
 
 
 def cmd_resume(args) -> int:
@@ -278,7 +321,29 @@ def build_parser() -> argparse.ArgumentParser:
     add_config_flags(p, DataConfig, "data", only=("data_dir", "skip_bad"), aliases={"data_dir": "data"},
                      title="data (fixed for every trial; --data may instead be the space file's fixed: data: data_dir)")
     add_config_flags(p, SearchConfig, "search", title="search: settings (override the space file's search: section)")
+    g = p.add_argument_group("coarse to fine (docs/search.md)")
+    g.add_argument("--warm-start", nargs="+", metavar="EXP", help="experiments of earlier searches: their finished "
+                   "trials that lie inside this space are given to Optuna before its first proposal (no epoch re-run)")
+    g.add_argument("--warm-start-any-data", action="store_true", help="allow --warm-start experiments that ran on "
+                   "other data (refused by default)")
+    g.add_argument("--enqueue", nargs="+", metavar="FILE", help="configurations to try first: `mmsa export` files or "
+                   "run config YAMLs (their searched keys; values must lie inside the space)")
     p.set_defaults(fn=cmd_search)
+
+    p = sub.add_parser("refine", help="second stage: a narrower space from a search's best trials, run warm-started "
+                       "from it")
+    p.add_argument("experiment", type=str, help="the first stage's experiment directory, e.g. ray_results/NAME")
+    p.add_argument("--num-samples", type=int, help="trials of the second stage (not needed with --dry-run)")
+    p.add_argument("--name", help="the second stage's experiment name (default NAME-refine, next to EXP); its space "
+                   "file is written beside it as NAME-space.yaml")
+    p.add_argument("--top", type=int, default=3, help="best trials whose values span the new space (default 3)")
+    p.add_argument("--dry-run", action="store_true", help="only write and print the space file (edit it, then run "
+                   "`mmsa search --space FILE --warm-start EXP`)")
+    p.add_argument("--overwrite", action="store_true", help="with --dry-run: replace a space file already there")
+    p.add_argument("--address", help="Ray cluster to join: auto or HOST:PORT (default: a fresh local instance)")
+    p.add_argument("--optuna-storage", help="e.g. sqlite:///optuna.db, to watch with optuna-dashboard")
+    p.add_argument("--verbose", type=int, default=1, choices=(0, 1, 2))
+    p.set_defaults(fn=cmd_refine)
 
     p = sub.add_parser("resume", help="continue an interrupted search where it stopped")
     p.add_argument("experiment", type=str, help="experiment directory, e.g. ray_results/NAME")

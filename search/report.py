@@ -132,6 +132,58 @@ def plot_hyperparameters(trials: list[TrialSummary], space: dict, out: Path) -> 
     return figs
 
 
+def _space_text(space: dict) -> str:
+    return "; ".join(f"{k.split('.')[1]} {kind} {args}" for k, d in space.items() for kind, args in d.items())
+
+
+def stages_markdown(exp: Path, meta: dict, trials: list[TrialSummary]) -> list[str]:
+    """A warm-started search (`mmsa refine`, `mmsa search --warm-start`) with the searches it started from: stage 1..k
+    = the warm-start sources, the last stage = this one; every trial with its stage, best first."""
+    sources = meta.get("warm_start") or []
+    if not sources:
+        return []
+    stages = []
+    for i, src in enumerate(sources, 1):
+        try:
+            smeta = read_meta(src["experiment"])
+            strials = load_trials(src["experiment"])
+        except Exception as e:  # moved or deleted since: say so, show the rest
+            stages.append((i, src["experiment"], None, [], set(src.get("trials") or []), str(e)))
+            continue
+        stages.append((i, src["experiment"], smeta, strials, set(src.get("trials") or []), ""))
+    last = len(stages) + 1
+    stages.append((last, str(exp), meta, trials, set(), ""))
+    keys = list(meta["spec"]["space"])
+    lines = ["## Stages", "", ("Refined from `%s` (`mmsa refine`)." % meta["refined_from"]) if meta.get("refined_from")
+             else "Warm-started from earlier searches (`--warm-start`).",
+             "Stage %d is this search; its Optuna study started with the finished trials of the earlier stages that "
+             "lie inside its space (marked *warm*)." % last, "",
+             "| stage | experiment | trials | trial-epochs | best trial | best val loss | space |", "|---|---|---|---|---|---|---|"]
+    rows = []
+    for i, path, smeta, strials, used, err in stages:
+        if smeta is None:
+            lines.append(f"| stage {i} | `{path}` | not readable now ({err[:80]}) | | | | |")
+            continue
+        done = [t for t in strials if t.best is not None and t.state != "ERROR"]
+        b = min(done, key=lambda t: t.best[M.VAL_LOSS]) if done else None
+        lines.append(f"| stage {i} | `{path}` | {len(strials)} | {sum(len(t.results) for t in strials)} | "
+                     f"{b.trial_id if b else '-'} | {f'{b.best[M.VAL_LOSS]:.4f}' if b else '-'} | "
+                     f"{_space_text(smeta['spec']['space'])} |")
+        rows += [(t.best[M.VAL_LOSS], i, t, t.trial_id in used) for t in done]
+    rows.sort(key=lambda r: (r[0], r[1]))
+    if rows:
+        _, i, t, _ = rows[0]
+        lines += ["", f"Best over all stages: trial `{t.trial_id}` of stage {i}, best val loss {rows[0][0]:.4f}"
+                  + (f" (export it with `mmsa export {stages[i - 1][1]}`)." if i != last else ".")]
+    lines += ["", "| stage | trial | " + " | ".join(k.split(".")[1] for k in keys) + " | epochs | best val loss | warm |",
+              "|---|---|" + "---|" * len(keys) + "---|---|---|"]
+    for loss, i, t, used in rows:
+        vals = [f"{v:.3g}" if isinstance(v, float) else str(v) for v in (config_value(t.config, k) for k in keys)]
+        lines.append(f"| stage {i} | {t.trial_id} | " + " | ".join(vals) + f" | {len(t.results)} | {loss:.4f} | "
+                     f"{'warm' if used else ''} |")
+    return lines + [""]
+
+
 def write_report(exp_dir: str | Path, ablation: str | Path | None = None) -> Path:
     """Into the experiment directory; an s3://, gs:// or file:// experiment into ./NAME-report (a local copy of its
     results, without checkpoints)."""
@@ -167,6 +219,7 @@ def write_report(exp_dir: str | Path, ablation: str | Path | None = None) -> Pat
         lines += ["", f"Export it with `mmsa export {exp} -o best.yaml`.", ""]
     except Exception as e:  # an empty search still gets a report of what exists
         lines += [f"No best trial yet: {e}", ""]
+    lines += stages_markdown(exp, meta, trials)
     from .confirm import evidence_markdown
     from .confirm_files import read_evidence
 

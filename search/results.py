@@ -137,6 +137,10 @@ def status_table(exp_dir: str | Path) -> str:
     summary = f"{meta['name']}: {len(trials)} of {meta['num_samples']} trials started, {done} terminated, " \
               f"{sum(t.state == 'ERROR' for t in trials)} errored; data {meta['data_dir']}"
     summary += f"\n{budget_line(exp_dir, trials)}"
+    for src in meta.get("warm_start") or []:
+        summary += (f"\nwarm-started from {src['experiment']}: {len(src.get('trials') or [])} of its trials given to "
+                    "Optuna first" + (" (`mmsa refine`: stage 2; `mmsa report` shows both stages)"
+                                      if meta.get("refined_from") == src["experiment"] else ""))
     if ivs:
         summary += ("\nval_acc: 95% bootstrap interval over the validation rows; vs best: 'tied' = the paired interval "
                     "of the accuracy difference to the best trial contains 0 (the data cannot tell them apart)")

@@ -9,19 +9,22 @@ fixed:                       # the same for every trial (a run config: data/mode
   train: {epochs: 6}
 search:                      # scheduler, searcher and resources (SearchConfig below)
   grace_period: 1
+enqueue:                     # optional: configurations Optuna tries first (partial: the rest is sampled)
+  - {train.lr: 8.0e-6, train.batch_size: 128, model.complexity: low}
 ```
 """
 from __future__ import annotations
 
 import dataclasses
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+import math
 from pathlib import Path
 
 from data_pipeline.errors import UserError
 from model.config import Config, build_section, opt, read_yaml
 
 DISTRIBUTIONS = ("loguniform", "uniform", "randint", "choice")
-TOP_KEYS = ("space", "fixed", "search")
+TOP_KEYS = ("space", "fixed", "search", "enqueue")
 
 
 @dataclass
@@ -65,6 +68,7 @@ class SearchSpec:
     fixed: Config
     search: SearchConfig
     source: str = "space"
+    enqueue: list[dict] = field(default_factory=list)  # configurations Optuna tries first (search/warm_start.py)
 
     def param_space(self) -> dict:
         """Ray's config dict: the fixed run config with the sampled keys replaced by distributions."""
@@ -73,6 +77,40 @@ class SearchSpec:
             sec, name = key.split(".")
             d[sec][name] = dist.to_tune()
         return d
+
+
+def in_dist(dist: Dist, value) -> bool:
+    if dist.kind == "choice":
+        return any(value == c and isinstance(value, bool) == isinstance(c, bool) for c in dist.args)
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        return False
+    lo, hi = dist.args
+    if dist.kind == "randint":
+        return float(value).is_integer() and lo <= value < hi
+    return lo <= value <= hi
+
+
+def describe_dist(dist: Dist) -> str:
+    if dist.kind == "choice":
+        return f"not one of {dist.args}"
+    lo, hi = dist.args
+    return f"not in [{lo:g}, {hi:g}{')' if dist.kind == 'randint' else ']'}"
+
+
+def check_point(point: dict, spec: SearchSpec, where: str) -> dict:
+    """One configuration to try first: space key -> value, every key searched and every value inside the space."""
+    if not isinstance(point, dict) or not point:
+        raise UserError(f"{where}: expected a mapping of searched keys to values, e.g. {{train.lr: 8.0e-6}}.")
+    out = {}
+    for key, value in point.items():
+        if key not in spec.space:
+            raise UserError(f"{where}: {key} is not searched (the space has {', '.join(spec.space)}); enqueue only "
+                            "searched keys, or set it in the fixed: section.")
+        if not in_dist(spec.space[key], value):
+            raise UserError(f"{where}: {key} {value!r} is outside the space ({describe_dist(spec.space[key])}); "
+                            "widen the space or change the value.")
+        out[key] = value
+    return out
 
 
 def default_space_yaml() -> str:
@@ -140,7 +178,12 @@ def parse_spec(d: dict, source: str) -> SearchSpec:
             _check_value(fixed, key, lo, where)
             _check_value(fixed, key, hi - 1 if kind == "randint" else hi, where)
         space[f"{sec}.{name}"] = Dist(kind, args)
-    return SearchSpec(space, fixed, search, source)
+    spec = SearchSpec(space, fixed, search, source)
+    enqueue = d.get("enqueue") or []
+    if not isinstance(enqueue, list):
+        raise UserError(f"{source}: enqueue must be a list of configurations, e.g. [{{train.lr: 8.0e-6}}].")
+    spec.enqueue = [check_point(p, spec, f"{source}: enqueue[{i}]") for i, p in enumerate(enqueue)]
+    return spec
 
 
 def load_spec(path: str | Path | None) -> SearchSpec:
@@ -152,5 +195,8 @@ def load_spec(path: str | Path | None) -> SearchSpec:
 
 
 def spec_to_dict(spec: SearchSpec) -> dict:
-    return {"space": {k: {d.kind: d.args} for k, d in spec.space.items()}, "fixed": spec.fixed.to_dict(),
-            "search": dataclasses.asdict(spec.search)}
+    d = {"space": {k: {d.kind: d.args} for k, d in spec.space.items()}, "fixed": spec.fixed.to_dict(),
+         "search": dataclasses.asdict(spec.search)}
+    if spec.enqueue:
+        d["enqueue"] = [dict(p) for p in spec.enqueue]
+    return d

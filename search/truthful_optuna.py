@@ -7,6 +7,9 @@ looks to TPE like a finished trial whose final loss is its epoch-1 loss. Here:
 - a trial ASHA stopped is PRUNED: TPE then uses its intermediate values (best val loss per epoch, reported every
   epoch, including the one that made ASHA stop it) and ranks it below completed trials, as ASHA decided;
 - a trial that errored is FAIL. See docs/search.md.
+Before the first proposal it also adds the warm-start trials of earlier searches and enqueues the configurations to
+try first (search/warm_start.py), each once: a study in an RDB that already holds them (a resume) is not given
+them again, and a restored searcher (a resume, whose pickled study holds them) gets back any that are missing.
 """
 from __future__ import annotations
 
@@ -29,7 +32,60 @@ def optuna_state(result: dict | None, error: bool) -> tuple[TrialState, float | 
     return TrialState.PRUNED, None
 
 
+def add_known(study, distributions: dict, warm: list, enqueue: list[dict], log=log.info) -> tuple[int, int]:
+    """Add the warm-start trials and enqueue the first configurations that `study` does not hold yet (markers in
+    the trials' user attributes); returns how many of each were added."""
+    import optuna
+
+    from .warm_start import ENQUEUE_ATTR, WARM_ATTR, optuna_name
+
+    have = study.get_trials(deepcopy=False)
+    warm_have = {t.user_attrs.get(WARM_ATTR) for t in have}
+    queued_have = {t.user_attrs.get(ENQUEUE_ATTR) for t in have}
+    added = queued = 0
+    for w in warm:
+        if w.marker in warm_have:
+            continue
+        params = {optuna_name(k): v for k, v in w.params.items()}
+        study.add_trial(optuna.trial.create_trial(
+            state=TrialState[w.state], value=w.value, params=params,
+            distributions={k: distributions[k] for k in params}, intermediate_values=w.intermediate,
+            user_attrs={WARM_ATTR: w.marker}))
+        added += 1
+    for i, point in enumerate(enqueue):
+        if i not in queued_have:
+            study.enqueue_trial({optuna_name(k): v for k, v in point.items()}, user_attrs={ENQUEUE_ATTR: i},
+                                skip_if_exists=False)
+            queued += 1
+    if added or queued:
+        log("optuna study: %d warm-start trial(s) added, %d configuration(s) enqueued", added, queued)
+    return added, queued
+
+
 class TruthfulOptunaSearch(OptunaSearch):
+    def __init__(self, *args, warm: list | None = None, enqueue: list[dict] | None = None, **kwargs):
+        self._mmsa_warm = list(warm or [])  # search/warm_start.WarmTrial
+        self._mmsa_enqueue = list(enqueue or [])
+        self._mmsa_dists: dict = {}
+        super().__init__(*args, **kwargs)
+
+    def set_search_properties(self, metric, mode, config, **spec) -> bool:
+        """Ray calls this with the Tuner's param_space before the first trial (of a search and of a resume); the
+        study exists after it: give it what earlier searches know before anything is proposed."""
+        ok = super().set_search_properties(metric, mode, config, **spec)
+        if ok:
+            self._mmsa_dists = self.convert_search_space(config)
+            add_known(optuna_study(self), self._mmsa_dists, self._mmsa_warm, self._mmsa_enqueue)
+        return ok
+
+    def restore(self, checkpoint_path: str) -> None:
+        """A resume: the pickled study replaces the one set up above; it holds the warm trials already (they were
+        added before the first save), so this adds only what an older state might lack (nothing, normally)."""
+        super().restore(checkpoint_path)
+        study = optuna_study(self)
+        if study is not None and getattr(self, "_mmsa_dists", None):
+            add_known(study, self._mmsa_dists, getattr(self, "_mmsa_warm", []), [])
+
     def on_trial_result(self, trial_id: str, result: dict) -> None:
         ot_trial = optuna_trials(self).get(trial_id)
         if ot_trial is not None and result.get(TRAINING_ITERATION) in intermediate_values(ot_trial):

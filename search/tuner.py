@@ -104,9 +104,11 @@ def _refuse_if_full(exp: str, stopped: bool = False) -> None:
 
 def run_search(spec: SearchSpec, num_samples: int, name: str, storage_dir: str = "ray_results", *,
                address: str | None = None, shared_storage: bool = False, optuna_storage: str | None = None,
-               verbose: int = 1, log=print, points: list[dict] | None = None, extra_meta: dict | None = None):
+               verbose: int = 1, log=print, points: list[dict] | None = None, extra_meta: dict | None = None,
+               warm_start: list[str] | None = None, warm_any_data: bool = False):
     """A search over spec's space (Optuna proposes, ASHA stops); or, with `points`, exactly these trial configs, each
-    trained for all its epochs (`mmsa confirm`: fixed configurations with fresh seeds, no early stopping by ASHA)."""
+    trained for all its epochs (`mmsa confirm`: fixed configurations with fresh seeds, no early stopping by ASHA).
+    warm_start: experiments whose finished trials inside the space Optuna gets first (search/warm_start.py)."""
     from ray import tune
 
     check_search_args(num_samples, name, optuna_storage)
@@ -114,6 +116,12 @@ def run_search(spec: SearchSpec, num_samples: int, name: str, storage_dir: str =
     data_dir = Path(spec.fixed.data.data_dir).resolve()
     spec.fixed = spec.fixed.with_overrides({"data.data_dir": str(data_dir)})
     check_data_dir(data_dir)
+    warm, warm_meta = [], {}
+    if warm_start:
+        from .warm_start import collect
+
+        warm, sources = collect(warm_start, spec, data_fingerprint(data_dir, "train"), warm_any_data, log)
+        warm_meta = {"warm_start": sources}
     check_backbones(spec.fixed.model)  # every trial would fail on a missing weights file: say so now
     data = load_train_val(spec.fixed, log)  # all bad-input errors happen here, before Ray starts
     storage_dir = storage.check_local_storage(storage_dir)
@@ -132,14 +140,14 @@ def run_search(spec: SearchSpec, num_samples: int, name: str, storage_dir: str =
         meta = {"name": name, "storage": storage_dir, "num_samples": num_samples, "data_dir": str(data_dir),
                 "data_fingerprint": data.train.fingerprint, "optuna_storage": optuna_storage,
                 "created": datetime.datetime.now().isoformat(timespec="seconds"), "resources": resources,
-                "max_concurrent": max_conc, "spec": spec_to_dict(spec), **(extra_meta or {})}
+                "max_concurrent": max_conc, "spec": spec_to_dict(spec), **warm_meta, **(extra_meta or {})}
         experiment.write_meta(exp, meta)
         log(f"search {name}: {num_samples} trials, {max_conc} at once, {resources} each; results in {exp}")
         ray_internals.upload_state_after_each_checkpoint()
         callbacks = _callbacks(spec, exp)
         if points is None:
             param_space = spec.param_space()
-            search_alg = make_searcher(spec, name, max_conc, optuna_storage, num_samples)
+            search_alg = make_searcher(spec, name, max_conc, optuna_storage, num_samples, warm)
             scheduler = make_scheduler(spec)
         else:
             from ray.tune.schedulers import FIFOScheduler

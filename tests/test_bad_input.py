@@ -286,3 +286,58 @@ def test_search_takes_data_from_the_space_file(tmp_path, capsys):
     rc, err = run(["search", "--num-samples", 1, "--name", "n", "--storage", tmp_path / "rr"], capsys)
     assert rc == 2 and "no data: pass --data DIR, or set data_dir in the space file" in err
     assert not (tmp_path / "rr").exists()
+
+
+# ---- coarse to fine: --warm-start, --enqueue, enqueue:, mmsa refine -------------------------------------------
+def _c2f_files(t: Path, d: Path) -> None:
+    (t / "outside.yaml").write_text(yaml.safe_dump({"train": {"lr": 0.5}}))  # a valid lr, outside the lab's space
+    (t / "nokeys.yaml").write_text(yaml.safe_dump({"train": {"epochs": 3}}))
+    (t / "badkey.yaml").write_text(yaml.safe_dump({"train": {"lrr": 1e-5}}))
+    (t / "space-enq.yaml").write_text(yaml.safe_dump({"space": {"train.lr": {"loguniform": [1e-6, 1e-4]}},
+                                                      "enqueue": [{"train.lr": 1e-6}, {"train.lr": 1e-2}]}))
+    (t / "space-enq-key.yaml").write_text(yaml.safe_dump({"space": {"train.lr": {"loguniform": [1e-6, 1e-4]}},
+                                                          "enqueue": [{"train.epochs": 3}]}))
+    spec = {"space": {"train.lr": {"loguniform": [1e-6, 1e-4]}}, "fixed": {"train": {"epochs": 2}},
+            "search": {"grace_period": 1}}
+    (t / "empty-exp").mkdir()  # an experiment whose search never finished a trial: nothing to refine from
+    (t / "empty-exp" / "mmsa_search.yaml").write_text(yaml.safe_dump(
+        {"name": "empty-exp", "num_samples": 1, "data_dir": str(d), "data_fingerprint": "0" * 64, "spec": spec}))
+
+
+C2F_CASES = [
+    (["search", "--data", "{d}", "--num-samples", "1", "--name", "n", "--storage", "{t}/rr", "--warm-start", "{t}/nothere"],
+     "--warm-start {t}/nothere: no such directory"),
+    (["search", "--data", "{d}", "--num-samples", "1", "--name", "n", "--storage", "{t}/rr", "--warm-start", "{d}"],
+     "not a search experiment"),
+    (["search", "--data", "{d}", "--num-samples", "1", "--name", "n", "--storage", "{t}/rr", "--warm-start", "{t}/empty-exp",
+      "{t}/empty-exp"], "named twice"),
+    (["search", "--data", "{d}", "--num-samples", "1", "--name", "n", "--storage", "{t}/rr", "--warm-start", "{t}/empty-exp"],
+     "--warm-start-any-data"),
+    (["search", "--data", "{d}", "--num-samples", "1", "--name", "n", "--storage", "{t}/rr", "--enqueue", "{t}/outside.yaml"],
+     "outside.yaml: train.lr 0.5 is outside the space"),
+    (["search", "--data", "{d}", "--num-samples", "1", "--name", "n", "--storage", "{t}/rr", "--enqueue", "{t}/nokeys.yaml"],
+     "sets none of the searched keys"),
+    (["search", "--data", "{d}", "--num-samples", "1", "--name", "n", "--storage", "{t}/rr", "--enqueue", "{t}/badkey.yaml"],
+     "badkey.yaml: train: unknown key(s) ['lrr']"),
+    (["search", "--data", "{d}", "--num-samples", "1", "--name", "n", "--storage", "{t}/rr", "--enqueue", "{t}/none.yaml"],
+     "--enqueue {t}/none.yaml: no such file"),
+    (["search", "--data", "{d}", "--space", "{t}/space-enq.yaml", "--num-samples", "1", "--name", "n", "--storage", "{t}/rr"],
+     "space-enq.yaml: enqueue[1]: train.lr 0.01 is outside the space"),
+    (["search", "--data", "{d}", "--space", "{t}/space-enq-key.yaml", "--num-samples", "1", "--name", "n", "--storage",
+      "{t}/rr"], "enqueue[0]: train.epochs is not searched"),
+    (["refine", "{t}/nothere", "--dry-run"], "not a search experiment"),
+    (["refine", "{t}/empty-exp", "--top", "0", "--dry-run"], "--top 0"),
+    (["refine", "{t}/empty-exp", "--num-samples", "0"], "--num-samples 0"),
+    (["refine", "{t}/empty-exp"], "pass --num-samples N"),
+    (["refine", "{t}/empty-exp", "--num-samples", "2", "--name", "../up"], "--name '../up'"),
+    (["refine", "{t}/empty-exp", "--dry-run"], "no finished trial"),
+]
+
+
+@pytest.mark.parametrize("argv, named", C2F_CASES, ids=[" ".join(a[:1] + a[-2:]) for a, _ in C2F_CASES])
+def test_coarse_to_fine_inputs(tmp_path, demo_dir, capsys, argv, named):
+    _c2f_files(tmp_path, demo_dir)
+    before = sorted(str(p) for p in tmp_path.rglob("*"))
+    rc, err = run([a.format(d=demo_dir, t=tmp_path) for a in argv], capsys)
+    assert_refused(rc, err, named.format(t=tmp_path))
+    assert sorted(str(p) for p in tmp_path.rglob("*")) == before, "something was written"

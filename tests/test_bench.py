@@ -5,6 +5,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 import torch
 
 from model.run import load_train_val
@@ -42,3 +43,13 @@ def test_pure_steps_replay_the_loops_epoch_exactly(demo_cfg):
     # Same batches, augmentation draws, loss scaling and optimizer steps: the very same weights afterwards.
     for (name, a), b in zip(loop.model.state_dict().items(), pure.model.state_dict().values()):
         assert torch.equal(a, b), name
+
+
+@pytest.mark.slow
+def test_refine_bench_runs_small(tmp_path):
+    """bench/refine_efficiency.py end to end at the smallest size (its numbers say nothing here)."""
+    r = subprocess.run([sys.executable, str(ROOT / "bench" / "refine_efficiency.py"), "--seeds", "1", "--rows", "120",
+                        "--heldout", "40", "--coarse", "3", "--fine", "2", "--epochs", "2"],
+                       capture_output=True, text=True, timeout=900)
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert "seed 0: coarse+refine" in r.stdout and "| 0 |" in r.stdout and "grace_period" in r.stdout

@@ -203,3 +203,37 @@ def test_canary_reuse_thread_timeout_env(monkeypatch):
     monkeypatch.setenv("TUNE_FUNCTION_THREAD_TIMEOUT_S", "2")  # restored after the test
     RI.let_previous_trial_finish_on_reuse()
     assert int(os.environ["TUNE_FUNCTION_THREAD_TIMEOUT_S"]) >= 60
+
+
+def test_warm_trials_reach_the_study_before_any_proposal_once_and_survive_save_restore(tmp_path):
+    """Warm start relies on Ray calling Searcher.set_search_properties with the param space (the study exists
+    after it), and on OptunaSearch.save/restore carrying the study: a resume restores the pickled study over the
+    fresh one, which must then hold the warm trials exactly once."""
+    import optuna
+    from ray import tune
+
+    from search.truthful_optuna import TruthfulOptunaSearch
+    from search.warm_start import ENQUEUE_ATTR, WARM_ATTR, WarmTrial
+
+    warm = [WarmTrial("/exp", "a", "COMPLETE", {"x": 0.3}, 0.5, {1: 0.7, 2: 0.5}),
+            WarmTrial("/exp", "b", "PRUNED", {"x": 0.9}, None, {1: 0.8})]
+
+    def searcher():
+        s = TruthfulOptunaSearch(metric=S.M.SEARCH_METRIC, mode=S.M.OPT_MODE, warm=warm, enqueue=[{"x": 0.2}])
+        assert s.set_search_properties(S.M.SEARCH_METRIC, S.M.OPT_MODE, {"x": tune.uniform(0.1, 1.0)})
+        return s
+
+    first = searcher()
+    study = RI.optuna_study(first)
+    got = {t.user_attrs[WARM_ATTR]: t for t in study.trials if WARM_ATTR in t.user_attrs}
+    assert got["/exp#a"].state == optuna.trial.TrialState.COMPLETE and got["/exp#a"].value == 0.5
+    assert got["/exp#a"].intermediate_values == {1: 0.7, 2: 0.5}
+    assert got["/exp#b"].state == optuna.trial.TrialState.PRUNED and got["/exp#b"].value is None
+    assert first.suggest("t1") == {"x": 0.2}  # the enqueued configuration comes first
+    first.save(str(tmp_path / "searcher.pkl"))
+    resumed = searcher()
+    resumed.restore(str(tmp_path / "searcher.pkl"))
+    trials = RI.optuna_study(resumed).trials
+    assert sorted(t.user_attrs[WARM_ATTR] for t in trials if WARM_ATTR in t.user_attrs) == ["/exp#a", "/exp#b"]
+    assert [t.user_attrs.get(ENQUEUE_ATTR) for t in trials if ENQUEUE_ATTR in t.user_attrs] == [0]
+    assert "t1" in RI.optuna_trials(resumed)

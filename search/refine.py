@@ -1,0 +1,152 @@
+"""`mmsa refine EXP`: the second stage of a coarse-to-fine search. Writes a narrower space file from EXP's best
+trials (rules below, documented in docs/search.md "Coarse to fine"), then runs it warm-started from EXP.
+
+Rules, from the TOP trials (the `top` best finished trials by the search metric, best val loss):
+- a log-uniform key (train.lr): from the smallest top value / MARGIN to the largest x MARGIN;
+- a uniform key: the top values' range widened by half of it on each side (at least UNIFORM_MIN_SHARE of the old
+  range); a randint key: the same, in whole numbers;
+- a choice: the values the top trials used, in the old order;
+- every range is clipped to the old one: refining narrows, never widens (when a top value sits on an edge of the old
+  range the notes say so; widen it by editing the file);
+- the grace period: the first epoch from which the ranking of the top trials by best val loss so far (what ASHA's
+  rungs compare) no longer changes up to the last epoch they all reached; clamped to [1, epochs]. Curves that keep
+  crossing late mean ASHA must wait longer before it stops anyone.
+- fixed settings and the other search settings stay EXP's.
+"""
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import yaml
+
+from data_pipeline.errors import UserError
+
+from . import storage
+from .experiment import read_meta
+from .results import TrialSummary, config_value, load_trials
+from .schema import M
+
+TOP = 3  # trials whose values span the refined space
+MARGIN = 2.0  # log-uniform: x/ this factor around the top trials' values
+UNIFORM_MIN_SHARE = 0.1  # uniform/randint: at least this share of the old range on each side
+SPACE_SUFFIX = "-space.yaml"  # the refined space goes to STORAGE/NAME-space.yaml, next to EXP
+
+
+def check_refine_args(top, num_samples) -> None:
+    if isinstance(top, bool) or not isinstance(top, int) or not 1 <= top <= 1000:
+        raise UserError(f"--top {top}: must be a whole number of trials from 1 to 1000.")
+    if num_samples is not None and (isinstance(num_samples, bool) or not isinstance(num_samples, int)
+                                    or not 1 <= num_samples <= 100_000):
+        raise UserError(f"--num-samples {num_samples}: must be a whole number of trials from 1 to 100000.")
+
+
+def ranked(trials: list[TrialSummary]) -> list[TrialSummary]:
+    """Finished trials with a result, best first (the search metric: best val loss)."""
+    done = [t for t in trials if t.state == "TERMINATED" and t.best is not None]
+    return sorted(done, key=lambda t: (t.best[M.VAL_LOSS], t.trial_id))
+
+
+def refine_range(kind: str, old: list, values: list[float]) -> list:
+    lo_old, hi_old = old
+    lo_v, hi_v = min(values), max(values)
+    if kind == "loguniform":
+        lo, hi = lo_v / MARGIN, hi_v * MARGIN
+    else:
+        pad = max((hi_v - lo_v) / 2, UNIFORM_MIN_SHARE * (hi_old - lo_old))
+        lo, hi = lo_v - pad, hi_v + pad
+    lo, hi = max(lo, lo_old), min(hi, hi_old)
+    if kind == "randint":
+        lo, hi = int(math.floor(lo)), int(math.ceil(hi))
+        hi = min(max(hi, int(hi_v) + 1), hi_old)  # randint's high is exclusive: keep the top values inside
+        return [lo, hi]
+    return [float(f"{lo:.6g}"), float(f"{hi:.6g}")] if kind == "loguniform" else [lo, hi]
+
+
+def stable_from(curves: list[list[float]]) -> int | None:
+    """The first epoch (1-based) from which the order of the curves no longer changes up to the last epoch all of
+    them reached; None with fewer than two curves. Ties keep the order of the curves (stable sort)."""
+    if len(curves) < 2:
+        return None
+    n = min(len(c) for c in curves)
+    if n < 1:
+        return None
+    order = lambda e: sorted(range(len(curves)), key=lambda i: curves[i][e - 1])  # noqa: E731
+    final, first = order(n), n
+    for e in range(n, 0, -1):
+        if order(e) != final:
+            break
+        first = e
+    return first
+
+
+def grace_from_curves(top: list[TrialSummary], epochs: int, old: int) -> tuple[int, str]:
+    curves = [[r[M.SEARCH_METRIC] for r in t.results] for t in top]
+    g = stable_from(curves)
+    if g is None:
+        return min(max(old, 1), epochs), f"grace_period {old} kept (fewer than two top curves)"
+    g = min(max(g, 1), epochs)
+    n = min(len(c) for c in curves)
+    return g, f"grace_period {g}: the top {len(top)} trials' best val loss keeps its order from epoch {g} to {n}"
+
+
+def refine_dict(meta: dict, trials: list[TrialSummary], top: int = TOP) -> tuple[dict, list[str]]:
+    """The second stage's space file (a dict) and one note per rule applied."""
+    spec = meta["spec"]
+    best = ranked(trials)
+    if not best:
+        raise UserError(f"{meta.get('name')}: no finished trial with a result to refine from; see `mmsa status`.")
+    chosen = best[:top]
+    notes = [f"from the top {len(chosen)} of {len(best)} finished trials: {', '.join(t.trial_id for t in chosen)}"]
+    space = {}
+    for key, d in spec["space"].items():
+        kind, args = next(iter(d.items()))
+        values = [config_value(t.config, key) for t in chosen]
+        if kind == "choice":
+            kept = [c for c in args if c in values]
+            space[key] = {"choice": kept}
+            notes.append(f"{key}: choice {kept} (of {args})")
+        else:
+            new = refine_range(kind, args, values)
+            space[key] = {kind: new}
+            edge = [v for v in values if v <= args[0] or v >= args[1] - (1 if kind == "randint" else 0)]
+            notes.append(f"{key}: {kind} {new} (top values {', '.join(f'{v:.3g}' for v in values)}; was {args})"
+                         + (" - a top value is on the old range's edge: consider widening it" if edge else ""))
+    epochs = spec["fixed"]["train"]["epochs"]
+    grace, note = grace_from_curves(chosen, epochs, spec["search"]["grace_period"])
+    notes.append(note)
+    d = {"space": space, "fixed": spec["fixed"], "search": {**spec["search"], "grace_period": grace}}
+    return d, notes
+
+
+def stage_storage(exp: str) -> str:
+    """Where the second stage goes: beside the first (its storage folder)."""
+    return exp.rstrip("/").rsplit("/", 1)[0] if storage.is_uri(exp) else str(Path(exp).resolve().parent)
+
+
+def write_refine_space(exp_dir: str, name: str | None = None, top: int = TOP,
+                       overwrite: bool = False) -> tuple[str, dict, list[str]]:
+    """Write the refined space file STORAGE/NAME-space.yaml beside EXP; returns (its path, the dict, the notes)."""
+    from data_pipeline.atomic import write_file
+
+    from .space import parse_spec
+    from .tuner import NAME_RE
+
+    exp = storage.normalize(str(exp_dir))
+    meta = read_meta(exp)
+    if meta.get("fixed_trials"):
+        raise UserError(f"{exp}: a `mmsa confirm` run, not a search; refine the search it confirmed.")
+    name = name or f"{meta['name']}-refine"
+    if not NAME_RE.fullmatch(name):
+        raise UserError(f"--name {name!r}: use letters, digits, '.', '_' and '-' (starting with a letter or digit).")
+    d, notes = refine_dict(meta, load_trials(exp), top)
+    parse_spec(d, "refined space")  # what `mmsa search --space` will accept
+    path = storage.join(stage_storage(exp), name + SPACE_SUFFIX)
+    fs, p = storage.filesystem(path)
+    if storage.is_file(fs, p) and not overwrite:
+        raise UserError(f"{path} exists (an earlier `mmsa refine`?): pass --overwrite to replace it, or run it with "
+                        f"`mmsa search --space {path} --warm-start {exp} --name {name} --num-samples N`.")
+    head = "".join(f"# {n}\n" for n in [f"`mmsa refine {exp}`: the second stage's space (plain YAML: edit it and "
+                                         f"pass it to `mmsa search --space`)", *notes])
+    write_file(p, (head + yaml.safe_dump(d, sort_keys=False)).encode(), fs)
+    return path, d, notes
