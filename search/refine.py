@@ -87,7 +87,8 @@ def grace_from_curves(top: list[TrialSummary], epochs: int, old: int) -> tuple[i
         return min(max(old, 1), epochs), f"grace_period {old} kept (fewer than two top curves)"
     g = min(max(g, 1), epochs)
     n = min(len(c) for c in curves)
-    return g, f"grace_period {g}: the top {len(top)} trials' best val loss keeps its order from epoch {g} to {n}"
+    return g, (f"grace_period {g}: the best val loss of {', '.join(t.trial_id for t in top)} keeps its order from "
+               f"epoch {g} to {n}")
 
 
 def refine_dict(meta: dict, trials: list[TrialSummary], top: int = TOP) -> tuple[dict, list[str]]:
@@ -113,7 +114,11 @@ def refine_dict(meta: dict, trials: list[TrialSummary], top: int = TOP) -> tuple
             notes.append(f"{key}: {kind} {new} (top values {', '.join(f'{v:.3g}' for v in values)}; was {args})"
                          + (" - a top value is on the old range's edge: consider widening it" if edge else ""))
     epochs = spec["fixed"]["train"]["epochs"]
-    grace, note = grace_from_curves(chosen, epochs, spec["search"]["grace_period"])
+    # The curves are read where they are long: the best of the trials that ran the most epochs (those ASHA kept to
+    # the end). A top trial stopped after 2 epochs would cut every comparison off at epoch 2.
+    longest = max(len(t.results) for t in best)
+    full = [t for t in best if len(t.results) == longest][:top]
+    grace, note = grace_from_curves(full if len(full) >= 2 else chosen, epochs, spec["search"]["grace_period"])
     notes.append(note)
     d = {"space": space, "fixed": spec["fixed"], "search": {**spec["search"], "grace_period": grace}}
     return d, notes

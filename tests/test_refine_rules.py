@@ -74,6 +74,17 @@ def test_grace_period_from_the_epoch_where_the_top_curves_stop_crossing():
     assert stable_from([[1, 2]]) is None
 
 
+def test_grace_period_is_read_from_the_longest_curves_not_cut_short_by_a_stopped_trial():
+    # b is among the top 3 but ASHA stopped it after 2 epochs; a, c and d ran all 6: their order is final from 3
+    trials = [_trial("a", 2e-5, 32, "low", [0.9, 0.7, 0.4, 0.3, 0.25, 0.2], epochs=6),
+              _trial("b", 1e-5, 32, "low", [0.5, 0.3], finished=False, epochs=6),
+              _trial("c", 3e-5, 32, "low", [0.8, 0.6, 0.5, 0.45, 0.4, 0.35], epochs=6),
+              _trial("d", 4e-5, 32, "low", [1.0, 0.9, 0.8, 0.7, 0.6, 0.5], epochs=6)]
+    d, notes = refine_dict(_meta(_spec(epochs=6)), trials, top=3)
+    assert d["search"]["grace_period"] == 3 and "a, c, d" in notes[-1], notes[-1]
+    assert "b" in notes[0]  # b still counts among the top trials for the ranges
+
+
 def test_grace_period_is_kept_with_a_single_top_trial_and_clamped_to_the_epochs():
     d, _ = refine_dict(_meta(_spec(epochs=4, grace=2)), [_trial("a", 2e-5, 32, "low", [0.5, 0.4, 0.3, 0.2])], top=3)
     assert d["search"]["grace_period"] == 2
