@@ -120,6 +120,17 @@ def heldout_score(cfg, heldout_dir: Path) -> dict:
     return {"acc": float(correct.mean()), "f1": M.macro_f1(conf), "correct": correct, "epochs": cfg.train.epochs}
 
 
+def heldout_setup(tmp: Path, rows: int, heldout: int, noise: float):
+    """Demo data with label noise, split into tmp/data (the search's) and tmp/heldout (never seen by search or
+    selection), tiny models, the demo config on tmp/data, and Ray started: what every --heldout judging starts from."""
+    make_demo_data(tmp / "full", n=rows + heldout, seed=0, label_noise=noise)
+    carve_heldout(tmp / "full", tmp / "data", tmp / "heldout", heldout)
+    make_tiny_pretrained(tmp / "tiny")
+    cfg = demo_config(tmp / "data", tmp / "tiny", cache_dir=tmp / "cache")
+    init_ray(None)
+    return cfg
+
+
 def run_heldout(args) -> None:
     from model.config import Config
     from search.confirm import run_confirm
@@ -129,11 +140,7 @@ def run_heldout(args) -> None:
     log = lambda *a: None  # noqa: E731
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
-        make_demo_data(tmp / "full", n=args.rows + args.heldout, seed=0, label_noise=args.noise)
-        carve_heldout(tmp / "full", tmp / "data", tmp / "heldout", args.heldout)
-        make_tiny_pretrained(tmp / "tiny")
-        cfg = demo_config(tmp / "data", tmp / "tiny", cache_dir=tmp / "cache")
-        init_ray(None)
+        cfg = heldout_setup(tmp, args.rows, args.heldout, args.noise)
         grid_spec = parse_spec({**DEMO_SPACE, "fixed": cfg.with_overrides({"train.patience": 0}).to_dict()}, "grid")
         t0 = time.time()
         grid, grid_wall = run_grid(grid_spec, tmp / "rr")
