@@ -24,6 +24,7 @@ from search.demo import DEMO_SPACE, demo_config, run_demo
 from search.results import load_trials
 from search.space import parse_spec
 from search.ray_cluster import capacity, init_ray
+from search.experiment import trial_dirname
 from search.tuner import run_search, trainable_with
 
 GRID_LR = [1e-4, 1e-3, 1e-2]  # the lab's first grid: one value per decade of the same range
@@ -75,7 +76,8 @@ def run_grid(spec, storage: Path) -> tuple[dict, float]:
     ps["model"]["complexity"] = tune.grid_search(spec.space["model.complexity"].args)
     t = time.time()
     tune.Tuner(trainable_with(data, resources), param_space=ps,
-               tune_config=tune.TuneConfig(max_concurrent_trials=max_conc, reuse_actors=spec.search.reuse_workers),
+               tune_config=tune.TuneConfig(max_concurrent_trials=max_conc, reuse_actors=spec.search.reuse_workers,
+                                           trial_dirname_creator=trial_dirname),  # the folder names load_trials reads
                run_config=tune.RunConfig(name="grid", storage_path=str(storage), verbose=0)).fit()
     wall = time.time() - t
     (storage / "grid" / "mmsa_search.yaml").write_text("name: grid\nspec: {space: {}}\n")  # lets load_trials read it
