@@ -4,7 +4,8 @@ environment variables below is set (in the trial's or the driver's environment).
 MMSA_TEST_FAULT=KIND:KEY=VALUE:EPOCH, e.g. `oom:batch_size=64:1` raises the real torch.cuda.OutOfMemoryError in the
 middle of epoch 1 of every trial whose train.batch_size is 64; `kill:batch_size=32:2` SIGKILLs the worker process
 in the middle of epoch 2 of such trials (once per trial: a marker file in MMSA_TEST_FAULT_DIR records that it fired,
-so the retry from the checkpoint can succeed).
+so the retry from the checkpoint can succeed). `slow:batch_size=16:1` sleeps 0.2 s after each training batch from
+epoch 1 on (warm workers make the tests' small searches finish before a test can look at them running).
 
 MMSA_TEST_FAULT_PRUNE=EPOCH SIGKILLs the search driver right after it pruned checkpoints once a trial reached EPOCH,
 before Ray saved the experiment state: the worst moment for a crash.
@@ -40,6 +41,11 @@ def batch_hook(cfg, trial_id: str, epoch_of):
     seen = {"batches": 0}
 
     def hook(train: bool, n: int) -> None:
+        if kind == "slow" and train and epoch_of() + 1 >= int(at_epoch):
+            import time
+
+            time.sleep(0.2)  # a search that runs long enough to be looked at while it runs
+            return
         if not train or epoch_of() + 1 != int(at_epoch):
             return
         seen["batches"] += 1

@@ -53,7 +53,8 @@ def _all_finished(exp, n):
 
 def test_one_writer_export_pins_and_sigterm_saves(tmp_path, demo_cfg):
     exp = tmp_path / "rr" / "w1"
-    proc = start(_search(demo_cfg, _space(tmp_path, demo_cfg), tmp_path / "rr", "w1", 3))
+    slow = {"MMSA_TEST_FAULT": "slow:seed=0:1"}  # every trial; the search must still run during the checks below
+    proc = start(_search(demo_cfg, _space(tmp_path, demo_cfg), tmp_path / "rr", "w1", 3), slow)
     assert wait_rows(proc, exp, 2), proc.stderr.read()[-2000:]
 
     r = _cli("resume", str(exp), "--verbose", "0")  # a second terminal, or a re-submitted job
