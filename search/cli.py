@@ -276,6 +276,8 @@ def cmd_export(args) -> int:
               f"of trial {info['trial_id']}, {info['best_epoch']} epochs from the mean curve, mean val_loss "
               f"{m['val_loss']:.4f}, mean val_acc {m['val_acc']:.4f}")
     else:
+        if info.get("outdated_confirmation"):
+            print(f"note: {info['outdated_confirmation']}")
         print(f"best trial {info['trial_id']}: epoch {info['best_epoch']}, val_loss {m['val_loss']:.4f}, "
               f"val_acc {m['val_acc']:.4f}")
     print(f"wrote {args.output}; train the final model with "

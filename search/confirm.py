@@ -64,6 +64,18 @@ def candidates(trials: list[TrialSummary], top: int) -> list[dict]:
     return out
 
 
+def stale(exp: str, ev: dict) -> str | None:
+    """Why a finished confirmation no longer answers for the search (None when it still does): the search was
+    resumed or extended since, and its top configurations are not the ones confirmed."""
+    then = [c["trial_id"] for c in ev.get("candidates") or []]
+    now = [c["trial_id"] for c in candidates(load_trials(exp), int(ev.get("top") or len(then)))]
+    if now == then:
+        return None
+    return (f"{exp}/{EVIDENCE} confirmed the top configurations of the search as it was ({', '.join(then)}), but the "
+            f"search has changed since (its top is now {', '.join(now)}): that confirmation is not used. To confirm "
+            f"again, move {exp}/{CONFIRM_DIR} and {exp}/{EVIDENCE} away, then run `mmsa confirm {exp}`.")
+
+
 def points(cands: list[dict], seeds: int) -> list[dict]:
     out = []
     for c in cands:

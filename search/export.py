@@ -57,8 +57,13 @@ def export_best(exp_dir: str | Path, out: str | Path) -> dict:
     from .confirm_files import chosen, read_evidence
 
     ev = read_evidence(exp)
+    outdated = None
     if ev is not None:
-        return export_confirmed(exp, meta, chosen(ev), ev, out)
+        from .confirm import stale
+
+        outdated = stale(exp, ev)
+        if outdated is None:
+            return export_confirmed(exp, meta, chosen(ev), ev, out)
     t = best_trial(exp)
     b = t.best
     ck = f"{exp}/{t.path.name}/{b[CHECKPOINT_DIR_NAME]}" if b.get(CHECKPOINT_DIR_NAME) else None
@@ -87,7 +92,7 @@ def export_best(exp_dir: str | Path, out: str | Path) -> dict:
             "checkpoint": ck,
             "data_dir": meta["data_dir"], "data_fingerprint": meta["data_fingerprint"], **interval_info(exp, t.trial_id)}
     save_config(cfg, out, extras={SECTION: info})
-    return info
+    return {**info, "outdated_confirmation": outdated} if outdated else info
 
 
 def export_confirmed(exp: str, meta: dict, c: dict, ev: dict, out: str | Path) -> dict:

@@ -220,12 +220,14 @@ def write_report(exp_dir: str | Path, ablation: str | Path | None = None) -> Pat
     except Exception as e:  # an empty search still gets a report of what exists
         lines += [f"No best trial yet: {e}", ""]
     lines += stages_markdown(exp, meta, trials)
-    from .confirm import evidence_markdown
+    from .confirm import evidence_markdown, stale
     from .confirm_files import read_evidence
 
     ev = read_evidence(exp)
     if ev is not None:
-        lines += evidence_markdown(ev) + [f"`mmsa export {exp}` exports the confirmed choice.", ""]
+        outdated = stale(str(exp), ev)
+        lines += evidence_markdown(ev) + [f"**Outdated:** {outdated} `mmsa export` exports the best trial." if outdated
+                                          else f"`mmsa export {exp}` exports the confirmed choice.", ""]
     lines += ["## Learning curves", "", "![learning curves](report/curves.png)", "",
               "## Search progress", "", "![search progress](report/progress.png)", "", "## Hyperparameter effects", ""]
     for name, caption in hp:

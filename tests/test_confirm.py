@@ -76,6 +76,23 @@ def test_evidence_export_status_report(tmp_path, capsys):
     assert "## Confirmation" in md and "**chosen**" in md and "not tied" in md
 
 
+def test_a_search_changed_after_its_confirmation_exports_its_best_trial_and_says_why(tmp_path, capsys):
+    exp = fake_experiment(tmp_path)
+    fake_confirmation(exp)
+    confirm.write_evidence(str(exp))
+    # the search was resumed with more trials since: a new best configuration the confirmation never saw
+    write_trial(exp, "new", Config().with_overrides({"train.lr": 7e-4}).to_dict(),
+                rows_with([0.3, 0.2], np.zeros(400, dtype=int), np.zeros(400, dtype=int)))
+    out = tmp_path / "best.yaml"
+    assert main(["export", str(exp), "-o", str(out)]) == 0
+    printed = capsys.readouterr().out
+    assert "confirmation is not used" in printed and "best trial new" in printed and "mmsa confirm" in printed
+    sec = yaml.safe_load(out.read_text())["search"]
+    assert sec["trial_id"] == "new" and sec.get("selection", "best trial") == "best trial" and not sec.get("confirm")
+    assert main(["report", str(exp)]) == 0
+    assert "**Outdated:**" in (exp / "report.md").read_text()
+
+
 def test_confirm_refusals(tmp_path, capsys):
     exp = fake_experiment(tmp_path)
     for argv, msg in ((["--top", "0"], "--top 0"), (["--seeds", "101"], "--seeds 101")):
