@@ -54,7 +54,8 @@ ENDED_FILE = "mmsa_ended.json"  # the driver's verdict on a finished trial (mark
 OVERHEAD_S = "overhead_prev_s"  # seconds the trainable blocked training after the previous epoch's passes
 BYTES_PREV = "bytes_written_prev"  # bytes the previous epoch's checkpointing wrote to storage
 PASS_S = "pass_s"  # seconds of this epoch's training + validation passes
-FIRST_BATCH_S = "first_batch_s"  # trial process start (train_trial called) to its first batch
+FIRST_BATCH_S = "first_batch_s"  # trial start to the moment its first batch starts (search/worker.py: from the
+# process's start for a process's first trial, from the trainable's call on a warm worker)
 
 
 def state_name(epoch: int) -> str:
@@ -229,9 +230,10 @@ class AsyncCheckpointer:
 
     def close(self, wait: bool = True) -> None:
         """The trial ends: no state of the last epoch is needed (a finished trial is not continued), but the best
-        weights written in the background are waited for."""
+        weights being written in the background are finished: now (wait), or before the process exits."""
         self.pool.shutdown(wait=wait)
-        atexit.unregister(self.pool.shutdown)  # a warm worker runs the next trial: no handler per trial piles up
+        if wait:  # a warm worker runs the next trial: no exit handler per finished trial piles up
+            atexit.unregister(self.pool.shutdown)
 
     # ---- the writer thread ----------------------------------------------------------------------------------
     def _write_best(self, epoch: int, weights: dict, val_loss: float) -> None:

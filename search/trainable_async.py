@@ -34,16 +34,7 @@ def train_trial_async(cfg: Config, data: Split, every: int, started: float) -> b
     if not isinstance(fs, pafs.LocalFileSystem):
         return False
     trainer = Trainer(cfg, data)
-    hook = batch_hook(cfg, tune.get_context().get_trial_id(), lambda: trainer.epoch)
-    first_batch: list[float] = []
-
-    def on_batch(train, n):
-        if not first_batch:
-            first_batch.append(time.perf_counter() - started)
-        if hook is not None:
-            hook(train, n)
-
-    trainer.on_batch = on_batch
+    trainer.on_batch = batch_hook(cfg, tune.get_context().get_trial_id(), lambda: trainer.epoch)
     ck = AsyncCheckpointer(trainer, trial_path, every)
     replay_until = 0
     checkpoint = tune.get_checkpoint()
@@ -60,7 +51,8 @@ def train_trial_async(cfg: Config, data: Split, every: int, started: float) -> b
     where = {DEVICE: trainer.device.type, GPU_IDS: ",".join(str(g) for g in ray.get_gpu_ids()), NODE_ID: ctx.get_node_id(),
              **worker_keys()}
     labels = encode_classes(data.val.labels)
-    overhead, last_bytes = 0.0, 0
+    overhead, last_bytes, stopped = 0.0, 0, False
+    ready = time.perf_counter() - started  # the first batch starts now (FIRST_BATCH_S)
     try:
         epochs = trainer.fit()
         while True:
@@ -79,16 +71,21 @@ def train_trial_async(cfg: Config, data: Split, every: int, started: float) -> b
             with tempfile.TemporaryDirectory() as tmp:
                 pointer_dir = ck.pointer(trainer.epoch, Path(tmp))
                 extra = {OVERHEAD_S: overhead, BYTES_PREV: ck.bytes_written - last_bytes, PASS_S: passes,
-                         FIRST_BATCH_S: first_batch[0] if first_batch else float("nan")}
+                         FIRST_BATCH_S: ready}
                 last_bytes = ck.bytes_written
                 preds = val_predictions(row, trainer.val_pred, labels)
                 tune.report({**row, FINISHED: int(finished), REPORTED_AT: time.time(), **where, **extra, **preds},
                             checkpoint=tune.Checkpoint.from_directory(str(pointer_dir)))
             ck.after_report()
             overhead = time.perf_counter() - t1
+    except SystemExit:  # Ray ended the thread after a report: ASHA stopped the trial, or the search is pausing
+        stopped = True
+        raise
     except torch.cuda.OutOfMemoryError:
         raise out_of_memory(cfg, trainer.device) from None
-    finally:  # also when Ray ends the thread (ASHA stopped the trial): the next trial may run in this process
-        ck.close()
+    finally:  # the next trial may run in this process (warm worker): give back the model and optimizer now
+        # A stopped trial's last best weights finish writing in the background while the next trial starts (the
+        # driver's verdict is applied by the write itself, and the process waits for it before it exits).
+        ck.close(wait=not stopped)
         trainer.close()
     return True
