@@ -94,8 +94,11 @@ def delete_unpinned(path: Path) -> None:
 
 
 def apply_retention(trial_dir: Path, keep_best: bool) -> None:
-    """What a finished trial keeps: no training state; its best weights only if `keep_best` (or pinned)."""
+    """What a finished trial keeps: no training state; its best weights only if `keep_best` (or pinned); no
+    half-written folder (a worker that exits while writing leaves one)."""
     shutil.rmtree(Path(trial_dir) / STATE_DIR, ignore_errors=True)
+    for tmp in [*Path(trial_dir).glob(f".{BEST_PREFIX}*.tmp*"), *Path(trial_dir).glob(f".{BEST_PREFIX}*.old")]:
+        shutil.rmtree(tmp, ignore_errors=True)
     if not keep_best:
         for best in Path(trial_dir).glob(f"{BEST_PREFIX}*"):
             delete_unpinned(best)

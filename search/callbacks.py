@@ -136,6 +136,7 @@ class TrialRetention(Callback):
 
     def __init__(self, keep_best_trials: int):
         self.keep = keep_best_trials
+        self._last: list[tuple[str, float]] = []
 
     def on_trial_complete(self, iteration, trials, trial, **info):
         self._apply([t for t in trials if t.status == "TERMINATED" and t is not trial] + [trial])
@@ -143,9 +144,12 @@ class TrialRetention(Callback):
     def on_experiment_end(self, trials, **info):
         self._apply([t for t in trials if t.status == "TERMINATED"])
 
-    def _apply(self, done: list) -> None:
-        from .async_checkpoint import retain_finished
+    def flush(self) -> None:
+        """Once Tuner.fit has returned (every worker gone): once more, for what workers that exited while writing
+        left after the last sweep."""
+        self._retain(getattr(self, "_last", []))  # a callback pickled by an older version has none
 
+    def _apply(self, done: list) -> None:
         try:
             paths = []
             for t in done:
@@ -153,6 +157,16 @@ class TrialRetention(Callback):
                 if isinstance(fs, pafs.LocalFileSystem):
                     loss = (t.last_result or {}).get("best_val_loss", float("nan"))
                     paths.append((path, float(loss)))
+        except Exception as e:  # noqa: BLE001 - never fail the search over clean-up; the next end retries
+            log.warning("could not list the finished trials' folders: %s", e)
+            return
+        self._last = paths
+        self._retain(paths)
+
+    def _retain(self, paths: list[tuple[str, float]]) -> None:
+        from .async_checkpoint import retain_finished
+
+        try:
             retain_finished(paths, self.keep)
         except Exception as e:  # noqa: BLE001 - never fail the search over clean-up; the next end retries
             log.warning("could not delete the training state of finished trials: %s", e)

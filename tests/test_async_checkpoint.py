@@ -159,3 +159,12 @@ def test_the_final_epoch_writes_no_state_and_a_verdict_can_change(tmp_path, monk
     retain_finished([(str(tmp_path), 1.0)], 0)  # better trials finished since: this one drops out of the top
     assert not list(tmp_path.glob(f"{BEST_PREFIX}*"))
     assert json.loads((tmp_path / "mmsa_ended.json").read_text()) == {"keep_best": False}
+
+
+def test_retention_removes_what_a_worker_that_exited_mid_write_left(tmp_path):
+    trial = tmp_path / "trial_x"
+    (trial / f".{BEST_PREFIX}000002.tmpab12").mkdir(parents=True)  # cut short when the worker exited
+    (trial / f".{BEST_PREFIX}000002.tmpab12" / "model.safetensors").write_bytes(b"x" * 100)
+    (trial / f"{BEST_PREFIX}000001").mkdir()
+    retain_finished([(str(trial), 0.5)], 1)
+    assert [p.name for p in trial.iterdir() if p.is_dir()] == [f"{BEST_PREFIX}000001"]
