@@ -152,6 +152,9 @@ def trial_states(data: bytes | str) -> dict[str, dict] | None:
 
 
 QUIET_LOGGERS = ("ray.train._internal.storage",)  # one line per checkpoint is noise
+# `mmsa confirm` runs fixed configurations whose values differ from the fixed run config on purpose (seed, lr, ...):
+# Ray warns once per value ("Pre-set value ... is not equal to the value of parameter").
+FIXED_POINTS_LOGGERS = ("ray.tune.search.variant_generator",)
 
 
 # ---- Optuna through Ray's OptunaSearch -------------------------------------------------------------------------

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import datetime
+import logging
 import os
 import re
 import signal
@@ -155,6 +156,8 @@ def run_search(spec: SearchSpec, num_samples: int, name: str, storage_dir: str =
 
             param_space = spec.fixed.to_dict()
             search_alg = BasicVariantGenerator(points_to_evaluate=points, max_concurrent=max_conc)
+            for logger_name in ray_internals.FIXED_POINTS_LOGGERS:
+                logging.getLogger(logger_name).setLevel(logging.ERROR)
             scheduler = FIFOScheduler()
         tuner = tune.Tuner(
             trainable_with(data, resources, checkpointing(spec)),

@@ -137,7 +137,7 @@ def test_optuna_touchpoints(tiny_run):
 def test_quiet_loggers_exist():
     import importlib.util
 
-    assert all(importlib.util.find_spec(name) for name in RI.QUIET_LOGGERS)
+    assert all(importlib.util.find_spec(name) for name in RI.QUIET_LOGGERS + RI.FIXED_POINTS_LOGGERS)
 
 
 def test_a_moved_internal_names_itself_and_the_tested_versions():
