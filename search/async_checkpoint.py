@@ -93,12 +93,14 @@ def delete_unpinned(path: Path) -> None:
         shutil.rmtree(path, ignore_errors=True)
 
 
-def apply_retention(trial_dir: Path, keep_best: bool) -> None:
-    """What a finished trial keeps: no training state; its best weights only if `keep_best` (or pinned); no
-    half-written folder (a worker that exits while writing leaves one)."""
+def apply_retention(trial_dir: Path, keep_best: bool, half_written: bool = False) -> None:
+    """What a finished trial keeps: no training state; its best weights only if `keep_best` (or pinned).
+    half_written: also remove half-written best folders, which a worker that exited while writing leaves; only when
+    no worker can still be writing one (Tuner.fit has returned)."""
     shutil.rmtree(Path(trial_dir) / STATE_DIR, ignore_errors=True)
-    for tmp in [*Path(trial_dir).glob(f".{BEST_PREFIX}*.tmp*"), *Path(trial_dir).glob(f".{BEST_PREFIX}*.old")]:
-        shutil.rmtree(tmp, ignore_errors=True)
+    if half_written:
+        for tmp in [*Path(trial_dir).glob(f".{BEST_PREFIX}*.tmp*"), *Path(trial_dir).glob(f".{BEST_PREFIX}*.old")]:
+            shutil.rmtree(tmp, ignore_errors=True)
     if not keep_best:
         for best in Path(trial_dir).glob(f"{BEST_PREFIX}*"):
             delete_unpinned(best)
@@ -231,6 +233,12 @@ class AsyncCheckpointer:
                 self.pool.submit(delete_unpinned, self.trial_dir / state_name(old))
         self.reported = self.reported[-2:]
 
+    def finish_best(self) -> None:
+        """Before the report of a trial's last epoch: its best weights written in full. Ray may end the worker soon
+        after that report (a search's last trials), which would cut a background write short."""
+        for _, fut in self.best_pending + self.pending:
+            fut.result()
+
     def close(self, wait: bool = True) -> None:
         """The trial ends: no state of the last epoch is needed (a finished trial is not continued), but the best
         weights being written in the background are finished: now (wait), or before the process exits."""
@@ -269,13 +277,13 @@ class AsyncCheckpointer:
         ckpt.replace_dir(self.trial_dir / state_name(epoch), write)
 
 
-def retain_finished(trials: list[tuple[str, float]], keep_best_trials: int) -> None:
+def retain_finished(trials: list[tuple[str, float]], keep_best_trials: int, half_written: bool = False) -> None:
     """trials: (trial folder, best val_loss) of finished trials. Their training state goes; best weights stay for
-    the `keep_best_trials` lowest losses (NaN last) and where pinned."""
+    the `keep_best_trials` lowest losses (NaN last) and where pinned (half_written: see apply_retention)."""
     # NaN last; ties by folder name, as search/results.py best_trial picks among equal losses
     ranked = sorted(trials, key=lambda t: (t[1] != t[1], t[1], Path(t[0]).name))
     for i, (path, _) in enumerate(ranked):
         keep = i < keep_best_trials
         if ended_verdict(Path(path)) != keep:
             mark_ended(Path(path), keep)
-        apply_retention(Path(path), keep)
+        apply_retention(Path(path), keep, half_written)

@@ -147,7 +147,7 @@ class TrialRetention(Callback):
     def flush(self) -> None:
         """Once Tuner.fit has returned (every worker gone): once more, for what workers that exited while writing
         left after the last sweep."""
-        self._retain(getattr(self, "_last", []))  # a callback pickled by an older version has none
+        self._retain(getattr(self, "_last", []), half_written=True)  # a callback pickled by an older version: []
 
     def _apply(self, done: list) -> None:
         try:
@@ -163,10 +163,10 @@ class TrialRetention(Callback):
         self._last = paths
         self._retain(paths)
 
-    def _retain(self, paths: list[tuple[str, float]]) -> None:
+    def _retain(self, paths: list[tuple[str, float]], half_written: bool = False) -> None:
         from .async_checkpoint import retain_finished
 
         try:
-            retain_finished(paths, self.keep)
+            retain_finished(paths, self.keep, half_written)
         except Exception as e:  # noqa: BLE001 - never fail the search over clean-up; the next end retries
             log.warning("could not delete the training state of finished trials: %s", e)

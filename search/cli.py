@@ -139,6 +139,8 @@ def cmd_search(args) -> int:
                                            source="command line")
     search = {k.split(".", 1)[1]: v for k, v in flags.items() if k.startswith("search.")}
     spec.search = build_section(SearchConfig, {**dataclasses.asdict(spec.search), **search}, "command line: search")
+    if args.warm_start_any_data and not args.warm_start:
+        raise UserError("--warm-start-any-data: only with --warm-start EXP (it allows warm starts from other data).")
     if args.enqueue:
         from .warm_start import enqueue_points
 
@@ -163,16 +165,25 @@ def cmd_refine(args) -> int:
         raise UserError("mmsa refine: pass --num-samples N (the second stage's trials), or --dry-run to only write "
                         "the space file.")
     exp = storage.normalize(args.experiment)
-    name = args.name or f"{read_meta(exp)['name']}-refine"
+    meta = read_meta(exp)
+    name = args.name or f"{exp.rstrip('/').rsplit('/', 1)[-1]}-refine"  # the folder's name: a copy refines apart
     parent, rexp = stage_storage(exp), location(stage_storage(exp), name)
-    if not args.dry_run:  # refuse a taken name before writing anything
+    if not args.dry_run:  # everything that would refuse the run, before the space file is written
+        from data_pipeline.dataset import check_data_dir
+        from data_pipeline.preprocess import data_fingerprint
+
+        from .experiment import ever_ran
         from .tuner import check_search_args
 
         check_search_args(args.num_samples, name, args.optuna_storage)
-        if meta_exists(rexp):
+        if meta_exists(rexp) and ever_ran(rexp):
             raise UserError(f"{rexp} already holds a search; pick another --name, or continue it with "
                             f"`mmsa resume {rexp}`.")
-    path, d, notes = write_refine_space(exp, name, args.top, overwrite=args.overwrite or not args.dry_run)
+        check_data_dir(meta["data_dir"])
+        if not args.warm_start_any_data and data_fingerprint(meta["data_dir"], "train") != meta["data_fingerprint"]:
+            raise UserError(f"{meta['data_dir']}: the data changed since {exp} ran; its trials say little about the "
+                            "data now. Pass --warm-start-any-data to refine from them anyway, or start a new search.")
+    path, d, notes = write_refine_space(exp, name, args.top, overwrite=args.overwrite)
     fs, p = storage.filesystem(path)
     with fs.open_input_stream(p) as f:
         print(f"wrote {path}:\n{f.read().decode()}")
@@ -185,6 +196,7 @@ def cmd_refine(args) -> int:
     try:
         run_search(load_spec(path), args.num_samples, name, parent, address=args.address,
                    optuna_storage=args.optuna_storage, verbose=args.verbose, warm_start=[exp],
+                   warm_any_data=args.warm_start_any_data,
                    extra_meta={"refined_from": exp, "refine_notes": notes})
     except KeyboardInterrupt:
         return _interrupted(rexp)
@@ -341,7 +353,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--top", type=int, default=3, help="best trials whose values span the new space (default 3)")
     p.add_argument("--dry-run", action="store_true", help="only write and print the space file (edit it, then run "
                    "`mmsa search --space FILE --warm-start EXP`)")
-    p.add_argument("--overwrite", action="store_true", help="with --dry-run: replace a space file already there")
+    p.add_argument("--overwrite", action="store_true", help="replace a space file already there (an edited one is "
+                   "refused otherwise: run it with `mmsa search --space FILE --warm-start EXP`)")
+    p.add_argument("--warm-start-any-data", action="store_true", help="refine from a search whose data changed since "
+                   "(refused by default)")
     p.add_argument("--address", help="Ray cluster to join: auto or HOST:PORT (default: a fresh local instance)")
     p.add_argument("--optuna-storage", help="e.g. sqlite:///optuna.db, to watch with optuna-dashboard")
     p.add_argument("--verbose", type=int, default=1, choices=(0, 1, 2))

@@ -28,7 +28,8 @@ from .results import TrialSummary, best_row_scores, load_trials
 from .schema import FINISHED, M
 from .stats import compare
 
-from .confirm_files import CONFIRM_DIR, EVIDENCE, chosen, confirm_location, read_evidence  # noqa: F401
+from .confirm_files import (CONFIRM_DIR, EVIDENCE, candidates, chosen, config_key, confirm_location,  # noqa: F401
+                            read_evidence, stale)
 SEED_KEY = "train.seed"
 
 
@@ -40,40 +41,6 @@ def check_confirm_args(top, seeds) -> None:
 
 def parent_of(cexp: str) -> str:
     return storage.normalize(str(cexp)).rstrip("/").rsplit("/", 1)[0]
-
-
-def _key(config: dict) -> str:
-    """A configuration without its seed: what the seeds of one candidate share."""
-    d = Config.from_dict(config, source="trial config").to_dict()
-    d["train"].pop("seed", None)
-    return json.dumps(d, sort_keys=True)
-
-
-def candidates(trials: list[TrialSummary], top: int) -> list[dict]:
-    """The top `top` distinct configurations by best val loss (errored trials and trials without a result left out)."""
-    usable = sorted((t for t in trials if t.state != "ERROR" and t.best is not None), key=lambda t: t.best[M.VAL_LOSS])
-    out, seen = [], set()
-    for t in usable:
-        k = _key(t.config)
-        if k not in seen:
-            seen.add(k)
-            out.append({"trial_id": t.trial_id, "config": t.config, "search_best_val_loss": float(t.best[M.VAL_LOSS]),
-                        "search_best_epoch": int(t.best[M.EPOCH])})
-        if len(out) == top:
-            break
-    return out
-
-
-def stale(exp: str, ev: dict) -> str | None:
-    """Why a finished confirmation no longer answers for the search (None when it still does): the search was
-    resumed or extended since, and its top configurations are not the ones confirmed."""
-    then = [c["trial_id"] for c in ev.get("candidates") or []]
-    now = [c["trial_id"] for c in candidates(load_trials(exp), int(ev.get("top") or len(then)))]
-    if now == then:
-        return None
-    return (f"{exp}/{EVIDENCE} confirmed the top configurations of the search as it was ({', '.join(then)}), but the "
-            f"search has changed since (its top is now {', '.join(now)}): that confirmation is not used. To confirm "
-            f"again, move {exp}/{CONFIRM_DIR} and {exp}/{EVIDENCE} away, then run `mmsa confirm {exp}`.")
 
 
 def points(cands: list[dict], seeds: int) -> list[dict]:
@@ -164,10 +131,10 @@ def evidence(exp: str) -> dict:
     by_key: dict[str, list[TrialSummary]] = {}
     for t in trials:
         if t.state != "ERROR" and t.results:
-            by_key.setdefault(_key(t.config), []).append(t)
+            by_key.setdefault(config_key(t.config), []).append(t)
     rows, scores, label_rows = [], {}, {}
     for c in cm["candidates"]:
-        runs = by_key.get(_key(c["config"]), [])
+        runs = by_key.get(config_key(c["config"]), [])
         row = {"trial_id": c["trial_id"], "search_best_val_loss": c["search_best_val_loss"],
                "search_best_epoch": c.get("search_best_epoch"), "seeds": c.get("seeds"), "runs": len(runs),
                "config": c["config"]}

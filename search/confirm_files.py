@@ -5,7 +5,10 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from model.config import Config
+
 from . import storage
+from .schema import M
 
 CONFIRM_DIR = "confirm"  # EXP/confirm: the confirmation's experiment
 EVIDENCE = "confirm.json"  # EXP/confirm.json: what it found
@@ -31,3 +34,38 @@ def read_evidence(exp: str | Path) -> dict | None:
 
 def chosen(ev: dict) -> dict:
     return next(c for c in ev["candidates"] if c.get("chosen"))
+
+
+def config_key(config: dict) -> str:
+    """A configuration without its seed: what the seeds of one candidate share."""
+    d = Config.from_dict(config, source="trial config").to_dict()
+    d["train"].pop("seed", None)
+    return json.dumps(d, sort_keys=True)
+
+
+def candidates(trials: list, top: int) -> list[dict]:
+    """The top `top` distinct configurations by best val loss (errored trials and trials without a result left out)."""
+    usable = sorted((t for t in trials if t.state != "ERROR" and t.best is not None), key=lambda t: t.best[M.VAL_LOSS])
+    out, seen = [], set()
+    for t in usable:
+        k = config_key(t.config)
+        if k not in seen:
+            seen.add(k)
+            out.append({"trial_id": t.trial_id, "config": t.config, "search_best_val_loss": float(t.best[M.VAL_LOSS]),
+                        "search_best_epoch": int(t.best[M.EPOCH])})
+        if len(out) == top:
+            break
+    return out
+
+
+def stale(exp: str, ev: dict, trials: list) -> str | None:
+    """Why a finished confirmation no longer answers for the search (None when it still does): the search was
+    resumed or extended since, and its top configurations (of `trials`, search/results.load_trials) are not the ones
+    confirmed."""
+    then = [c["trial_id"] for c in ev.get("candidates") or []]
+    now = [c["trial_id"] for c in candidates(trials, int(ev.get("top") or len(then)))]
+    if set(now) == set(then):  # the same configurations: their order in the search does not matter to confirm
+        return None
+    return (f"{exp}/{EVIDENCE} confirmed the top configurations of the search as it was ({', '.join(then)}), but the "
+            f"search has changed since (its top is now {', '.join(now)}): that confirmation is not used. To confirm "
+            f"again, move {exp}/{CONFIRM_DIR} and {exp}/{EVIDENCE} away, then run `mmsa confirm {exp}`.")

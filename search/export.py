@@ -59,9 +59,9 @@ def export_best(exp_dir: str | Path, out: str | Path) -> dict:
     ev = read_evidence(exp)
     outdated = None
     if ev is not None:
-        from .confirm import stale
+        from .confirm_files import stale
 
-        outdated = stale(exp, ev)
+        outdated = stale(exp, ev, load_trials(exp))
         if outdated is None:
             return export_confirmed(exp, meta, chosen(ev), ev, out)
     t = best_trial(exp)

@@ -47,11 +47,22 @@ def ranked(trials: list[TrialSummary]) -> list[TrialSummary]:
     return sorted(done, key=lambda t: (t.best[M.VAL_LOSS], t.trial_id))
 
 
+def _outward(x: float, up: bool) -> float:
+    """x to 6 significant digits, rounded up or down (never across x)."""
+    step = 10.0 ** (math.floor(math.log10(x)) - 5)
+    r = float(f"{x:.6g}")
+    if up and r < x:
+        r = float(f"{r + step:.6g}")
+    elif not up and r > x:
+        r = float(f"{r - step:.6g}")
+    return r
+
+
 def refine_range(kind: str, old: list, values: list[float]) -> list:
     lo_old, hi_old = old
     lo_v, hi_v = min(values), max(values)
-    if kind == "loguniform":
-        lo, hi = lo_v / MARGIN, hi_v * MARGIN
+    if kind == "loguniform":  # 6 significant digits, rounded outward: the top values stay inside
+        lo, hi = _outward(lo_v / MARGIN, up=False), _outward(hi_v * MARGIN, up=True)
     else:
         pad = max((hi_v - lo_v) / 2, UNIFORM_MIN_SHARE * (hi_old - lo_old))
         lo, hi = lo_v - pad, hi_v + pad
@@ -60,7 +71,7 @@ def refine_range(kind: str, old: list, values: list[float]) -> list:
         lo, hi = int(math.floor(lo)), int(math.ceil(hi))
         hi = min(max(hi, int(hi_v) + 1), hi_old)  # randint's high is exclusive: keep the top values inside
         return [lo, hi]
-    return [float(f"{lo:.6g}"), float(f"{hi:.6g}")] if kind == "loguniform" else [lo, hi]
+    return [lo, hi]
 
 
 def stable_from(curves: list[list[float]]) -> int | None:
@@ -141,7 +152,13 @@ def write_refine_space(exp_dir: str, name: str | None = None, top: int = TOP,
     meta = read_meta(exp)
     if meta.get("fixed_trials"):
         raise UserError(f"{exp}: a `mmsa confirm` run, not a search; refine the search it confirmed.")
-    name = name or f"{meta['name']}-refine"
+    from .lock import describe, holder, read_lease
+
+    running = holder(read_lease(exp))
+    if running:
+        raise UserError(f"{exp} is in use by {describe(running)}; refine the search when it has finished (its best "
+                        "trials may still change).")
+    name = name or f"{exp.rstrip('/').rsplit('/', 1)[-1]}-refine"
     if not NAME_RE.fullmatch(name):
         raise UserError(f"--name {name!r}: use letters, digits, '.', '_' and '-' (starting with a letter or digit).")
     d, notes = refine_dict(meta, load_trials(exp), top)

@@ -220,12 +220,13 @@ def write_report(exp_dir: str | Path, ablation: str | Path | None = None) -> Pat
     except Exception as e:  # an empty search still gets a report of what exists
         lines += [f"No best trial yet: {e}", ""]
     lines += stages_markdown(exp, meta, trials)
-    from .confirm import evidence_markdown, stale
+    from .confirm import evidence_markdown
+    from .confirm_files import stale
     from .confirm_files import read_evidence
 
     ev = read_evidence(exp)
     if ev is not None:
-        outdated = stale(str(exp), ev)
+        outdated = stale(str(exp), ev, trials)
         lines += evidence_markdown(ev) + [f"**Outdated:** {outdated} `mmsa export` exports the best trial." if outdated
                                           else f"`mmsa export {exp}` exports the confirmed choice.", ""]
     lines += ["## Learning curves", "", "![learning curves](report/curves.png)", "",

@@ -106,6 +106,13 @@ def check_point(point: dict, spec: SearchSpec, where: str) -> dict:
         if key not in spec.space:
             raise UserError(f"{where}: {key} is not searched (the space has {', '.join(spec.space)}); enqueue only "
                             "searched keys, or set it in the fixed: section.")
+        if not in_dist(spec.space[key], value):  # the run config's own conversion (YAML reads 1e-5 as a string)
+            try:
+                sec, field_name = key.split(".", 1)
+                converted = getattr(getattr(Config().with_overrides({key: value}), sec), field_name)
+            except UserError:
+                converted = None
+            value = converted if in_dist(spec.space[key], converted) else value
         if not in_dist(spec.space[key], value):
             raise UserError(f"{where}: {key} {value!r} is outside the space ({describe_dist(spec.space[key])}); "
                             "widen the space or change the value.")

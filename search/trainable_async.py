@@ -66,6 +66,8 @@ def train_trial_async(cfg: Config, data: Split, every: int, started: float) -> b
             overhead += gate
             finished = trainer.epoch >= cfg.train.epochs or trainer.should_stop()
             ck.after_epoch(row, final=finished)
+            if finished:  # the trial's last report: its best weights must be whole before Ray may end the worker
+                ck.finish_best()
             if trainer.epoch <= replay_until:
                 continue
             with tempfile.TemporaryDirectory() as tmp:

@@ -121,6 +121,11 @@ def run_search(spec: SearchSpec, num_samples: int, name: str, storage_dir: str =
     if warm_start:
         from .warm_start import collect
 
+        target = storage.normalize(experiment.location(storage_dir, name))
+        if any(storage.normalize(str(w)) == target for w in warm_start):
+            raise UserError(f"--warm-start {target}: that is the experiment this search would create (--name "
+                            f"{name}); warm-start from an earlier search.")
+
         warm, sources = collect(warm_start, spec, data_fingerprint(data_dir, "train"), warm_any_data, log)
         warm_meta = {"warm_start": sources}
     check_backbones(spec.fixed.model)  # every trial would fail on a missing weights file: say so now

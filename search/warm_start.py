@@ -107,6 +107,12 @@ def collect(sources: list[str], spec: SearchSpec, fingerprint: str, any_data: bo
             meta = read_meta(exp)
         except UserError as e:
             raise UserError(f"--warm-start {src}: {e}") from None
+        from .lock import describe, holder, read_lease
+
+        running = holder(read_lease(exp))
+        if running:
+            raise UserError(f"--warm-start {src}: in use by {describe(running)}; its trials are not final yet. "
+                            "Warm-start from it when it has finished.")
         if meta.get("fixed_trials"):
             raise UserError(f"--warm-start {src}: a `mmsa confirm` run (fixed configurations with fresh seeds), not a "
                             "search; warm-start from the search it confirmed instead.")

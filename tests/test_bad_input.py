@@ -302,6 +302,15 @@ def _c2f_files(t: Path, d: Path) -> None:
     (t / "empty-exp").mkdir()  # an experiment whose search never finished a trial: nothing to refine from
     (t / "empty-exp" / "mmsa_search.yaml").write_text(yaml.safe_dump(
         {"name": "empty-exp", "num_samples": 1, "data_dir": str(d), "data_fingerprint": "0" * 64, "spec": spec}))
+    import os
+    import socket
+    import time
+
+    (t / "busy-exp").mkdir()  # a search still running (its lease held by a live process: this one)
+    (t / "busy-exp" / "mmsa_search.yaml").write_text((t / "empty-exp" / "mmsa_search.yaml").read_text())
+    (t / "busy-exp" / ".mmsa-lock.json").write_text(json.dumps(
+        {"host": socket.gethostname(), "pid": os.getpid(), "command": "mmsa search --name busy-exp",
+         "start": time.time(), "heartbeat": time.time()}))
 
 
 C2F_CASES = [
@@ -331,6 +340,14 @@ C2F_CASES = [
     (["refine", "{t}/empty-exp"], "pass --num-samples N"),
     (["refine", "{t}/empty-exp", "--num-samples", "2", "--name", "../up"], "--name '../up'"),
     (["refine", "{t}/empty-exp", "--dry-run"], "no finished trial"),
+    (["refine", "{t}/empty-exp", "--num-samples", "2"], "the data changed since"),  # before the space file is written
+    (["refine", "{t}/busy-exp", "--dry-run"], "in use by `mmsa search --name busy-exp`"),
+    (["search", "--data", "{d}", "--num-samples", "1", "--name", "n", "--storage", "{t}/rr", "--warm-start",
+      "{t}/busy-exp", "--warm-start-any-data"], "its trials are not final yet"),
+    (["search", "--data", "{d}", "--num-samples", "1", "--name", "n", "--storage", "{t}/rr", "--warm-start-any-data"],
+     "--warm-start-any-data: only with --warm-start"),
+    (["search", "--data", "{d}", "--num-samples", "1", "--name", "empty-exp", "--storage", "{t}", "--warm-start",
+      "{t}/empty-exp"], "that is the experiment this search would create"),
 ]
 
 

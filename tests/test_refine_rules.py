@@ -121,6 +121,9 @@ def test_enqueue_points_are_checked_against_the_space(tmp_path):
     assert check_point({"train.lr": 8e-6, "train.batch_size": 128}, spec, "w") == {"train.lr": 8e-6, "train.batch_size": 128}
     with pytest.raises(UserError, match="train.lr 0.001 is outside the space"):
         check_point({"train.lr": 1e-3}, spec, "w")
+    # YAML reads 1e-5 (no dot) as a string; the run config accepts it, so does enqueue
+    assert check_point({"train.lr": "1e-5", "train.batch_size": 32}, spec, "w") == {"train.lr": 1e-5,
+                                                                                   "train.batch_size": 32}
     with pytest.raises(UserError, match="train.epochs is not searched"):
         check_point({"train.epochs": 3}, spec, "w")
     f = tmp_path / "best.yaml"
