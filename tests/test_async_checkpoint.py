@@ -33,15 +33,21 @@ class FakeTrainer:
         self.optimizer.zero_grad()
 
 
-def test_pointer_names_whole_state_of_the_snapshot_epoch(tmp_path, monkeypatch):
+def one_epoch(trial_dir, monkeypatch):
+    """A trainer that has trained one epoch (loss 1.0) and its checkpointer, config writing stubbed."""
     import search.async_checkpoint as ac
 
     monkeypatch.setattr(ac, "save_config", lambda cfg, path: path.write_text("{}"))
     t = FakeTrainer()
-    ck = AsyncCheckpointer(t, tmp_path, every=1)
+    ck = AsyncCheckpointer(t, trial_dir, every=1)
     t.step()
     t.epoch = 1
     t.history.append({"epoch": 1, "val_loss": 1.0})
+    return t, ck
+
+
+def test_pointer_names_whole_state_of_the_snapshot_epoch(tmp_path, monkeypatch):
+    t, ck = one_epoch(tmp_path, monkeypatch)
     ck.after_epoch({"epoch": 1, "val_loss": 1.0, "best_val_loss": 1.0})
     want = {k: v.clone() for k, v in t.model.state_dict().items()}
     # epoch 1's state is written only once epoch 2 starts: the first report names the fresh start
@@ -125,17 +131,10 @@ def test_checkpoint_every_writes_the_state_every_n_epochs(tmp_path, monkeypatch)
 def test_a_write_that_ends_after_the_drivers_verdict_applies_it(tmp_path, monkeypatch):
     """A warm worker finishes an ASHA-stopped trial's background writes only when it is reused, after the driver
     deleted the trial's state: the late write sees the verdict (mark_ended) and leaves nothing the verdict drops."""
-    import search.async_checkpoint as ac
-
-    monkeypatch.setattr(ac, "save_config", lambda cfg, path: path.write_text("{}"))
     for keep_best in (False, True):
         trial = tmp_path / f"keep{keep_best}"
         trial.mkdir()
-        t = FakeTrainer()
-        ck = AsyncCheckpointer(t, trial, every=1)
-        t.step()
-        t.epoch = 1
-        t.history.append({"epoch": 1, "val_loss": 1.0})
+        t, ck = one_epoch(trial, monkeypatch)
         retain_finished([(str(trial), 1.0)], 1 if keep_best else 0)  # the driver judged the trial first
         ck.after_epoch({"epoch": 1, "val_loss": 1.0, "best_val_loss": 1.0})  # a best epoch, and a state epoch
         ck.close()
@@ -144,14 +143,7 @@ def test_a_write_that_ends_after_the_drivers_verdict_applies_it(tmp_path, monkey
 
 
 def test_the_final_epoch_writes_no_state_and_a_verdict_can_change(tmp_path, monkeypatch):
-    import search.async_checkpoint as ac
-
-    monkeypatch.setattr(ac, "save_config", lambda cfg, path: path.write_text("{}"))
-    t = FakeTrainer()
-    ck = AsyncCheckpointer(t, tmp_path, every=1)
-    t.step()
-    t.epoch = 1
-    t.history.append({"epoch": 1, "val_loss": 1.0})
+    t, ck = one_epoch(tmp_path, monkeypatch)
     ck.after_epoch({"epoch": 1, "val_loss": 1.0, "best_val_loss": 1.0}, final=True)
     ck.close()
     assert not (tmp_path / STATE_DIR).exists() and len(list(tmp_path.glob(f"{BEST_PREFIX}*"))) == 1
