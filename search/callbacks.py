@@ -142,7 +142,10 @@ class TrialRetention(Callback):
         self._apply([t for t in trials if t.status == "TERMINATED" and t is not trial] + [trial])
 
     def on_experiment_end(self, trials, **info):
-        self._apply([t for t in trials if t.status == "TERMINATED"])
+        # Not every TERMINATED trial: after Ctrl-C or SIGTERM, Ray's clean-up marks the trials it stops TERMINATED
+        # before this call, although they continue on resume from the state their last report named. Only the
+        # trials known finished (on_trial_complete, which that clean-up does not call) are swept again.
+        self._retain(getattr(self, "_last", []))
 
     def flush(self) -> None:
         """Once Tuner.fit has returned (every worker gone): once more, for what workers that exited while writing

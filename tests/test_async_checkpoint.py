@@ -162,3 +162,27 @@ def test_retention_removes_what_a_worker_that_exited_mid_write_left(tmp_path):
     assert len([p for p in trial.iterdir() if p.is_dir()]) == 2
     retain_finished([(str(trial), 0.5)], 1, half_written=True)  # after Tuner.fit returned: no writer is left
     assert [p.name for p in trial.iterdir() if p.is_dir()] == [f"{BEST_PREFIX}000001"]
+
+
+def test_trials_stopped_by_an_interrupt_keep_their_state(tmp_path):
+    """Ctrl-C / SIGTERM: Ray's clean-up marks the running trials TERMINATED, then calls on_experiment_end; their state
+    must survive (resume continues them from it). Only trials that finished (on_trial_complete) are swept."""
+    from types import SimpleNamespace
+
+    import pyarrow.fs as pafs
+
+    from search.callbacks import TrialRetention
+
+    def trial(name):
+        d = tmp_path / name
+        (d / STATE_DIR / "epoch_000002").mkdir(parents=True)
+        return SimpleNamespace(status="TERMINATED", last_result={"best_val_loss": 0.5},
+                               storage=SimpleNamespace(storage_filesystem=pafs.LocalFileSystem(), trial_fs_path=str(d)))
+
+    done, interrupted = trial("trial_done"), trial("trial_running")
+    cb = TrialRetention(keep_best_trials=1)
+    cb.on_trial_complete(0, [done], done)
+    cb.on_experiment_end([done, interrupted])
+    cb.flush()
+    assert not (tmp_path / "trial_done" / STATE_DIR).exists()
+    assert (tmp_path / "trial_running" / STATE_DIR / "epoch_000002").is_dir()
