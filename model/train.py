@@ -228,10 +228,14 @@ class Trainer:
         losses = [h[M.VAL_LOSS] for h in self.history[-(p + 1):]]
         return all(b > a for a, b in zip(losses, losses[1:]))
 
+    def done(self) -> bool:
+        """All epochs trained, or early stop: the loop ends here (a search trial's last report)."""
+        return self.epoch >= self.cfg.train.epochs or self.should_stop()
+
     def fit(self) -> Iterator[dict]:
         """Train until cfg.train.epochs or early stop, yielding each epoch's metrics (names from model.metrics)."""
         t = self.cfg.train
-        while self.epoch < t.epochs and not self.should_stop():
+        while not self.done():
             torch.manual_seed(_epoch_seed(t.seed, self.epoch, 0))  # dropout
             lr = self.optimizer.param_groups[0]["lr"]
             tr = self.run_epoch(self.data.train, train=True, seed=self.epoch)

@@ -16,16 +16,15 @@ from .checkpoint_retention import write_checkpoint_metrics
 from .faults import batch_hook
 from . import ray_internals
 from .ray_internals import QUIET_LOGGERS
-from .schema import DEVICE, FINISHED, GPU_IDS, NODE_ID, REPORTED_AT, M
+from .schema import FINISHED, REPORTED_AT, M
 from .stats import encode_classes, val_predictions
 from .trial_errors import TrialOutOfMemory, out_of_memory  # noqa: F401 - TrialOutOfMemory: defined there, named here
-from .worker import trial_started, worker_keys
+from .worker import trial_started, where_it_runs
 
 
 def train_trial(config: dict, data: Split, checkpointing: dict | None = None) -> None:
     entered = time.perf_counter()
     cfg = Config.from_dict(config, source="trial config")  # Ray's dict -> typed configs, first thing
-    import ray
     from ray import tune
 
     started = trial_started(entered)
@@ -48,9 +47,7 @@ def train_trial(config: dict, data: Split, checkpointing: dict | None = None) ->
     if checkpoint is not None:  # a resumed search or a retried trial continues after its last epoch
         with checkpoint.as_directory() as d:
             trainer.load_checkpoint(Path(d))
-    ctx = ray.get_runtime_context()
-    where = {DEVICE: trainer.device.type, GPU_IDS: ",".join(str(g) for g in ray.get_gpu_ids()), NODE_ID: ctx.get_node_id(),
-             **worker_keys()}
+    where = where_it_runs(trainer.device)
     labels = encode_classes(data.val.labels)
     timing = {OVERHEAD_S: 0.0, BYTES_PREV: 0}  # the same timing keys as async mode (bench/search_overhead.py)
     ready = time.perf_counter() - started  # the first batch starts now (FIRST_BATCH_S)
@@ -63,7 +60,7 @@ def train_trial(config: dict, data: Split, checkpointing: dict | None = None) ->
                 break
             t1 = time.perf_counter()
             timing.update({PASS_S: t1 - t0, FIRST_BATCH_S: ready})
-            finished = trainer.epoch >= cfg.train.epochs or trainer.should_stop()
+            finished = trainer.done()
             with tempfile.TemporaryDirectory() as tmp:
                 ck = trainer.save_checkpoint(Path(tmp) / "checkpoint", include_best=False)
                 write_checkpoint_metrics(ck, trainer.epoch, row[M.VAL_LOSS])

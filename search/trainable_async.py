@@ -18,14 +18,13 @@ from .async_checkpoint import (BYTES_PREV, FIRST_BATCH_S, OVERHEAD_S, PASS_S, As
 from .faults import batch_hook
 from .ray_internals import QUIET_LOGGERS
 from .trial_errors import out_of_memory
-from .schema import DEVICE, FINISHED, GPU_IDS, NODE_ID, REPORTED_AT, M
+from .schema import FINISHED, REPORTED_AT, M
 from .stats import encode_classes, val_predictions
-from .worker import worker_keys
+from .worker import where_it_runs
 
 
 def train_trial_async(cfg: Config, data: Split, every: int, started: float) -> bool:
     """The trial, or False (nothing done) where the storage is not a local filesystem."""
-    import ray
     from ray import tune
 
     for name in QUIET_LOGGERS:
@@ -47,9 +46,7 @@ def train_trial_async(cfg: Config, data: Split, every: int, started: float) -> b
             if pointer["state"] is not None:  # else: from the start, which the seed makes the same
                 trainer.load_checkpoint(Path(trial_path) / pointer["state"])
             replay_until = pointer["reported_epoch"]  # Ray has these epochs' results: train them again silently
-    ctx = ray.get_runtime_context()
-    where = {DEVICE: trainer.device.type, GPU_IDS: ",".join(str(g) for g in ray.get_gpu_ids()), NODE_ID: ctx.get_node_id(),
-             **worker_keys()}
+    where = where_it_runs(trainer.device)
     labels = encode_classes(data.val.labels)
     overhead, last_bytes, stopped = 0.0, 0, False
     ready = time.perf_counter() - started  # the first batch starts now (FIRST_BATCH_S)
@@ -64,7 +61,7 @@ def train_trial_async(cfg: Config, data: Split, every: int, started: float) -> b
             gate = ck.gate_s - gate0  # snapshot time inside the first step: blocking, not training
             passes = t1 - t0 - gate
             overhead += gate
-            finished = trainer.epoch >= cfg.train.epochs or trainer.should_stop()
+            finished = trainer.done()
             ck.after_epoch(row, final=finished)
             if finished:  # the trial's last report: its best weights must be whole before Ray may end the worker
                 ck.finish_best()

@@ -23,7 +23,11 @@ def trial_started(entered: float) -> float:
     return process_started() if _TRIALS_HERE[0] == 1 else entered
 
 
-def worker_keys() -> dict:
-    from .schema import WORKER_PID, WORKER_TRIAL
+def where_it_runs(device) -> dict:
+    """The report keys saying where a trial runs: device, Ray's GPU ids and node, this process and its trial count."""
+    import ray
 
-    return {WORKER_PID: os.getpid(), WORKER_TRIAL: _TRIALS_HERE[0]}
+    from .schema import DEVICE, GPU_IDS, NODE_ID, WORKER_PID, WORKER_TRIAL
+
+    return {DEVICE: device.type, GPU_IDS: ",".join(str(g) for g in ray.get_gpu_ids()),
+            NODE_ID: ray.get_runtime_context().get_node_id(), WORKER_PID: os.getpid(), WORKER_TRIAL: _TRIALS_HERE[0]}
