@@ -139,7 +139,11 @@ class TrialRetention(Callback):
         self._last: list[tuple[str, float]] = []
 
     def on_trial_complete(self, iteration, trials, trial, **info):
+        # Deleted now, before Ray saves the state that says the trial finished: a trial restored from an older
+        # saved state finds the verdict and ends without training (search/ended_trial.py).
         self._apply([t for t in trials if t.status == "TERMINATED" and t is not trial] + [trial])
+        self._finished = getattr(self, "_finished", 0) + 1
+        faults.after_retention(self._finished)
 
     def on_experiment_end(self, trials, **info):
         # Not every TERMINATED trial: after Ctrl-C or SIGTERM, Ray's clean-up marks the trials it stops TERMINATED

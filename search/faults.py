@@ -10,6 +10,9 @@ epoch 1 on (warm workers make the tests' small searches finish before a test can
 MMSA_TEST_FAULT_PRUNE=EPOCH SIGKILLs the search driver right after it pruned checkpoints once a trial reached EPOCH,
 before Ray saved the experiment state: the worst moment for a crash.
 
+MMSA_TEST_FAULT_RETAIN=N SIGKILLs the search driver right after the N-th finished trial's training state was deleted
+(search/callbacks.py TrialRetention), before Ray saved the experiment state that says the trial finished.
+
 MMSA_TEST_FAULT_WRITE=EPOCH SIGKILLs a trial's worker in the middle of writing the training state of EPOCH in the
 background (search/async_checkpoint.py: weights written, the rest not), once per trial (marker in
 MMSA_TEST_FAULT_DIR).
@@ -26,6 +29,7 @@ ENV = "MMSA_TEST_FAULT"
 ENV_DIR = "MMSA_TEST_FAULT_DIR"
 PRUNE_ENV = "MMSA_TEST_FAULT_PRUNE"
 WRITE_ENV = "MMSA_TEST_FAULT_WRITE"
+RETAIN_ENV = "MMSA_TEST_FAULT_RETAIN"
 
 
 def batch_hook(cfg, trial_id: str, epoch_of):
@@ -66,6 +70,13 @@ def after_pruning(newest_epoch: int) -> None:
     """Called by the checkpoint pruner after it deleted what it deletes."""
     fault = os.environ.get(PRUNE_ENV)
     if fault and newest_epoch == int(fault):
+        os.kill(os.getpid(), signal.SIGKILL)
+
+
+def after_retention(finished: int) -> None:
+    """Called by the retention callback after it swept the state of the `finished`-th trial to end."""
+    fault = os.environ.get(RETAIN_ENV)
+    if fault and finished == int(fault):
         os.kill(os.getpid(), signal.SIGKILL)
 
 

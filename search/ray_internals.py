@@ -300,3 +300,14 @@ def reuse_waits_for_thread_env() -> str:
         raise _moved(f"FunctionTrainable.reset_config reading {REUSE_THREAD_TIMEOUT_ENV}", "let a warm worker's "
                      "previous trial finish its checkpoint writes before the next trial starts")
     return REUSE_THREAD_TIMEOUT_ENV
+
+
+def ray_result_keys() -> set[str]:
+    """The keys Ray adds to every reported row (result.json holds them beside ours); a row reported again must leave
+    them out."""
+    try:
+        from ray.tune.result import AUTO_RESULT_KEYS, DONE, TRIAL_ID
+
+        return {*AUTO_RESULT_KEYS, DONE, TRIAL_ID, "should_checkpoint", "experiment_tag"}
+    except ImportError as e:
+        raise _moved("ray.tune.result.AUTO_RESULT_KEYS", "report a finished trial's rows again", str(e)) from None

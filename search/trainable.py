@@ -13,6 +13,7 @@ from model.train import Split, Trainer
 
 from .async_checkpoint import BYTES_PREV, FIRST_BATCH_S, OVERHEAD_S, PASS_S
 from .checkpoint_retention import write_checkpoint_metrics
+from .ended_trial import finish_if_judged
 from .faults import batch_hook
 from . import ray_internals
 from .ray_internals import QUIET_LOGGERS
@@ -29,6 +30,8 @@ def train_trial(config: dict, data: Split, checkpointing: dict | None = None) ->
 
     started = trial_started(entered)
     ray_internals.let_previous_trial_finish_on_reuse()
+    if finish_if_judged():  # finished before a crash that came before Ray saved that (search/ended_trial.py)
+        return None
 
     mode = checkpointing or {"checkpoint_mode": "sync"}  # sync: the behaviour before search.checkpoint_mode
     if mode["checkpoint_mode"] == "async":

@@ -79,6 +79,14 @@ def test_report_keys_ray_adds_are_rays_names(tiny_run):
     assert {S.TRAINING_ITERATION, S.TRIAL_ID, S.TIMESTAMP, S.CHECKPOINT_DIR_NAME} <= set(row)
 
 
+def test_canary_ray_result_keys_are_exactly_what_ray_adds(tiny_run):
+    """search/ended_trial.py reports a logged row again without Ray's own keys: every key of a row is either the
+    trainable's or one of these."""
+    row = json.loads((next(tiny_run["exp"].glob("*/result.json"))).read_text().splitlines()[0])
+    ours = {S.M.EPOCH, S.M.SEARCH_METRIC, S.FINISHED}
+    assert set(row) - RI.ray_result_keys() == ours
+
+
 def test_upload_state_after_each_checkpoint_patch():
     from ray.tune.execution.experiment_state import _ExperimentCheckpointManager
 

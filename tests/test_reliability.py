@@ -10,8 +10,10 @@ import pytest
 from model import metrics as M
 from search.asha_state import replay, rungs
 from search.cli import main
-from search.faults import PRUNE_ENV as FAULT_ENV
+from search.async_checkpoint import ENDED_FILE, STATE_DIR
+from search.faults import PRUNE_ENV as FAULT_ENV, RETAIN_ENV
 from search.checkpoint_retention import METRICS_FILE
+from search.ray_internals import ray_result_keys
 from search.results import _states, load_trials
 from search.state_backup import BACKUP_DIR, is_state_file
 from searchproc import kill_group, raw_results, result_rows, start, wait_rows, write_space
@@ -105,6 +107,36 @@ def test_driver_killed_right_after_pruning_resumes(tmp_path, demo_cfg, ray_local
     kept = {json.loads((d / METRICS_FILE).read_text())[M.EPOCH] for d in trial_dir.glob("checkpoint_*")}
     assert 4 in kept and 3 in kept and len(kept) <= 3  # the pruner came back with the resumed search
     assert not [w for w in recwarn if "already reported" in str(w.message)]  # the repeated epoch is not re-told
+
+
+def test_driver_killed_after_a_trial_finished_resumes_without_retraining(tmp_path, demo_cfg, ray_local):
+    """The crash CI met: a trial ends, the driver deletes its training state at once (1.5 GiB at the lab's size) and
+    is SIGKILLed before Ray saved the state that says the trial ended. Ray restores the trial as unfinished, from a
+    checkpoint that names the deleted state; the trial sees the driver's verdict and ends without training."""
+    space = write_space(tmp_path / "space.yaml", _fixed(demo_cfg, epochs=3),
+                        {"train.lr": {"loguniform": [1e-3, 2e-3]}, "train.batch_size": {"choice": [16]}},
+                        {"grace_period": 3, "max_concurrent": 1})
+    args = _search_args(tmp_path, space, "fin", 2)
+    args[2] = demo_cfg.data.data_dir
+    exp = tmp_path / "rr" / "fin"
+    proc = start(args, {RETAIN_ENV: "1"})
+    out, err = proc.communicate(timeout=400)
+    kill_group(proc)
+    assert proc.returncode == -signal.SIGKILL, err[-3000:]
+    (first,) = [d for d in exp.glob("trial_*") if (d / ENDED_FILE).is_file()]
+    assert not (first / STATE_DIR).exists()  # deleted by the sweep before the kill
+    tid = first.name.removeprefix("trial_")
+    assert _states(exp)[tid]["state"] != "TERMINATED"  # ...and Ray's saved state still has it running
+    before = raw_results(first)
+    assert main(["resume", str(exp), "--verbose", "0"]) == 0
+    trials = load_trials(exp)
+    assert len(trials) == 2 and all(t.state == "TERMINATED" and t.failures == 0 for t in trials), \
+        [(t.trial_id, t.state, t.failures, t.error) for t in trials]
+    after = raw_results(first)
+    assert after[: len(before)] == before and [r[M.EPOCH] for r in before] == [1, 2, 3]
+    ours = lambda r: {k: v for k, v in r.items() if k not in ray_result_keys()}  # noqa: E731
+    for row in after[len(before):]:  # rows Ray's saved state lacked, told again: the same row, not a new epoch
+        assert ours(row) == ours(before[row[M.EPOCH] - 1])
 
 
 def test_asha_rungs_rebuilt_give_the_same_decisions(tmp_path, demo_cfg, ray_local):

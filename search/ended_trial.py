@@ -1,0 +1,66 @@
+"""A trial that finished, restored by `mmsa resume` as if it had not.
+
+When a trial ends, the driver writes its verdict into the trial folder (search/async_checkpoint.py mark_ended) and
+deletes the trial's training state at once (TrialRetention, search/callbacks.py): at the lab's size that state is
+1.5 GiB per trial. Ray saves the experiment state only every few seconds, so a driver killed in between (SIGKILL,
+a lost node) leaves a saved state in which the trial is still running, its last checkpoint naming a state that is
+gone. Ray restores it on resume; here, before anything is built, the trial sees the verdict and does not train
+again. The rows the driver had logged after Ray's saved state (result.json, and the driver's whole copy of it) are
+reported again, so ASHA and Optuna learn how the trial really ended (finished or stopped, with its last values);
+then the trial returns and Ray marks it finished.
+"""
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import pyarrow.fs as pafs
+
+from . import ray_internals
+from .checkpoint_retention import METRICS_FILE, read_checkpoint_metrics
+from .schema import M
+from .trial_backup import RESULTS, TRIAL_BACKUPS, by_epoch, parse_rows
+
+log = logging.getLogger(__name__)
+
+
+def _restored_epoch(checkpoint) -> int:
+    """The epoch whose result Ray's restored checkpoint was reported with (0: no checkpoint)."""
+    if checkpoint is None:
+        return 0
+    with checkpoint.as_directory() as d:
+        p = Path(d) / METRICS_FILE
+        m = read_checkpoint_metrics(p.read_bytes() if p.is_file() else None)
+    return m[0] if m else 0
+
+
+def _logged_rows(trial_dir: Path) -> list[dict]:
+    """Every epoch's row the driver logged for the trial, the live file and the driver's whole copy merged."""
+    def read(p: Path) -> list[dict]:
+        try:
+            return parse_rows(p.read_bytes())
+        except OSError:
+            return []
+
+    return by_epoch(read(trial_dir.parent / TRIAL_BACKUPS / trial_dir.name / RESULTS), read(trial_dir / RESULTS))
+
+
+def finish_if_judged() -> bool:
+    """Inside a trial, first thing: True when the driver had already judged this trial finished (then its rows
+    after Ray's restored result are reported again and the trial must return without training)."""
+    from ray import tune
+
+    from .async_checkpoint import ended_verdict
+
+    fs, trial_path = ray_internals.trial_storage()
+    if not isinstance(fs, pafs.LocalFileSystem) or ended_verdict(Path(trial_path)) is None:
+        return False  # the verdict is written only on local storage (TrialRetention)
+    trial_dir = Path(trial_path)
+    after = _restored_epoch(tune.get_checkpoint())
+    drop = ray_internals.ray_result_keys()
+    missing = [r for r in _logged_rows(trial_dir) if int(r[M.EPOCH]) > after]
+    log.warning("%s had finished before the search was stopped; not trained again (%d logged epoch(s) reported "
+                "again)", trial_dir.name, len(missing))
+    for row in missing:
+        tune.report({k: v for k, v in row.items() if k not in drop})
+    return True
