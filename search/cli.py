@@ -276,7 +276,7 @@ def cmd_report(args) -> int:
 def cmd_export(args) -> int:
     from model.run import check_out_file
 
-    from .export import export_best, search_running
+    from .export import better_in_earlier_stage, export_best, search_running
 
     check_out_file(args.output, args.overwrite, flag="--output")
     info = export_best(args.experiment, args.output)
@@ -292,6 +292,9 @@ def cmd_export(args) -> int:
             print(f"note: {info['outdated_confirmation']}")
         print(f"best trial {info['trial_id']}: epoch {info['best_epoch']}, val_loss {m['val_loss']:.4f}, "
               f"val_acc {m['val_acc']:.4f}")
+        earlier = better_in_earlier_stage(args.experiment, m["val_loss"])
+        if earlier:
+            print(f"note: {earlier}")
     print(f"wrote {args.output}; train the final model with "
           f"`mmsa train --config {args.output} --out runs/final`")
     if info.get("val_acc_interval") and info.get("selection") != "confirmed":
@@ -348,8 +351,8 @@ def build_parser() -> argparse.ArgumentParser:
                        "from it")
     p.add_argument("experiment", type=str, help="the first stage's experiment directory, e.g. ray_results/NAME")
     p.add_argument("--num-samples", type=int, help="trials of the second stage (not needed with --dry-run)")
-    p.add_argument("--name", help="the second stage's experiment name (default NAME-refine, next to EXP); its space "
-                   "file is written beside it as NAME-space.yaml")
+    p.add_argument("--name", help="the second stage's experiment name (default: EXP's folder name + '-refine', next to "
+                   "EXP); its space file is written beside it as <name>-space.yaml")
     p.add_argument("--top", type=int, default=3, help="best trials whose values span the new space (default 3)")
     p.add_argument("--dry-run", action="store_true", help="only write and print the space file (edit it, then run "
                    "`mmsa search --space FILE --warm-start EXP`)")

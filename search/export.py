@@ -95,6 +95,26 @@ def export_best(exp_dir: str | Path, out: str | Path) -> dict:
     return {**info, "outdated_confirmation": outdated} if outdated else info
 
 
+def better_in_earlier_stage(exp_dir: str | Path, val_loss: float) -> str | None:
+    """A warm-started search (`mmsa refine`, `--warm-start`) exports its own best trial; where a search it started
+    from has a lower best val loss (same data: warm starts check it), a line saying which and how to export it."""
+    exp = storage.normalize(exp_dir)
+    best = None
+    for src in read_meta(exp).get("warm_start") or []:
+        try:
+            done = [t for t in load_trials(src["experiment"]) if t.best is not None and t.state != "ERROR"]
+        except Exception:  # noqa: BLE001 - moved or deleted since: nothing to compare with
+            continue
+        for t in done:
+            if t.best[M.VAL_LOSS] < val_loss and (best is None or t.best[M.VAL_LOSS] < best[0]):
+                best = (t.best[M.VAL_LOSS], t.trial_id, src["experiment"])
+    if best is None:
+        return None
+    return (f"an earlier stage has a better trial: {best[1]} of {best[2]} (best val_loss {best[0]:.4f}); this "
+            f"export is this search's own best. `mmsa export {best[2]}` exports that one (`mmsa report` compares the "
+            "stages)")
+
+
 def export_confirmed(exp: str, meta: dict, c: dict, ev: dict, out: str | Path) -> dict:
     """The configuration `mmsa confirm` chose, for the epoch count of its mean curve; its metrics are the means over
     the confirmation's seeds at that epoch. No checkpoint: no single run is the chosen one."""

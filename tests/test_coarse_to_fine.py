@@ -121,6 +121,10 @@ def test_refine_writes_a_space_around_the_winner_and_reports_both_stages(coarse,
     assert main(["report", str(work / "fine")]) == 0
     report = (work / "fine" / "report.md").read_text()
     assert "## Stages" in report and "stage 1" in report and "stage 2" in report and best.trial_id in report
+    fine_best = min(t.best[M.VAL_LOSS] for t in load_trials(work / "fine") if t.best)
+    assert main(["export", str(work / "fine"), "-o", str(tmp_path / "best.yaml")]) == 0
+    out = capsys.readouterr().out  # the refined search exports its own best, and says when stage 1 had a better one
+    assert (f"earlier stage has a better trial: {best.trial_id}" in out) == (best.best[M.VAL_LOSS] < fine_best), out
 
 
 def test_refined_search_resumes_after_sigkill_without_adding_warm_trials_twice(coarse, tmp_path):
