@@ -76,20 +76,27 @@ def test_sigkill_three_times_then_resume(tmp_path, demo_cfg, ray_local):
         assert raw[: len(had)] == had  # nothing reported before the last kill was lost
 
 
+ONE_LR = {"train.lr": {"loguniform": [1e-3, 2e-3]}, "train.batch_size": {"choice": [16]}}
+
+
+def _search_until_killed(tmp_path, demo_cfg, name: str, n: int, epochs: int, search: dict, fault: dict):
+    """A search started with a fault that SIGKILLs its driver; returns the experiment folder once it is dead."""
+    space = write_space(tmp_path / "space.yaml", _fixed(demo_cfg, epochs=epochs), ONE_LR, search)
+    args = _search_args(tmp_path, space, name, n)
+    args[2] = demo_cfg.data.data_dir
+    proc = start(args, fault)
+    out, err = proc.communicate(timeout=400)
+    kill_group(proc)
+    assert proc.returncode == -signal.SIGKILL, err[-3000:]
+    return tmp_path / "rr" / name
+
+
 def test_driver_killed_right_after_pruning_resumes(tmp_path, demo_cfg, ray_local, capsys, recwarn):
     """The worst moment for a crash: old checkpoints deleted, the experiment state not yet saved. With Ray's own
     num_to_keep the previous newest checkpoint was gone here and resume failed the trial (seen in CI). Ray's state
     files cut short by the kill are put back from the backup folder."""
-    space = write_space(tmp_path / "space.yaml", _fixed(demo_cfg, epochs=4),
-                        {"train.lr": {"loguniform": [1e-3, 2e-3]}, "train.batch_size": {"choice": [16]}},
-                        {"grace_period": 4, "keep_checkpoints": 1})
-    args = _search_args(tmp_path, space, "pk", 1)
-    args[2] = demo_cfg.data.data_dir
-    exp = tmp_path / "rr" / "pk"
-    proc = start(args, {FAULT_ENV: "3"})
-    out, err = proc.communicate(timeout=400)
-    kill_group(proc)
-    assert proc.returncode == -signal.SIGKILL, err[-3000:]
+    exp = _search_until_killed(tmp_path, demo_cfg, "pk", 1, 4, {"grace_period": 4, "keep_checkpoints": 1},
+                               {FAULT_ENV: "3"})
     (trial_dir,) = exp.glob("trial_*")
     assert len(list(trial_dir.glob("checkpoint_*"))) <= 3  # pruning ran before the kill
     # Ray copies its state files into storage in place: a kill mid-copy leaves them cut off. Do that to all of them.
@@ -113,16 +120,8 @@ def test_driver_killed_after_a_trial_finished_resumes_without_retraining(tmp_pat
     """The crash CI met: a trial ends, the driver deletes its training state at once (1.5 GiB at the lab's size) and
     is SIGKILLed before Ray saved the state that says the trial ended. Ray restores the trial as unfinished, from a
     checkpoint that names the deleted state; the trial sees the driver's verdict and ends without training."""
-    space = write_space(tmp_path / "space.yaml", _fixed(demo_cfg, epochs=3),
-                        {"train.lr": {"loguniform": [1e-3, 2e-3]}, "train.batch_size": {"choice": [16]}},
-                        {"grace_period": 3, "max_concurrent": 1})
-    args = _search_args(tmp_path, space, "fin", 2)
-    args[2] = demo_cfg.data.data_dir
-    exp = tmp_path / "rr" / "fin"
-    proc = start(args, {RETAIN_ENV: "1"})
-    out, err = proc.communicate(timeout=400)
-    kill_group(proc)
-    assert proc.returncode == -signal.SIGKILL, err[-3000:]
+    exp = _search_until_killed(tmp_path, demo_cfg, "fin", 2, 3, {"grace_period": 3, "max_concurrent": 1},
+                               {RETAIN_ENV: "1"})
     (first,) = [d for d in exp.glob("trial_*") if (d / ENDED_FILE).is_file()]
     assert not (first / STATE_DIR).exists()  # deleted by the sweep before the kill
     tid = first.name.removeprefix("trial_")
