@@ -43,11 +43,19 @@ def parse_params(data: bytes | None) -> dict | None:
         return None
 
 
+def _epoch_row(r: dict) -> bool:
+    """A row with a whole-number epoch and a numeric val loss; anything else (a hand-edited or foreign file) is
+    skipped like a line cut short, never a traceback further on."""
+    e, loss = r.get(M.EPOCH), r.get(M.VAL_LOSS)
+    return (isinstance(e, int) and not isinstance(e, bool) and e >= 1
+            and isinstance(loss, (int, float)) and not isinstance(loss, bool))
+
+
 def by_epoch(*row_lists: list[dict]) -> list[dict]:
     """One row per epoch, later lists winning (a resumed trial may repeat the epoch that was in flight)."""
     merged = {}
     for rows in row_lists:
-        merged.update((r[M.EPOCH], r) for r in rows if M.EPOCH in r and M.VAL_LOSS in r)
+        merged.update((r[M.EPOCH], r) for r in rows if _epoch_row(r))
     return [merged[e] for e in sorted(merged)]
 
 

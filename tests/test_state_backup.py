@@ -86,3 +86,23 @@ def test_foreign_state_files_are_put_back_or_refused_never_loaded(tmp_path, monk
         check_state(exp, log=lambda *a: None)
     check_state(exp, log=lambda *a: None, trust=True)  # the user vouches for it: signed as it is
     check_state(exp, log=lambda *a: None)
+
+
+def test_result_rows_of_any_shape_are_skipped_not_a_traceback(tmp_path):
+    """A hand-edited, foreign or random-bytes result.json: rows without a whole-number epoch and a numeric val loss
+    are dropped like a line cut short, by every reader (status, export, resume's repair, a finished trial's replay)."""
+    from search.ended_trial import _logged_rows
+    from search.trial_backup import RESULTS, TRIAL_BACKUPS, by_epoch, parse_rows
+
+    data = (b'{"epoch": 1, "val_loss": 0.5}\n{"epoch": [2], "val_loss": 0.4}\n{"epoch": "3", "val_loss": 0.3}\n'
+            b'{"epoch": true, "val_loss": 0.1}\n{"epoch": 0, "val_loss": 0.1}\n{"epoch": 2, "val_loss": "x"}\n'
+            b'[1, 2]\n\xff\xfe\x00\n{"epoch": 2, "val_loss": 0.45}\n{"epoch": 3')
+    assert [(r["epoch"], r["val_loss"]) for r in by_epoch(parse_rows(data))] == [(1, 0.5), (2, 0.45)]
+    trial = tmp_path / "trial_x"
+    (tmp_path / TRIAL_BACKUPS / trial.name).mkdir(parents=True)
+    trial.mkdir()
+    (trial / RESULTS).write_bytes(data)
+    (tmp_path / TRIAL_BACKUPS / trial.name / RESULTS).write_bytes(b'{"epoch": 3, "val_loss": 0.2}\n')
+    assert [r["epoch"] for r in _logged_rows(trial)] == [1, 2, 3]  # the live file and the driver's copy merged
+    (trial / RESULTS).unlink()
+    assert [r["epoch"] for r in _logged_rows(trial)] == [3]
