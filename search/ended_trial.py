@@ -50,11 +50,13 @@ def finish_if_judged() -> bool:
     after Ray's restored result are reported again and the trial must return without training)."""
     from ray import tune
 
-    from .async_checkpoint import ended_verdict
+    from .async_checkpoint import ENDED_FILE
 
     fs, trial_path = ray_internals.trial_storage()
-    if not isinstance(fs, pafs.LocalFileSystem) or ended_verdict(Path(trial_path)) is None:
-        return False  # the verdict is written only on local storage (TrialRetention)
+    # The verdict's existence is what counts (its content, keep the best weights or not, is for retention): a file
+    # damaged on disk must not send a finished trial back to a state that is gone. Only local storage has it.
+    if not isinstance(fs, pafs.LocalFileSystem) or not (Path(trial_path) / ENDED_FILE).exists():
+        return False
     trial_dir = Path(trial_path)
     after = _restored_epoch(tune.get_checkpoint())
     drop = ray_internals.ray_result_keys()

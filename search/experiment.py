@@ -61,6 +61,19 @@ def read_meta(exp: str | Path) -> dict:
     return meta
 
 
+def warm_sources(meta: dict) -> list[dict]:
+    """The searches this one was warm-started from (`warm_start:` of its metadata), each a dict with a string
+    `experiment`; entries of any other shape (a hand-edited file) are left out."""
+    entries = meta.get("warm_start")
+    return [e for e in entries if isinstance(e, dict) and isinstance(e.get("experiment"), str)] \
+        if isinstance(entries, list) else []
+
+
+def same_data(meta: dict, other: dict) -> bool:
+    """Whether two searches ran on the same data (their validation losses can then be compared)."""
+    return bool(meta.get("data_fingerprint")) and meta.get("data_fingerprint") == other.get("data_fingerprint")
+
+
 def ever_ran(exp: str | Path) -> bool:
     """Whether a search here got as far as Ray's first state snapshot or a trial directory. One that did not (stopped
     or failed during start-up) holds nothing worth resuming, and `mmsa search` may start it again."""

@@ -15,7 +15,7 @@ from model.config import Config, build_section, load_config, opt, save_config
 from . import storage
 from .async_checkpoint import POINTER_FILE, best_name
 from .checkpoint_retention import METRICS_FILE, PIN_FILE
-from .experiment import read_meta
+from .experiment import read_meta, same_data, warm_sources
 from .lock import describe, holder, read_lease
 from .results import accuracy_intervals, best_trial, load_trials
 from .schema import CHECKPOINT_DIR_NAME, M
@@ -97,11 +97,14 @@ def export_best(exp_dir: str | Path, out: str | Path) -> dict:
 
 def better_in_earlier_stage(exp_dir: str | Path, val_loss: float) -> str | None:
     """A warm-started search (`mmsa refine`, `--warm-start`) exports its own best trial; where a search it started
-    from has a lower best val loss (same data: warm starts check it), a line saying which and how to export it."""
+    from, on the same data, has a lower best val loss, a line saying which and how to export it."""
     exp = storage.normalize(exp_dir)
+    meta = read_meta(exp)
     best = None
-    for src in read_meta(exp).get("warm_start") or []:
+    for src in warm_sources(meta):
         try:
+            if not same_data(meta, read_meta(src["experiment"])):  # --warm-start-any-data, or replaced since
+                continue
             done = [t for t in load_trials(src["experiment"]) if t.best is not None and t.state != "ERROR"]
         except Exception:  # noqa: BLE001 - moved or deleted since: nothing to compare with
             continue

@@ -10,7 +10,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
 from . import storage  # noqa: E402
-from .experiment import local_copy, read_meta  # noqa: E402
+from .experiment import local_copy, read_meta, same_data, warm_sources  # noqa: E402
 from .results import TrialSummary, accuracy_intervals, best_trial, config_value, load_trials, status_table  # noqa: E402
 from .schema import FINISHED, REPORTED_AT, TIMESTAMP, M  # noqa: E402
 
@@ -21,7 +21,7 @@ def _stopped_by_asha(t: TrialSummary) -> bool:
 
 def plot_learning_curves(trials: list[TrialSummary], path: Path) -> None:
     """The lab's figure for every trial: train and val loss per epoch; ASHA-stopped trials end in an x."""
-    ranked = sorted((t for t in trials if t.results), key=lambda t: t.best[M.VAL_LOSS])
+    ranked = sorted((t for t in trials if t.best is not None), key=lambda t: t.best[M.VAL_LOSS])  # all-NaN: no curve
     fig, axes = plt.subplots(1, 2, figsize=(12, 4.8), sharex=True)
     cmap = plt.get_cmap("viridis")
     for i, t in enumerate(ranked):
@@ -49,7 +49,7 @@ def plot_learning_curves(trials: list[TrialSummary], path: Path) -> None:
 
 def plot_progress(trials: list[TrialSummary], path: Path) -> None:
     """Best val loss so far against trial-epochs spent and against wall time."""
-    rows = sorted(((r.get(REPORTED_AT, r[TIMESTAMP]), r[M.VAL_LOSS], t.trial_id, _stopped_by_asha(t) and r is t.results[-1])
+    rows = sorted(((r.get(REPORTED_AT, r.get(TIMESTAMP, 0)), r[M.VAL_LOSS], t.trial_id, _stopped_by_asha(t) and r is t.results[-1])
                    for t in trials for r in t.results))
     if not rows:
         return
@@ -88,7 +88,7 @@ def _study(trials: list[TrialSummary], space: dict):
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     study = optuna.create_study(direction="minimize")
     for t in trials:
-        if not t.results or t.state == "ERROR":
+        if t.best is None or t.state == "ERROR":  # no epoch with a finite val loss: nothing to tell Optuna
             continue
         params = {k: config_value(t.config, k) for k in dists}
         study.add_trial(optuna.trial.create_trial(params=params, distributions=dists, value=t.best[M.VAL_LOSS],
@@ -139,7 +139,7 @@ def _space_text(space: dict) -> str:
 def stages_markdown(exp: Path, meta: dict, trials: list[TrialSummary]) -> list[str]:
     """A warm-started search (`mmsa refine`, `mmsa search --warm-start`) with the searches it started from: stage 1..k
     = the warm-start sources, the last stage = this one; every trial with its stage, best first."""
-    sources = meta.get("warm_start") or []
+    sources = warm_sources(meta)
     if not sources:
         return []
     stages = []
@@ -166,10 +166,12 @@ def stages_markdown(exp: Path, meta: dict, trials: list[TrialSummary]) -> list[s
             continue
         done = [t for t in strials if t.best is not None and t.state != "ERROR"]
         b = min(done, key=lambda t: t.best[M.VAL_LOSS]) if done else None
-        lines.append(f"| stage {i} | `{path}` | {len(strials)} | {sum(len(t.results) for t in strials)} | "
+        other = "" if i == last or same_data(meta, smeta) else " (other data: not compared)"
+        lines.append(f"| stage {i}{other} | `{path}` | {len(strials)} | {sum(len(t.results) for t in strials)} | "
                      f"{b.trial_id if b else '-'} | {f'{b.best[M.VAL_LOSS]:.4f}' if b else '-'} | "
                      f"{_space_text(smeta['spec']['space'])} |")
-        rows += [(t.best[M.VAL_LOSS], i, t, t.trial_id in used) for t in done]
+        if not other:  # validation losses on other data say nothing about this data
+            rows += [(t.best[M.VAL_LOSS], i, t, t.trial_id in used) for t in done]
     rows.sort(key=lambda r: (r[0], r[1]))
     if rows:
         _, i, t, _ = rows[0]

@@ -15,7 +15,7 @@ from pathlib import Path
 from data_pipeline.errors import UserError
 
 from . import ray_internals, storage, trial_backup
-from .experiment import local_dir, read_meta
+from .experiment import local_dir, read_meta, warm_sources
 from .lock import describe, holder, read_lease
 from .schema import TRIAL_ID, VAL_LABEL, VAL_PRED, M
 from .stats import Interval, compare, correct_rows
@@ -137,7 +137,7 @@ def status_table(exp_dir: str | Path) -> str:
     summary = f"{meta['name']}: {len(trials)} of {meta['num_samples']} trials started, {done} terminated, " \
               f"{sum(t.state == 'ERROR' for t in trials)} errored; data {meta['data_dir']}"
     summary += f"\n{budget_line(exp_dir, trials)}"
-    for src in meta.get("warm_start") or []:
+    for src in warm_sources(meta):
         summary += (f"\nwarm-started from {src['experiment']}: {len(src.get('trials') or [])} of its trials given to "
                     "Optuna first" + (" (`mmsa refine`: stage 2; `mmsa report` shows both stages)"
                                       if meta.get("refined_from") == src["experiment"] else ""))

@@ -43,12 +43,16 @@ def parse_params(data: bytes | None) -> dict | None:
         return None
 
 
+NUMBERS = (M.VAL_LOSS, M.VAL_ACC, M.VAL_F1, M.TRAIN_LOSS, M.BEST_VAL_LOSS)  # what status/report/export/ASHA read
+
+
 def _epoch_row(r: dict) -> bool:
-    """A row with a whole-number epoch and a numeric val loss; anything else (a hand-edited or foreign file) is
-    skipped like a line cut short, never a traceback further on."""
-    e, loss = r.get(M.EPOCH), r.get(M.VAL_LOSS)
+    """A row with a whole-number epoch and the metrics every reader uses as numbers (NaN allowed: a diverged
+    epoch); anything else (a hand-edited or foreign file) is skipped like a line cut short, never a traceback
+    further on."""
+    e = r.get(M.EPOCH)
     return (isinstance(e, int) and not isinstance(e, bool) and e >= 1
-            and isinstance(loss, (int, float)) and not isinstance(loss, bool))
+            and all(isinstance(r.get(k), (int, float)) and not isinstance(r.get(k), bool) for k in NUMBERS))
 
 
 def by_epoch(*row_lists: list[dict]) -> list[dict]:

@@ -24,6 +24,14 @@ from .schema import FINISHED, TRAINING_ITERATION, M
 log = logging.getLogger(__name__)
 
 
+def told_before(study, ot_trial) -> bool:
+    """Whether the study already holds this trial as finished (COMPLETE, PRUNED or FAIL)."""
+    if study is None:
+        return False
+    finished = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL))
+    return any(t.number == ot_trial.number for t in finished)
+
+
 def optuna_state(result: dict | None, error: bool) -> tuple[TrialState, float | None]:
     if error or not result or result.get(M.SEARCH_METRIC) is None:
         return TrialState.FAIL, None
@@ -95,6 +103,11 @@ class TruthfulOptunaSearch(OptunaSearch):
     def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False) -> None:
         done, ot_trials = completed_trials(self), optuna_trials(self)
         if trial_id in done or trial_id not in ot_trials:
+            return
+        if told_before(optuna_study(self), ot_trials[trial_id]):
+            # an RDB study (--optuna-storage) outlives a crash that the pickled searcher did not: the trial was told
+            # before it (a finished trial restored by `mmsa resume`, search/ended_trial.py)
+            done.add(trial_id)
             return
         state, value = optuna_state(result, error)
         if state == TrialState.PRUNED and result.get(TRAINING_ITERATION):

@@ -79,3 +79,42 @@ def test_export_and_report_carry_the_interval(tmp_path, capsys):
     assert main(["report", str(exp)]) == 0
     md = (exp / "report.md").read_text()
     assert "95% interval" in md and "`b`" in md
+
+
+def test_a_trial_with_only_nan_losses_and_hand_edited_stages_break_nothing(tmp_path, capsys):
+    """A diverged trial (every val loss NaN) and a hand-edited `warm_start:` list: status, report and export still
+    work (found by a hostile review: report crashed on the NaN trial, status and report on the list)."""
+    exp = fake_experiment(tmp_path)
+    nan = float("nan")
+    write_trial(exp, "nan", Config().with_overrides({"train.lr": 9e-4}).to_dict(),
+                [{M.EPOCH: e, M.VAL_LOSS: nan, M.VAL_ACC: 0.3, M.VAL_F1: 0.2, M.TRAIN_LOSS: nan, M.BEST_VAL_LOSS: nan}
+                 for e in (1, 2)])
+    meta = experiment.read_meta(exp)
+    experiment.write_meta(exp, {**meta, "warm_start": [{"experiment": str(tmp_path / "gone")}, "garbage", 7, None]})
+    assert main(["status", str(exp)]) == 0
+    assert "nan" in capsys.readouterr().out
+    assert main(["report", str(exp)]) == 0
+    assert "## Stages" in (exp / "report.md").read_text()
+    assert main(["export", str(exp), "-o", str(tmp_path / "b.yaml")]) == 0
+    assert "earlier stage" not in capsys.readouterr().out
+
+
+def test_export_note_compares_only_stages_on_the_same_data(tmp_path, capsys):
+    """`mmsa export` of a warm-started search names an earlier stage's better trial only when that stage ran on the
+    same data (--warm-start-any-data lets a search start from other data, whose losses mean something else)."""
+    src = fake_experiment(tmp_path / "s")  # best val loss 0.5 (trial a)
+    exp = tmp_path / "w"
+    experiment.write_meta(exp, {**experiment.read_meta(src), "name": "w", "warm_start": [{"experiment": str(src)}]})
+    cfg = Config().with_overrides({"train.lr": 1e-4}).to_dict()
+    labels = np.zeros(40, dtype=int)
+    write_trial(exp, "z", cfg, rows_with([0.7, 0.65], labels, labels))
+    assert main(["export", str(exp), "-o", str(tmp_path / "1.yaml")]) == 0
+    assert f"an earlier stage has a better trial: a of {src}" in capsys.readouterr().out
+    assert main(["report", str(exp)]) == 0
+    assert "Best over all stages: trial `a` of stage 1" in (exp / "report.md").read_text()
+    experiment.write_meta(src, {**experiment.read_meta(src), "data_fingerprint": "0" * 64})  # other data now
+    assert main(["export", str(exp), "-o", str(tmp_path / "2.yaml")]) == 0
+    assert "earlier stage" not in capsys.readouterr().out
+    assert main(["report", str(exp)]) == 0
+    md = (exp / "report.md").read_text()
+    assert "other data: not compared" in md and "Best over all stages: trial `z` of stage 2" in md

@@ -127,6 +127,7 @@ def test_driver_killed_after_a_trial_finished_resumes_without_retraining(tmp_pat
     tid = first.name.removeprefix("trial_")
     assert _states(exp)[tid]["state"] != "TERMINATED"  # ...and Ray's saved state still has it running
     before = raw_results(first)
+    (first / ENDED_FILE).write_bytes(bytes(random.Random(0).randrange(256) for _ in range(40)))  # damaged: still counts
     assert main(["resume", str(exp), "--verbose", "0"]) == 0
     trials = load_trials(exp)
     assert len(trials) == 2 and all(t.state == "TERMINATED" and t.failures == 0 for t in trials), \

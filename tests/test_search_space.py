@@ -6,6 +6,7 @@ from data_pipeline.errors import UserError
 from model import metrics as M
 from search.space import load_spec, parse_spec
 from search.trainable import FINISHED
+from search.ray_internals import completed_trials
 from search.truthful_optuna import optuna_state
 
 
@@ -118,3 +119,22 @@ def test_export_never_overwrites_without_the_flag(tmp_path, capsys):
     out.write_text("mine")
     assert main(["export", str(tmp_path / "nowhere"), "-o", str(out)]) == 2
     assert "--output" in capsys.readouterr().err and out.read_text() == "mine"
+
+
+def test_a_trial_an_rdb_study_already_holds_is_not_told_again(tmp_path, caplog):
+    """`--optuna-storage`: the study in the database outlives a crash that the pickled searcher does not. A finished
+    trial restored by `mmsa resume` (search/ended_trial.py) completes again; Optuna already has it: no second tell,
+    no "refused" warning, its state unchanged."""
+    from search.truthful_optuna import TruthfulOptunaSearch
+
+    db = f"sqlite:///{tmp_path / 'o.db'}"
+    searcher = TruthfulOptunaSearch(space={"x": optuna.distributions.FloatDistribution(0.0, 1.0)}, metric=M.SEARCH_METRIC,
+                                    mode=M.OPT_MODE, study_name="s", storage=optuna.storages.RDBStorage(db))
+    assert searcher.suggest("t1") is not None
+    searcher.on_trial_complete("t1", {M.SEARCH_METRIC: 0.4, FINISHED: 1, "training_iteration": 2})
+    completed_trials(searcher).clear()  # the searcher as restored from its pickle saved before t1 ended
+    with caplog.at_level("WARNING"):
+        searcher.on_trial_complete("t1", {M.SEARCH_METRIC: 0.4, FINISHED: 1, "training_iteration": 2})
+    assert "refused" not in caplog.text
+    (t,) = optuna.load_study(study_name="s", storage=db).get_trials()
+    assert t.state == optuna.trial.TrialState.COMPLETE and t.value == 0.4

@@ -89,20 +89,27 @@ def test_foreign_state_files_are_put_back_or_refused_never_loaded(tmp_path, monk
 
 
 def test_result_rows_of_any_shape_are_skipped_not_a_traceback(tmp_path):
-    """A hand-edited, foreign or random-bytes result.json: rows without a whole-number epoch and a numeric val loss
-    are dropped like a line cut short, by every reader (status, export, resume's repair, a finished trial's replay)."""
-    from search.ended_trial import _logged_rows
-    from search.trial_backup import RESULTS, TRIAL_BACKUPS, by_epoch, parse_rows
+    """A hand-edited, foreign or random-bytes result.json: rows without a whole-number epoch and numeric metrics are
+    dropped like a line cut short, by every reader (status, export, report, resume's repair, a finished trial's
+    replay). A NaN loss (a diverged epoch) is a number and stays."""
+    import json
 
-    data = (b'{"epoch": 1, "val_loss": 0.5}\n{"epoch": [2], "val_loss": 0.4}\n{"epoch": "3", "val_loss": 0.3}\n'
-            b'{"epoch": true, "val_loss": 0.1}\n{"epoch": 0, "val_loss": 0.1}\n{"epoch": 2, "val_loss": "x"}\n'
-            b'[1, 2]\n\xff\xfe\x00\n{"epoch": 2, "val_loss": 0.45}\n{"epoch": 3')
-    assert [(r["epoch"], r["val_loss"]) for r in by_epoch(parse_rows(data))] == [(1, 0.5), (2, 0.45)]
+    from search.ended_trial import _logged_rows
+    from search.trial_backup import NUMBERS, RESULTS, TRIAL_BACKUPS, by_epoch, parse_rows
+
+    def row(epoch, **kw):
+        return json.dumps({"epoch": epoch, **{k: 0.5 for k in NUMBERS}, **kw}).encode() + b"\n"
+
+    data = (row(1) + row([2]) + row("3") + row(True) + row(0) + row(2, val_loss="x") + row(2, val_acc="x")
+            + row(2, best_val_loss="0.4") + row(2, val_acc=None) + b'{"epoch": 2, "val_loss": 0.4}\n[1, 2]\n\xff\xfe\x00\n'
+            + row(2, val_loss=0.45) + row(3, val_loss=float("nan")) + b'{"epoch": 4')
+    rows = by_epoch(parse_rows(data))
+    assert [r["epoch"] for r in rows] == [1, 2, 3] and rows[1]["val_loss"] == 0.45 and rows[2]["val_loss"] != 0.5
     trial = tmp_path / "trial_x"
     (tmp_path / TRIAL_BACKUPS / trial.name).mkdir(parents=True)
     trial.mkdir()
     (trial / RESULTS).write_bytes(data)
-    (tmp_path / TRIAL_BACKUPS / trial.name / RESULTS).write_bytes(b'{"epoch": 3, "val_loss": 0.2}\n')
-    assert [r["epoch"] for r in _logged_rows(trial)] == [1, 2, 3]  # the live file and the driver's copy merged
+    (tmp_path / TRIAL_BACKUPS / trial.name / RESULTS).write_bytes(row(4))
+    assert [r["epoch"] for r in _logged_rows(trial)] == [1, 2, 3, 4]  # the live file and the driver's copy merged
     (trial / RESULTS).unlink()
-    assert [r["epoch"] for r in _logged_rows(trial)] == [3]
+    assert [r["epoch"] for r in _logged_rows(trial)] == [4]
