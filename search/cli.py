@@ -158,7 +158,7 @@ def cmd_search(args) -> int:
 def cmd_refine(args) -> int:
     from . import storage
     from .experiment import location, meta_exists, read_meta
-    from .refine import check_refine_args, stage_storage, write_refine_space
+    from .refine import check_refine_args, default_name, stage_storage, write_refine_space
 
     check_refine_args(args.top, args.num_samples)
     if args.num_samples is None and not args.dry_run:
@@ -166,7 +166,7 @@ def cmd_refine(args) -> int:
                         "the space file.")
     exp = storage.normalize(args.experiment)
     meta = read_meta(exp)
-    name = args.name or f"{exp.rstrip('/').rsplit('/', 1)[-1]}-refine"  # the folder's name: a copy refines apart
+    name = args.name or default_name(exp)
     parent, rexp = stage_storage(exp), location(stage_storage(exp), name)
     if not args.dry_run:  # everything that would refuse the run, before the space file is written
         from data_pipeline.dataset import check_data_dir

@@ -45,9 +45,8 @@ def config_key(config: dict) -> str:
 
 def candidates(trials: list, top: int) -> list[dict]:
     """The top `top` distinct configurations by best val loss (errored trials and trials without a result left out)."""
-    usable = sorted((t for t in trials if t.state != "ERROR" and t.best is not None), key=lambda t: t.best[M.VAL_LOSS])
     out, seen = [], set()
-    for t in usable:
+    for t in sorted((t for t in trials if t.usable), key=lambda t: t.best[M.VAL_LOSS]):
         k = config_key(t.config)
         if k not in seen:
             seen.add(k)

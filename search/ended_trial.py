@@ -19,7 +19,8 @@ import pyarrow.fs as pafs
 from . import ray_internals
 from .checkpoint_retention import METRICS_FILE, read_checkpoint_metrics
 from .schema import M
-from .trial_backup import RESULTS, TRIAL_BACKUPS, by_epoch, parse_rows
+from .storage import read_bytes
+from .trial_backup import RESULTS, by_epoch, parse_rows, read_backup
 
 log = logging.getLogger(__name__)
 
@@ -34,15 +35,10 @@ def _restored_epoch(checkpoint) -> int:
     return m[0] if m else 0
 
 
-def _logged_rows(trial_dir: Path) -> list[dict]:
+def _logged_rows(fs, trial_path: str) -> list[dict]:
     """Every epoch's row the driver logged for the trial, the live file and the driver's whole copy merged."""
-    def read(p: Path) -> list[dict]:
-        try:
-            return parse_rows(p.read_bytes())
-        except OSError:
-            return []
-
-    return by_epoch(read(trial_dir.parent / TRIAL_BACKUPS / trial_dir.name / RESULTS), read(trial_dir / RESULTS))
+    exp, name = trial_path.rstrip("/").rsplit("/", 1)
+    return by_epoch(read_backup(fs, exp, name)[1], parse_rows(read_bytes(fs, f"{trial_path}/{RESULTS}")))
 
 
 def finish_if_judged() -> bool:
@@ -57,12 +53,11 @@ def finish_if_judged() -> bool:
     # damaged on disk must not send a finished trial back to a state that is gone. Only local storage has it.
     if not isinstance(fs, pafs.LocalFileSystem) or not (Path(trial_path) / ENDED_FILE).exists():
         return False
-    trial_dir = Path(trial_path)
     after = _restored_epoch(tune.get_checkpoint())
     drop = ray_internals.ray_result_keys()
-    missing = [r for r in _logged_rows(trial_dir) if int(r[M.EPOCH]) > after]
+    missing = [r for r in _logged_rows(fs, trial_path) if r[M.EPOCH] > after]
     log.warning("%s had finished before the search was stopped; not trained again (%d logged epoch(s) reported "
-                "again)", trial_dir.name, len(missing))
+                "again)", Path(trial_path).name, len(missing))
     for row in missing:
         tune.report({k: v for k, v in row.items() if k not in drop})
     return True

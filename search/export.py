@@ -15,9 +15,9 @@ from model.config import Config, build_section, load_config, opt, save_config
 from . import storage
 from .async_checkpoint import POINTER_FILE, best_name
 from .checkpoint_retention import METRICS_FILE, PIN_FILE
-from .experiment import read_meta, same_data, warm_sources
+from .experiment import read_meta, same_data
 from .lock import describe, holder, read_lease
-from .results import accuracy_intervals, best_trial, load_trials
+from .results import accuracy_intervals, best_of, best_trial, load_trials, warm_stages
 from .schema import CHECKPOINT_DIR_NAME, M
 
 
@@ -57,14 +57,15 @@ def export_best(exp_dir: str | Path, out: str | Path) -> dict:
     from .confirm_files import chosen, read_evidence
 
     ev = read_evidence(exp)
+    trials = load_trials(exp)
     outdated = None
     if ev is not None:
         from .confirm_files import stale
 
-        outdated = stale(exp, ev, load_trials(exp))
+        outdated = stale(exp, ev, trials)
         if outdated is None:
             return export_confirmed(exp, meta, chosen(ev), ev, out)
-    t = best_trial(exp)
+    t = best_trial(exp, trials)
     b = t.best
     ck = f"{exp}/{t.path.name}/{b[CHECKPOINT_DIR_NAME]}" if b.get(CHECKPOINT_DIR_NAME) else None
     best_dir = f"{exp}/{t.path.name}/{best_name(int(b[M.EPOCH]))}"  # checkpoint_mode async: the best weights
@@ -90,7 +91,7 @@ def export_best(exp_dir: str | Path, out: str | Path) -> dict:
     info = {"experiment": exp, "trial_id": t.trial_id, "best_epoch": int(b[M.EPOCH]),
             "metrics": {k: float(b[k]) for k in (M.VAL_LOSS, M.VAL_ACC, M.VAL_F1, M.TRAIN_LOSS)},
             "checkpoint": ck,
-            "data_dir": meta["data_dir"], "data_fingerprint": meta["data_fingerprint"], **interval_info(exp, t.trial_id)}
+            "data_dir": meta["data_dir"], "data_fingerprint": meta["data_fingerprint"], **interval_info(trials, t.trial_id)}
     save_config(cfg, out, extras={SECTION: info})
     return {**info, "outdated_confirmation": outdated} if outdated else info
 
@@ -98,23 +99,15 @@ def export_best(exp_dir: str | Path, out: str | Path) -> dict:
 def better_in_earlier_stage(exp_dir: str | Path, val_loss: float) -> str | None:
     """A warm-started search (`mmsa refine`, `--warm-start`) exports its own best trial; where a search it started
     from, on the same data, has a lower best val loss, a line saying which and how to export it."""
-    exp = storage.normalize(exp_dir)
-    meta = read_meta(exp)
-    best = None
-    for src in warm_sources(meta):
-        try:
-            if not same_data(meta, read_meta(src["experiment"])):  # --warm-start-any-data, or replaced since
-                continue
-            done = [t for t in load_trials(src["experiment"]) if t.best is not None and t.state != "ERROR"]
-        except Exception:  # noqa: BLE001 - moved or deleted since: nothing to compare with
-            continue
-        for t in done:
-            if t.best[M.VAL_LOSS] < val_loss and (best is None or t.best[M.VAL_LOSS] < best[0]):
-                best = (t.best[M.VAL_LOSS], t.trial_id, src["experiment"])
-    if best is None:
+    meta = read_meta(storage.normalize(exp_dir))
+    found = [(b.best[M.VAL_LOSS], b.trial_id, src["experiment"]) for src, smeta, strials, _ in warm_stages(meta)
+             if smeta is not None and same_data(meta, smeta)  # not: --warm-start-any-data, or replaced since
+             for b in [best_of(strials)] if b is not None and b.best[M.VAL_LOSS] < val_loss]
+    if not found:
         return None
-    return (f"an earlier stage has a better trial: {best[1]} of {best[2]} (best val_loss {best[0]:.4f}); this "
-            f"export is this search's own best. `mmsa export {best[2]}` exports that one (`mmsa report` compares the "
+    loss, tid, src = min(found)
+    return (f"an earlier stage has a better trial: {tid} of {src} (best val_loss {loss:.4f}); this "
+            f"export is this search's own best. `mmsa export {src}` exports that one (`mmsa report` compares the "
             "stages)")
 
 
@@ -137,8 +130,8 @@ def export_confirmed(exp: str, meta: dict, c: dict, ev: dict, out: str | Path) -
     return info
 
 
-def interval_info(exp: str, trial_id: str) -> dict:
-    ivs = accuracy_intervals(load_trials(exp))
+def interval_info(trials: list, trial_id: str) -> dict:
+    ivs = accuracy_intervals(trials)
     if trial_id not in ivs:
         return {}
     return {"val_acc_interval": [round(ivs[trial_id].lo, 6), round(ivs[trial_id].hi, 6)],

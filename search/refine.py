@@ -41,6 +41,11 @@ def check_refine_args(top, num_samples) -> None:
         raise UserError(f"--num-samples {num_samples}: must be a whole number of trials from 1 to 100000.")
 
 
+def default_name(exp: str) -> str:
+    """The second stage's name: the experiment folder's name + -refine (the folder's, so a copy refines apart)."""
+    return f"{exp.rstrip('/').rsplit('/', 1)[-1]}-refine"
+
+
 def ranked(trials: list[TrialSummary]) -> list[TrialSummary]:
     """Finished trials with a result, best first (the search metric: best val loss)."""
     done = [t for t in trials if t.state == "TERMINATED" and t.best is not None]
@@ -158,7 +163,7 @@ def write_refine_space(exp_dir: str, name: str | None = None, top: int = TOP,
     if running:
         raise UserError(f"{exp} is in use by {describe(running)}; refine the search when it has finished (its best "
                         "trials may still change).")
-    name = name or f"{exp.rstrip('/').rsplit('/', 1)[-1]}-refine"
+    name = name or default_name(exp)
     if not NAME_RE.fullmatch(name):
         raise UserError(f"--name {name!r}: use letters, digits, '.', '_' and '-' (starting with a letter or digit).")
     d, notes = refine_dict(meta, load_trials(exp), top)

@@ -10,8 +10,9 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
 from . import storage  # noqa: E402
-from .experiment import local_copy, read_meta, same_data, warm_sources  # noqa: E402
-from .results import TrialSummary, accuracy_intervals, best_trial, config_value, load_trials, status_table  # noqa: E402
+from .experiment import local_copy, read_meta, same_data  # noqa: E402
+from .results import (TrialSummary, accuracy_intervals, best_of, best_trial, config_value, load_trials,  # noqa: E402
+                      status_table, warm_stages)
 from .schema import FINISHED, REPORTED_AT, TIMESTAMP, M  # noqa: E402
 
 
@@ -139,18 +140,10 @@ def _space_text(space: dict) -> str:
 def stages_markdown(exp: Path, meta: dict, trials: list[TrialSummary]) -> list[str]:
     """A warm-started search (`mmsa refine`, `mmsa search --warm-start`) with the searches it started from: stage 1..k
     = the warm-start sources, the last stage = this one; every trial with its stage, best first."""
-    sources = warm_sources(meta)
-    if not sources:
+    stages = [(i, src["experiment"], smeta, strials, set(src.get("trials") or []), err)
+              for i, (src, smeta, strials, err) in enumerate(warm_stages(meta), 1)]
+    if not stages:
         return []
-    stages = []
-    for i, src in enumerate(sources, 1):
-        try:
-            smeta = read_meta(src["experiment"])
-            strials = load_trials(src["experiment"])
-        except Exception as e:  # moved or deleted since: say so, show the rest
-            stages.append((i, src["experiment"], None, [], set(src.get("trials") or []), str(e)))
-            continue
-        stages.append((i, src["experiment"], smeta, strials, set(src.get("trials") or []), ""))
     last = len(stages) + 1
     stages.append((last, str(exp), meta, trials, set(), ""))
     keys = list(meta["spec"]["space"])
@@ -164,8 +157,7 @@ def stages_markdown(exp: Path, meta: dict, trials: list[TrialSummary]) -> list[s
         if smeta is None:
             lines.append(f"| stage {i} | `{path}` | not readable now ({err[:80]}) | | | | |")
             continue
-        done = [t for t in strials if t.best is not None and t.state != "ERROR"]
-        b = min(done, key=lambda t: t.best[M.VAL_LOSS]) if done else None
+        done, b = [t for t in strials if t.usable], best_of(strials)
         other = "" if i == last or same_data(meta, smeta) else " (other data: not compared)"
         lines.append(f"| stage {i}{other} | `{path}` | {len(strials)} | {sum(len(t.results) for t in strials)} | "
                      f"{b.trial_id if b else '-'} | {f'{b.best[M.VAL_LOSS]:.4f}' if b else '-'} | "
@@ -204,7 +196,7 @@ def write_report(exp_dir: str | Path, ablation: str | Path | None = None) -> Pat
              f"Data: `{meta['data_dir']}` (fingerprint `{meta['data_fingerprint'][:12]}`), {meta['num_samples']} trials "
              f"requested, started {meta['created']}.", ""]
     try:
-        b = best_trial(exp)
+        b = best_trial(exp, trials)
         lines += ["## Best trial", "", f"Trial `{b.trial_id}`: best val loss **{b.best[M.VAL_LOSS]:.4f}** at epoch "
                   f"{b.best[M.EPOCH]} (val acc {b.best[M.VAL_ACC]:.4f}, macro-F1 {b.best[M.VAL_F1]:.4f}).", "",
                   "| hyperparameter | value |", "|---|---|"]
@@ -223,8 +215,7 @@ def write_report(exp_dir: str | Path, ablation: str | Path | None = None) -> Pat
         lines += [f"No best trial yet: {e}", ""]
     lines += stages_markdown(exp, meta, trials)
     from .confirm import evidence_markdown
-    from .confirm_files import stale
-    from .confirm_files import read_evidence
+    from .confirm_files import read_evidence, stale
 
     ev = read_evidence(exp)
     if ev is not None:

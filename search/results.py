@@ -39,6 +39,11 @@ class TrialSummary:
         return min(finite, key=lambda r: r[M.VAL_LOSS]) if finite else None
 
     @property
+    def usable(self) -> bool:
+        """Whether a selection may pick it: not errored, with an epoch of finite val loss."""
+        return self.state != "ERROR" and self.best is not None
+
+    @property
     def epochs(self) -> list[int]:
         return [r[M.EPOCH] for r in self.results]
 
@@ -150,11 +155,29 @@ def status_table(exp_dir: str | Path) -> str:
     return "\n".join([summary, fmt(head), *(fmt(r) for r in rows)])
 
 
-def best_trial(exp_dir: str | Path) -> TrialSummary:
-    usable = [t for t in load_trials(exp_dir) if t.state != "ERROR" and t.best is not None]
-    if not usable:
+def best_of(trials: list[TrialSummary]) -> TrialSummary | None:
+    ok = [t for t in trials if t.usable]
+    return min(ok, key=lambda t: t.best[M.VAL_LOSS]) if ok else None
+
+
+def best_trial(exp_dir: str | Path, trials: list[TrialSummary] | None = None) -> TrialSummary:
+    """trials: the experiment's, when the caller has read them already."""
+    b = best_of(load_trials(exp_dir) if trials is None else trials)
+    if b is None:
         raise UserError(f"{exp_dir}: no trial has reported a result yet (errored trials are ignored); see `mmsa status {exp_dir}`.")
-    return min(usable, key=lambda t: t.best[M.VAL_LOSS])
+    return b
+
+
+def warm_stages(meta: dict) -> list[tuple[dict, dict | None, list[TrialSummary], str]]:
+    """The searches a warm-started one started from (`mmsa refine`, `--warm-start`): (its warm_start entry, its
+    metadata, its trials, ""), or (entry, None, [], why) for one that cannot be read now (moved or deleted since)."""
+    out = []
+    for src in warm_sources(meta):
+        try:
+            out.append((src, read_meta(src["experiment"]), load_trials(src["experiment"]), ""))
+        except Exception as e:  # noqa: BLE001 - whatever is there now: say so, show the rest
+            out.append((src, None, [], str(e)))
+    return out
 
 
 def best_row_scores(t: TrialSummary) -> tuple[np.ndarray, str] | None:

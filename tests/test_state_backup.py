@@ -94,6 +94,8 @@ def test_result_rows_of_any_shape_are_skipped_not_a_traceback(tmp_path):
     replay). A NaN loss (a diverged epoch) is a number and stays."""
     import json
 
+    import pyarrow.fs as pafs
+
     from search.ended_trial import _logged_rows
     from search.trial_backup import NUMBERS, RESULTS, TRIAL_BACKUPS, by_epoch, parse_rows
 
@@ -110,6 +112,7 @@ def test_result_rows_of_any_shape_are_skipped_not_a_traceback(tmp_path):
     trial.mkdir()
     (trial / RESULTS).write_bytes(data)
     (tmp_path / TRIAL_BACKUPS / trial.name / RESULTS).write_bytes(row(4))
-    assert [r["epoch"] for r in _logged_rows(trial)] == [1, 2, 3, 4]  # the live file and the driver's copy merged
+    local = pafs.LocalFileSystem()
+    assert [r["epoch"] for r in _logged_rows(local, str(trial))] == [1, 2, 3, 4]  # the live file and the copy merged
     (trial / RESULTS).unlink()
-    assert [r["epoch"] for r in _logged_rows(trial)] == [4]
+    assert [r["epoch"] for r in _logged_rows(local, str(trial))] == [4]
