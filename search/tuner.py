@@ -11,6 +11,7 @@ from pathlib import Path
 
 from data_pipeline.dataset import check_data_dir
 from data_pipeline.errors import UserError
+from data_pipeline.printable import term
 from data_pipeline.preprocess import data_fingerprint
 from model.backbones import check_backbones
 from model.run import load_train_val
@@ -215,7 +216,7 @@ def resume_search(exp_dir: str | Path, *, address: str | None = None, verbose: i
         if not tune.Tuner.can_restore(exp):
             raise UserError(f"{exp}: Ray has no saved experiment state here yet (the search was stopped before its "
                             "first trial started); start it again with `mmsa search`.")
-        log(f"resuming search {meta['name']} in {exp}")
+        log(term(f"resuming search {meta['name']} in {exp}"))
         ray_internals.upload_state_after_each_checkpoint()
         ray_internals.relocate_new_trials_on_restore()
         tuner = tune.Tuner.restore(exp, trainable=trainable_with(data, meta["resources"], checkpointing(spec)),
