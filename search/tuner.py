@@ -21,7 +21,7 @@ from . import experiment, ray_internals, storage, trial_backup
 from .experiment import trial_dirname  # noqa: F401 - tuner.pkl of earlier searches names it here
 from .lock import ExperimentLock
 from .algorithms import check_new_study, make_scheduler, make_searcher, status_reporter
-from .ray_cluster import capacity, check_cluster_storage, init_ray
+from .ray_cluster import capacity, check_cluster_storage, check_fits, init_ray
 from .schema import M
 from .space import SearchSpec, parse_spec, spec_to_dict
 from .trainable import train_trial
@@ -213,6 +213,7 @@ def resume_search(exp_dir: str | Path, *, address: str | None = None, verbose: i
         data = load_train_val(spec.fixed, log)
         init_ray(address)
         sigterm_like_ctrl_c()
+        check_fits(meta["resources"], exp)  # e.g. resumed on a smaller machine than the search started on
         if not tune.Tuner.can_restore(exp):
             raise UserError(f"{exp}: Ray has no saved experiment state here yet (the search was stopped before its "
                             "first trial started); start it again with `mmsa search`.")
