@@ -118,7 +118,10 @@ def format_bad(path: Path, bad: list[tuple[str, str]]) -> str:
 def stratified_split(guids: np.ndarray, labels: np.ndarray, val_fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
     """Indices (train, val), stratified by label. Depends only on the (guid, label) pairs and the seed,
     not on row order or platform (numpy's PCG64 stream is stable)."""
-    order = np.argsort(guids.astype(np.int64), kind="stable")
+    # In numeric order without converting to a machine integer (a guid may have any number of digits): by length
+    # without leading zeros, then digit by digit; the stable sort keeps equal numbers (7, 007) in file order.
+    key = [g.lstrip("0") for g in np.asarray(guids, dtype=str)]
+    order = np.array(sorted(range(len(key)), key=lambda i: (len(key[i]), key[i])), dtype=np.int64)
     rng = np.random.default_rng(seed)
     train, val = [], []
     for label in np.unique(labels):
