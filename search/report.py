@@ -9,7 +9,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
-from data_pipeline.printable import md, md_block  # noqa: E402
+from data_pipeline.printable import md, md_block, term  # noqa: E402
 
 from . import storage  # noqa: E402
 from .experiment import local_copy, read_meta, same_data  # noqa: E402
@@ -33,7 +33,7 @@ def plot_learning_curves(trials: list[TrialSummary], path: Path) -> None:
         for ax, key in zip(axes, (M.TRAIN_LOSS, M.VAL_LOSS)):
             ys = [r[key] for r in t.results]
             ax.plot(ep, ys, "o-", ms=3, color=color, lw=2.2 if i == 0 else 1.0, alpha=0.9,
-                    label=f"{t.trial_id} (best)" if i == 0 else None)
+                    label=f"{term(t.trial_id)} (best)" if i == 0 else None)
             if _stopped_by_asha(t):
                 ax.plot(ep[-1], ys[-1], "x", color="red", ms=8, mew=2)
     for ax, title in zip(axes, ("train loss", "validation loss")):
@@ -94,8 +94,11 @@ def _study(trials: list[TrialSummary], space: dict):
         if t.best is None or t.state == "ERROR":  # no epoch with a finite val loss: nothing to tell Optuna
             continue
         params = {k: config_value(t.config, k) for k in dists}
-        study.add_trial(optuna.trial.create_trial(params=params, distributions=dists, value=t.best[M.VAL_LOSS],
-                                                  intermediate_values={r[M.EPOCH]: r[M.BEST_VAL_LOSS] for r in t.results}))
+        try:
+            study.add_trial(optuna.trial.create_trial(params=params, distributions=dists, value=t.best[M.VAL_LOSS],
+                                                      intermediate_values={r[M.EPOCH]: r[M.BEST_VAL_LOSS] for r in t.results}))
+        except (ValueError, TypeError):  # a value outside the space (params.json edited): not plottable against it
+            continue
     return study
 
 
@@ -191,9 +194,12 @@ def write_report(exp_dir: str | Path, ablation: str | Path | None = None) -> Pat
     trials = load_trials(exp)
     figs = exp / "report"
     figs.mkdir(exist_ok=True)
-    plot_learning_curves(trials, figs / "curves.png")
-    plot_progress(trials, figs / "progress.png")
-    hp = plot_hyperparameters(trials, meta["spec"]["space"], figs)
+    # Labels carry trial ids and values from the experiment's files: plain text, never matplotlib's $maths$ (a
+    # malformed formula would end the report in a traceback).
+    with matplotlib.rc_context({"text.parse_math": False}):
+        plot_learning_curves(trials, figs / "curves.png")
+        plot_progress(trials, figs / "progress.png")
+        hp = plot_hyperparameters(trials, meta["spec"]["space"], figs)
     lines = [f"# Search report: {md(meta['name'])}", "",
              f"Data: {md(meta['data_dir'], code=True)} (fingerprint {md(str(meta['data_fingerprint'])[:12], code=True)}), "
              f"{md(meta['num_samples'])} trials requested, started {md(meta['created'])}.", ""]
