@@ -56,7 +56,7 @@ def cmd_check_data(args) -> int:
     d = Config().with_overrides({"data.val_fraction": args.val_fraction, "data.split_seed": args.split_seed},
                                 source="command line").data  # the same ranges as training's
     report, usable = check_data(args.dir, d.val_fraction, d.split_seed)
-    print(report)
+    print(term(report, lines=True))  # names of link targets are the dataset's, not ours
     return 0 if usable else 1
 
 
