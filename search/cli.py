@@ -467,7 +467,9 @@ def _quiet_closed_pipe() -> int:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
-        return args.fn(args)
+        rc = args.fn(args)
+        sys.stdout.flush()  # a pipe closed early fails here, inside the handler, not in Python's flush at exit
+        return rc
     except UserError as e:
         print(f"error: {term(str(e), lines=True)}", file=sys.stderr)
         return 2

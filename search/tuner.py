@@ -213,7 +213,7 @@ def resume_search(exp_dir: str | Path, *, address: str | None = None, verbose: i
         data = load_train_val(spec.fixed, log)
         init_ray(address)
         sigterm_like_ctrl_c()
-        check_fits(meta["resources"], exp)  # e.g. resumed on a smaller machine than the search started on
+        check_fits(meta.get("resources"), exp)  # e.g. resumed on a smaller machine than the search started on
         if not tune.Tuner.can_restore(exp):
             raise UserError(f"{exp}: Ray has no saved experiment state here yet (the search was stopped before its "
                             "first trial started); start it again with `mmsa search`.")

@@ -29,8 +29,12 @@ HOSTILE_TEXT = [
     "1. list\n- item\n> quote",
     "&amp; &lt;b&gt;",
     "$\\undefinedmacro{$ and $x^$",  # matplotlib's mathtext in figure labels
+    "back\\slash \\*x\\* \\| <!-- comment",
+    "[ref]: http://evil.example <http://evil.example> `code` ``two``",
+    "\u2028line\u2029para\u0085nel",
+    " spaced  ",
 ]
-CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f\u202a-\u202e\u2066-\u2069]")
+CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f\u2028\u2029\u202a-\u202e\u2066-\u2069]")
 
 
 @pytest.mark.parametrize("s", HOSTILE_TEXT)
@@ -104,7 +108,8 @@ def test_status_export_report_with_hostile_text(tmp_path, capsys, s):
     assert not CONTROL.search(text)
     html = _rendered(text)
     assert "<script" not in html and "<img" in html  # our figures only: the value's ![img] stayed text
-    assert re.findall(r"<h1>(.*?)</h1>", html) == [f"Search report: {_rendered(md(s))[3:-5]}"]
+    assert re.findall(r"<h1>(.*?)</h1>", html) == re.findall(r"<h1>(.*?)</h1>", _rendered(f"# Search report: {md(s)}"))
+    assert len(re.findall(r"<h1>", html)) == 1
     heads = re.findall(r"<h2>(.*?)</h2>", html)
     assert heads == ["Best trial", "Learning curves", "Search progress", "Hyperparameter effects", "Trials"]
     assert html.count("<pre>") == 1  # the status table stayed one block
@@ -112,18 +117,21 @@ def test_status_export_report_with_hostile_text(tmp_path, capsys, s):
         assert row.count("<td>") in (0, 2)  # the hyperparameter table: two cells in every row
 
 
+@pytest.mark.parametrize("buffered", [True, False])  # output written at exit's flush, or by each print
 @pytest.mark.parametrize("command", ["status", "export", "check-data"])
-def test_closed_pipe_ends_quietly(tmp_path, demo_dir, command):
+def test_closed_pipe_ends_quietly(tmp_path, demo_dir, command, buffered):
     """`mmsa status EXP | head -1`: no traceback, no 'Exception ignored' from the last flush. The reading end is
     closed before the command writes (it takes a second to start), so every write meets a closed pipe."""
+    import os
     import subprocess
     import sys
 
     exp = fake_experiment(tmp_path)
     args = {"status": [str(exp)], "export": [str(exp), "-o", str(tmp_path / "b.yaml")],
             "check-data": [str(demo_dir)]}[command]
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONUNBUFFERED"} | ({} if buffered else {"PYTHONUNBUFFERED": "1"})
     p = subprocess.Popen([sys.executable, "-m", "search.cli", command, *args], stdout=subprocess.PIPE,
-                         stderr=subprocess.PIPE, text=True)
+                         stderr=subprocess.PIPE, text=True, env=env)
     p.stdout.close()
     err = p.stderr.read()
     assert p.wait(timeout=120) == 141 and err == ""
