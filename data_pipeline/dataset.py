@@ -9,6 +9,7 @@ import numpy as np
 from .errors import UserError
 from .images import BadImage, ImageInfo, inspect_image, load_image
 from .labels import LABEL_TO_ID, LabelRow, read_label_file
+from .printable import term
 from .text import decode_text
 
 SPLIT_FILES = {"train": "train.txt", "test": "test_without_label.txt"}
@@ -89,7 +90,7 @@ def read_sample(root: Path, row: LabelRow, image_size: int | None) -> RawSample:
     for p in (text_path, image_path):
         if (p.is_symlink() or p.exists()) and outside(root, p):
             return RawSample(row.guid, label, "", "", None, None,
-                             f"{p.name}: links to {p.resolve()}, outside {root / 'data'}; refused (copy the file into data/)")
+                             f"{p.name}: links to {term(p.resolve())}, outside {root / 'data'}; refused (copy the file into data/)")
     if not text_path.is_file():
         return RawSample(row.guid, label, "", "", None, None, f"{text_path.name}: missing text file")
     if text_path.stat().st_size > MAX_TEXT_BYTES:
