@@ -39,8 +39,20 @@ def test_a_request_the_node_holds_is_accepted(ray_local, demo_cfg):
     import ray
 
     cpus = ray.cluster_resources()["CPU"]
-    resources, at_once = capacity(_spec(demo_cfg, cpus_per_trial=cpus, memory_per_trial=0.01))
+    resources, at_once = capacity(_spec(demo_cfg, cpus_per_trial=cpus, gpus_per_trial=0.0, memory_per_trial=0.01))
     assert resources == {"cpu": cpus, "gpu": 0.0, "memory": int(0.01 * 2**30)} and at_once == 1
+
+
+def test_gpus_compared_with_the_node(ray_local, demo_cfg):
+    """Where the node has GPUs (a GPU machine), all of them in one trial fit and one more does not."""
+    import ray
+
+    gpus = ray.cluster_resources().get("GPU", 0)
+    if gpus:
+        assert capacity(_spec(demo_cfg, cpus_per_trial=1.0, gpus_per_trial=gpus))[0]["gpu"] == gpus
+        assert capacity(_spec(demo_cfg, cpus_per_trial=1.0))[0]["gpu"] == 1.0  # -1: one GPU per trial
+    with pytest.raises(UserError, match=f"each trial needs 1 CPU, {gpus + 1:g} GPU"):
+        capacity(_spec(demo_cfg, cpus_per_trial=1.0, gpus_per_trial=gpus + 1))
 
 
 @pytest.mark.parametrize("resources", [{"cpu": "many"}, {"cpu": float("nan")}, {"cpu": -1}, {"disk": 1}, ["cpu"],
