@@ -135,3 +135,16 @@ def test_closed_pipe_ends_quietly(tmp_path, demo_dir, command, buffered):
     p.stdout.close()
     err = p.stderr.read()
     assert p.wait(timeout=120) == 141 and err == ""
+
+
+@pytest.mark.parametrize("space", [{"nodot": {"choice": [1]}}, {"a.b.c": {"choice": [1]}}, {"train.lr": "x"},
+                                   {"train.lr": {"loguniform": 5}}, {"train.lr": {"bogus": [1]}}, ["train.lr"]])
+def test_hand_edited_space_in_metadata_is_one_error(tmp_path, capsys, space):
+    """Before: IndexError/AttributeError tracebacks in status and report."""
+    exp = fake_experiment(tmp_path)
+    meta = experiment.read_meta(exp)
+    experiment.write_meta(exp, {**meta, "spec": {**meta["spec"], "space": space}})
+    for command in (["status", str(exp)], ["report", str(exp)], ["export", str(exp), "-o", str(tmp_path / "b.yaml")]):
+        assert main(command) == 2
+        err = capsys.readouterr().err
+        assert err.startswith(f"error: {exp}/mmsa_search.yaml: spec.space entry") and err.count("\n") == 1
