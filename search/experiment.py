@@ -58,7 +58,19 @@ def read_meta(exp: str | Path) -> dict:
     if not isinstance(meta, dict) or not isinstance(meta.get("spec"), dict):
         raise UserError(f"{exp}/{META}: not the metadata `mmsa search` writes (cut or edited by hand); the search "
                         "cannot be read without it.")
+    bad = [k for k, d in (meta["spec"].get("space") or {}).items() if not _space_entry(k, d)] \
+        if isinstance(meta["spec"].get("space") or {}, dict) else ["space"]
+    if bad:  # status, report and export take the hyperparameters' names and kinds from here
+        raise UserError(f"{exp}/{META}: spec.space entry {str(bad[0])[:60]!r} is not `section.key: {{kind: [...]}}` as "
+                        "`mmsa search` writes it (edited by hand?); restore the file from the search that wrote it.")
     return meta
+
+
+def _space_entry(key, dist) -> bool:
+    from .space import DISTRIBUTIONS
+
+    return isinstance(key, str) and key.count(".") == 1 and all(key.split(".")) and isinstance(dist, dict) \
+        and len(dist) == 1 and next(iter(dist)) in DISTRIBUTIONS and isinstance(next(iter(dist.values())), list)
 
 
 def warm_sources(meta: dict) -> list[dict]:
