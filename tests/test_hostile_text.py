@@ -148,3 +148,17 @@ def test_hand_edited_space_in_metadata_is_one_error(tmp_path, capsys, space):
         assert main(command) == 2
         err = capsys.readouterr().err
         assert err.startswith(f"error: {exp}/mmsa_search.yaml: spec.space entry") and err.count("\n") == 1
+
+
+@pytest.mark.parametrize("key", sorted(experiment.REQUIRED_META))
+@pytest.mark.parametrize("value", [None, ["x"], True])
+def test_metadata_missing_or_mistyped_key_is_one_error(tmp_path, capsys, key, value):
+    """Before: KeyError tracebacks in status and report for a metadata file without `name`, `data_dir` ..."""
+    exp = fake_experiment(tmp_path)
+    meta = experiment.read_meta(exp)
+    meta = {k: v for k, v in meta.items() if k != key} if value is None else {**meta, key: value}
+    experiment.write_meta(exp, meta)
+    for command in (["status", str(exp)], ["report", str(exp)], ["export", str(exp), "-o", str(tmp_path / "b.yaml")]):
+        assert main(command) == 2
+        err = capsys.readouterr().err
+        assert err.startswith(f"error: {exp}/mmsa_search.yaml: key {key!r} is missing") and err.count("\n") == 1
