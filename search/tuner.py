@@ -218,6 +218,7 @@ def resume_search(exp_dir: str | Path, *, address: str | None = None, verbose: i
         log(f"resuming search {meta['name']} in {exp}")
         ray_internals.upload_state_after_each_checkpoint()
         ray_internals.relocate_new_trials_on_restore()
+        ray_internals.keep_our_files_out_of_ray_staging()
         tuner = tune.Tuner.restore(exp, trainable=trainable_with(data, meta["resources"], checkpointing(spec)),
                                    resume_unfinished=True, resume_errored=True)
         if not meta.get("fixed_trials"):  # `mmsa confirm` runs without ASHA: nothing to replay
