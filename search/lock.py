@@ -62,11 +62,8 @@ def read_lease(exp: str) -> dict | None:
     data = storage.read_bytes(fs, f"{path}/{LOCK_FILE}")
     if data is None:
         return None
-    try:
-        lease = json.loads(data)
-        return lease if isinstance(lease, dict) else {}
-    except (ValueError, UnicodeDecodeError):
-        return {}  # cut short: its writer died mid-write, so nobody holds it
+    lease = storage.parse_json(data)
+    return lease if isinstance(lease, dict) else {}  # damaged (e.g. cut short: its writer died mid-write): nobody holds it
 
 
 def why_stale(lease: dict | None, now: float | None = None) -> str | None:
