@@ -67,8 +67,8 @@ def _read_key(path: Path) -> bytes | None:
     except OSError as e:
         raise _refuse(path, f"cannot be read ({e.strerror})", f"Make it a file you can read, or point {KEY_ENV} "
                       "at one.") from None
-    with os.fdopen(fd, "rb") as f:
-        st = os.fstat(f.fileno())
+    try:
+        st = os.fstat(fd)
         if not stat.S_ISREG(st.st_mode):
             raise _refuse(path, "is not a file (a folder or device is in its place)", f"Move it away (a new key is "
                           f"made on next use) or point {KEY_ENV} at the key file.")
@@ -79,7 +79,9 @@ def _read_key(path: Path) -> bytes | None:
         if st.st_mode & 0o077:
             raise _refuse(path, f"can be read or written by others (mode {stat.S_IMODE(st.st_mode):o}), who could "
                           "forge signatures with it", f"Run `chmod 600 {path}`.")
-        data = f.read(KEY_BYTES * 64)
+        data = os.read(fd, KEY_BYTES * 64)
+    finally:
+        os.close(fd)
     if len(data) < KEY_BYTES:
         raise _refuse(path, f"is {len(data)} bytes long, shorter than {KEY_BYTES} (cut short when it was written, "
                       "e.g. on a full disk, or not a key mmsa made)", f"Move it away: a new key is made on next use; "
