@@ -122,7 +122,11 @@ class ExperimentLock:
                     "anywhere); if you know its holder is gone, pass --break-lock.")
             print(f"--break-lock: breaking the lease of {self.exp} held by {describe(current)}", file=sys.stderr)
         self._started = time.strftime("%Y-%m-%dT%H:%M:%S")
-        self._write()
+        try:
+            self._write()
+        except OSError as e:  # e.g. a folder planted in its place
+            raise UserError(f"{path}/{LOCK_FILE}: cannot write the lease that keeps a second writer out ({e}); move "
+                            "whatever is there away and run the command again.") from None
         time.sleep(SETTLE_S)
         now = read_lease(self.exp) or {}
         if now.get("token") != self.token:

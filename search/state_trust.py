@@ -140,6 +140,9 @@ def _key() -> bytes:
     if data is None:
         _create_key(path)
         data = _read_key(path)
+    if data is None and path.is_symlink():
+        raise _refuse(path, "is a link to a file that does not exist", f"Remove the link (a new key is made on next "
+                      f"use) or point {KEY_ENV} at the key file.")
     if data is None:
         raise _refuse(path, "vanished right after it was created", "Run the command again.")
     return data

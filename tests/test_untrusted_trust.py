@@ -444,7 +444,20 @@ def test_the_lease_keeps_beating_through_a_resume_with_many_state_saves(tmp_path
         time.sleep(0.05)
     out, err = proc.communicate()
     assert proc.returncode == 0, err[-3000:]
+    print(f"{len(beats)} samples over {beats[-1] - beats[0]:.0f} s, oldest heartbeat seen {max(ages):.1f} s")
     rows = [json.loads(x) for x in next(exp.glob("trial_*")).joinpath("result.json").read_text().splitlines()]
     assert len(rows) >= epochs and len(beats) > 50, (len(rows), len(beats))
     assert all(b2 >= b1 for b1, b2 in zip(beats, beats[1:])), "the heartbeat went back: someone else wrote the lease"
-    assert max(ages) < 3.0, f"the lease went {max(ages):.1f} s without a heartbeat while its holder ran"
+    # beats every 0.3 s; a loaded machine may hold the beating thread for a few seconds (the GIL in a long C call)
+    assert max(ages) < 10.0, f"the lease went {max(ages):.1f} s without a heartbeat while its holder ran"
+
+
+def test_a_folder_or_dangling_link_in_place_of_lease_or_key_is_one_error(tmp_path, key):
+    (tmp_path / L.LOCK_FILE).mkdir()
+    with pytest.raises(UserError, match="cannot write the lease"):
+        L.ExperimentLock(str(tmp_path), "mmsa resume x").acquire()
+    key.parent.mkdir(parents=True)
+    key.symlink_to(tmp_path / "nowhere")
+    with pytest.raises(UserError, match="is a link to a file that does not exist"):
+        T.check_key()
+    assert not (tmp_path / "nowhere").exists()  # the key was not written through the link
