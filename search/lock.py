@@ -96,9 +96,21 @@ def describe(lease: dict) -> str:
             f"{lease.get('started', '?')}, last heartbeat {ago})")
 
 
+def _stop_like_ctrl_c() -> None:
+    import signal
+
+    # A real SIGINT to the main thread (as Ctrl-C): it wakes a blocking call there, which _thread.interrupt_main
+    # does not; Ray's handler then saves the experiment state and stops the search.
+    signal.pthread_kill(threading.main_thread().ident, signal.SIGINT)
+
+
 class ExperimentLock:
-    def __init__(self, exp: str, command: str, break_lock: bool = False):
-        self.exp, self.command, self.break_lock = exp, command, break_lock
+    """on_lost: called (from the heartbeat thread) when another process has taken the lease: this one went longer
+    than STALE_S without a heartbeat (suspended, cut off from the storage) or was broken with --break-lock. By
+    default the holder stops as on Ctrl-C, so that the experiment never has two writers."""
+
+    def __init__(self, exp: str, command: str, break_lock: bool = False, on_lost=_stop_like_ctrl_c):
+        self.exp, self.command, self.break_lock, self.on_lost = exp, command, break_lock, on_lost
         self.token = uuid.uuid4().hex
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
@@ -139,8 +151,12 @@ class ExperimentLock:
     def _beat(self) -> None:
         while not self._stop.wait(faults.heartbeat_s(HEARTBEAT_S)):
             try:
-                if (read_lease(self.exp) or {}).get("token") not in (self.token, None):
-                    return  # taken over (we were cut off for longer than STALE_S): never write over the new holder
+                current = read_lease(self.exp) or {}
+                if current.get("token") not in (self.token, None):  # taken over: never write over the new holder
+                    print(f"{self.exp}: the experiment was taken over by {describe(current)}; this process stops "
+                          "so that only one writes it", file=sys.stderr)
+                    self.on_lost()
+                    return
                 self._write()
             except OSError:
                 pass  # storage briefly unreachable: the next beat retries; STALE_S allows several misses

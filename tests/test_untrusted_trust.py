@@ -288,14 +288,31 @@ def test_malformed_leases_hold_nothing_and_crash_nothing(tmp_path, plant, capsys
         pass
 
 
-def test_break_lock_takes_a_live_lease_naming_its_holder_and_the_holder_stops_beating(tmp_path, capsys, monkeypatch):
+def test_break_lock_takes_a_live_lease_naming_its_holder_and_the_holder_stops(tmp_path, capsys, monkeypatch):
     monkeypatch.setenv("MMSA_TEST_HEARTBEAT_S", "0.2")
-    first = L.ExperimentLock(str(tmp_path), "mmsa search --name a").acquire()
+    lost = []
+    first = L.ExperimentLock(str(tmp_path), "mmsa search --name a", on_lost=lambda: lost.append(1)).acquire()
     with L.ExperimentLock(str(tmp_path), "mmsa resume x", break_lock=True) as second:
-        assert f"held by `mmsa search --name a` (pid {os.getpid()}" in capsys.readouterr().err
-        time.sleep(1.0)  # the first holder's beats see the new token and stop
+        time.sleep(1.0)  # the first holder's beat sees the new token: it stops, and stops writing the lease
+        err = capsys.readouterr().err
+        assert f"held by `mmsa search --name a` (pid {os.getpid()}" in err
+        assert lost == [1] and "taken over by `mmsa resume x`" in err
         assert L.read_lease(str(tmp_path))["token"] == second.token
     first.release()
+
+
+def test_a_holder_that_lost_its_lease_stops_like_ctrl_c(tmp_path):
+    """The default on_lost: a real process holding the lease gets SIGINT's handler run when another takes it."""
+    code = ("import signal, sys, time; from search import lock as L\n"
+            "signal.signal(signal.SIGINT, lambda *a: (print('stopping', flush=True), sys.exit(130)))\n"
+            f"L.ExperimentLock({str(tmp_path)!r}, 'mmsa search --name a').acquire()\n"
+            "print('holding', flush=True); time.sleep(60)")
+    proc = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            env={**os.environ, "MMSA_TEST_HEARTBEAT_S": "0.2"})
+    assert proc.stdout.readline() == "holding\n"
+    with L.ExperimentLock(str(tmp_path), "mmsa resume x", break_lock=True):
+        out, err = proc.communicate(timeout=30)
+    assert proc.returncode == 130 and "stopping" in out and "taken over by `mmsa resume x`" in err, err
 
 
 def test_break_lock_flag_on_the_writers():
