@@ -63,7 +63,7 @@ def read_lease(exp: str) -> dict | None:
     if data is None:
         return None
     lease = storage.parse_json(data)
-    return lease if isinstance(lease, dict) else {}  # damaged (e.g. cut short: its writer died mid-write): nobody holds it
+    return lease if isinstance(lease, dict) else {}  # damaged (e.g. its writer died mid-write): nobody holds it
 
 
 def why_stale(lease: dict | None, now: float | None = None) -> str | None:

@@ -6,10 +6,11 @@ loads only state files it can prove this user's searches wrote.
 Every state file a search backs up (search/state_backup.py) is signed with HMAC-SHA256 under a key that never leaves
 the user's machine (~/.config/mmsa-tune/state.key, created on first use, mode 600, announced; `MMSA_STATE_KEY` points
 elsewhere, e.g. a key shared by the nodes of one cluster). A key that is short or empty, not a file, another user's,
-or readable by others is refused with what to do (a forger who knows or can guess the key defeats the signatures). Before Ray reads anything, `verify` checks each live state file against its signature;
-one that does not match is replaced by the signed backup copy, and with no signed copy the resume is refused before
-anything is unpickled. `mmsa resume --trust-state` re-signs the files as they are, for an experiment the user trusts
-(copied from a colleague or another machine, or written before signing existed).
+or readable by others is refused with what to do (a forger who knows or can guess the key defeats the signatures).
+Before Ray reads anything, `verify` checks each live state file against its signature; one that does not match is
+replaced by the signed backup copy, and with no signed copy the resume is refused before anything is unpickled. `mmsa
+resume --trust-state` re-signs the files as they are, for an experiment the user trusts (copied from a colleague or
+another machine, or written before signing existed).
 """
 from __future__ import annotations
 
@@ -117,6 +118,7 @@ def _create_key(path: Path) -> None:
         except OSError:  # a filesystem without hard links
             if not path.exists():
                 os.replace(tmp, path)
+        _sync_folder(path.parent)
         _announce(path)
     except OSError as e:
         raise _refuse(path, f"cannot be created ({e.strerror})", "Free some space or point "
@@ -126,6 +128,20 @@ def _create_key(path: Path) -> None:
             tmp.unlink()
         except OSError:
             pass
+
+
+def _sync_folder(folder: Path) -> None:
+    """Make the new name durable: a power cut must not undo a key that has signed state already."""
+    try:
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass  # some filesystems cannot sync a folder; the key is whole either way
+    finally:
+        os.close(fd)
 
 
 def _announce(path: Path) -> None:
