@@ -38,12 +38,14 @@ from pathlib import Path
 
 import torch
 
+from data_pipeline.errors import UserError
 from model import run_files as ckpt
 from model.config import save_config
 
 from . import faults
 from .checkpoint_retention import PIN_FILE, write_checkpoint_metrics
 from .schema import M
+from .storage import parse_json
 
 STATE_DIR = "mmsa_state"
 BEST_PREFIX = "mmsa_best_epoch_"
@@ -70,8 +72,12 @@ def read_pointer(ck_dir: Path) -> dict | None:
     p = Path(ck_dir) / POINTER_FILE
     if not p.is_file():
         return None  # a checkpoint of checkpoint_mode sync (or of an older search): the whole state is in it
-    d = json.loads(p.read_text())
-    return {"state": None if d["state"] is None else str(d["state"]), "reported_epoch": int(d["reported_epoch"])}
+    d = parse_json(p.read_bytes())
+    try:
+        return {"state": None if d["state"] is None else str(d["state"]), "reported_epoch": int(d["reported_epoch"])}
+    except (KeyError, TypeError, ValueError, OverflowError):
+        raise UserError(f"{p} is damaged (not what mmsa writes): the trial cannot tell which training state this "
+                        "checkpoint is; it is not resumed from it") from None
 
 
 def _clone(obj):
@@ -118,8 +124,8 @@ def mark_ended(trial_dir: Path, keep_best: bool) -> None:
 def ended_verdict(trial_dir: Path) -> bool | None:
     """keep_best of the driver's verdict, or None while the trial has not been judged finished."""
     try:
-        return bool(json.loads((Path(trial_dir) / ENDED_FILE).read_text())["keep_best"])
-    except (OSError, ValueError, KeyError, TypeError):
+        return bool(parse_json((Path(trial_dir) / ENDED_FILE).read_bytes())["keep_best"])
+    except (OSError, KeyError, TypeError):
         return None
 
 
