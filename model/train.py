@@ -163,15 +163,17 @@ class Trainer:
 
     # ---- one epoch -------------------------------------------------------------------------------------------
     def run_epoch(self, data: Prepared, train: bool, seed: int = 0) -> dict:
-        """One pass over data; returns loss, accuracy, macro F1, samples, seconds (and, for an evaluation pass,
+        """One pass over data; returns loss, accuracy, macro F1, "scores" (model.metrics.classification_metrics),
+        samples, seconds (and, for an evaluation pass,
         "pred": the predicted class of each row of data, in its row order)."""
         start = time.perf_counter()
         pred = None if train else torch.full((len(data),), -1, dtype=torch.int8, device=self.device)
         loss_sum, confusion, seen = self.run_batches(data, train, seed, pred)
         conf = confusion.view(len(LABELS), len(LABELS)).cpu()  # the pass's one read of the device
         secs = time.perf_counter() - start
-        out = {"loss": float(loss_sum) / max(seen, 1), "acc": float(conf.diag().sum()) / max(seen, 1),
-               "f1": M.macro_f1(conf), "samples": seen, "seconds": secs}
+        scores = M.classification_metrics(conf)
+        out = {"loss": float(loss_sum) / max(seen, 1), "acc": scores[M.VAL_ACC], "f1": scores[M.VAL_F1],
+               "scores": scores, "samples": seen, "seconds": secs}
         if pred is not None:
             out["pred"] = pred.cpu().numpy()
         return out
@@ -248,8 +250,10 @@ class Trainer:
             best = min([h[M.VAL_LOSS] for h in self.history] + [va["loss"]])
             if va["loss"] <= best and self.keep_best_state:
                 self.best_state = {k: v.detach().to("cpu", copy=True) for k, v in self.model.state_dict().items()}
-            row = {M.EPOCH: self.epoch, M.TRAIN_LOSS: tr["loss"], M.VAL_LOSS: va["loss"], M.VAL_ACC: va["acc"],
-                   M.VAL_F1: va["f1"], M.LR: lr, M.SPS: tr["samples"] / max(tr["seconds"], 1e-9), M.BEST_VAL_LOSS: best}
+            row = {M.EPOCH: self.epoch, M.TRAIN_LOSS: tr["loss"], M.VAL_LOSS: va["loss"], **va["scores"], M.LR: lr,
+                   M.SPS: tr["samples"] / max(tr["seconds"], 1e-9), M.BEST_VAL_LOSS: best}
+            for metric, running in ((M.VAL_ACC, M.BEST_VAL_ACC), (M.VAL_F1, M.BEST_VAL_F1)):
+                row[running] = max(h[metric] for h in self.history + [row])
             row[M.BEST_EPOCH] = min((h for h in self.history + [row]), key=lambda h: h[M.VAL_LOSS])[M.EPOCH]
             self.history.append(row)
             yield row

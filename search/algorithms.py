@@ -66,6 +66,7 @@ def status_reporter(spec: SearchSpec):
     from ray.tune import CLIReporter
 
     return CLIReporter(
-        metric_columns={M.EPOCH: "epoch", M.VAL_LOSS: "val_loss", M.SEARCH_METRIC: "best_val_loss", M.VAL_ACC: "val_acc"},
+        metric_columns={M.EPOCH: "epoch", M.VAL_LOSS: "val_loss", spec.search.objective.running: spec.search.objective.running,
+                        M.VAL_ACC: "val_acc", M.VAL_F1: "val_macro_f1"},
         parameter_columns={k.replace(".", "/"): k.split(".")[1] for k in spec.space},
         max_report_frequency=30, sort_by_metric=True, max_progress_rows=30, max_error_rows=10)

@@ -44,9 +44,10 @@ def config_key(config: dict) -> str:
 
 
 def candidates(trials: list, top: int) -> list[dict]:
-    """The top `top` distinct configurations by best val loss (errored trials and trials without a result left out)."""
+    """The top `top` distinct configurations by the search's objective (errored trials and trials without a result
+    left out)."""
     out, seen = [], set()
-    for t in sorted((t for t in trials if t.usable), key=lambda t: t.best[M.VAL_LOSS]):
+    for t in sorted((t for t in trials if t.usable), key=lambda t: t.score):
         k = config_key(t.config)
         if k not in seen:
             seen.add(k)
