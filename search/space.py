@@ -33,7 +33,9 @@ class SearchConfig:
     metric: str = opt(M.VAL_LOSS, "what the search optimises: ASHA and Optuna compare trials by its best value so far, "
                       "the best trial, `mmsa confirm`'s choice and `mmsa export` use its best epoch; val_loss is "
                       "minimised, val_acc and val_macro_f1 maximised", choices=tuple(M.OBJECTIVES))
-    seed: int = opt(0, "seed of Optuna's TPE sampler", lo=0)
+    seed: int = opt(0, "seed of Optuna's sampler", lo=0)
+    sampler: str = opt("tpe", "how Optuna proposes trials: tpe (models the results so far) or random (what TPE adds "
+                       "is measured against it)", choices=("tpe", "random"))
     grace_period: int = opt(1, "ASHA: epochs every trial runs before it can be stopped", lo=1)
     reduction_factor: int = opt(2, "ASHA: keep the best 1/reduction_factor of trials at each rung", lo=2)
     keep_checkpoints: int = opt(2, "checkpoints kept per trial, the best by val_loss; the two newest are kept too", lo=1)
