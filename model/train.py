@@ -93,10 +93,11 @@ def class_weight(kind: str, labels: np.ndarray, device: torch.device) -> torch.T
     return torch.tensor(w, dtype=torch.float32, device=device)
 
 
-def warmup_steps(t, steps_per_epoch: int) -> int:
-    """The warm-up's length in optimizer steps (train.warmup_steps, or warmup_fraction of all steps)."""
+def warmup_steps(t, steps_per_epoch) -> int:
+    """The warm-up's length in optimizer steps (train.warmup_steps, or warmup_fraction of all steps;
+    steps_per_epoch() is asked only then)."""
     if t.warmup_fraction:
-        return max(1, round(t.warmup_fraction * t.epochs * steps_per_epoch))
+        return max(1, round(t.warmup_fraction * t.epochs * steps_per_epoch()))
     return t.warmup_steps
 
 
@@ -130,7 +131,7 @@ class Trainer:
         self.optimizer = torch.optim.AdamW(param_groups(self.model, t.lr, t.backbone_lr_mult), lr=t.lr,
                                            weight_decay=t.weight_decay, **fused)
         self.class_weight = class_weight(t.class_weights, data.train.labels, self.device)
-        self.warmup = warmup_steps(t, len([1 for _, _, last in self.epoch_plan(data.train, True)[0] if last]))
+        self.warmup = warmup_steps(t, lambda: sum(last for _, _, last in self.epoch_plan(data.train, True)[0]))
         self.steps = 0  # optimizer steps taken (the warm-up's clock)
         self.precision = resolve_precision(t.precision, self.device)
         # float16 gradients underflow without loss scaling; with the fused AdamW the scaler's inf check stays on

@@ -97,7 +97,8 @@ def stable_from(curves: list[list[float]]) -> int | None:
 
 
 def grace_from_curves(top: list[TrialSummary], epochs: int, old: int) -> tuple[int, str]:
-    curves = [[t.objective.key(r[t.objective.running]) for r in t.results] for t in top]
+    curves = [[t.objective.key(v) if isinstance(v, (int, float)) else math.inf
+               for r in t.results for v in [r.get(t.objective.running)]] for t in top]
     g = stable_from(curves)
     if g is None:
         return min(max(old, 1), epochs), f"grace_period {old} kept (fewer than two top curves)"

@@ -109,3 +109,14 @@ def test_warmup_given_twice_is_refused(demo_cfg):
         demo_cfg.with_overrides({"warmup_steps": 3, "warmup_fraction": 0.1})
     with pytest.raises(UserError, match="class_weights: 'inverse' is not one of none, balanced"):
         demo_cfg.with_overrides({"class_weights": "inverse"})
+
+
+def test_warmup_clock_survives_a_checkpoint(demo_cfg, split, tmp_path):
+    cfg = demo_cfg.with_overrides({"warmup_steps": 50})
+    t = Trainer(cfg, split)
+    for _ in range(3):
+        _one_step(t, split)
+    t.save_checkpoint(tmp_path / "ck")
+    again = Trainer(cfg, split)
+    again.load_checkpoint(tmp_path / "ck")
+    assert again.steps == 3 and again.warmup_factor(again.steps) == pytest.approx(4 / 50)
