@@ -100,7 +100,8 @@ def carve_heldout(full: Path, search_dir: Path, heldout_dir: Path, n_heldout: in
 
 def heldout_score(cfg, heldout_dir: Path) -> dict:
     """Train cfg (its epochs: the export's epoch count) on the search's train split, as `mmsa train --config EXPORT`
-    does, then score the last epoch's model on the held-out rows: accuracy, macro-F1 and per-row correctness."""
+    does, then score the model it keeps (the epoch of lowest val loss) on the held-out rows: accuracy, macro-F1,
+    per-row correctness, "pred"/"labels" per row and "scores" (model.metrics.classification_metrics)."""
     import numpy as np
     import torch
 
@@ -112,6 +113,8 @@ def heldout_score(cfg, heldout_dir: Path) -> dict:
     trainer = Trainer(cfg, data)
     for _ in trainer.fit():
         pass
+    if trainer.best_state is not None:  # what `mmsa train` saves as model.safetensors
+        trainer.model.load_state_dict(trainer.best_state)
     held = prepare_split(cfg.with_overrides({"data.data_dir": str(heldout_dir)}), "train", log=lambda *a: None,
                          progress=False)
     pred = predict_proba(trainer.model, held, device="cpu").argmax(1)
@@ -119,7 +122,9 @@ def heldout_score(cfg, heldout_dir: Path) -> dict:
     for y, p in zip(held.labels, pred):
         conf[y, p] += 1
     correct = (pred == held.labels).astype(float)
-    return {"acc": float(correct.mean()), "f1": M.macro_f1(conf), "correct": correct, "epochs": cfg.train.epochs}
+    scores = M.classification_metrics(conf)
+    return {"acc": float(correct.mean()), "f1": scores[M.VAL_F1], "correct": correct, "epochs": cfg.train.epochs,
+            "pred": pred, "labels": np.asarray(held.labels), "scores": scores}
 
 
 def heldout_setup(tmp: Path, rows: int, heldout: int, noise: float):

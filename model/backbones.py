@@ -177,6 +177,10 @@ def check_backbones(cfg) -> None:
 
     if cfg.modality in ("fusion", "text"):
         check_text_model(cfg.text_model)
+        layers = json.loads((Path(cfg.text_model) / "config.json").read_text(encoding="utf-8")).get("num_hidden_layers")
+        if isinstance(layers, int) and cfg.freeze_text_layers > layers:
+            raise UserError(f"model.freeze_text_layers {cfg.freeze_text_layers}: {cfg.text_model} has only {layers} "
+                            f"encoder layers; use at most {layers}.")
     if cfg.modality in ("fusion", "image") and cfg.image_weights and cfg.image_weights.lower() != "none":
         if not Path(cfg.image_weights).is_file():
             raise UserError(f"{cfg.image_weights}: weights file not found (model.image_weights). {HOW_TO_GET} "

@@ -49,6 +49,8 @@ class ModelConfig:
     complexity: str = opt("low", "head widths: high = 256/256/128, low = half of each", choices=("high", "low"))
     modality: str = opt("fusion", "fusion, or an ablation with one branch absent", choices=("fusion", "text", "image"))
     dropout: float = opt(0.1, "dropout before the last linear layer", lo=0.0, hi=0.9)
+    freeze_text_layers: int = opt(0, "freeze the text model's embeddings and its lowest N encoder layers (not trained); "
+                                  "0 = train all (the lab)", lo=0, hi=100)
 
 
 @dataclass
@@ -58,6 +60,16 @@ class TrainConfig:
     micro_batch_size: int = opt(0, "samples per forward pass; smaller than batch_size = gradient accumulation; 0 = whole batch", lo=0)
     lr: float = opt(8e-6, "AdamW learning rate", lo=0.0, hi=1.0, lo_open=True)
     weight_decay: float = opt(0.01, "AdamW weight decay", lo=0.0, hi=1.0)
+    backbone_lr_mult: float = opt(1.0, "learning rate of the backbones (text model, image ResNet) = lr x this; the new "
+                                  "layers (projections, head) train at lr. 1 = one rate for all (the lab); BERT "
+                                  "fine-tuning usually wants the backbone slower than a fresh head", lo=0.0, hi=100.0)
+    warmup_steps: int = opt(0, "linear learning-rate warm-up from 0 over this many optimizer steps; 0 = none (the lab)",
+                            lo=0)
+    warmup_fraction: float = opt(0.0, "linear warm-up over this share of all optimizer steps (train.epochs x steps per "
+                                 "epoch) instead of warmup_steps; 0 = none", lo=0.0, hi=1.0)
+    class_weights: str = opt("none", "training-loss weight per class: none (the lab), or balanced = rows / (classes x "
+                             "the class's rows), so the rare neutral class counts as much as the others; the val loss "
+                             "stays unweighted, comparable between trials", choices=("none", "balanced"))
     lr_factor: float = opt(0.5, "ReduceLROnPlateau: lr multiplier when val loss stalls", lo=0.0, hi=1.0, lo_open=True)
     lr_patience: int = opt(1, "ReduceLROnPlateau: epochs without val-loss improvement before reducing lr", lo=0)
     patience: int = opt(2, "early stop after val loss rose this many epochs in a row; 0 = never", lo=0)
@@ -109,6 +121,9 @@ class Config:
     def check_relations(self, source: str) -> None:
         """Checks between keys (each key's own type and range are checked by build_section)."""
         t = self.train
+        if t.warmup_steps and t.warmup_fraction:
+            raise UserError(f"{source}: train.warmup_steps {t.warmup_steps} and train.warmup_fraction "
+                            f"{t.warmup_fraction} are both set; give the warm-up one way (the other 0).")
         if t.micro_batch_size > t.batch_size:
             raise UserError(f"{source}: train.micro_batch_size {t.micro_batch_size} is larger than train.batch_size "
                             f"{t.batch_size}; a micro-batch is a part of a batch (0 = the whole batch).")

@@ -4,6 +4,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from data_pipeline.errors import UserError
 from data_pipeline.labels import LABELS
 
 from .backbones import encoder_mask, load_image_backbone, load_text_backbone
@@ -21,6 +22,7 @@ class FusionClassifier(nn.Module):
         width = 0
         if self.uses_text:
             self.text = load_text_backbone(cfg.text_model)
+            freeze_lower_layers(self.text, cfg.freeze_text_layers, cfg.text_model)
             self.text_proj = nn.Linear(self.text.config.hidden_size, w_text)
             width += w_text
         if self.uses_image:
@@ -28,6 +30,10 @@ class FusionClassifier(nn.Module):
             self.image_proj = nn.Linear(feat, w_image)
             width += w_image
         self.head = nn.Sequential(nn.Linear(width, w_fused), nn.ReLU(), nn.Dropout(cfg.dropout), nn.Linear(w_fused, num_classes))
+
+    def backbones(self) -> list[nn.Module]:
+        """The pretrained parts (train.backbone_lr_mult); the rest is new layers."""
+        return [m for name in ("text", "image") for m in [getattr(self, name, None)] if m is not None]
 
     def forward(self, input_ids=None, attention_mask=None, images=None) -> torch.Tensor:
         parts = []
@@ -37,3 +43,16 @@ class FusionClassifier(nn.Module):
         if self.uses_image:
             parts.append(self.image_proj(self.image(images)))
         return self.head(torch.cat(parts, dim=1) if len(parts) > 1 else parts[0])
+
+
+def freeze_lower_layers(bert: nn.Module, n: int, where: str) -> None:
+    """Embeddings and the lowest n encoder layers keep their pretrained weights (no gradient, left out of the
+    optimizer): fewer weights to fit on a small dataset, and a faster backward pass."""
+    if n == 0:
+        return
+    layers = bert.encoder.layer
+    if n > len(layers):
+        raise UserError(f"model.freeze_text_layers {n}: {where} has only {len(layers)} encoder layers; use at most "
+                        f"{len(layers)}.")
+    for module in (bert.embeddings, *layers[:n]):
+        module.requires_grad_(False)

@@ -70,6 +70,37 @@ def _epoch_seed(seed: int, epoch: int, stream: int) -> int:
     return (seed * 1_000_003 + epoch * 7_919 + stream) % (2**63)
 
 
+def param_groups(model: FusionClassifier, lr: float, backbone_lr_mult: float) -> list[dict]:
+    """The new layers at lr (group 0, the one reported as lr), the backbones at lr x backbone_lr_mult; frozen
+    parameters (model.freeze_text_layers) are left out. One group when the rates are equal: the optimizer (and its
+    checkpoints) as before the setting existed."""
+    trained = [p for p in model.parameters() if p.requires_grad]
+    if backbone_lr_mult == 1.0:
+        return [{"params": trained, "lr": lr}]
+    backbone = {id(p) for m in model.backbones() for p in m.parameters()}
+    groups = [{"params": [p for p in trained if id(p) not in backbone], "lr": lr},
+              {"params": [p for p in trained if id(p) in backbone], "lr": lr * backbone_lr_mult}]
+    return [g for g in groups if g["params"]]
+
+
+def class_weight(kind: str, labels: np.ndarray, device: torch.device) -> torch.Tensor | None:
+    """Per-class weights of the training loss (train.class_weights): balanced = n / (classes x rows of the class); a
+    class without training rows gets weight 0 (it has no rows to weigh)."""
+    if kind == "none":
+        return None
+    counts = np.bincount(labels[labels >= 0], minlength=len(LABELS)).astype(np.float64)
+    w = np.where(counts > 0, counts.sum() / (len(LABELS) * np.maximum(counts, 1)), 0.0)
+    return torch.tensor(w, dtype=torch.float32, device=device)
+
+
+def warmup_steps(t, steps_per_epoch) -> int:
+    """The warm-up's length in optimizer steps (train.warmup_steps, or warmup_fraction of all steps;
+    steps_per_epoch() is asked only then)."""
+    if t.warmup_fraction:
+        return max(1, round(t.warmup_fraction * t.epochs * steps_per_epoch()))
+    return t.warmup_steps
+
+
 @dataclass
 class Split:
     train: Prepared
@@ -97,7 +128,11 @@ class Trainer:
         self.step_model = torch.compile(self.model, dynamic=True) if t.compile else self.model
         # Fused: one kernel per step, and (unlike the for-each version on the CPU) no `.item()` per parameter.
         fused = {"fused": True} if self.device.type in ("cuda", "cpu") else {}
-        self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=t.lr, weight_decay=t.weight_decay, **fused)
+        self.optimizer = torch.optim.AdamW(param_groups(self.model, t.lr, t.backbone_lr_mult), lr=t.lr,
+                                           weight_decay=t.weight_decay, **fused)
+        self.class_weight = class_weight(t.class_weights, data.train.labels, self.device)
+        self.warmup = warmup_steps(t, lambda: sum(last for _, _, last in self.epoch_plan(data.train, True)[0]))
+        self.steps = 0  # optimizer steps taken (the warm-up's clock)
         self.precision = resolve_precision(t.precision, self.device)
         # float16 gradients underflow without loss scaling; with the fused AdamW the scaler's inf check stays on
         # the device (the optimizer skips the step itself), so it adds no host synchronisation.
@@ -144,14 +179,25 @@ class Trainer:
         The gradient is of the summed loss / step_size (default: this batch's size), so micro-batches of one step
         add up to the big batch's mean gradient. Returns the summed loss and the logits, left on the device."""
         logits = self.forward(b, True, gen)
-        loss = F.cross_entropy(logits, b["labels"], reduction="sum")
+        loss = F.cross_entropy(logits, b["labels"], weight=self.class_weight, reduction="sum")
         scaled = loss / (step_size or b["labels"].shape[0])
         (self.scaler.scale(scaled) if self.scaler else scaled).backward()
         if last:
             self.optimizer_step()
         return loss, logits
 
+    def warmup_factor(self, step: int) -> float:
+        """The share of each group's learning rate that optimizer step `step` (0-based) uses: linear from
+        1/warmup to 1 over the warm-up, then 1."""
+        return min(1.0, (step + 1) / self.warmup) if self.warmup else 1.0
+
     def optimizer_step(self) -> None:
+        # The warm-up scales the rate for this step only: the groups keep the plateau scheduler's rates.
+        w = self.warmup_factor(self.steps)
+        peaks = [g["lr"] for g in self.optimizer.param_groups]
+        if w < 1.0:
+            for g in self.optimizer.param_groups:
+                g["lr"] = g["lr"] * w
         if self.before_step is not None:
             self.before_step()
         if self.scaler:  # skips the update on the device when float16 gradients overflowed
@@ -159,19 +205,24 @@ class Trainer:
             self.scaler.update()
         else:
             self.optimizer.step()
+        for g, lr in zip(self.optimizer.param_groups, peaks):
+            g["lr"] = lr
+        self.steps += 1
         self.optimizer.zero_grad(set_to_none=True)
 
     # ---- one epoch -------------------------------------------------------------------------------------------
     def run_epoch(self, data: Prepared, train: bool, seed: int = 0) -> dict:
-        """One pass over data; returns loss, accuracy, macro F1, samples, seconds (and, for an evaluation pass,
+        """One pass over data; returns loss, accuracy, macro F1, "scores" (model.metrics.classification_metrics),
+        samples, seconds (and, for an evaluation pass,
         "pred": the predicted class of each row of data, in its row order)."""
         start = time.perf_counter()
         pred = None if train else torch.full((len(data),), -1, dtype=torch.int8, device=self.device)
         loss_sum, confusion, seen = self.run_batches(data, train, seed, pred)
         conf = confusion.view(len(LABELS), len(LABELS)).cpu()  # the pass's one read of the device
         secs = time.perf_counter() - start
-        out = {"loss": float(loss_sum) / max(seen, 1), "acc": float(conf.diag().sum()) / max(seen, 1),
-               "f1": M.macro_f1(conf), "samples": seen, "seconds": secs}
+        scores = M.classification_metrics(conf)
+        out = {"loss": float(loss_sum) / max(seen, 1), "acc": scores[M.VAL_ACC], "f1": scores[M.VAL_F1],
+               "scores": scores, "samples": seen, "seconds": secs}
         if pred is not None:
             out["pred"] = pred.cpu().numpy()
         return out
@@ -237,7 +288,7 @@ class Trainer:
         t = self.cfg.train
         while not self.done():
             torch.manual_seed(_epoch_seed(t.seed, self.epoch, 0))  # dropout
-            lr = self.optimizer.param_groups[0]["lr"]
+            lr = self.optimizer.param_groups[0]["lr"]  # the new layers' group: train.lr as the plateau scheduler left it
             tr = self.run_epoch(self.data.train, train=True, seed=self.epoch)
             va = self.run_epoch(self.data.val, train=False, seed=self.epoch)
             self.val_pred = va["pred"]
@@ -248,8 +299,10 @@ class Trainer:
             best = min([h[M.VAL_LOSS] for h in self.history] + [va["loss"]])
             if va["loss"] <= best and self.keep_best_state:
                 self.best_state = {k: v.detach().to("cpu", copy=True) for k, v in self.model.state_dict().items()}
-            row = {M.EPOCH: self.epoch, M.TRAIN_LOSS: tr["loss"], M.VAL_LOSS: va["loss"], M.VAL_ACC: va["acc"],
-                   M.VAL_F1: va["f1"], M.LR: lr, M.SPS: tr["samples"] / max(tr["seconds"], 1e-9), M.BEST_VAL_LOSS: best}
+            row = {M.EPOCH: self.epoch, M.TRAIN_LOSS: tr["loss"], M.VAL_LOSS: va["loss"], **va["scores"], M.LR: lr,
+                   M.SPS: tr["samples"] / max(tr["seconds"], 1e-9), M.BEST_VAL_LOSS: best}
+            for metric, running in ((M.VAL_ACC, M.BEST_VAL_ACC), (M.VAL_F1, M.BEST_VAL_F1)):
+                row[running] = max(h[metric] for h in self.history + [row])
             row[M.BEST_EPOCH] = min((h for h in self.history + [row]), key=lambda h: h[M.VAL_LOSS])[M.EPOCH]
             self.history.append(row)
             yield row
@@ -273,7 +326,7 @@ class Trainer:
     def training_state(self) -> dict:
         """Everything but the weights that a checkpoint holds (tensors are references, not copies)."""
         state = {"optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict(),
-                 "epoch": self.epoch, "history": self.history, "torch_rng": torch.get_rng_state()}
+                 "epoch": self.epoch, "history": self.history, "torch_rng": torch.get_rng_state(), "steps": self.steps}
         if self.scaler:
             state["grad_scaler"] = self.scaler.state_dict()
         return state
@@ -295,6 +348,7 @@ class Trainer:
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
         self.epoch = int(state["epoch"])
+        self.steps = int(state.get("steps", 0))  # checkpoints from before the warm-up: none was configured
         self.history = list(state["history"])
         torch.set_rng_state(state["torch_rng"])
         if self.scaler and "grad_scaler" in state:

@@ -5,12 +5,14 @@ from .schema import M
 from .space import SearchSpec
 
 
-def make_sampler(seed: int, num_samples: int):
+def make_sampler(seed: int, num_samples: int, kind: str = "tpe"):
     """TPE tuned for small budgets and parallel trials: Optuna's default spends its first 10 trials at random,
     which is most of a 12-40 trial search; multivariate TPE models lr x batch size jointly; the constant liar keeps
     trials that run at the same time from being proposed the same region."""
     import optuna
 
+    if kind == "random":
+        return optuna.samplers.RandomSampler(seed=seed)
     return optuna.samplers.TPESampler(seed=seed, n_startup_trials=max(3, min(10, num_samples // 4)),
                                       multivariate=True, constant_liar=True)
 
@@ -48,7 +50,7 @@ def make_searcher(spec: SearchSpec, name: str, max_concurrent: int, optuna_stora
         import optuna
 
         storage = optuna.storages.RDBStorage(optuna_storage)
-    searcher = TruthfulOptunaSearch(sampler=make_sampler(spec.search.seed, num_samples), study_name=name, storage=storage,
+    searcher = TruthfulOptunaSearch(sampler=make_sampler(spec.search.seed, num_samples, spec.search.sampler), study_name=name, storage=storage,
                                     warm=warm, enqueue=spec.enqueue)
     return ConcurrencyLimiter(searcher, max_concurrent=max_concurrent)
 
@@ -66,6 +68,7 @@ def status_reporter(spec: SearchSpec):
     from ray.tune import CLIReporter
 
     return CLIReporter(
-        metric_columns={M.EPOCH: "epoch", M.VAL_LOSS: "val_loss", M.SEARCH_METRIC: "best_val_loss", M.VAL_ACC: "val_acc"},
+        metric_columns={M.EPOCH: "epoch", M.VAL_LOSS: "val_loss", spec.search.objective.running: spec.search.objective.running,
+                        M.VAL_ACC: "val_acc", M.VAL_F1: "val_macro_f1"},
         parameter_columns={k.replace(".", "/"): k.split(".")[1] for k in spec.space},
         max_report_frequency=30, sort_by_metric=True, max_progress_rows=30, max_error_rows=10)

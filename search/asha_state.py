@@ -14,13 +14,13 @@ from . import ray_internals
 from .schema import REPORTED_AT, TIMESTAMP, M
 
 
-def replay(scheduler, trials, mode: str = M.OPT_MODE) -> dict[str, list[tuple[int, str]]]:
+def replay(scheduler, trials, objective: M.Objective = M.DEFAULT_OBJECTIVE) -> dict[str, list[tuple[int, str]]]:
     """Feed every trial's reported results to an ASHA scheduler in report order; returns the decision it took
     for each (trial, epoch). The scheduler must have one bracket (the default), or trial placement is unknowable."""
     bracket = ray_internals.asha_bracket(scheduler)
-    sign = -1.0 if mode == "min" else 1.0  # ASHA keeps rewards as 'higher is better'
-    events = sorted((r.get(REPORTED_AT, r.get(TIMESTAMP, 0)), r[M.EPOCH], t.trial_id, r[M.SEARCH_METRIC])
-                    for t in trials for r in t.results)
+    sign = -1.0 if objective.mode == "min" else 1.0  # ASHA keeps rewards as 'higher is better'
+    events = sorted((r.get(REPORTED_AT, r.get(TIMESTAMP, 0)), r[M.EPOCH], t.trial_id, r[objective.running])
+                    for t in trials for r in t.results if isinstance(r.get(objective.running), (int, float)))
     decisions: dict[str, list[tuple[int, str]]] = {}
     for _, epoch, trial_id, value in events:
         action = bracket.on_result(SimpleNamespace(trial_id=trial_id), epoch, sign * value)

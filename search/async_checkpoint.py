@@ -174,7 +174,7 @@ class AsyncCheckpointer:
         small = opt_state = None
         if state_epoch:
             small = {"scheduler": copy.deepcopy(t.scheduler.state_dict()), "epoch": t.epoch,
-                     "history": copy.deepcopy(t.history), "torch_rng": torch.get_rng_state()}
+                     "history": copy.deepcopy(t.history), "torch_rng": torch.get_rng_state(), "steps": t.steps}
             if t.scaler:
                 small["grad_scaler"] = copy.deepcopy(t.scaler.state_dict())
             opt_state = t.optimizer.state_dict()  # references to the live moments

@@ -240,7 +240,8 @@ def cmd_confirm(args) -> int:
 
     c = chosen(ev)
     print(f"confirmed: trial {term(c['trial_id'])}'s configuration, {c['epochs']} epochs (mean val_loss "
-          f"{c['val_loss_at_epochs']:.4f}, mean val_acc {c['val_acc_at_epochs']:.4f} over {c['runs']} seeds); "
+          f"{c['val_loss_at_epochs']:.4f}, mean val_acc {c['val_acc_at_epochs']:.4f}, mean val_macro_f1 "
+          f"{c['val_f1_at_epochs']:.4f} over {c['runs']} seeds); "
           f"{ev['trial_epochs']} trial-epochs. Evidence in {args.experiment}/confirm.json and `mmsa report "
           f"{args.experiment}`; `mmsa export {args.experiment} -o best.yaml` exports this choice")
     return 0
@@ -295,13 +296,14 @@ def cmd_export(args) -> int:
         c = info["confirm"]
         print(f"confirmed choice (`mmsa confirm`, mean of {len(c['seeds'] or [])} fresh seeds): the configuration "
               f"of trial {term(info['trial_id'])}, {term(info['best_epoch'])} epochs from the mean curve, mean val_loss "
-              f"{m['val_loss']:.4f}, mean val_acc {m['val_acc']:.4f}")
+              f"{m['val_loss']:.4f}, mean val_acc {m['val_acc']:.4f}, mean val_macro_f1 {m['val_macro_f1']:.4f}; "
+              f"optimised: {term(info['metric'])}")
     else:
         if info.get("outdated_confirmation"):
             print(f"note: {term(info['outdated_confirmation'])}")
-        print(f"best trial {term(info['trial_id'])}: epoch {term(info['best_epoch'])}, val_loss {m['val_loss']:.4f}, "
-              f"val_acc {m['val_acc']:.4f}")
-        earlier = better_in_earlier_stage(args.experiment, m["val_loss"])
+        print(f"best trial {term(info['trial_id'])} by {term(info['metric'])}: epoch {term(info['best_epoch'])}, val_loss "
+              f"{m['val_loss']:.4f}, val_acc {m['val_acc']:.4f}, val_macro_f1 {m['val_macro_f1']:.4f}")
+        earlier = better_in_earlier_stage(args.experiment, m[info["metric"]])
         if earlier:
             print(f"note: {term(earlier)}")
     print(f"wrote {args.output}; train the final model with "

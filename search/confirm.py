@@ -25,7 +25,7 @@ from model.config import Config
 
 from . import experiment, storage
 from .lock import ExperimentLock, describe, holder, read_lease
-from .results import TrialSummary, best_row_scores, load_trials
+from .results import TrialSummary, best_row_scores, load_trials, objective_of
 from .schema import FINISHED, M
 from .stats import compare
 
@@ -127,10 +127,11 @@ def _std(xs: list[float]) -> float:
 
 
 def evidence(exp: str) -> dict:
-    """What the confirmation found (see the module docstring); the chosen configuration has the lowest minimum of
-    its mean validation-loss curve."""
+    """What the confirmation found (see the module docstring); the chosen configuration has the best optimum of its
+    mean curve of the search's objective (search.metric; default: the lowest minimum of the mean val-loss curve)."""
     cexp = confirm_location(exp)
     cm = experiment.read_meta(cexp)
+    obj = objective_of(cm)
     trials = load_trials(cexp)
     by_key: dict[str, list[TrialSummary]] = {}
     for t in trials:
@@ -145,32 +146,35 @@ def evidence(exp: str) -> dict:
         runs = [t for t in runs if t.best is not None]
         if runs:
             length = min(len(t.results) for t in runs)
-            curve = [float(np.mean([t.results[e][M.VAL_LOSS] for t in runs])) for e in range(length)]
-            e = int(np.nanargmin(curve)) if any(math.isfinite(v) for v in curve) else 0
+            curve = [float(np.mean([t.results[e].get(obj.metric, math.nan) for t in runs])) for e in range(length)]
+            e = obj.best_index(curve)
             row |= {
                 "best_val_loss_mean": float(np.mean([t.best[M.VAL_LOSS] for t in runs])),
                 "best_val_loss_std": _std([t.best[M.VAL_LOSS] for t in runs]),
                 "best_val_acc_mean": float(np.mean([t.best[M.VAL_ACC] for t in runs])),
                 "best_val_acc_std": _std([t.best[M.VAL_ACC] for t in runs]),
-                "mean_curve": curve, "epochs": e + 1, "val_loss_at_epochs": curve[e],
+                "mean_curve": curve, "epochs": e + 1, "value_at_epochs": curve[e],
+                "val_loss_at_epochs": float(np.mean([t.results[e][M.VAL_LOSS] for t in runs])),
                 "val_acc_at_epochs": float(np.mean([t.results[e][M.VAL_ACC] for t in runs])),
                 "val_f1_at_epochs": float(np.mean([t.results[e][M.VAL_F1] for t in runs])),
                 "train_loss_at_epochs": float(np.mean([t.results[e][M.TRAIN_LOSS] for t in runs])),
+                **{f"{k}_at_epochs": float(np.mean([t.results[e].get(k, math.nan) for t in runs]))
+                   for k in (M.VAL_WF1, *M.VAL_RECALL.values())},
             }
             per_row = [best_row_scores(t) for t in runs]
             if per_row and all(p is not None and p[1] == per_row[0][1] for p in per_row):
                 scores[c["trial_id"]] = np.mean([p[0] for p in per_row], axis=0)  # mean accuracy per row over seeds
                 label_rows[c["trial_id"]] = per_row[0][1]
         rows.append(row)
-    ranked = [r for r in rows if "val_loss_at_epochs" in r and math.isfinite(r["val_loss_at_epochs"])]
-    chosen = min(ranked, key=lambda r: r["val_loss_at_epochs"]) if ranked else None
+    ranked = [r for r in rows if "value_at_epochs" in r and math.isfinite(r["value_at_epochs"])]
+    chosen = min(ranked, key=lambda r: obj.key(r["value_at_epochs"])) if ranked else None
     ivs = compare(scores, chosen["trial_id"] if chosen else None, label_rows)
     for r in rows:
         iv = ivs.get(r["trial_id"])
         r["val_acc_interval"] = [iv.lo, iv.hi] if iv else None
         r["tied"] = bool(iv.tied) if iv and iv.tied is not None else None
         r["chosen"] = r is chosen
-    return {"experiment": exp, "top": cm["top"], "seeds": cm["seeds"], "search_trials": cm.get("search_trials"),
+    return {"experiment": exp, "metric": obj.metric, "top": cm["top"], "seeds": cm["seeds"], "search_trials": cm.get("search_trials"),
             "trials": len(trials), "trial_epochs": sum(len(t.results) for t in trials),
             "chosen": chosen["trial_id"] if chosen else None, "candidates": rows}
 
@@ -186,21 +190,24 @@ def evidence_markdown(ev: dict) -> list[str]:
     lines = ["## Confirmation (`mmsa confirm`)", "",
              f"The top {len(ev['candidates'])} configurations re-trained with {md(ev['seeds'])} fresh seeds each "
              f"({md(ev['trials'])} trials, {md(ev['trial_epochs'])} trial-epochs, all epochs, no early stopping by ASHA). "
-             "Chosen: the lowest minimum of the mean validation-loss curve over seeds; its epoch count is where that "
-             "minimum is. Accuracy interval: 95% bootstrap over the validation rows of the per-row accuracy averaged "
+             + (f"Chosen: the best of the mean {md(ev['metric'])} curve over seeds (search.metric); its epoch count is where "
+                "that optimum is." if ev.get("metric", M.VAL_LOSS) != M.VAL_LOSS else
+                "Chosen: the lowest minimum of the mean validation-loss curve over seeds; its epoch count is where that "
+                "minimum is.") + " Accuracy interval: 95% bootstrap over the validation rows of the per-row accuracy averaged "
              "over seeds; tied: the paired interval of the difference to the chosen one contains 0.", "",
              "| search trial | search best val loss | seeds | best val loss (mean +/- std) | best val acc (mean +/- std) "
-             "| epochs | mean val loss at epochs | mean val acc at epochs | 95% interval | vs chosen |",
-             "|---|---|---|---|---|---|---|---|---|---|"]
+             "| epochs | mean val loss at epochs | mean val acc at epochs | mean val macro-F1 at epochs | 95% interval "
+             "| vs chosen |",
+             "|---|---|---|---|---|---|---|---|---|---|---|"]
     for c in ev["candidates"]:
         if "best_val_loss_mean" not in c:
-            lines.append(f"| {md(c['trial_id'], code=True)} | {c['search_best_val_loss']:.4f} | 0 | - | - | - | - | - | - | no result |")
+            lines.append(f"| {md(c['trial_id'], code=True)} | {c['search_best_val_loss']:.4f} | 0 | - | - | - | - | - | - | - | no result |")
             continue
         iv = c.get("val_acc_interval")
         mark = "**chosen**" if c.get("chosen") else {True: "tied", False: "not tied"}.get(c.get("tied"), "-")
         lines.append(f"| {md(c['trial_id'], code=True)} | {c['search_best_val_loss']:.4f} | {md(c['runs'])} | "
                      f"{c['best_val_loss_mean']:.4f} +/- {c['best_val_loss_std']:.4f} | "
                      f"{c['best_val_acc_mean']:.4f} +/- {c['best_val_acc_std']:.4f} | {md(c['epochs'])} | "
-                     f"{c['val_loss_at_epochs']:.4f} | {c['val_acc_at_epochs']:.4f} | "
+                     f"{c['val_loss_at_epochs']:.4f} | {c['val_acc_at_epochs']:.4f} | {c['val_f1_at_epochs']:.4f} | "
                      + (f"[{iv[0]:.3f}, {iv[1]:.3f}]" if iv else "-") + f" | {mark} |")
     return lines + [""]

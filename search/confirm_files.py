@@ -59,14 +59,22 @@ def checked_evidence(exp: str, trials: list) -> tuple[dict | None, str | None]:
     if foreign:
         return None, (f"{unused}: it names configurations that are not those of this search's trials "
                       f"({', '.join(map(str, foreign))})")
-    if _canonical(again) != _canonical(ev) or not again.get("chosen"):
+    if not _agrees(ev, again, top=True) or not again.get("chosen"):
         return None, f"{unused}: the trials of {cexp} do not give its numbers (written by something else, or edited)"
     return again, stale(exp, again, trials)
 
 
-def _canonical(ev: dict) -> str:
-    """What must match between the file and the recomputation (not the folder it was computed in: it may move)."""
-    return json.dumps({k: v for k, v in ev.items() if k != "experiment"}, sort_keys=True)
+def _agrees(claimed, recomputed, top: bool = False) -> bool:
+    """Whether every value the file states is what the recomputation gives. Keys the recomputation has and the file
+    lacks are allowed (a confirmation written by an older mmsa, before a metric was added: what is used is the
+    recomputation anyway); the folder it was computed in is not compared (it may have moved)."""
+    if isinstance(claimed, dict):
+        return isinstance(recomputed, dict) and all(
+            k in recomputed and _agrees(v, recomputed[k]) for k, v in claimed.items() if not (top and k == "experiment"))
+    if isinstance(claimed, list):
+        return isinstance(recomputed, list) and len(claimed) == len(recomputed) and all(
+            _agrees(a, b) for a, b in zip(claimed, recomputed))
+    return json.dumps(claimed) == json.dumps(recomputed)  # exact, as JSON wrote it (NaN == NaN, 1 != 1.0 != True)
 
 
 def chosen(ev: dict) -> dict:
@@ -81,9 +89,10 @@ def config_key(config: dict) -> str:
 
 
 def candidates(trials: list, top: int) -> list[dict]:
-    """The top `top` distinct configurations by best val loss (errored trials and trials without a result left out)."""
+    """The top `top` distinct configurations by the search's objective (errored trials and trials without a result
+    left out)."""
     out, seen = [], set()
-    for t in sorted((t for t in trials if t.usable), key=lambda t: t.best[M.VAL_LOSS]):
+    for t in sorted((t for t in trials if t.usable), key=lambda t: t.score):
         k = config_key(t.config)
         if k not in seen:
             seen.add(k)

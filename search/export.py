@@ -17,7 +17,7 @@ from .async_checkpoint import POINTER_FILE, best_name
 from .checkpoint_retention import METRICS_FILE, PIN_FILE
 from .experiment import read_meta, same_data
 from .lock import describe, holder, read_lease
-from .results import accuracy_intervals, best_of, best_trial, load_trials, warm_stages
+from .results import accuracy_intervals, best_of, best_trial, load_trials, objective_of, warm_stages
 from .schema import CHECKPOINT_DIR_NAME, M
 
 
@@ -37,6 +37,8 @@ class ExportSection:
     experiment: str = opt("", "the search's experiment directory")
     trial_id: str = opt("", "the best trial")
     best_epoch: int = opt(0, "the best trial's best epoch; `mmsa train --config` trains this many epochs", lo=0, hi=1000)
+    metric: str = opt(M.VAL_LOSS, "what the search optimised (search.metric): the best trial, its best epoch and "
+                      "`mmsa confirm`'s choice are by this metric", choices=tuple(M.OBJECTIVES))
     metrics: dict = opt(None, "the best epoch's validation metrics")
     checkpoint: str | None = opt(None, "the best epoch's weights folder (`mmsa predict --model` reads it), or its "
                                  "checkpoint, while the search keeps it")
@@ -83,25 +85,28 @@ def export_best(exp_dir: str | Path, out: str | Path) -> dict:
         write_file(f"{path}/{PIN_FILE}", json.dumps({"pinned_by": "mmsa export", "at": time.time()}).encode(), fs)
         ck = ck if storage.is_file(fs, f"{path}/{METRICS_FILE}") else None
     cfg = Config.from_dict(t.config, source=f"{t.path / 'params.json'}")
-    info = {"experiment": exp, "trial_id": t.trial_id, "best_epoch": int(b[M.EPOCH]),
-            "metrics": {k: float(b[k]) for k in (M.VAL_LOSS, M.VAL_ACC, M.VAL_F1, M.TRAIN_LOSS)},
+    info = {"experiment": exp, "trial_id": t.trial_id, "best_epoch": int(b[M.EPOCH]), "metric": t.objective.metric,
+            "metrics": {k: float(b[k]) for k in (*M.VAL_METRICS, M.TRAIN_LOSS) if isinstance(b.get(k), (int, float))},
             "checkpoint": ck,
             "data_dir": meta["data_dir"], "data_fingerprint": meta["data_fingerprint"], **interval_info(trials, t.trial_id)}
     save_config(cfg, out, extras={SECTION: info})
     return {**info, "outdated_confirmation": outdated} if outdated else info
 
 
-def better_in_earlier_stage(exp_dir: str | Path, val_loss: float) -> str | None:
+def better_in_earlier_stage(exp_dir: str | Path, value: float) -> str | None:
     """A warm-started search (`mmsa refine`, `--warm-start`) exports its own best trial; where a search it started
-    from, on the same data, has a lower best val loss, a line saying which and how to export it."""
+    from, on the same data, has a better best value of this search's objective (`value`: the export's), a line
+    saying which and how to export it."""
     meta = read_meta(storage.normalize(exp_dir))
-    found = [(b.best[M.VAL_LOSS], b.trial_id, src["experiment"]) for src, smeta, strials, _ in warm_stages(meta)
+    obj = objective_of(meta)
+    found = [(obj.key(v), v, b.trial_id, src["experiment"]) for src, smeta, strials, _ in warm_stages(meta)
              if smeta is not None and same_data(meta, smeta)  # not: --warm-start-any-data, or replaced since
-             for b in [best_of(strials)] if b is not None and b.best[M.VAL_LOSS] < val_loss]
+             for b in [best_of([dataclasses.replace(t, objective=obj) for t in strials])] if b is not None
+             for v in [obj.value(b.best)] if v is not None and obj.key(v) < obj.key(value)]
     if not found:
         return None
-    loss, tid, src = min(found)
-    return (f"an earlier stage has a better trial: {tid} of {src} (best val_loss {loss:.4f}); this "
+    _, loss, tid, src = min(found)
+    return (f"an earlier stage has a better trial: {tid} of {src} (best {obj.metric} {loss:.4f}); this "
             f"export is this search's own best. `mmsa export {src}` exports that one (`mmsa report` compares the "
             "stages)")
 
@@ -111,8 +116,11 @@ def export_confirmed(exp: str, meta: dict, c: dict, ev: dict, out: str | Path) -
     the confirmation's seeds at that epoch. No checkpoint: no single run is the chosen one."""
     cfg = Config.from_dict(c["config"], source=f"{exp}/confirm.json")
     info = {"experiment": exp, "trial_id": c["trial_id"], "best_epoch": int(c["epochs"]),
+            "metric": ev.get("metric", M.VAL_LOSS),
             "metrics": {M.VAL_LOSS: c["val_loss_at_epochs"], M.VAL_ACC: c["val_acc_at_epochs"],
-                        M.VAL_F1: c["val_f1_at_epochs"], M.TRAIN_LOSS: c["train_loss_at_epochs"]},
+                        M.VAL_F1: c["val_f1_at_epochs"], M.TRAIN_LOSS: c["train_loss_at_epochs"],
+                        **{k: c[f"{k}_at_epochs"] for k in (M.VAL_WF1, *M.VAL_RECALL.values())
+                           if isinstance(c.get(f"{k}_at_epochs"), float) and c[f"{k}_at_epochs"] == c[f"{k}_at_epochs"]}},
             "checkpoint": None, "data_dir": meta["data_dir"], "data_fingerprint": meta["data_fingerprint"],
             "val_acc_interval": c.get("val_acc_interval"),
             "tied": sorted(o["trial_id"] for o in ev["candidates"] if o.get("tied")),

@@ -47,9 +47,9 @@ def default_name(exp: str) -> str:
 
 
 def ranked(trials: list[TrialSummary]) -> list[TrialSummary]:
-    """Finished trials with a result, best first (the search metric: best val loss)."""
+    """Finished trials with a result, best first (by the search's objective, search.metric)."""
     done = [t for t in trials if t.state == "TERMINATED" and t.best is not None]
-    return sorted(done, key=lambda t: (t.best[M.VAL_LOSS], t.trial_id))
+    return sorted(done, key=lambda t: (t.score, t.trial_id))
 
 
 def _outward(x: float, up: bool) -> float:
@@ -97,13 +97,14 @@ def stable_from(curves: list[list[float]]) -> int | None:
 
 
 def grace_from_curves(top: list[TrialSummary], epochs: int, old: int) -> tuple[int, str]:
-    curves = [[r[M.SEARCH_METRIC] for r in t.results] for t in top]
+    curves = [[t.objective.key(v) if isinstance(v, (int, float)) else math.inf
+               for r in t.results for v in [r.get(t.objective.running)]] for t in top]
     g = stable_from(curves)
     if g is None:
         return min(max(old, 1), epochs), f"grace_period {old} kept (fewer than two top curves)"
     g = min(max(g, 1), epochs)
     n = min(len(c) for c in curves)
-    return g, (f"grace_period {g}: the best val loss of {', '.join(t.trial_id for t in top)} keeps its order from "
+    return g, (f"grace_period {g}: the {top[0].objective.running} of {', '.join(t.trial_id for t in top)} keeps its order from "
                f"epoch {g} to {n}")
 
 

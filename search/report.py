@@ -14,7 +14,7 @@ from data_pipeline.printable import md, md_block, term  # noqa: E402
 from . import storage  # noqa: E402
 from .experiment import local_copy, read_meta, same_data  # noqa: E402
 from .results import (TrialSummary, accuracy_intervals, best_of, best_trial, config_value, load_trials,  # noqa: E402
-                      status_table, warm_stages)
+                      metric_text, status_table, warm_stages)
 from .schema import FINISHED, REPORTED_AT, TIMESTAMP, M  # noqa: E402
 
 
@@ -24,7 +24,7 @@ def _stopped_by_asha(t: TrialSummary) -> bool:
 
 def plot_learning_curves(trials: list[TrialSummary], path: Path) -> None:
     """The lab's figure for every trial: train and val loss per epoch; ASHA-stopped trials end in an x."""
-    ranked = sorted((t for t in trials if t.best is not None), key=lambda t: t.best[M.VAL_LOSS])  # all-NaN: no curve
+    ranked = sorted((t for t in trials if t.best is not None), key=lambda t: t.score)  # all-NaN: no curve
     fig, axes = plt.subplots(1, 2, figsize=(12, 4.8), sharex=True)
     cmap = plt.get_cmap("viridis")
     for i, t in enumerate(ranked):
@@ -44,7 +44,7 @@ def plot_learning_curves(trials: list[TrialSummary], path: Path) -> None:
     axes[1].plot([], [], "x", color="red", mew=2, label="stopped by ASHA")
     axes[1].legend(loc="upper right")
     sm = plt.cm.ScalarMappable(cmap=cmap, norm=plt.Normalize(1, max(len(ranked), 2)))
-    fig.colorbar(sm, ax=axes, label="rank by best val loss (1 = best)")
+    fig.colorbar(sm, ax=axes, label=f"rank by best {ranked[0].objective.metric if ranked else M.VAL_LOSS} (1 = best)")
     fig.suptitle(f"learning curves of {len(ranked)} trials")
     fig.savefig(path, dpi=110, bbox_inches="tight")
     plt.close(fig)
@@ -89,14 +89,16 @@ def _study(trials: list[TrialSummary], space: dict):
                       "randint": lambda a: IntDistribution(a[0], a[1] - 1),
                       "choice": lambda a: CategoricalDistribution(a)}[kind](args)
     optuna.logging.set_verbosity(optuna.logging.WARNING)
-    study = optuna.create_study(direction="minimize")
+    obj = trials[0].objective if trials else M.DEFAULT_OBJECTIVE
+    study = optuna.create_study(direction="minimize" if obj.mode == "min" else "maximize")
     for t in trials:
-        if t.best is None or t.state == "ERROR":  # no epoch with a finite val loss: nothing to tell Optuna
+        if t.best is None or t.state == "ERROR":  # no epoch with a finite objective value: nothing to tell Optuna
             continue
         params = {k: config_value(t.config, k) for k in dists}
         try:
-            study.add_trial(optuna.trial.create_trial(params=params, distributions=dists, value=t.best[M.VAL_LOSS],
-                                                      intermediate_values={r[M.EPOCH]: r[M.BEST_VAL_LOSS] for r in t.results}))
+            study.add_trial(optuna.trial.create_trial(params=params, distributions=dists, value=obj.value(t.best),
+                                                      intermediate_values={r[M.EPOCH]: r[obj.running] for r in t.results
+                                                                           if isinstance(r.get(obj.running), (int, float))}))
         except (ValueError, TypeError):  # a value outside the space (params.json edited): not plottable against it
             continue
     return study
@@ -118,11 +120,13 @@ def plot_hyperparameters(trials: list[TrialSummary], space: dict, out: Path) -> 
         return figs
     # Log scale: one diverged trial (loss 50) would otherwise flatten every other point onto the axis.
     target, tname = (lambda t: float(np.log10(t.value))), "log10 best val loss"
-    jobs = [("importance.png", "hyperparameter importance (PED-ANOVA) for log10 best val loss",
+    if trials and trials[0].objective.metric != M.VAL_LOSS:  # accuracy and F1 lie in [0, 1]: no outlier to tame
+        target, tname = (lambda t: float(t.value)), f"best {trials[0].objective.metric}"
+    jobs = [("importance.png", f"hyperparameter importance (PED-ANOVA) for {tname}",
              lambda: ovm.plot_param_importances(study, evaluator=PedAnovaImportanceEvaluator(), target=target, target_name=tname)),
-            ("slice.png", "log10 best val loss against each hyperparameter (colour = trial number)",
+            ("slice.png", f"{tname} against each hyperparameter (colour = trial number)",
              lambda: ovm.plot_slice(study, target=target, target_name=tname)),
-            ("parallel.png", "parallel coordinates (colour = log10 best val loss, darker = better)",
+            ("parallel.png", f"parallel coordinates (colour = {tname}, darker = better)",
              lambda: ovm.plot_parallel_coordinate(study, target=target, target_name=tname))]
     for name, caption, make in jobs:
         try:
@@ -205,8 +209,11 @@ def write_report(exp_dir: str | Path, ablation: str | Path | None = None) -> Pat
              f"{md(meta['num_samples'])} trials requested, started {md(meta['created'])}.", ""]
     try:
         b = best_trial(exp, trials)
-        lines += ["## Best trial", "", f"Trial {md(b.trial_id, code=True)}: best val loss **{b.best[M.VAL_LOSS]:.4f}** at epoch "
-                  f"{b.best[M.EPOCH]} (val acc {b.best[M.VAL_ACC]:.4f}, macro-F1 {b.best[M.VAL_F1]:.4f}).", "",
+        obj = b.objective
+        lines += ["## Best trial", "", f"Trial {md(b.trial_id, code=True)}: best {md(obj.metric)} **{b.best[obj.metric]:.4f}** "
+                  f"at epoch {b.best[M.EPOCH]} (optimised: {md(obj.metric)}, search.metric). Its validation metrics there:", "",
+                  "| " + " | ".join(M.VAL_METRICS) + " |", "|" + "---|" * len(M.VAL_METRICS),
+                  "| " + " | ".join(metric_text(b.best, k) for k in M.VAL_METRICS) + " |", "",
                   "| hyperparameter | value |", "|---|---|"]
         lines += [f"| {md(k)} | {md(config_value(b.config, k))} |" for k in meta["spec"]["space"]]
         ivs = accuracy_intervals(trials)

@@ -6,7 +6,6 @@ needs no running Ray and works on a copy of the experiment directory.
 from __future__ import annotations
 
 import json
-import math
 
 import numpy as np
 from dataclasses import dataclass, field
@@ -32,16 +31,21 @@ class TrialSummary:
     results: list[dict] = field(default_factory=list)
     error: str = ""
     failures: int = 0
+    objective: M.Objective = M.DEFAULT_OBJECTIVE  # the search's search.metric: what "best" means
 
     @property
     def best(self) -> dict | None:
-        # A nan or inf val_loss is never "best" (nan compares false with everything, so min() could pick it).
-        finite = [r for r in self.results if isinstance(r.get(M.VAL_LOSS), (int, float)) and math.isfinite(r[M.VAL_LOSS])]
-        return min(finite, key=lambda r: r[M.VAL_LOSS]) if finite else None
+        """The best epoch's row by the objective; a nan or inf value is never best."""
+        return self.objective.best_row(self.results)
+
+    @property
+    def score(self) -> float:
+        """The best epoch's objective value as a sort key (smaller is better); only for usable trials."""
+        return self.objective.key(self.objective.value(self.best))
 
     @property
     def usable(self) -> bool:
-        """Whether a selection may pick it: not errored, with an epoch of finite val loss."""
+        """Whether a selection may pick it: not errored, with an epoch of finite objective value."""
         return self.state != "ERROR" and self.best is not None
 
     @property
@@ -78,8 +82,15 @@ def _error_reason(trial_dir: Path) -> str:
     return lines[-1][:300] if lines else "error"
 
 
+def objective_of(meta: dict) -> M.Objective:
+    """The objective a search's metadata names (search.metric); searches from before the setting: val loss."""
+    spec = meta.get("spec") if isinstance(meta, dict) else None
+    search = spec.get("search") if isinstance(spec, dict) else None
+    return M.objective(search.get("metric") if isinstance(search, dict) and isinstance(search.get("metric"), str) else None)
+
+
 def load_trials(exp_dir: str | Path) -> list[TrialSummary]:
-    read_meta(exp_dir)  # refuses directories that are not searches
+    objective = objective_of(read_meta(exp_dir))  # read_meta refuses directories that are not searches
     exp = local_dir(exp_dir)
     states = _states(exp)
     fs, root = storage.filesystem(exp)
@@ -102,7 +113,7 @@ def load_trials(exp_dir: str | Path) -> list[TrialSummary]:
         st = states.get(tid, {"state": "PENDING", "failures": 0})
         # A trial resumed after a crash may repeat the epoch that was in flight (same numbers: the loop is
         # deterministic per epoch); by_epoch keeps one row per epoch, the latest.
-        trials.append(TrialSummary(tid, d, params, st["state"], rows, _error_reason(d), st["failures"]))
+        trials.append(TrialSummary(tid, d, params, st["state"], rows, _error_reason(d), st["failures"], objective))
     return trials
 
 
@@ -126,16 +137,18 @@ def status_table(exp_dir: str | Path) -> str:
     meta = read_meta(exp_dir)
     trials = load_trials(exp_dir)
     keys = _space_keys(meta)
-    head = ["trial", "state", *[k.split(".")[1] for k in keys], "epochs", "best val_loss", "val_acc [95% interval]",
-            "vs best", "best epoch", "error"]
+    obj = objective_of(meta)
+    head = ["trial", "state", *[k.split(".")[1] for k in keys], "epochs", f"best {obj.metric}",
+            *(k for k in STATUS_METRICS if k != obj.metric), "val_acc [95% interval]", "vs best", "best epoch", "error"]
     rows = []
     ivs = accuracy_intervals(trials)
-    for t in sorted(trials, key=lambda t: (t.best is None, t.best[M.VAL_LOSS] if t.best else 0)):
+    for t in sorted(trials, key=lambda t: (t.best is None, t.score if t.best else 0)):
         b = t.best
         vals = [f"{v:.3g}" if isinstance(v, float) else str(v) for v in (config_value(t.config, k) for k in keys)]
         iv = ivs.get(t.trial_id)
         acc = iv.fmt() if iv else f"{b[M.VAL_ACC]:.4f}" if b else "-"
-        rows.append([t.trial_id, t.state, *vals, str(len(t.results)), f"{b[M.VAL_LOSS]:.4f}" if b else "-",
+        rows.append([t.trial_id, t.state, *vals, str(len(t.results)), metric_text(b, obj.metric),
+                     *(metric_text(b, k) for k in STATUS_METRICS if k != obj.metric),
                      acc, tie_mark(iv), str(b[M.EPOCH]) if b else "-", t.error or ""])
     head, rows = [term(x) for x in head], [[term(x) for x in r] for r in rows]  # one row per line, no escapes
     widths = [max(len(str(x)) for x in col) for col in zip(head, *rows)]
@@ -144,6 +157,8 @@ def status_table(exp_dir: str | Path) -> str:
     summary = f"{term(meta['name'])}: {len(trials)} of {term(meta['num_samples'])} trials started, {done} terminated, " \
               f"{sum(t.state == 'ERROR' for t in trials)} errored; data {term(meta['data_dir'])}"
     summary += f"\n{term(budget_line(exp_dir, trials))}"
+    summary += (f"\noptimised: {term(obj.metric)} ({'lowest' if obj.mode == 'min' else 'highest'} is best; search.metric); "
+                "the best epoch of each trial is the one with the best " + term(obj.metric))
     for src in warm_sources(meta):
         summary += (f"\nwarm-started from {term(src['experiment'])}: {len(src.get('trials') or [])} of its trials given to "
                     "Optuna first" + (" (`mmsa refine`: stage 2; `mmsa report` shows both stages)"
@@ -157,9 +172,18 @@ def status_table(exp_dir: str | Path) -> str:
     return "\n".join([summary, fmt(head), *(fmt(r) for r in rows)])
 
 
+STATUS_METRICS = (M.VAL_LOSS, M.VAL_F1, M.VAL_WF1, *M.VAL_RECALL.values())  # val_acc has its own interval column
+
+
+def metric_text(row: dict | None, key: str) -> str:
+    """A best row's metric for a table: '-' where absent (a trial from before the metric existed)."""
+    v = (row or {}).get(key)
+    return f"{v:.4f}" if isinstance(v, (int, float)) and not isinstance(v, bool) else "-"
+
+
 def best_of(trials: list[TrialSummary]) -> TrialSummary | None:
     ok = [t for t in trials if t.usable]
-    return min(ok, key=lambda t: t.best[M.VAL_LOSS]) if ok else None
+    return min(ok, key=lambda t: t.score) if ok else None
 
 
 def best_trial(exp_dir: str | Path, trials: list[TrialSummary] | None = None) -> TrialSummary:
@@ -197,8 +221,8 @@ def accuracy_intervals(trials: list[TrialSummary]) -> dict[str, Interval]:
     (the one `mmsa export` picks); only trials whose best epoch kept its validation predictions."""
     scored = {t.trial_id: best_row_scores(t) for t in trials if t.state != "ERROR"}
     scored = {k: v for k, v in scored.items() if v is not None}
-    usable = [t for t in trials if t.trial_id in scored]
-    ref = min(usable, key=lambda t: t.best[M.VAL_LOSS]).trial_id if usable else None
+    ref = best_of([t for t in trials if t.trial_id in scored])
+    ref = ref.trial_id if ref else None
     return compare({k: v[0] for k, v in scored.items()}, ref, {k: v[1] for k, v in scored.items()})
 
 

@@ -21,6 +21,7 @@ import math
 from pathlib import Path
 
 from data_pipeline.errors import UserError
+from model import metrics as M
 from model.config import Config, build_section, opt, read_yaml
 
 DISTRIBUTIONS = ("loguniform", "uniform", "randint", "choice")
@@ -29,7 +30,12 @@ TOP_KEYS = ("space", "fixed", "search", "enqueue")
 
 @dataclass
 class SearchConfig:
-    seed: int = opt(0, "seed of Optuna's TPE sampler", lo=0)
+    metric: str = opt(M.VAL_LOSS, "what the search optimises: ASHA and Optuna compare trials by its best value so far, "
+                      "the best trial, `mmsa confirm`'s choice and `mmsa export` use its best epoch; val_loss is "
+                      "minimised, val_acc and val_macro_f1 maximised", choices=tuple(M.OBJECTIVES))
+    seed: int = opt(0, "seed of Optuna's sampler", lo=0)
+    sampler: str = opt("tpe", "how Optuna proposes trials: tpe (models the results so far) or random (what TPE adds "
+                       "is measured against it)", choices=("tpe", "random"))
     grace_period: int = opt(1, "ASHA: epochs every trial runs before it can be stopped", lo=1)
     reduction_factor: int = opt(2, "ASHA: keep the best 1/reduction_factor of trials at each rung", lo=2)
     keep_checkpoints: int = opt(2, "checkpoints kept per trial, the best by val_loss; the two newest are kept too", lo=1)
@@ -49,6 +55,10 @@ class SearchConfig:
                               "per trial")
     keep_best_trials: int = opt(3, "finished trials whose best-epoch weights stay on storage (async); the others "
                                 "keep only their results", lo=0, hi=100_000)
+
+    @property
+    def objective(self) -> M.Objective:
+        return M.objective(self.metric)
 
 
 @dataclass

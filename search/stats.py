@@ -93,10 +93,11 @@ def compare(scores: dict[str, np.ndarray], ref: str | None = None, rows: dict[st
 
 
 def val_predictions(row: dict, pred, labels: str) -> dict:
-    """The validation predictions a trial reports with an epoch: only when it is the trial's best so far (so its
-    best epoch always carries them; search/schema.py names the keys)."""
+    """The validation predictions a trial reports with an epoch: only when it is the trial's best so far by any
+    search objective (so its best epoch carries them whatever search.metric is; search/schema.py names the keys)."""
     from .schema import VAL_LABEL, VAL_PRED, M
 
-    if pred is None or row[M.VAL_LOSS] > row[M.BEST_VAL_LOSS]:
+    if pred is None or not any(o.value(row) is not None and o.value(row) == row.get(o.running)
+                               for o in M.OBJECTIVES.values()):
         return {}
     return {VAL_PRED: encode_classes(pred), VAL_LABEL: labels}

@@ -32,11 +32,12 @@ def told_before(study, ot_trial) -> bool:
     return any(t.number == ot_trial.number for t in finished)
 
 
-def optuna_state(result: dict | None, error: bool) -> tuple[TrialState, float | None]:
-    if error or not result or result.get(M.SEARCH_METRIC) is None:
+def optuna_state(result: dict | None, error: bool, metric: str = M.SEARCH_METRIC) -> tuple[TrialState, float | None]:
+    """metric: the objective's running best (the Tuner's metric)."""
+    if error or not result or result.get(metric) is None:
         return TrialState.FAIL, None
     if result.get(FINISHED):
-        return TrialState.COMPLETE, float(result[M.SEARCH_METRIC])
+        return TrialState.COMPLETE, float(result[metric])
     return TrialState.PRUNED, None
 
 
@@ -109,13 +110,14 @@ class TruthfulOptunaSearch(OptunaSearch):
             # before it (a finished trial restored by `mmsa resume`, search/ended_trial.py)
             done.add(trial_id)
             return
-        state, value = optuna_state(result, error)
+        metric = self._metric or M.SEARCH_METRIC  # set by Ray from the Tuner's metric (search.metric)
+        state, value = optuna_state(result, error, metric)
         if state == TrialState.PRUNED and result.get(TRAINING_ITERATION):
             # Ray does not pass the result that made ASHA stop a trial to on_trial_result: report it here, so TPE
             # sees how far the trial got and how good it was then.
             ot_trial = ot_trials[trial_id]
             if result[TRAINING_ITERATION] not in intermediate_values(ot_trial):
-                ot_trial.report(float(result[M.SEARCH_METRIC]), result[TRAINING_ITERATION])
+                ot_trial.report(float(result[metric]), result[TRAINING_ITERATION])
         try:
             optuna_study(self).tell(ot_trials[trial_id], value, state=state)
         except Exception as e:  # e.g. a NaN loss: Optuna refuses it; the trial stays out of the model

@@ -169,7 +169,7 @@ def run_search(spec: SearchSpec, num_samples: int, name: str, storage_dir: str =
         tuner = tune.Tuner(
             trainable_with(data, resources, checkpointing(spec)),
             param_space=param_space,
-            tune_config=tune.TuneConfig(metric=M.SEARCH_METRIC, mode=M.OPT_MODE, num_samples=num_samples,
+            tune_config=tune.TuneConfig(metric=spec.search.objective.running, mode=spec.search.objective.mode, num_samples=num_samples,
                                         search_alg=search_alg,
                                         scheduler=scheduler, trial_dirname_creator=trial_dirname,
                                         # warm workers: start-up (imports, weights) once per process, not per trial
@@ -225,5 +225,5 @@ def resume_search(exp_dir: str | Path, *, address: str | None = None, verbose: i
         tuner = tune.Tuner.restore(exp, trainable=trainable_with(data, meta["resources"], checkpointing(spec)),
                                    resume_unfinished=True, resume_errored=True)
         if not meta.get("fixed_trials"):  # `mmsa confirm` runs without ASHA: nothing to replay
-            replay(ray_internals.restored_scheduler(tuner), load_trials(exp))
+            replay(ray_internals.restored_scheduler(tuner), load_trials(exp), spec.search.objective)
         return _fit(tuner, ray_internals.restored_callbacks(tuner), exp)

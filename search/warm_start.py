@@ -73,14 +73,14 @@ def warm_trial(source: str, t, spec: SearchSpec) -> tuple[WarmTrial | None, str]
     why = outside(t.config, spec)
     if why:
         return None, f"outside the space: {why}"
-    rows = [r for r in t.results if isinstance(r.get(M.SEARCH_METRIC), (int, float))
-            and math.isfinite(r[M.SEARCH_METRIC])]
+    running = spec.search.objective.running  # the new search's objective: the value its Optuna study compares
+    rows = [r for r in t.results if isinstance(r.get(running), (int, float)) and math.isfinite(r[running])]
     if not rows:
         return None, "no finite result"
-    inter = {int(r.get(TRAINING_ITERATION, r[M.EPOCH])): float(r[M.SEARCH_METRIC]) for r in rows}
+    inter = {int(r.get(TRAINING_ITERATION, r[M.EPOCH])): float(r[running]) for r in rows}
     last = t.results[-1]
     complete = bool(last.get(FINISHED))
-    value = float(last[M.SEARCH_METRIC]) if complete and last in rows else None
+    value = float(last[running]) if complete and last in rows else None
     if complete and value is None:
         return None, "no finite result"
     params = {k: (t.config.get(k.split(".")[0]) or {}).get(k.split(".")[1]) for k in spec.space}

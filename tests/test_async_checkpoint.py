@@ -22,6 +22,7 @@ class FakeTrainer:
         self.scaler = None
         self.epoch = 0
         self.history = []
+        self.steps = 0  # optimizer steps (the warm-up clock)
         self.cfg = None
         self.before_step = None
 

@@ -53,3 +53,36 @@ def test_refine_bench_runs_small(tmp_path):
                        capture_output=True, text=True, timeout=900)
     assert r.returncode == 0, r.stderr[-3000:]
     assert "seed 0: coarse+refine" in r.stdout and "| 0 |" in r.stdout and "grace_period" in r.stdout
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(1800)  # two searches and two confirmations through Ray: 5 min alone, 14 min on a loaded 2-core VM
+def test_real_task_bench_smoke_and_continue(tmp_path):
+    """bench/real_task.py --smoke: every method runs on a stratified held-out split and is judged; run again, it
+    reads the finished runs back instead of training them again."""
+    cmd = [sys.executable, str(ROOT / "bench" / "real_task.py"), "--smoke", "--work", str(tmp_path)]
+    r = subprocess.run(cmd, capture_output=True, text=True, timeout=1700, cwd=ROOT)
+    assert r.returncode == 0, r.stderr[-3000:]
+    for method in ("lab final", "lab procedure", "TPE+ASHA+confirm seed 0", "random+ASHA+confirm seed 0"):
+        assert f"| {method} |" in r.stdout, r.stdout[-3000:]
+    assert "macro-F1" in r.stdout and "recall positive/neutral/negative" in r.stdout
+    held = (tmp_path / "heldout" / "train.txt").read_text().splitlines()[1:]
+    search = (tmp_path / "search" / "train.txt").read_text().splitlines()[1:]
+    assert len(held) == 30 and not set(held) & set(search)
+    full = (tmp_path / "full" / "train.txt").read_text().splitlines()[1:]
+    for tag in ("positive", "neutral", "negative"):  # stratified: each class in its share, within one row
+        share = sum(r.endswith(tag) for r in full) / len(full) * 30
+        assert abs(sum(r.endswith(tag) for r in held) - share) < 1
+    again = subprocess.run(cmd, capture_output=True, text=True, timeout=300, cwd=ROOT)
+    assert again.returncode == 0 and "search tpe0:" not in again.stdout + again.stderr
+    assert again.stdout.split("held-out:")[1].splitlines()[1:] == r.stdout.split("held-out:")[1].splitlines()[1:]
+
+
+def test_stratified_heldout_split():
+    sys.path.insert(0, str(ROOT / "bench"))
+    from real_task import stratified_heldout
+
+    tags = ["positive"] * 1433 + ["negative"] * 716 + ["neutral"] * 251
+    out = stratified_heldout(tags, 600)
+    assert len(out) == 600 and out == stratified_heldout(tags, 600)  # fixed
+    assert [sum(tags[i] == t for i in out) for t in ("positive", "negative", "neutral")] == [358, 179, 63]

@@ -342,6 +342,18 @@ def test_genuine_evidence_is_exported(confirmed, capsys):
     assert doc["search"]["selection"] == "confirmed" and doc["search"]["trial_id"] == "b"
 
 
+def test_evidence_from_an_older_mmsa_without_newer_keys_is_exported(confirmed, capsys):
+    """A confirmation written before a metric was added lacks keys the recomputation has: still evidence, since each
+    value it does state is reproduced (what is exported is the recomputation)."""
+    ev = json.loads((confirmed / EVIDENCE).read_text())
+    ev.pop("metric", None)
+    for c in ev["candidates"]:
+        c.pop("val_f1_at_epochs", None)
+    (confirmed / EVIDENCE).write_text(json.dumps(ev))
+    doc, _ = _export(confirmed, capsys)
+    assert doc["search"]["selection"] == "confirmed" and doc["search"]["trial_id"] == "b"
+
+
 def test_forged_evidence_without_a_confirmation_is_not_exported(tmp_path, capsys):
     exp = fake_experiment(tmp_path)
     plant_forged_confirm(exp)

