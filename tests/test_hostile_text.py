@@ -10,6 +10,7 @@ from data_pipeline.printable import md, md_block, term
 from model.config import Config
 from search import experiment
 from search.cli import main
+from search.schema import M
 from tests.test_intervals import fake_experiment, rows_with, write_trial
 
 # Hostile strings a folder from someone else may hold in any text field (the lead's planted-files table takes these).
@@ -101,7 +102,7 @@ def test_status_export_report_with_hostile_text(tmp_path, capsys, s):
 
     assert main(["export", str(exp), "-o", str(tmp_path / "best.yaml")]) == 0
     out = capsys.readouterr().out
-    assert not CONTROL.search(out) and f"best trial {term(s)}: epoch 2" in out
+    assert not CONTROL.search(out) and f"best trial {term(s)} by val_loss: epoch 2" in out
 
     assert main(["report", str(exp)]) == 0
     text = (exp / "report.md").read_text()
@@ -114,7 +115,8 @@ def test_status_export_report_with_hostile_text(tmp_path, capsys, s):
     assert heads == ["Best trial", "Learning curves", "Search progress", "Hyperparameter effects", "Trials"]
     assert html.count("<pre>") == 1  # the status table stayed one block
     for row in re.findall(r"<tr>(.*?)</tr>", html, re.S):
-        assert row.count("<td>") in (0, 2)  # the hyperparameter table: two cells in every row
+        # the best trial's metrics table (one cell per metric) and the hyperparameter table (two cells per row)
+        assert row.count("<td>") in (0, 2, len(M.VAL_METRICS))
 
 
 @pytest.mark.parametrize("buffered", [True, False])  # output written at exit's flush, or by each print
