@@ -59,13 +59,20 @@ def _names(path: str | Path, root: str | Path | None) -> tuple[str, list[str]]:
     return root_real, names
 
 
+def plain_name(name) -> list[str] | None:
+    """The parts of a relative name (read from a file) that cannot leave the folder it is joined to: a non-empty
+    string, not absolute, no `..`, no NUL, no backslash; None for any other."""
+    if not isinstance(name, str) or not name or "\0" in name or "\\" in name or name.startswith("/") or "://" in name:
+        return None
+    parts = [p for p in name.split("/") if p not in ("", ".")]
+    return parts if parts and ".." not in parts else None
+
+
 def inside(root: str | Path, name: str) -> Path | None:
     """root/name when the name (read from a file: a checkpoint folder, a path) stays inside root: relative, no `..`,
     no link below the root on the way; None otherwise."""
-    if not isinstance(name, str) or not name or "\0" in name or os.path.isabs(name):
-        return None
-    parts = [p for p in name.split("/") if p not in ("", ".")]
-    if not parts or ".." in parts:
+    parts = plain_name(name)
+    if parts is None:
         return None
     target = Path(root, *parts)
     try:

@@ -20,6 +20,7 @@ import yaml
 
 from data_pipeline.atomic import write_file
 from data_pipeline.errors import UserError
+from data_pipeline.safe_files import plain_name
 
 from . import storage
 
@@ -38,12 +39,12 @@ def location(storage_dir: str, name: str) -> str:
 
 def meta_exists(exp: str | Path) -> bool:
     fs, path = storage.filesystem(exp)
-    return storage.is_file(fs, f"{path}/{META}")
+    return storage.is_file(fs, f"{path}/{META}", path)
 
 
 def write_meta(exp: str | Path, meta: dict) -> None:
     fs, path = storage.filesystem(exp)
-    fs.create_dir(path, recursive=True)
+    storage.create_dir(fs, path)
     write_file(f"{path}/{META}", yaml.safe_dump(meta, sort_keys=False).encode(), fs)
 
 
@@ -53,8 +54,10 @@ def read_meta(exp: str | Path) -> dict:
     from data_pipeline.safe_yaml import load_yaml_text
 
     fs, path = storage.filesystem(exp)
-    with fs.open_input_stream(f"{path}/{META}") as f:
-        meta = load_yaml_text(f.read().decode(errors="replace"), f"{exp}/{META}")
+    raw = storage.read_bytes(fs, f"{path}/{META}", path)
+    if raw is None:
+        raise UserError(f"{exp}/{META}: cannot be read (not a regular file, or no permission).")
+    meta = load_yaml_text(raw.decode(errors="replace"), f"{exp}/{META}")
     if not isinstance(meta, dict) or not isinstance(meta.get("spec"), dict):
         raise UserError(f"{exp}/{META}: not the metadata `mmsa search` writes (cut or edited by hand); the search "
                         "cannot be read without it.")
@@ -140,9 +143,9 @@ def local_copy(exp: str, dest: Path | None = None) -> Path:
         name = rel.rsplit("/", 1)[-1]
         if info.type == pafs.FileType.File and "checkpoint_" not in rel and (
                 name in SMALL_FILES or (name.startswith("experiment_state-") and name.endswith(".json"))):
-            (dest / rel).parent.mkdir(parents=True, exist_ok=True)
-            with fs.open_input_stream(info.path) as src:
-                (dest / rel).write_bytes(src.read())
+            data = storage.read_bytes(fs, info.path, root)
+            if data is not None and plain_name(rel) is not None:  # a link, or a key like a/../../x: not copied
+                write_file(dest / rel, data, root=dest)
     return dest
 
 

@@ -80,7 +80,7 @@ class ExperimentLock:
 
     def acquire(self) -> "ExperimentLock":
         fs, path = storage.filesystem(self.exp)
-        fs.create_dir(path, recursive=True)
+        storage.create_dir(fs, path)
         current = holder(read_lease(self.exp))
         if current is not None and current.get("token") != self.token:
             raise UserError(f"{self.exp} is in use by {describe(current)}. One search or resume at a time: wait for it "

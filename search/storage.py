@@ -32,8 +32,13 @@ def filesystem(location: str | Path):
     return pafs.LocalFileSystem(), str(Path(location).resolve())
 
 
-def read_bytes(fs, path: str) -> bytes | None:
-    """A file's bytes on a pyarrow filesystem, or None when it cannot be read."""
+def read_bytes(fs, path: str, root: str | None = None) -> bytes | None:
+    """A file's bytes on a pyarrow filesystem, or None when it cannot be read. A local file is read only when no link
+    between root (the experiment; default: the file's folder) and it is followed (data_pipeline/safe_files.py)."""
+    from data_pipeline import safe_files
+
+    if safe_files.is_local_fs(fs):
+        return safe_files.read_bytes(path, root)
     try:
         with fs.open_input_stream(path) as f:
             return f.read()
@@ -41,15 +46,33 @@ def read_bytes(fs, path: str) -> bytes | None:
         return None
 
 
-def is_file(fs, path: str) -> bool:
+def create_dir(fs, path: str, root: str | None = None) -> None:
+    """A folder and those above it; on a local path without following a link below root (default: its parent)."""
+    from data_pipeline import safe_files
+
+    if safe_files.is_local_fs(fs):
+        safe_files.make_dirs(path, root)
+    else:
+        fs.create_dir(path, recursive=True)
+
+
+def is_file(fs, path: str, root: str | None = None) -> bool:
     import pyarrow.fs as pafs
 
+    from data_pipeline import safe_files
+
+    if safe_files.is_local_fs(fs):
+        return safe_files.is_file(path, root)
     return fs.get_file_info(path).type == pafs.FileType.File
 
 
-def is_dir(fs, path: str) -> bool:
+def is_dir(fs, path: str, root: str | None = None) -> bool:
     import pyarrow.fs as pafs
 
+    from data_pipeline import safe_files
+
+    if safe_files.is_local_fs(fs):
+        return safe_files.is_dir(path, root)
     return fs.get_file_info(path).type == pafs.FileType.Directory
 
 
