@@ -224,6 +224,22 @@ def is_dir(path: str | Path, root: str | Path | None = None) -> bool:
         return False
 
 
+def links_below(root: str | Path) -> list[str]:
+    """Names (relative to root) of the links and special files (FIFOs, devices, sockets) below root: what a
+    program that follows links (Ray restoring an experiment) must not be handed."""
+    found = []
+    for dirpath, dirnames, filenames in os.walk(root, followlinks=False):
+        for name in dirnames + filenames:
+            p = os.path.join(dirpath, name)
+            try:
+                mode = os.lstat(p).st_mode
+            except OSError:
+                continue
+            if not (stat.S_ISDIR(mode) or stat.S_ISREG(mode)):
+                found.append(os.path.relpath(p, root))
+    return sorted(found)
+
+
 def remove_tree(dfd: int, name: str) -> None:
     """Remove name (a folder tree, a file or a link: never what a link points to) in the folder dfd."""
     try:

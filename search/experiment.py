@@ -20,7 +20,7 @@ import yaml
 
 from data_pipeline.atomic import write_file
 from data_pipeline.errors import UserError
-from data_pipeline.safe_files import plain_name
+from data_pipeline.safe_files import links_below, plain_name
 
 from . import storage
 
@@ -109,6 +109,12 @@ def check_state(exp: str, log=print, trust: bool = False) -> None:
     from .state_backup import BACKUP_DIR, damaged, repair, verify
 
     fs, path = storage.filesystem(exp)
+    odd = [] if storage.is_uri(exp) and not exp.startswith("file://") else links_below(path)
+    if odd:
+        raise UserError(f"{exp}: holds symbolic links or special files ({', '.join(odd[:3])}"
+                        f"{f' and {len(odd) - 3} more' if len(odd) > 3 else ''}). Ray reads and writes through them "
+                        f"when it resumes a search, outside the experiment; mmsa does not hand it such a folder. Remove "
+                        f"them (`find {path} ! -type f ! -type d`), then resume again.")
     fixed = repair(fs, path)
     if fixed:
         log(f"restored {', '.join(fixed)} from {BACKUP_DIR}/: the search was killed while Ray was writing them")
