@@ -185,8 +185,7 @@ def cmd_refine(args) -> int:
                             "data now. Pass --warm-start-any-data to refine from them anyway, or start a new search.")
     path, d, notes = write_refine_space(exp, name, args.top, overwrite=args.overwrite)
     fs, p = storage.filesystem(path)
-    with fs.open_input_stream(p) as f:
-        print(f"wrote {path}:\n{f.read().decode()}")
+    print(f"wrote {path}:\n{(storage.read_bytes(fs, p) or b'').decode(errors='replace')}")
     if args.dry_run:
         print(f"run it with: mmsa search --space {path} --warm-start {exp} --name {name} --num-samples N")
         return 0

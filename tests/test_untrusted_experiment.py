@@ -17,6 +17,7 @@ import json
 import os
 import pickle
 import shutil
+import subprocess
 import socket
 import time
 from dataclasses import dataclass
@@ -290,3 +291,53 @@ def test_table_size():
     print(f"untrusted-experiment cases {len(CASES)}: {len(PLANTS)} plants x {len(COMMANDS)} commands "
           f"(Ray-starting commands only with the plants refused before Ray starts, plus {RAY_RUNS} full runs)")
     assert len(PLANTS) >= 30 and len(CASES) >= 5 * len(PLANTS) // 2
+
+
+# ---- writes that fail: a read-only folder, a full disk (real tmpfs mounts; skipped where mount is not permitted) ----
+def _fill(mnt: Path, leave: int) -> None:
+    try:
+        (mnt / "filler").write_bytes(b"\0" * max(0, shutil.disk_usage(mnt).free - leave))
+    except OSError:
+        pass  # full already
+
+
+def _one_error(rc: int, text: str, *words: str) -> None:
+    errors = [l for l in text.splitlines() if l.startswith("error:")]
+    assert rc == 2 and len(errors) == 1 and "Traceback" not in text, text[-3000:]
+    assert any(w in errors[0] for w in words), errors[0]
+
+
+@pytest.mark.slow
+def test_report_on_a_read_only_folder(base, tmp_path, capsys):
+    from conftest import tmpfs
+
+    with tmpfs(tmp_path / "ro", "100m") as mnt:
+        shutil.copytree(base, mnt / "base")
+        subprocess.run(["mount", "-o", "remount,ro", str(mnt)], check=True)
+        rc, text = _run(["report", str(mnt / "base")], capsys)
+    _one_error(rc, text, "Read-only file system")
+
+
+@pytest.mark.slow
+def test_report_on_a_full_disk(base, tmp_path, capsys):
+    from conftest import tmpfs
+
+    with tmpfs(tmp_path / "full", "100m") as mnt:
+        shutil.copytree(base, mnt / "base")
+        _fill(mnt, leave=16 * 1024)
+        rc, text = _run(["report", str(mnt / "base")], capsys)
+        assert not (mnt / "base" / "report.md").exists()
+    _one_error(rc, text, "No space left on device")
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("leave_kib", [0, 64])  # full from the start, or full once the first checkpoint is written
+def test_train_on_a_full_disk(demo_cfg, tmp_path, capsys, leave_kib):
+    from conftest import tmpfs
+    from model.config import save_config
+
+    save_config(demo_cfg.with_overrides({"epochs": 2}), tmp_path / "run.yaml")
+    with tmpfs(tmp_path / "full", "20m") as mnt:
+        _fill(mnt, leave=leave_kib * 1024)
+        rc, text = _run(["train", "--config", str(tmp_path / "run.yaml"), "--out", str(mnt / "run"), "--quiet"], capsys)
+    _one_error(rc, text, "No space left on device", "disk is full")
