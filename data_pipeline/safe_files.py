@@ -29,6 +29,7 @@ class UnsafePath(OSError):
     treat an unreadable file as missing treat this one the same way."""
 
 
+MAX_READ = 2**30  # no file mmsa reads whole is near this; a sparse 100 GB result.json must not fill the memory
 _LINK_ERRNOS = (errno.ELOOP, errno.ENOTDIR)  # O_NOFOLLOW met a link; O_DIRECTORY met a file (or a link)
 _DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 
@@ -140,16 +141,16 @@ def _parent(path, root, create: bool) -> tuple[int, str]:
     return _open_dirs(root_real, names[:-1], create), names[-1]
 
 
-def read_bytes(path: str | Path, root: str | Path | None = None, limit: int | None = None) -> bytes | None:
+def read_bytes(path: str | Path, root: str | Path | None = None, limit: int | None = MAX_READ) -> bytes | None:
     """A regular file's bytes, or None when it is missing, unreadable, a link, a FIFO or device, outside root, or
-    (with limit) longer than limit bytes."""
+    longer than limit bytes."""
     try:
         return open_read(path, root, limit)
     except OSError:
         return None
 
 
-def open_read(path: str | Path, root: str | Path | None = None, limit: int | None = None) -> bytes:
+def open_read(path: str | Path, root: str | Path | None = None, limit: int | None = MAX_READ) -> bytes:
     """read_bytes that raises OSError (UnsafePath for a link or a name outside root) instead of returning None."""
     dfd, name = _parent(path, root, create=False)
     try:

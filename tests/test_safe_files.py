@@ -67,6 +67,9 @@ def test_fifo_and_devices_are_not_read(tree):
     assert sf.read_bytes(root / "big", root) is None
     (root / "big").write_bytes(b"x" * 100)
     assert sf.read_bytes(root / "big", root, limit=10) is None
+    with open(root / "sparse", "wb") as f:
+        f.truncate(sf.MAX_READ + 1)  # costs an attacker nothing; read whole it would take the memory
+    assert sf.read_bytes(root / "sparse", root) is None
 
 
 def test_the_root_itself_may_be_a_link(tmp_path):
@@ -125,3 +128,43 @@ def test_replace_dir_failure_leaves_the_old_version(tree):
         replace_dir(root / "ck", boom, root)
     assert (root / "ck" / "w").read_bytes() == b"1"
     assert sorted(p.name for p in root.iterdir()) == ["ck", "trial_a"]
+
+
+def test_a_folder_swapped_for_a_link_while_writing_is_never_followed(tree):
+    """The race a check-then-open has: another process swaps trial_a for a link to the victim over and over while
+    files are written into and read from it."""
+    import threading
+
+    root, victim = tree
+    stop = threading.Event()
+
+    import ctypes
+
+    libc = ctypes.CDLL(None, use_errno=True)
+    real, link = bytes(root / "trial_a"), bytes(root / "trial_a.swap")
+    (root / "trial_a.swap").symlink_to(victim)
+
+    if libc.renameat2(-100, real, -100, link, 2) != 0 or libc.renameat2(-100, real, -100, link, 2) != 0:
+        pytest.skip("renameat2(RENAME_EXCHANGE) not supported here")
+    swaps = [0]
+
+    def swap():  # renameat2(RENAME_EXCHANGE): trial_a is always there, a folder or the link, never missing
+        while not stop.is_set():
+            swaps[0] += libc.renameat2(-100, real, -100, link, 2) == 0
+
+    t = threading.Thread(target=swap)
+    t.start()
+    read = []
+    try:
+        for i in range(3000):
+            try:
+                sf.write_bytes(root / "trial_a" / "x.json", b"%d" % i, root)
+            except OSError:
+                pass  # refused (the link) or gone (mid-swap): both fine
+            read.append(sf.read_bytes(root / "trial_a" / "secret.txt", root))
+    finally:
+        stop.set()
+        t.join()
+    assert swaps[0] > 1000
+    assert sorted(p.name for p in victim.iterdir()) == ["secret.txt"]
+    assert not any(read)
