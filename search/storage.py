@@ -95,9 +95,11 @@ def check_local_storage(storage: str) -> str:
         return storage
     path = Path(storage).expanduser().resolve()
     try:
+        from data_pipeline.atomic import write_file
+
         path.mkdir(parents=True, exist_ok=True)
         probe = path / ".mmsa-write-test"
-        probe.write_bytes(b"x" * 4096)
+        write_file(probe, b"x" * 4096)  # a link planted under the probe's name (a shared storage folder) is replaced
         probe.unlink()
     except OSError as e:
         raise UserError(f"--storage {storage}: not writable ({e.strerror or e}). Free some space or choose another "
