@@ -341,3 +341,14 @@ def test_train_on_a_full_disk(demo_cfg, tmp_path, capsys, leave_kib):
         _fill(mnt, leave=leave_kib * 1024)
         rc, text = _run(["train", "--config", str(tmp_path / "run.yaml"), "--out", str(mnt / "run"), "--quiet"], capsys)
     _one_error(rc, text, "No space left on device", "disk is full")
+
+
+def test_storage_write_probe_is_not_written_through_a_link(tmp_path):
+    """`mmsa search` probes --storage with a small file; a shared storage folder may hold a link under its name."""
+    from search.storage import check_local_storage
+
+    (tmp_path / "secret.txt").write_text(SECRET)
+    (tmp_path / "rr").mkdir()
+    (tmp_path / "rr" / ".mmsa-write-test").symlink_to(tmp_path / "secret.txt")
+    check_local_storage(str(tmp_path / "rr"))
+    assert (tmp_path / "secret.txt").read_text() == SECRET
