@@ -248,8 +248,13 @@ COMMANDS: dict[str, Callable] = {
     "confirm": lambda c, cfg: ["confirm", str(c.exp), "--top", "1", "--seeds", "2", "--verbose", "0"],
     "search --warm-start": _warm,
 }
-RAY_COMMANDS = {"resume", "confirm", "search --warm-start"}  # the rest run with every plant
-CASES = [(p, cmd) for p in PLANTS for cmd in COMMANDS if cmd not in RAY_COMMANDS or cmd in p.ray]
+RAY_COMMANDS = {"resume", "confirm", "search --warm-start"}  # the rest run with every plant but:
+# `report file://` reads through the same readers as `report`; it runs with the plants of its own local copy step
+URI_PLANTS = {"name ../../victim/x (copy for a report)", "report.md -> outside file", "extra trial folder -> outside folder",
+              ".mmsa-state/ -> outside folder", "error.txt -> outside file", "result.json is a FIFO",
+              "trial folder -> /"}
+CASES = [(p, cmd) for p in PLANTS for cmd in COMMANDS if (cmd in p.ray if cmd in RAY_COMMANDS else
+                                                          cmd != "report file://" or p.name in URI_PLANTS)]
 RAY_RUNS = 2  # of those, full runs (a warm-started search); every other one is refused before Ray starts
 
 
@@ -290,7 +295,7 @@ def test_untrusted_experiment(plant, cmd, base, tmp_path, demo_cfg, capsys, monk
 def test_table_size():
     print(f"untrusted-experiment cases {len(CASES)}: {len(PLANTS)} plants x {len(COMMANDS)} commands "
           f"(Ray-starting commands only with the plants refused before Ray starts, plus {RAY_RUNS} full runs)")
-    assert len(PLANTS) >= 30 and len(CASES) >= 5 * len(PLANTS) // 2
+    assert len(PLANTS) >= 30 and len(CASES) >= 4 * len(PLANTS)
 
 
 # ---- writes that fail: a read-only folder, a full disk (real tmpfs mounts; skipped where mount is not permitted) ----
