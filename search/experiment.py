@@ -140,16 +140,13 @@ def local_copy(exp: str, dest: Path | None = None) -> Path:
     params, errors and Ray's experiment state; checkpoints stay where they are."""
     import tempfile
 
-    import pyarrow.fs as pafs
-
     fs, root = storage.filesystem(exp)
     dest = Path(dest) if dest else Path(tempfile.mkdtemp(prefix="mmsa-exp-"))
-    for info in fs.get_file_info(pafs.FileSelector(root, recursive=True)):
-        rel = info.path[len(root):].lstrip("/")
+    for rel in storage.list_files(fs, root):
         name = rel.rsplit("/", 1)[-1]
-        if info.type == pafs.FileType.File and "checkpoint_" not in rel and (
+        if "checkpoint_" not in rel and (
                 name in SMALL_FILES or (name.startswith("experiment_state-") and name.endswith(".json"))):
-            data = storage.read_bytes(fs, info.path, root)
+            data = storage.read_bytes(fs, f"{root}/{rel}", root)
             if data is not None and plain_name(rel) is not None:  # a link, or a key like a/../../x: not copied
                 write_file(dest / rel, data, root=dest)
     return dest

@@ -56,6 +56,22 @@ def create_dir(fs, path: str, root: str | None = None) -> None:
         fs.create_dir(path, recursive=True)
 
 
+def list_files(fs, root: str) -> list[str]:
+    """The files below root, relative to it; on a local path without descending into a linked folder (a planted
+    `trial_x -> /` would otherwise list the whole machine)."""
+    from data_pipeline import safe_files
+
+    if safe_files.is_local_fs(fs):
+        import os
+
+        return [os.path.relpath(os.path.join(d, f), root) for d, _, files in os.walk(root, followlinks=False)
+                for f in files]
+    import pyarrow.fs as pafs
+
+    return [i.path[len(root):].lstrip("/") for i in fs.get_file_info(pafs.FileSelector(root, recursive=True))
+            if i.type == pafs.FileType.File]
+
+
 def is_file(fs, path: str, root: str | None = None) -> bool:
     import pyarrow.fs as pafs
 
