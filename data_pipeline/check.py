@@ -20,8 +20,10 @@ def check_data(data_dir: str | Path, val_fraction: float = 0.2, split_seed: int 
     formats: Counter = Counter()
     modes: Counter = Counter()
     widths, heights, empty, n_texts = [], [], 0, 0
+    guids_of = {}
     for split in ("train", "test"):
         rows = read_rows(root, split)
+        guids_of[split] = [r.guid for r in rows]
         with ThreadPoolExecutor(workers) as pool:
             samples = list(pool.map(lambda r: read_sample(root, r, None), rows))
         if split == "train":
@@ -52,6 +54,7 @@ def check_data(data_dir: str | Path, val_fraction: float = 0.2, split_seed: int 
         if bad:
             usable = False
             lines.append(format_bad(root / SPLIT_FILES[split], bad))
+    lines += leak_warning(root, guids_of["train"], guids_of["test"])
     lines.append(f"texts: {n_texts} read, {empty} empty; decoded as " + ", ".join(f"{e} {c}" for e, c in encodings.most_common()))
     if widths:
         lines.append("images: formats " + ", ".join(f"{f} {c}" for f, c in formats.most_common())
@@ -59,3 +62,17 @@ def check_data(data_dir: str | Path, val_fraction: float = 0.2, split_seed: int 
         lines.append(f"  width {min(widths)}-{max(widths)} px, height {min(heights)}-{max(heights)} px")
     lines.append("OK: the dataset can be used." if usable else "NOT USABLE as is: see the bad files above.")
     return "\n".join(lines), usable
+
+
+def leak_warning(root: Path, train: list[str], test: list[str]) -> list[str]:
+    """Guids both labelled and in the test file: the same files (data/{guid}.*) in both, so a score on the test
+    file counts samples the model was trained on. A warning, not a refusal: training and validation are not affected
+    (the test file has no labels), and the test file is usually given; but whoever scores the predictions must know."""
+    both = sorted(set(train) & set(test), key=lambda g: (len(g), g))
+    if not both:
+        return []
+    shown = ", ".join(both[:20]) + (f" ... and {len(both) - 20} more" if len(both) > 20 else "")
+    return [f"warning: {len(both)} guid(s) are both labelled ({root / SPLIT_FILES['train']}) and in the test file "
+            f"({root / SPLIT_FILES['test']}): {shown}. They are the same samples (data/GUID.txt and .jpg), so a score "
+            "on the test file includes rows the model trained on (a train/test leak); remove them from one of the "
+            "files if the split is yours."]

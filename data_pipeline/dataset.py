@@ -9,6 +9,7 @@ import numpy as np
 from .errors import UserError
 from .images import BadImage, ImageInfo, inspect_image, load_image
 from .labels import LABEL_TO_ID, LabelRow, read_label_file
+from .printable import term
 from .text import decode_text
 
 SPLIT_FILES = {"train": "train.txt", "test": "test_without_label.txt"}
@@ -89,7 +90,7 @@ def read_sample(root: Path, row: LabelRow, image_size: int | None) -> RawSample:
     for p in (text_path, image_path):
         if (p.is_symlink() or p.exists()) and outside(root, p):
             return RawSample(row.guid, label, "", "", None, None,
-                             f"{p.name}: links to {p.resolve()}, outside {root / 'data'}; refused (copy the file into data/)")
+                             f"{p.name}: links to {term(p.resolve())}, outside {root / 'data'}; refused (copy the file into data/)")
     if not text_path.is_file():
         return RawSample(row.guid, label, "", "", None, None, f"{text_path.name}: missing text file")
     if text_path.stat().st_size > MAX_TEXT_BYTES:
@@ -118,7 +119,10 @@ def format_bad(path: Path, bad: list[tuple[str, str]]) -> str:
 def stratified_split(guids: np.ndarray, labels: np.ndarray, val_fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
     """Indices (train, val), stratified by label. Depends only on the (guid, label) pairs and the seed,
     not on row order or platform (numpy's PCG64 stream is stable)."""
-    order = np.argsort(guids.astype(np.int64), kind="stable")
+    # In numeric order without converting to a machine integer (a guid may have any number of digits): by length
+    # without leading zeros, then digit by digit; the stable sort keeps equal numbers (7, 007) in file order.
+    key = [g.lstrip("0") for g in np.asarray(guids, dtype=str)]
+    order = np.array(sorted(range(len(key)), key=lambda i: (len(key[i]), key[i])), dtype=np.int64)
     rng = np.random.default_rng(seed)
     train, val = [], []
     for label in np.unique(labels):

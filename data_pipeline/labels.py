@@ -16,6 +16,7 @@ LABEL_TO_ID = {name: i for i, name in enumerate(LABELS)}
 NULL_TAG = "null"
 HEADER = ("guid", "tag")
 _GUID = re.compile(r"[0-9]+")
+MAX_GUID_DIGITS = 255 - len(".jpg")  # data/{guid}.jpg must be a possible file name
 
 
 @dataclass(frozen=True)
@@ -56,6 +57,10 @@ def read_label_file(path: str | Path, *, test: bool = False) -> list[LabelRow]:
                 "(guids name files data/{guid}.txt and .jpg; a value like '8.0' means the file was saved "
                 "by a tool that turned guids into floats)."
             )
+        if len(guid) > MAX_GUID_DIGITS:
+            raise UserError(f"{path}:{lineno}: guid of {len(guid)} digits ({guid[:12]}...); its files data/{{guid}}.txt "
+                            f"and .jpg cannot exist (a file name has at most 255 bytes). Guids have at most "
+                            f"{MAX_GUID_DIGITS} digits.")
         if guid in seen:
             raise UserError(f"{path}:{lineno}: duplicate guid {guid} (first on line {seen[guid]}).")
         seen[guid] = lineno

@@ -146,6 +146,15 @@ def check_text_model(path: str | Path) -> None:
         raise UserError(f"{p / 'config.json'}: not valid JSON ({e}). {HOW_TO_GET}") from None
     if not isinstance(conf, dict) or not all(isinstance(conf.get(k), int) and conf[k] > 0 for k in ("vocab_size", "hidden_size")):
         raise UserError(f"{p / 'config.json'}: not a BERT config (needs positive integers vocab_size and hidden_size). {HOW_TO_GET}")
+    kind = conf.get("model_type")
+    if kind != "bert" and not (kind is None and any(str(a).startswith("Bert") for a in conf.get("architectures") or [])):
+        # transformers would load another architecture's weights into BERT's layers with a warning only, and train
+        raise UserError(f"{p / 'config.json'}: "
+                        + (f"model_type {kind!r}, " if kind is not None else "no model_type (and no Bert* architectures), ")
+                        + "but the text backbone is BERT (BertModel with BERT's WordPiece tokenizer); another "
+                        "architecture's weights would not load into it as trained. Use a BERT folder (config.json "
+                        "\"model_type\": \"bert\", e.g. bert-base-uncased); if this folder is a BERT saved without "
+                        f"model_type, add \"model_type\": \"bert\" to its config.json. {HOW_TO_GET}")
     n_vocab = len((p / "vocab.txt").read_text(encoding="utf-8", errors="replace").splitlines())
     if n_vocab > conf["vocab_size"]:
         raise UserError(f"{p / 'vocab.txt'}: {n_vocab} tokens, but config.json's vocab_size is {conf['vocab_size']}: "

@@ -7,6 +7,7 @@ import sys
 from pathlib import Path
 
 from data_pipeline.errors import UserError
+from data_pipeline.printable import term
 from data_pipeline.safe_yaml import load_yaml_text
 
 from .cli_flags import add_config_flags, config_flags
@@ -55,7 +56,7 @@ def cmd_check_data(args) -> int:
     d = Config().with_overrides({"data.val_fraction": args.val_fraction, "data.split_seed": args.split_seed},
                                 source="command line").data  # the same ranges as training's
     report, usable = check_data(args.dir, d.val_fraction, d.split_seed)
-    print(report)
+    print(term(report, lines=True))  # names of link targets are the dataset's, not ours
     return 0 if usable else 1
 
 
@@ -185,7 +186,7 @@ def cmd_refine(args) -> int:
                             "data now. Pass --warm-start-any-data to refine from them anyway, or start a new search.")
     path, d, notes = write_refine_space(exp, name, args.top, overwrite=args.overwrite)
     fs, p = storage.filesystem(path)
-    print(f"wrote {path}:\n{(storage.read_bytes(fs, p) or b'').decode(errors='replace')}")
+    print(f"wrote {term(path)}:\n{term((storage.read_bytes(fs, p) or b'').decode(errors='replace'), lines=True)}")
     if args.dry_run:
         print(f"run it with: mmsa search --space {path} --warm-start {exp} --name {name} --num-samples N")
         return 0
@@ -229,7 +230,7 @@ def cmd_confirm(args) -> int:
     from .confirm import chosen
 
     c = chosen(ev)
-    print(f"confirmed: trial {c['trial_id']}'s configuration, {c['epochs']} epochs (mean val_loss "
+    print(f"confirmed: trial {term(c['trial_id'])}'s configuration, {c['epochs']} epochs (mean val_loss "
           f"{c['val_loss_at_epochs']:.4f}, mean val_acc {c['val_acc_at_epochs']:.4f} over {c['runs']} seeds); "
           f"{ev['trial_epochs']} trial-epochs. Evidence in {args.experiment}/confirm.json and `mmsa report "
           f"{args.experiment}`; `mmsa export {args.experiment} -o best.yaml` exports this choice")
@@ -284,26 +285,26 @@ def cmd_export(args) -> int:
     if info.get("selection") == "confirmed":
         c = info["confirm"]
         print(f"confirmed choice (`mmsa confirm`, mean of {len(c['seeds'] or [])} fresh seeds): the configuration "
-              f"of trial {info['trial_id']}, {info['best_epoch']} epochs from the mean curve, mean val_loss "
+              f"of trial {term(info['trial_id'])}, {term(info['best_epoch'])} epochs from the mean curve, mean val_loss "
               f"{m['val_loss']:.4f}, mean val_acc {m['val_acc']:.4f}")
     else:
         if info.get("outdated_confirmation"):
-            print(f"note: {info['outdated_confirmation']}")
-        print(f"best trial {info['trial_id']}: epoch {info['best_epoch']}, val_loss {m['val_loss']:.4f}, "
+            print(f"note: {term(info['outdated_confirmation'])}")
+        print(f"best trial {term(info['trial_id'])}: epoch {term(info['best_epoch'])}, val_loss {m['val_loss']:.4f}, "
               f"val_acc {m['val_acc']:.4f}")
         earlier = better_in_earlier_stage(args.experiment, m["val_loss"])
         if earlier:
-            print(f"note: {earlier}")
+            print(f"note: {term(earlier)}")
     print(f"wrote {args.output}; train the final model with "
           f"`mmsa train --config {args.output} --out runs/final`")
     if info.get("val_acc_interval") and info.get("selection") != "confirmed":
         lo, hi = info["val_acc_interval"]
         tied = info.get("tied") or []
         print(f"val_acc 95% interval [{lo:.3f}, {hi:.3f}]; {len(tied)} other trial(s) tied with it"
-              + (f" ({', '.join(tied[:8])}{' ...' if len(tied) > 8 else ''}): the validation set cannot tell them "
+              + (f" ({term(', '.join(tied[:8]))}{' ...' if len(tied) > 8 else ''}): the validation set cannot tell them "
                  f"apart, `mmsa confirm {args.experiment}` re-trains the top ones with fresh seeds" if tied else ""))
     if running:
-        print(f"note: the search is still running ({running}): this is the best trial so far, and a "
+        print(f"note: the search is still running ({term(running)}): this is the best trial so far, and a "
               "better one may come; its checkpoint is pinned (kept) so that the path above stays valid.")
     return 0
 
@@ -449,16 +450,33 @@ def build_parser() -> argparse.ArgumentParser:
     return ap
 
 
+def _quiet_closed_pipe() -> int:
+    """The reader of our output went away (`mmsa status EXP | head`): end quietly, as `cat` does. Python's final
+    flush of stdout would raise again, so stdout now goes nowhere."""
+    import os
+
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            os.dup2(os.open(os.devnull, os.O_WRONLY), stream.fileno())
+        except (OSError, ValueError):  # no file descriptor (replaced stream): nothing left to flush into the pipe
+            pass
+    return 141  # 128 + SIGPIPE: what a shell reports for a tool ended by a closed pipe
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
-        return args.fn(args)
+        rc = args.fn(args)
+        sys.stdout.flush()  # a pipe closed early fails here, inside the handler, not in Python's flush at exit
+        return rc
     except UserError as e:
-        print(f"error: {e}", file=sys.stderr)
+        print(f"error: {term(str(e), lines=True)}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:
+        return _quiet_closed_pipe()
 
 
 if __name__ == "__main__":

@@ -20,6 +20,7 @@ import numpy as np
 
 from data_pipeline.atomic import write_file
 from data_pipeline.errors import UserError
+from data_pipeline.printable import md
 from model.config import Config
 
 from . import experiment, storage
@@ -182,8 +183,8 @@ def write_evidence(exp: str) -> dict:
 
 def evidence_markdown(ev: dict) -> list[str]:
     lines = ["## Confirmation (`mmsa confirm`)", "",
-             f"The top {len(ev['candidates'])} configurations re-trained with {ev['seeds']} fresh seeds each "
-             f"({ev['trials']} trials, {ev['trial_epochs']} trial-epochs, all epochs, no early stopping by ASHA). "
+             f"The top {len(ev['candidates'])} configurations re-trained with {md(ev['seeds'])} fresh seeds each "
+             f"({md(ev['trials'])} trials, {md(ev['trial_epochs'])} trial-epochs, all epochs, no early stopping by ASHA). "
              "Chosen: the lowest minimum of the mean validation-loss curve over seeds; its epoch count is where that "
              "minimum is. Accuracy interval: 95% bootstrap over the validation rows of the per-row accuracy averaged "
              "over seeds; tied: the paired interval of the difference to the chosen one contains 0.", "",
@@ -192,13 +193,13 @@ def evidence_markdown(ev: dict) -> list[str]:
              "|---|---|---|---|---|---|---|---|---|---|"]
     for c in ev["candidates"]:
         if "best_val_loss_mean" not in c:
-            lines.append(f"| `{c['trial_id']}` | {c['search_best_val_loss']:.4f} | 0 | - | - | - | - | - | - | no result |")
+            lines.append(f"| {md(c['trial_id'], code=True)} | {c['search_best_val_loss']:.4f} | 0 | - | - | - | - | - | - | no result |")
             continue
         iv = c.get("val_acc_interval")
         mark = "**chosen**" if c.get("chosen") else {True: "tied", False: "not tied"}.get(c.get("tied"), "-")
-        lines.append(f"| `{c['trial_id']}` | {c['search_best_val_loss']:.4f} | {c['runs']} | "
+        lines.append(f"| {md(c['trial_id'], code=True)} | {c['search_best_val_loss']:.4f} | {md(c['runs'])} | "
                      f"{c['best_val_loss_mean']:.4f} +/- {c['best_val_loss_std']:.4f} | "
-                     f"{c['best_val_acc_mean']:.4f} +/- {c['best_val_acc_std']:.4f} | {c['epochs']} | "
+                     f"{c['best_val_acc_mean']:.4f} +/- {c['best_val_acc_std']:.4f} | {md(c['epochs'])} | "
                      f"{c['val_loss_at_epochs']:.4f} | {c['val_acc_at_epochs']:.4f} | "
                      + (f"[{iv[0]:.3f}, {iv[1]:.3f}]" if iv else "-") + f" | {mark} |")
     return lines + [""]

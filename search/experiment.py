@@ -25,6 +25,8 @@ from data_pipeline.safe_files import links_below, plain_name
 from . import storage
 
 META = "mmsa_search.yaml"
+# What `mmsa search` always writes into META and its readers rely on (name -> type).
+REQUIRED_META = {"name": str, "num_samples": int, "data_dir": str, "data_fingerprint": str, "created": str}
 SMALL_FILES = ("result.json", "params.json", "error.txt", META)  # what status/report need; no checkpoints
 
 
@@ -61,7 +63,23 @@ def read_meta(exp: str | Path) -> dict:
     if not isinstance(meta, dict) or not isinstance(meta.get("spec"), dict):
         raise UserError(f"{exp}/{META}: not the metadata `mmsa search` writes (cut or edited by hand); the search "
                         "cannot be read without it.")
+    wrong = [k for k, kind in REQUIRED_META.items() if not isinstance(meta.get(k), kind) or isinstance(meta.get(k), bool)]
+    if wrong:  # every reader takes these as given: a missing or mistyped one would end in a KeyError/TypeError later
+        raise UserError(f"{exp}/{META}: key {wrong[0]!r} is missing or not a {REQUIRED_META[wrong[0]].__name__} "
+                        "(cut or edited by hand); restore the file from the search that wrote it.")
+    bad = [k for k, d in (meta["spec"].get("space") or {}).items() if not _space_entry(k, d)] \
+        if isinstance(meta["spec"].get("space") or {}, dict) else ["space"]
+    if bad:  # status, report and export take the hyperparameters' names and kinds from here
+        raise UserError(f"{exp}/{META}: spec.space entry {str(bad[0])[:60]!r} is not `section.key: {{kind: [...]}}` as "
+                        "`mmsa search` writes it (edited by hand?); restore the file from the search that wrote it.")
     return meta
+
+
+def _space_entry(key, dist) -> bool:
+    from .space import DISTRIBUTIONS
+
+    return isinstance(key, str) and key.count(".") == 1 and all(key.split(".")) and isinstance(dist, dict) \
+        and len(dist) == 1 and next(iter(dist)) in DISTRIBUTIONS and isinstance(next(iter(dist.values())), list)
 
 
 def warm_sources(meta: dict) -> list[dict]:

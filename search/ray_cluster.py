@@ -116,16 +116,64 @@ def check_cluster_storage(storage: str, shared: bool) -> None:
         )
 
 
-def capacity(spec: SearchSpec) -> tuple[dict, int]:
-    """Per-trial resources and how many trials run at once on this cluster."""
+# Ray's names of the resources a trial may reserve, and how a message shows each amount.
+RAY_NAMES = {"cpu": "CPU", "gpu": "GPU", "memory": "memory"}
+SHOW = {"cpu": lambda v: f"{v:g} CPU{'' if v == 1 else 's'}", "gpu": lambda v: f"{v:g} GPU{'' if v == 1 else 's'}",
+        "memory": lambda v: f"{v / 2**30:.1f} GiB memory"}
+FLAGS = {"cpu": "--cpus-per-trial", "gpu": "--gpus-per-trial", "memory": "--memory-per-trial"}
+
+
+def trial_resources(spec: SearchSpec) -> dict:
+    """What one trial reserves (Ray's with_resources keys): GPUs -1 means one when the cluster has any."""
     import ray
 
-    total = ray.cluster_resources()
     s = spec.search
-    gpus = s.gpus_per_trial if s.gpus_per_trial >= 0 else (1.0 if total.get("GPU", 0) > 0 else 0.0)
-    if gpus > 0 and total.get("GPU", 0) < gpus:
-        raise UserError(f"--gpus-per-trial {gpus}: the cluster has {total.get('GPU', 0):g} GPUs.")
-    fit_gpu = math.floor(total.get("GPU", 0) / gpus + 1e-9) if gpus > 0 else 10**9
-    fit_cpu = math.floor(total.get("CPU", 1) / s.cpus_per_trial + 1e-9)
-    fits = max(1, min(fit_gpu, fit_cpu))
-    return {"cpu": s.cpus_per_trial, "gpu": gpus}, (min(s.max_concurrent, fits) if s.max_concurrent else fits)
+    gpus = s.gpus_per_trial if s.gpus_per_trial >= 0 else (1.0 if ray.cluster_resources().get("GPU", 0) > 0 else 0.0)
+    out = {"cpu": s.cpus_per_trial, "gpu": gpus}
+    if s.memory_per_trial > 0:  # Ray counts memory in bytes
+        out["memory"] = int(s.memory_per_trial * 2**30)
+    return out
+
+
+def _node_has(node: dict) -> dict:
+    have = node.get("Resources") or {}
+    return {k: float(have.get(name, 0) or 0) for k, name in RAY_NAMES.items()}
+
+
+def _trials_on(node: dict, resources: dict) -> int:
+    have = _node_has(node)
+    return min((math.floor(have[k] / v + 1e-9) for k, v in resources.items() if v > 0), default=10**9)
+
+
+def check_fits(resources: dict, where: str = "") -> None:
+    """Refuse, before any trial starts, a trial that no node of the cluster could ever hold: Ray would keep it
+    pending forever. Ray places a trial's resources on one node, so each node is compared, not their sum."""
+    import ray
+
+    bad = [k for k, v in resources.items() if k not in RAY_NAMES or isinstance(v, bool)
+           or not isinstance(v, (int, float)) or not math.isfinite(v) or v < 0] if isinstance(resources, dict) else [0]
+    if bad:
+        raise UserError(f"{where or 'the search'}: per-trial resources {resources!r} are not amounts of "
+                        f"{', '.join(RAY_NAMES)}; the experiment's metadata is damaged.")
+    nodes = [n for n in ray.nodes() if n.get("Alive")]
+    if any(_trials_on(n, resources) >= 1 for n in nodes):
+        return
+    need = ", ".join(SHOW[k](v) for k, v in resources.items() if v > 0)
+    short = [k for k, v in resources.items() if v > 0 and not any(_node_has(n)[k] + 1e-9 >= v for n in nodes)]
+    largest = "; ".join(f"node {n.get('NodeManagerAddress', '?')}: " + ", ".join(SHOW[k](_node_has(n)[k]) for k in RAY_NAMES)
+                        for n in nodes[:8]) or "no node is alive"
+    flags = " / ".join(FLAGS[k] for k in short or [k for k, v in resources.items() if v > 0])
+    raise UserError(f"{where + ': ' if where else ''}each trial needs {need} on one node, and no node of this Ray "
+                    f"cluster has that much ({largest}); its trials would wait forever. Lower {flags} (search: "
+                    "section of the space file), or run on a cluster with a larger node.")
+
+
+def capacity(spec: SearchSpec) -> tuple[dict, int]:
+    """Per-trial resources and how many trials run at once on this cluster (per node: a trial is not split)."""
+    import ray
+
+    resources = trial_resources(spec)
+    check_fits(resources)
+    fits = max(1, sum(_trials_on(n, resources) for n in ray.nodes() if n.get("Alive")))
+    s = spec.search
+    return resources, (min(s.max_concurrent, fits) if s.max_concurrent else fits)

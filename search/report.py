@@ -12,6 +12,7 @@ import numpy as np  # noqa: E402
 from data_pipeline import safe_files  # noqa: E402
 from data_pipeline.atomic import write_file  # noqa: E402
 from data_pipeline.errors import UserError  # noqa: E402
+from data_pipeline.printable import md, md_block, term  # noqa: E402
 from model.plots import save_figure  # noqa: E402
 
 from . import storage  # noqa: E402
@@ -36,7 +37,7 @@ def plot_learning_curves(trials: list[TrialSummary], path: Path, root: Path | No
         for ax, key in zip(axes, (M.TRAIN_LOSS, M.VAL_LOSS)):
             ys = [r[key] for r in t.results]
             ax.plot(ep, ys, "o-", ms=3, color=color, lw=2.2 if i == 0 else 1.0, alpha=0.9,
-                    label=f"{t.trial_id} (best)" if i == 0 else None)
+                    label=f"{term(t.trial_id)} (best)" if i == 0 else None)
             if _stopped_by_asha(t):
                 ax.plot(ep[-1], ys[-1], "x", color="red", ms=8, mew=2)
     for ax, title in zip(axes, ("train loss", "validation loss")):
@@ -97,8 +98,11 @@ def _study(trials: list[TrialSummary], space: dict):
         if t.best is None or t.state == "ERROR":  # no epoch with a finite val loss: nothing to tell Optuna
             continue
         params = {k: config_value(t.config, k) for k in dists}
-        study.add_trial(optuna.trial.create_trial(params=params, distributions=dists, value=t.best[M.VAL_LOSS],
-                                                  intermediate_values={r[M.EPOCH]: r[M.BEST_VAL_LOSS] for r in t.results}))
+        try:
+            study.add_trial(optuna.trial.create_trial(params=params, distributions=dists, value=t.best[M.VAL_LOSS],
+                                                      intermediate_values={r[M.EPOCH]: r[M.BEST_VAL_LOSS] for r in t.results}))
+        except (ValueError, TypeError):  # a value outside the space (params.json edited): not plottable against it
+            continue
     return study
 
 
@@ -139,7 +143,7 @@ def plot_hyperparameters(trials: list[TrialSummary], space: dict, out: Path, roo
 
 
 def _space_text(space: dict) -> str:
-    return "; ".join(f"{k.split('.')[1]} {kind} {args}" for k, d in space.items() for kind, args in d.items())
+    return md("; ".join(f"{k.split('.')[1]} {kind} {args}" for k, d in space.items() for kind, args in d.items()))
 
 
 def stages_markdown(exp: Path, meta: dict, trials: list[TrialSummary]) -> list[str]:
@@ -152,7 +156,7 @@ def stages_markdown(exp: Path, meta: dict, trials: list[TrialSummary]) -> list[s
     last = len(stages) + 1
     stages.append((last, str(exp), meta, trials, set(), ""))
     keys = list(meta["spec"]["space"])
-    lines = ["## Stages", "", ("Refined from `%s` (`mmsa refine`)." % meta["refined_from"]) if meta.get("refined_from")
+    lines = ["## Stages", "", ("Refined from %s (`mmsa refine`)." % md(meta["refined_from"], code=True)) if meta.get("refined_from")
              else "Warm-started from earlier searches (`--warm-start`).",
              "Stage %d is this search; its Optuna study started with the finished trials of the earlier stages that "
              "lie inside its space (marked *warm*)." % last, "",
@@ -160,25 +164,25 @@ def stages_markdown(exp: Path, meta: dict, trials: list[TrialSummary]) -> list[s
     rows = []
     for i, path, smeta, strials, used, err in stages:
         if smeta is None:
-            lines.append(f"| stage {i} | `{path}` | not readable now ({err[:80]}) | | | | |")
+            lines.append(f"| stage {i} | {md(path, code=True)} | not readable now ({md(err[:80])}) | | | | |")
             continue
         done, b = [t for t in strials if t.usable], best_of(strials)
         other = "" if i == last or same_data(meta, smeta) else " (other data: not compared)"
-        lines.append(f"| stage {i}{other} | `{path}` | {len(strials)} | {sum(len(t.results) for t in strials)} | "
-                     f"{b.trial_id if b else '-'} | {f'{b.best[M.VAL_LOSS]:.4f}' if b else '-'} | "
+        lines.append(f"| stage {i}{other} | {md(path, code=True)} | {len(strials)} | {sum(len(t.results) for t in strials)} | "
+                     f"{md(b.trial_id) if b else '-'} | {f'{b.best[M.VAL_LOSS]:.4f}' if b else '-'} | "
                      f"{_space_text(smeta['spec']['space'])} |")
         if not other:  # validation losses on other data say nothing about this data
             rows += [(t.best[M.VAL_LOSS], i, t, t.trial_id in used) for t in done]
     rows.sort(key=lambda r: (r[0], r[1]))
     if rows:
         _, i, t, _ = rows[0]
-        lines += ["", f"Best over all stages: trial `{t.trial_id}` of stage {i}, best val loss {rows[0][0]:.4f}"
-                  + (f" (export it with `mmsa export {stages[i - 1][1]}`)." if i != last else ".")]
-    lines += ["", "| stage | trial | " + " | ".join(k.split(".")[1] for k in keys) + " | epochs | best val loss | warm |",
+        lines += ["", f"Best over all stages: trial {md(t.trial_id, code=True)} of stage {i}, best val loss {rows[0][0]:.4f}"
+                  + (f" (export it with {md(f'mmsa export {stages[i - 1][1]}', code=True)})." if i != last else ".")]
+    lines += ["", "| stage | trial | " + " | ".join(md(k.split(".")[1]) for k in keys) + " | epochs | best val loss | warm |",
               "|---|---|" + "---|" * len(keys) + "---|---|---|"]
     for loss, i, t, used in rows:
-        vals = [f"{v:.3g}" if isinstance(v, float) else str(v) for v in (config_value(t.config, k) for k in keys)]
-        lines.append(f"| stage {i} | {t.trial_id} | " + " | ".join(vals) + f" | {len(t.results)} | {loss:.4f} | "
+        vals = [f"{v:.3g}" if isinstance(v, float) else md(v) for v in (config_value(t.config, k) for k in keys)]
+        lines.append(f"| stage {i} | {md(t.trial_id)} | " + " | ".join(vals) + f" | {len(t.results)} | {loss:.4f} | "
                      f"{'warm' if used else ''} |")
     return lines + [""]
 
@@ -210,30 +214,33 @@ def report_copy_name(name) -> str:
 def _write_report(exp: Path, meta: dict, trials: list, ablation) -> Path:
     figs = exp / "report"
     safe_files.make_dirs(figs, exp)  # refuses a link planted as the figures folder
-    plot_learning_curves(trials, figs / "curves.png", exp)
-    plot_progress(trials, figs / "progress.png", exp)
-    hp = plot_hyperparameters(trials, meta["spec"]["space"], figs, exp)
-    lines = [f"# Search report: {meta['name']}", "",
-             f"Data: `{meta['data_dir']}` (fingerprint `{meta['data_fingerprint'][:12]}`), {meta['num_samples']} trials "
-             f"requested, started {meta['created']}.", ""]
+    # Labels carry trial ids and values from the experiment's files: plain text, never matplotlib's $maths$ (a
+    # malformed formula would end the report in a traceback).
+    with matplotlib.rc_context({"text.parse_math": False}):
+        plot_learning_curves(trials, figs / "curves.png", exp)
+        plot_progress(trials, figs / "progress.png", exp)
+        hp = plot_hyperparameters(trials, meta["spec"]["space"], figs, exp)
+    lines = [f"# Search report: {md(meta['name'])}", "",
+             f"Data: {md(meta['data_dir'], code=True)} (fingerprint {md(str(meta['data_fingerprint'])[:12], code=True)}), "
+             f"{md(meta['num_samples'])} trials requested, started {md(meta['created'])}.", ""]
     try:
         b = best_trial(exp, trials)
-        lines += ["## Best trial", "", f"Trial `{b.trial_id}`: best val loss **{b.best[M.VAL_LOSS]:.4f}** at epoch "
+        lines += ["## Best trial", "", f"Trial {md(b.trial_id, code=True)}: best val loss **{b.best[M.VAL_LOSS]:.4f}** at epoch "
                   f"{b.best[M.EPOCH]} (val acc {b.best[M.VAL_ACC]:.4f}, macro-F1 {b.best[M.VAL_F1]:.4f}).", "",
                   "| hyperparameter | value |", "|---|---|"]
-        lines += [f"| {k} | {config_value(b.config, k)} |" for k in meta["spec"]["space"]]
+        lines += [f"| {md(k)} | {md(config_value(b.config, k))} |" for k in meta["spec"]["space"]]
         ivs = accuracy_intervals(trials)
         iv = ivs.get(b.trial_id)
         if iv is not None:
             tied = [k for k, v in ivs.items() if v.tied]
             lines += ["", f"Val accuracy {iv.value:.4f}, 95% interval [{iv.lo:.3f}, {iv.hi:.3f}] (bootstrap over the "
                       f"validation rows). {len(tied)} other trial(s) are statistically tied with it (the paired interval "
-                      f"of the accuracy difference contains 0){': ' + ', '.join(f'`{k}`' for k in tied) if tied else ''}."
-                      + (f" The best trial's edge over them may be luck: `mmsa confirm {exp}` re-trains the top "
+                      f"of the accuracy difference contains 0){': ' + ', '.join(md(k, code=True) for k in tied) if tied else ''}."
+                      + (f" The best trial's edge over them may be luck: {md(f'mmsa confirm {exp}', code=True)} re-trains the top "
                          "configurations with fresh seeds." if tied else "")]
-        lines += ["", f"Export it with `mmsa export {exp} -o best.yaml`.", ""]
+        lines += ["", f"Export it with {md(f'mmsa export {exp} -o best.yaml', code=True)}.", ""]
     except Exception as e:  # an empty search still gets a report of what exists
-        lines += [f"No best trial yet: {e}", ""]
+        lines += [f"No best trial yet: {md(e)}", ""]
     lines += stages_markdown(exp, meta, trials)
     from .confirm import evidence_markdown
     from .confirm_files import read_evidence, stale
@@ -241,13 +248,13 @@ def _write_report(exp: Path, meta: dict, trials: list, ablation) -> Path:
     ev = read_evidence(exp)
     if ev is not None:
         outdated = stale(str(exp), ev, trials)
-        lines += evidence_markdown(ev) + [f"**Outdated:** {outdated} `mmsa export` exports the best trial." if outdated
-                                          else f"`mmsa export {exp}` exports the confirmed choice.", ""]
+        lines += evidence_markdown(ev) + [f"**Outdated:** {md(outdated)} `mmsa export` exports the best trial." if outdated
+                                          else f"{md(f'mmsa export {exp}', code=True)} exports the confirmed choice.", ""]
     lines += ["## Learning curves", "", "![learning curves](report/curves.png)", "",
               "## Search progress", "", "![search progress](report/progress.png)", "", "## Hyperparameter effects", ""]
     for name, caption in hp:
-        lines += [f"![{caption}](report/{name})" if "not available" not in caption else caption, ""]
-    lines += ["## Trials", "", "```", status_table(exp), "```", ""]
+        lines += [f"![{md(caption)}](report/{name})" if "not available" not in caption else md(caption), ""]
+    lines += ["## Trials", "", *md_block(status_table(exp)), ""]
     if ablation and (Path(ablation) / "ablation.md").is_file():
         write_file(figs / "ablation.png", (Path(ablation) / "ablation.png").read_bytes(), root=exp)
         lines += ["## Ablation", "", (Path(ablation) / "ablation.md").read_text(), "", "![ablation](report/ablation.png)", ""]

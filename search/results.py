@@ -14,6 +14,7 @@ from pathlib import Path
 
 from data_pipeline import safe_files
 from data_pipeline.errors import UserError
+from data_pipeline.printable import term
 
 from . import ray_internals, storage, trial_backup
 from .experiment import local_dir, read_meta, warm_sources
@@ -133,14 +134,15 @@ def status_table(exp_dir: str | Path) -> str:
         acc = iv.fmt() if iv else f"{b[M.VAL_ACC]:.4f}" if b else "-"
         rows.append([t.trial_id, t.state, *vals, str(len(t.results)), f"{b[M.VAL_LOSS]:.4f}" if b else "-",
                      acc, tie_mark(iv), str(b[M.EPOCH]) if b else "-", t.error or ""])
+    head, rows = [term(x) for x in head], [[term(x) for x in r] for r in rows]  # one row per line, no escapes
     widths = [max(len(str(x)) for x in col) for col in zip(head, *rows)]
     fmt = lambda r: "  ".join(str(x).ljust(w) for x, w in zip(r, widths)).rstrip()
     done = sum(t.state == "TERMINATED" for t in trials)
-    summary = f"{meta['name']}: {len(trials)} of {meta['num_samples']} trials started, {done} terminated, " \
-              f"{sum(t.state == 'ERROR' for t in trials)} errored; data {meta['data_dir']}"
-    summary += f"\n{budget_line(exp_dir, trials)}"
+    summary = f"{term(meta['name'])}: {len(trials)} of {term(meta['num_samples'])} trials started, {done} terminated, " \
+              f"{sum(t.state == 'ERROR' for t in trials)} errored; data {term(meta['data_dir'])}"
+    summary += f"\n{term(budget_line(exp_dir, trials))}"
     for src in warm_sources(meta):
-        summary += (f"\nwarm-started from {src['experiment']}: {len(src.get('trials') or [])} of its trials given to "
+        summary += (f"\nwarm-started from {term(src['experiment'])}: {len(src.get('trials') or [])} of its trials given to "
                     "Optuna first" + (" (`mmsa refine`: stage 2; `mmsa report` shows both stages)"
                                       if meta.get("refined_from") == src["experiment"] else ""))
     if ivs:
@@ -148,7 +150,7 @@ def status_table(exp_dir: str | Path) -> str:
                     "of the accuracy difference to the best trial contains 0 (the data cannot tell them apart)")
     lease = holder(read_lease(str(exp_dir)))
     if lease:
-        summary += f"\nrunning now: {describe(lease)}"
+        summary += f"\nrunning now: {term(describe(lease))}"
     return "\n".join([summary, fmt(head), *(fmt(r) for r in rows)])
 
 

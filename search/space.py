@@ -36,6 +36,8 @@ class SearchConfig:
     max_failures: int = opt(2, "retries of a trial whose process died, from its last checkpoint", lo=0)
     cpus_per_trial: float = opt(1.0, "CPU cores reserved per trial", lo=0.0, lo_open=True)
     gpus_per_trial: float = opt(-1.0, "GPUs per trial: -1 = 1 when the cluster has GPUs else 0; fractions pack trials", lo=-1.0, hi=64.0)
+    memory_per_trial: float = opt(0.0, "GiB of memory Ray reserves per trial (0: none reserved; a trial needs it on one node)",
+                                  lo=0.0, hi=1e6)
     max_concurrent: int = opt(0, "trials at once; 0 = as many as the cluster's GPUs (or CPUs) hold", lo=0)
     checkpoint_mode: str = opt("async", "async: a trial's state is written while the next epoch trains, into its own "
                                "folder; sync: inside Ray's checkpoint at each report (the behaviour before, for "

@@ -11,6 +11,7 @@ from pathlib import Path
 
 from data_pipeline.dataset import check_data_dir
 from data_pipeline.errors import UserError
+from data_pipeline.printable import term
 from data_pipeline.preprocess import data_fingerprint
 from model.backbones import check_backbones
 from model.run import load_train_val
@@ -20,7 +21,7 @@ from . import experiment, ray_internals, storage, trial_backup
 from .experiment import trial_dirname  # noqa: F401 - tuner.pkl of earlier searches names it here
 from .lock import ExperimentLock
 from .algorithms import check_new_study, make_scheduler, make_searcher, status_reporter
-from .ray_cluster import capacity, check_cluster_storage, init_ray
+from .ray_cluster import capacity, check_cluster_storage, check_fits, init_ray
 from .schema import M
 from .space import SearchSpec, parse_spec, spec_to_dict
 from .trainable import train_trial
@@ -212,10 +213,11 @@ def resume_search(exp_dir: str | Path, *, address: str | None = None, verbose: i
         data = load_train_val(spec.fixed, log)
         init_ray(address)
         sigterm_like_ctrl_c()
+        check_fits(meta.get("resources"), exp)  # e.g. resumed on a smaller machine than the search started on
         if not tune.Tuner.can_restore(exp):
             raise UserError(f"{exp}: Ray has no saved experiment state here yet (the search was stopped before its "
                             "first trial started); start it again with `mmsa search`.")
-        log(f"resuming search {meta['name']} in {exp}")
+        log(term(f"resuming search {meta['name']} in {exp}"))
         ray_internals.upload_state_after_each_checkpoint()
         ray_internals.relocate_new_trials_on_restore()
         tuner = tune.Tuner.restore(exp, trainable=trainable_with(data, meta["resources"], checkpointing(spec)),

@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from data_pipeline.errors import UserError
+from data_pipeline.printable import term
 
 from . import storage
 from .experiment import read_meta
@@ -127,7 +128,7 @@ def collect(sources: list[str], spec: SearchSpec, fingerprint: str, any_data: bo
                 kind = why.split(":")[0]
                 skipped[kind] = skipped.get(kind, 0) + 1
                 if kind == "outside the space":
-                    log(f"warm start: trial {t.trial_id} of {src} skipped, {why}")
+                    log(term(f"warm start: trial {t.trial_id} of {src} skipped, {why}"))
                 continue
             used.append(w)
         warm += used

@@ -301,7 +301,8 @@ def _c2f_files(t: Path, d: Path) -> None:
             "search": {"grace_period": 1}}
     (t / "empty-exp").mkdir()  # an experiment whose search never finished a trial: nothing to refine from
     (t / "empty-exp" / "mmsa_search.yaml").write_text(yaml.safe_dump(
-        {"name": "empty-exp", "num_samples": 1, "data_dir": str(d), "data_fingerprint": "0" * 64, "spec": spec}))
+        {"name": "empty-exp", "num_samples": 1, "data_dir": str(d), "data_fingerprint": "0" * 64, "created": "now",
+         "spec": spec}))
     import os
     import socket
     import time

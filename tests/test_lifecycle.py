@@ -126,7 +126,8 @@ def test_search_that_never_started_a_trial_can_be_started_again(tmp_path, demo_c
 
     exp = tmp_path / "rr" / "again"
     space = _space(tmp_path, demo_cfg, epochs=1)
-    experiment.write_meta(exp, {"name": "again", "spec": yaml.safe_load(space.read_text())})  # Ctrl-C at start-up
+    experiment.write_meta(exp, {"name": "again", "num_samples": 1, "data_dir": str(tmp_path), "data_fingerprint": "0",
+                                "created": "now", "spec": yaml.safe_load(space.read_text())})  # Ctrl-C at start-up
     (exp / "tuner.pkl").write_bytes(b"")
     r = _cli("resume", str(exp))
     assert r.returncode == 2 and "stopped before its first trial started" in r.stderr and "--name again" in r.stderr

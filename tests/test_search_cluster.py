@@ -87,3 +87,19 @@ def test_every_node_runs_the_drivers_versions(two_node_cluster):
     other = {**local_versions(), "ray": "2.59.0"}
     bad = version_mismatches(local_versions(), {**nodes, "10.0.0.9": other})
     assert bad == [f"node 10.0.0.9: ray 2.59.0 (this machine: {local_versions()['ray']})"]
+
+
+@pytest.mark.parametrize("search, flag", [({"cpus_per_trial": 3.0}, "--cpus-per-trial"),
+                                          ({"gpus_per_trial": 2.0}, "--gpus-per-trial")])
+def test_a_trial_must_fit_on_one_node_not_on_the_sum(two_node_cluster, demo_cfg, search, flag):
+    """Two nodes of 2 CPUs and 1 GPU: 4 CPUs and 2 GPUs in all, but a trial of 3 CPUs or 2 GPUs fits on neither."""
+    from search.ray_cluster import capacity
+
+    spec = _spec(demo_cfg)
+    for k, v in search.items():
+        setattr(spec.search, k, v)
+    with pytest.raises(UserError) as e:
+        capacity(spec)
+    assert flag in str(e.value) and str(e.value).count("2 CPUs, 1 GPU,") == 2  # each node's amounts
+    spec.search.cpus_per_trial, spec.search.gpus_per_trial = 2.0, 1.0
+    assert capacity(spec) == ({"cpu": 2.0, "gpu": 1.0}, 2)  # one trial per node
