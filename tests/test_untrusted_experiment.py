@@ -95,6 +95,13 @@ def _link(at: Path, to: Path) -> None:
     at.symlink_to(to)
 
 
+def _link_all(paths, to: Path) -> None:
+    paths = list(paths)
+    assert paths, "nothing to plant: the experiment lacks the files this row replaces"
+    for p in paths:
+        _link(p, to)
+
+
 def _rows(c: Case, t: Path) -> list[dict]:
     return [json.loads(l) for l in (t / "result.json").read_text().splitlines() if l.strip()]
 
@@ -147,7 +154,8 @@ def _move_out(folder: Path, to: Path) -> None:
 
 def _damage(rel_glob: str, how: str):
     def plant(c: Case):
-        for p in [*c.exp.glob(rel_glob)]:
+        assert list(c.exp.glob(rel_glob)), rel_glob
+        for p in c.exp.glob(rel_glob):
             data = p.read_bytes()
             p.write_bytes({"empty": b"", "cut": data[: len(data) // 2], "random": os.urandom(300),
                            "binary-json": b"\x00\xff" * 50}[how])
@@ -200,12 +208,12 @@ PLANTS = [
     Plant(".mmsa-state/ -> outside folder", lambda c: _link(c.exp / ".mmsa-state", c.victim), ray=RESUME),
     Plant(".mmsa-state/trials/T -> outside folder",
           lambda c: _link(c.exp / ".mmsa-state" / "trials" / c.trials[0].name, c.victim / "sub")),
-    Plant("experiment_state -> outside file", lambda c: [_link(p, c.victim / "secret.txt")
-                                                         for p in c.exp.glob("experiment_state-*.json")] and None),
-    Plant("checkpoint folders -> outside folder", lambda c: [_link(p, c.victim) for t in c.trials
-                                                             for p in t.glob("checkpoint_*")] and None, ray=RESUME),
-    Plant("best-weights folder -> outside folder", lambda c: [_link(p, c.victim) for t in c.trials
-                                                              for p in t.glob("mmsa_best_epoch_*")] and None),
+    Plant("experiment_state -> outside file", lambda c: _link_all(c.exp.glob("experiment_state-*.json"),
+                                                                  c.victim / "secret.txt")),
+    Plant("checkpoint folders -> outside folder", lambda c: _link_all(c.exp.glob("trial_*/checkpoint_*"), c.victim),
+          ray=RESUME),
+    Plant("best-weights folder -> outside folder", lambda c: _link_all(c.exp.glob("trial_*/mmsa_best_epoch_*"),
+                                                                       c.victim)),
     Plant("confirm/ -> outside folder", lambda c: _link(c.exp / "confirm", c.victim), ray=("resume", "confirm")),
     Plant("checkpoint name ../../../victim (search running)", _checkpoint_name("../../../victim", True)),
     Plant("checkpoint name absolute (search running)", lambda c: _checkpoint_name(str(c.victim), True)(c)),
