@@ -38,12 +38,14 @@ from pathlib import Path
 
 import torch
 
+from data_pipeline.errors import UserError
 from model import run_files as ckpt
 from model.config import save_config
 
 from . import faults
 from .checkpoint_retention import PIN_FILE, write_checkpoint_metrics
 from .schema import M
+from .storage import parse_json
 
 STATE_DIR = "mmsa_state"
 BEST_PREFIX = "mmsa_best_epoch_"
@@ -72,8 +74,12 @@ def read_pointer(ck_dir: Path) -> dict | None:
     data = read_bytes(Path(ck_dir) / POINTER_FILE)  # never through a link planted in the checkpoint
     if data is None:
         return None  # a checkpoint of checkpoint_mode sync (or of an older search): the whole state is in it
-    d = json.loads(data)
-    return {"state": None if d["state"] is None else str(d["state"]), "reported_epoch": int(d["reported_epoch"])}
+    d = parse_json(data)
+    try:
+        return {"state": None if d["state"] is None else str(d["state"]), "reported_epoch": int(d["reported_epoch"])}
+    except (KeyError, TypeError, ValueError, OverflowError):
+        raise UserError(f"{Path(ck_dir) / POINTER_FILE} is damaged (not what mmsa writes): the trial cannot tell "
+                        "which training state this checkpoint is; it is not resumed from it") from None
 
 
 def _clone(obj):
@@ -122,8 +128,8 @@ def ended_verdict(trial_dir: Path) -> bool | None:
     try:
         from data_pipeline.safe_files import open_read
 
-        return bool(json.loads(open_read(Path(trial_dir) / ENDED_FILE))["keep_best"])
-    except (OSError, ValueError, KeyError, TypeError):
+        return bool(parse_json(open_read(Path(trial_dir) / ENDED_FILE))["keep_best"])
+    except (OSError, KeyError, TypeError):
         return None
 
 

@@ -16,6 +16,7 @@ import json
 from pathlib import Path
 
 from .schema import M
+from .storage import parse_json
 
 METRICS_FILE = "mmsa_metrics.json"
 PIN_FILE = "mmsa_pinned.json"  # `mmsa export` during a running search: this checkpoint is never pruned
@@ -37,8 +38,8 @@ def write_checkpoint_metrics(ck_dir, epoch: int, val_loss: float) -> None:
 
 def read_checkpoint_metrics(data: bytes | None) -> tuple[int, float] | None:
     """(epoch, val_loss) from a METRICS_FILE's bytes; None when it is absent or not whole."""
+    m = parse_json(data)
     try:
-        m = json.loads(data or b"")
         return int(m[M.EPOCH]), float(m[M.VAL_LOSS])
-    except (ValueError, KeyError, TypeError):
+    except (ValueError, KeyError, TypeError, OverflowError):
         return None

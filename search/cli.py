@@ -150,10 +150,16 @@ def cmd_search(args) -> int:
     try:
         run_search(spec, args.num_samples, args.name, str(args.storage), address=args.address,
                    shared_storage=args.shared_storage, optuna_storage=args.optuna_storage, verbose=args.verbose,
-                   warm_start=args.warm_start, warm_any_data=args.warm_start_any_data)
+                   warm_start=args.warm_start, warm_any_data=args.warm_start_any_data, break_lock=args.break_lock)
     except KeyboardInterrupt:  # a second Ctrl-C skips Ray's last state snapshot; the last one taken still resumes
         return _interrupted(exp)
     return _finished(exp)
+
+
+def add_break_lock_flag(p) -> None:
+    p.add_argument("--break-lock", action="store_true", help="take the experiment even though a lease says another "
+                   "`mmsa search`/`resume`/`confirm` is writing it (its holder is named); only when you know that "
+                   "process is gone, e.g. on a host that was shut down less than a minute ago")
 
 
 def cmd_refine(args) -> int:
@@ -197,7 +203,7 @@ def cmd_refine(args) -> int:
         run_search(load_spec(path), args.num_samples, name, parent, address=args.address,
                    optuna_storage=args.optuna_storage, verbose=args.verbose, warm_start=[exp],
                    warm_any_data=args.warm_start_any_data,
-                   extra_meta={"refined_from": exp, "refine_notes": notes})
+                   extra_meta={"refined_from": exp, "refine_notes": notes}, break_lock=args.break_lock)
     except KeyboardInterrupt:
         return _interrupted(rexp)
     return _finished(rexp)
@@ -210,7 +216,8 @@ def cmd_resume(args) -> int:
     if read_meta(args.experiment).get("fixed_trials"):  # a `mmsa confirm` run: its evidence is written at the end
         from .confirm import resume_confirm as resume_search  # noqa: F811
     try:
-        resume_search(args.experiment, address=args.address, verbose=args.verbose, trust_state=args.trust_state)
+        resume_search(args.experiment, address=args.address, verbose=args.verbose, trust_state=args.trust_state,
+                      break_lock=args.break_lock)
     except KeyboardInterrupt:
         return _interrupted(args.experiment)
     return _finished(args.experiment)
@@ -222,7 +229,8 @@ def cmd_confirm(args) -> int:
     check_confirm_args(args.top, args.seeds)
     cexp = confirm_location(args.experiment)
     try:
-        ev = run_confirm(args.experiment, args.top, args.seeds, address=args.address, verbose=args.verbose)
+        ev = run_confirm(args.experiment, args.top, args.seeds, address=args.address, verbose=args.verbose,
+                         break_lock=args.break_lock)
     except KeyboardInterrupt:
         return _interrupted(cexp)
     if ev is None:
@@ -345,6 +353,7 @@ def build_parser() -> argparse.ArgumentParser:
                    "other data (refused by default)")
     g.add_argument("--enqueue", nargs="+", metavar="FILE", help="configurations to try first: `mmsa export` files or "
                    "run config YAMLs (their searched keys; values must lie inside the space)")
+    add_break_lock_flag(p)
     p.set_defaults(fn=cmd_search)
 
     p = sub.add_parser("refine", help="second stage: a narrower space from a search's best trials, run warm-started "
@@ -363,6 +372,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--address", help="Ray cluster to join: auto or HOST:PORT (default: a fresh local instance)")
     p.add_argument("--optuna-storage", help="e.g. sqlite:///optuna.db, to watch with optuna-dashboard")
     p.add_argument("--verbose", type=int, default=1, choices=(0, 1, 2))
+    add_break_lock_flag(p)
     p.set_defaults(fn=cmd_refine)
 
     p = sub.add_parser("resume", help="continue an interrupted search where it stopped")
@@ -372,6 +382,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--trust-state", action="store_true", help="load Ray's state files even though no search of yours "
                    "signed them (an experiment copied from another machine or user); they are pickles, so only for "
                    "experiments whose origin you trust")
+    add_break_lock_flag(p)
     p.set_defaults(fn=cmd_resume)
 
     p = sub.add_parser("confirm", help="re-train the top configurations with fresh seeds; export then takes the best mean")
@@ -380,6 +391,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seeds", type=int, default=3, help="fresh seeds per configuration (default 3)")
     p.add_argument("--address", help="Ray cluster to join (default: a fresh local instance)")
     p.add_argument("--verbose", type=int, default=1, choices=(0, 1, 2))
+    add_break_lock_flag(p)
     p.set_defaults(fn=cmd_confirm)
 
     p = sub.add_parser("status", help="table of a search's trials: config, epochs, best val loss/acc, state, error")

@@ -53,7 +53,8 @@ def points(cands: list[dict], seeds: int) -> list[dict]:
     return out
 
 
-def run_confirm(exp_dir: str, top: int = 3, seeds: int = 3, *, address: str | None = None, verbose: int = 1, log=print):
+def run_confirm(exp_dir: str, top: int = 3, seeds: int = 3, *, address: str | None = None, verbose: int = 1, log=print,
+                break_lock: bool = False):
     from data_pipeline.preprocess import data_fingerprint
 
     from .space import parse_spec
@@ -78,8 +79,9 @@ def run_confirm(exp_dir: str, top: int = 3, seeds: int = 3, *, address: str | No
         log(f"{cexp}: the confirmation has finished already; rewriting its evidence")
         return write_evidence(exp)
     running = holder(read_lease(exp))
-    if running:
-        raise UserError(f"{exp} is in use by {describe(running)}; confirm the search when it has finished.")
+    if running and not break_lock:
+        raise UserError(f"{exp} is in use by {describe(running)}; confirm the search when it has finished (or pass "
+                        "--break-lock if you know its holder is gone).")
     trials = load_trials(exp)
     cands = candidates(trials, top)
     if not cands:
@@ -93,21 +95,22 @@ def run_confirm(exp_dir: str, top: int = 3, seeds: int = 3, *, address: str | No
              "search_trials": len(trials), "candidates": cands}
     log(f"confirming the top {len(cands)} configuration(s) of {exp} with {seeds} fresh seed(s) each: "
         f"{len(pts)} trials of up to {spec.fixed.train.epochs} epochs")
-    with ExperimentLock(exp, f"mmsa confirm {exp}"):  # the search is not resumed meanwhile
+    with ExperimentLock(exp, f"mmsa confirm {exp}", break_lock):  # the search is not resumed meanwhile
         run_search(spec, len(pts), CONFIRM_DIR, exp, address=address, verbose=verbose, log=log, points=pts,
-                   extra_meta=extra)
+                   extra_meta=extra, break_lock=break_lock)
         if finished(cexp):
             return write_evidence(exp)
     return None
 
 
-def resume_confirm(cexp: str, *, address: str | None = None, verbose: int = 1, trust_state: bool = False, log=print):
+def resume_confirm(cexp: str, *, address: str | None = None, verbose: int = 1, trust_state: bool = False, log=print,
+                   break_lock: bool = False):
     from .tuner import resume_search
 
     exp = parent_of(cexp)
     check_confirm_dir(exp, cexp)
-    with ExperimentLock(exp, f"mmsa resume {cexp}"):
-        resume_search(cexp, address=address, verbose=verbose, trust_state=trust_state, log=log)
+    with ExperimentLock(exp, f"mmsa resume {cexp}", break_lock):
+        resume_search(cexp, address=address, verbose=verbose, trust_state=trust_state, log=log, break_lock=break_lock)
         if finished(cexp):
             return write_evidence(exp)
     return None

@@ -31,18 +31,54 @@ def check_confirm_dir(exp: str, cexp: str) -> None:
                         "Remove it, then confirm again.")
 
 
-def read_evidence(exp: str | Path) -> dict | None:
-    """EXP/confirm.json when a finished confirmation wrote it (None when absent or not readable: the caller then
-    falls back to the best trial)."""
+def read_evidence(exp: str | Path) -> tuple[dict | None, str | None]:
+    """EXP/confirm.json as written: (its content, None), (None, None) when there is none, (None, why) when it is
+    damaged. Its numbers are not checked here: `checked_evidence` does that before anything presents them."""
     fs, path = storage.filesystem(str(exp))
-    try:
-        with fs.open_input_stream(f"{path}/{EVIDENCE}") as f:
-            ev = json.loads(f.read())
-    except (OSError, ValueError):
-        return None
+    data = storage.read_bytes(fs, f"{path}/{EVIDENCE}")
+    if data is None:
+        return None, None
+    ev = storage.parse_json(data)
     if not isinstance(ev, dict) or not isinstance(ev.get("candidates"), list) or not ev.get("chosen"):
-        return None
-    return ev
+        return None, f"{exp}/{EVIDENCE} is damaged (not the JSON `mmsa confirm` writes): it is not used"
+    return ev, None
+
+
+def checked_evidence(exp: str, trials: list) -> tuple[dict | None, str | None]:
+    """The confirmation's evidence, only where EXP/confirm's own trials reproduce it (the rule of `mmsa confirm`,
+    search/confirm.py evidence, run again on them) and it confirms configurations of this search (`trials`, as
+    search/results.load_trials reads them): anyone who can write the folder can write a confirm.json naming any
+    configuration, epoch count or model. Returns (evidence, None) to use; (evidence, why) when it is right but the
+    search has changed since (shown, not exported); (None, why) when it is not evidence; (None, None) when there is
+    none."""
+    from .confirm import evidence
+    from .experiment import meta_exists
+
+    ev, why = read_evidence(exp)
+    if ev is None:
+        return None, why
+    cexp = confirm_location(exp)
+    unused = f"{exp}/{EVIDENCE} is not used"
+    if not meta_exists(cexp):
+        return None, f"{unused}: there is no confirmation experiment ({cexp}) whose trials it could come from"
+    try:
+        again = evidence(exp)
+        search_keys = {t.trial_id: config_key(t.config) for t in trials}
+        foreign = [c["trial_id"] for c in again["candidates"]
+                   if search_keys.get(c["trial_id"]) != config_key(c["config"])]
+    except (KeyError, TypeError, ValueError, AttributeError, IndexError, OSError, RecursionError, UserError) as e:
+        return None, f"{unused}: its confirmation experiment {cexp} cannot be read ({e})"
+    if foreign:
+        return None, (f"{unused}: it names configurations that are not those of this search's trials "
+                      f"({', '.join(map(str, foreign))})")
+    if _canonical(again) != _canonical(ev) or not again.get("chosen"):
+        return None, f"{unused}: the trials of {cexp} do not give its numbers (written by something else, or edited)"
+    return again, stale(exp, again, trials)
+
+
+def _canonical(ev: dict) -> str:
+    """What must match between the file and the recomputation (not the folder it was computed in: it may move)."""
+    return json.dumps({k: v for k, v in ev.items() if k != "experiment"}, sort_keys=True)
 
 
 def chosen(ev: dict) -> dict:

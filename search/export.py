@@ -54,17 +54,12 @@ def export_best(exp_dir: str | Path, out: str | Path) -> dict:
     fingerprint); `mmsa train --config OUT` trains it for the best epoch count."""
     exp = storage.normalize(exp_dir)
     meta = read_meta(exp)
-    from .confirm_files import chosen, read_evidence
+    from .confirm_files import checked_evidence, chosen
 
-    ev = read_evidence(exp)
     trials = load_trials(exp)
-    outdated = None
-    if ev is not None:
-        from .confirm_files import stale
-
-        outdated = stale(exp, ev, trials)
-        if outdated is None:
-            return export_confirmed(exp, meta, chosen(ev), ev, out)
+    ev, outdated = checked_evidence(exp, trials)  # outdated: why the confirmation is not exported
+    if ev is not None and outdated is None:
+        return export_confirmed(exp, meta, chosen(ev), ev, out)
     t = best_trial(exp, trials)
     b = t.best
     ck = checkpoint_in_trial(exp, t.path.name, b.get(CHECKPOINT_DIR_NAME))

@@ -17,6 +17,9 @@ MMSA_TEST_FAULT_WRITE=EPOCH SIGKILLs a trial's worker in the middle of writing t
 background (search/async_checkpoint.py: weights written, the rest not), once per trial (marker in
 MMSA_TEST_FAULT_DIR).
 
+MMSA_TEST_HEARTBEAT_S=SECONDS renews the experiment lease (search/lock.py) this often instead of every HEARTBEAT_S, so a
+test sees many beats during a short resume.
+
 (Tests count picture decodes by wrapping data_pipeline.images._open_rgb, with no hook in production code.)
 """
 from __future__ import annotations
@@ -30,6 +33,11 @@ ENV_DIR = "MMSA_TEST_FAULT_DIR"
 PRUNE_ENV = "MMSA_TEST_FAULT_PRUNE"
 WRITE_ENV = "MMSA_TEST_FAULT_WRITE"
 RETAIN_ENV = "MMSA_TEST_FAULT_RETAIN"
+HEARTBEAT_ENV = "MMSA_TEST_HEARTBEAT_S"
+
+
+def heartbeat_s(default: float) -> float:
+    return float(os.environ.get(HEARTBEAT_ENV) or default)
 
 
 def batch_hook(cfg, trial_id: str, epoch_of):

@@ -253,6 +253,44 @@ def relocate_new_trials_on_restore() -> None:
     TuneController._restore_trials = patched_restore_trials
 
 
+def keep_our_files_out_of_ray_staging() -> None:
+    """Ray 2.60, on restore (TuneController.resume -> _ExperimentCheckpointManager.sync_down_experiment_state), copies
+    EVERY top-level file of the experiment folder whose name ends in .json or .pkl into the driver's staging folder,
+    and each later state save (sync_up_experiment_state) uploads the whole staging folder back over the experiment
+    folder. Files of ours there (the lease .mmsa-lock.json, confirm.json, ...) were so overwritten, at every save of
+    a resumed search, by their copy from the moment of the restore: the lease's heartbeat stood still while its
+    holder ran, so another host saw it stale and could take the experiment over. Ray only needs its own state files
+    staged (its searcher and callbacks restore from there): drop everything else right after the download, so Ray
+    never writes a file of ours. Idempotent."""
+    import shutil
+    from pathlib import Path
+
+    try:
+        from ray.tune.execution import experiment_state as es
+
+        sync_down = es._ExperimentCheckpointManager.sync_down_experiment_state
+    except (ImportError, AttributeError) as e:
+        raise _moved("_ExperimentCheckpointManager.sync_down_experiment_state", "keep Ray from writing mmsa's own "
+                     "files (the lease) back over the experiment", str(e)) from None
+    if getattr(sync_down, "_mmsa", False):
+        return
+
+    def patched(self, *args, **kwargs):
+        sync_down(self, *args, **kwargs)
+        try:
+            staging = Path(self._storage.experiment_driver_staging_path)
+        except AttributeError as e:
+            raise _moved("_ExperimentCheckpointManager._storage.experiment_driver_staging_path", "keep Ray from "
+                         "writing mmsa's own files back over the experiment", str(e)) from None
+        for f in staging.iterdir() if staging.is_dir() else ():
+            if not is_state_file(f.name):
+                shutil.rmtree(f) if f.is_dir() and not f.is_symlink() else f.unlink()
+
+    patched._mmsa = True
+    patched.__wrapped__ = sync_down  # Ray's own, for the canary that checks the fact above still holds
+    es._ExperimentCheckpointManager.sync_down_experiment_state = patched
+
+
 def trial_storage() -> tuple[object, str]:
     """Inside a trial: the storage filesystem and the trial folder's path on it (where the trial writes its own
     state and best weights, search/async_checkpoint.py). Ray's train context has it as a DeveloperAPI only."""

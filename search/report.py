@@ -243,13 +243,15 @@ def _write_report(exp: Path, meta: dict, trials: list, ablation) -> Path:
         lines += [f"No best trial yet: {md(e)}", ""]
     lines += stages_markdown(exp, meta, trials)
     from .confirm import evidence_markdown
-    from .confirm_files import read_evidence, stale
+    from .confirm_files import checked_evidence
 
-    ev = read_evidence(exp)
+    ev, outdated = checked_evidence(str(exp), trials)
     if ev is not None:
-        outdated = stale(str(exp), ev, trials)
         lines += evidence_markdown(ev) + [f"**Outdated:** {md(outdated)} `mmsa export` exports the best trial." if outdated
                                           else f"{md(f'mmsa export {exp}', code=True)} exports the confirmed choice.", ""]
+    elif outdated:  # a confirm.json that is not evidence: say so, never show its numbers
+        lines += ["## Confirmation (`mmsa confirm`)", "", f"**Not used:** {md(outdated)}. `mmsa export` exports the best "
+                  "trial.", ""]
     lines += ["## Learning curves", "", "![learning curves](report/curves.png)", "",
               "## Search progress", "", "![search progress](report/progress.png)", "", "## Hyperparameter effects", ""]
     for name, caption in hp:

@@ -211,7 +211,7 @@ def tie_mark(iv: Interval | None) -> str:
 
 def budget_line(exp: str | Path, search_trials: list[TrialSummary]) -> str:
     """Trial-epochs spent: the search's, plus the confirmation's when there is one."""
-    from .confirm_files import confirm_location, read_evidence
+    from .confirm_files import checked_evidence, confirm_location
     from .experiment import meta_exists
 
     n = sum(len(t.results) for t in search_trials)
@@ -219,7 +219,7 @@ def budget_line(exp: str | Path, search_trials: list[TrialSummary]) -> str:
     if not meta_exists(cexp):
         return f"trial-epochs spent: {n}"
     c = sum(len(t.results) for t in load_trials(cexp))
-    ev = read_evidence(exp)
+    ev, why = checked_evidence(storage.normalize(str(exp)), search_trials)
     what = (f"chose trial {ev['chosen']}'s configuration (mean of {ev['seeds']} fresh seeds); `mmsa report` shows "
-            "the evidence" if ev else f"not finished: `mmsa resume {cexp}`")
+            "the evidence" if ev else why if why else f"not finished: `mmsa resume {cexp}`")
     return f"trial-epochs spent: {n + c} (search {n} + confirm {c}); confirm: {what}"

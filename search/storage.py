@@ -2,6 +2,7 @@
 filesystems as Ray itself does, and the up-front check that local storage can take checkpoints."""
 from __future__ import annotations
 
+import json
 import shutil
 from pathlib import Path
 
@@ -43,6 +44,19 @@ def read_bytes(fs, path: str, root: str | None = None) -> bytes | None:
         with fs.open_input_stream(path) as f:
             return f.read()
     except OSError:
+        return None
+
+
+def parse_json(data: bytes | str | None):
+    """The value of a JSON file mmsa wrote into an experiment, or None when it is absent or damaged (cut short by a
+    crash, edited, planted: not JSON, not text, or nested deep enough to exhaust Python's recursion limit). Every
+    reader of such a file goes through here and then checks the value's shape, so a damaged file is a note, never a
+    traceback."""
+    if data is None:
+        return None
+    try:
+        return json.loads(data)
+    except (ValueError, RecursionError):  # UnicodeDecodeError is a ValueError
         return None
 
 

@@ -16,7 +16,7 @@ import pyarrow.fs as pafs
 from data_pipeline.atomic import write_file
 
 from .schema import M
-from .storage import read_bytes
+from .storage import parse_json, read_bytes
 
 PARAMS, RESULTS = "params.json", "result.json"
 TRIAL_BACKUPS = ".mmsa-state/trials"  # .mmsa-state is search/state_backup.py's BACKUP_DIR
@@ -26,21 +26,15 @@ def parse_rows(data: bytes | None) -> list[dict]:
     """The whole JSON lines of a result file (a line cut short by a crash is dropped)."""
     rows = []
     for line in (data or b"").decode(errors="replace").splitlines():
-        try:
-            row = json.loads(line) if line.strip() else None
-        except ValueError:
-            continue
+        row = parse_json(line) if line.strip() else None
         if isinstance(row, dict):
             rows.append(row)
     return rows
 
 
 def parse_params(data: bytes | None) -> dict | None:
-    try:
-        params = json.loads(data or b"")
-        return params if isinstance(params, dict) else None
-    except ValueError:
-        return None
+    params = parse_json(data)
+    return params if isinstance(params, dict) else None
 
 
 NUMBERS = (M.VAL_LOSS, M.VAL_ACC, M.VAL_F1, M.TRAIN_LOSS, M.BEST_VAL_LOSS)  # what status/report/export/ASHA read

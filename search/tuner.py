@@ -17,7 +17,7 @@ from model.backbones import check_backbones
 from model.run import load_train_val
 from model.train import Split
 
-from . import experiment, ray_internals, storage, trial_backup
+from . import experiment, ray_internals, state_trust, storage, trial_backup
 from .experiment import trial_dirname  # noqa: F401 - tuner.pkl of earlier searches names it here
 from .lock import ExperimentLock
 from .algorithms import check_new_study, make_scheduler, make_searcher, status_reporter
@@ -107,7 +107,7 @@ def _refuse_if_full(exp: str, stopped: bool = False) -> None:
 def run_search(spec: SearchSpec, num_samples: int, name: str, storage_dir: str = "ray_results", *,
                address: str | None = None, shared_storage: bool = False, optuna_storage: str | None = None,
                verbose: int = 1, log=print, points: list[dict] | None = None, extra_meta: dict | None = None,
-               warm_start: list[str] | None = None, warm_any_data: bool = False):
+               warm_start: list[str] | None = None, warm_any_data: bool = False, break_lock: bool = False):
     """A search over spec's space (Optuna proposes, ASHA stops); or, with `points`, exactly these trial configs, each
     trained for all its epochs (`mmsa confirm`: fixed configurations with fresh seeds, no early stopping by ASHA).
     warm_start: experiments whose finished trials inside the space Optuna gets first (search/warm_start.py)."""
@@ -129,6 +129,7 @@ def run_search(spec: SearchSpec, num_samples: int, name: str, storage_dir: str =
 
         warm, sources = collect(warm_start, spec, data_fingerprint(data_dir, "train"), warm_any_data, log)
         warm_meta = {"warm_start": sources}
+    state_trust.check_key()  # a bad key is refused now, not at the first state save in the middle of the search
     check_backbones(spec.fixed.model)  # every trial would fail on a missing weights file: say so now
     data = load_train_val(spec.fixed, log)  # all bad-input errors happen here, before Ray starts
     storage_dir = storage.check_local_storage(storage_dir)
@@ -137,7 +138,7 @@ def run_search(spec: SearchSpec, num_samples: int, name: str, storage_dir: str =
     check_cluster_storage(storage_dir, shared_storage)
     resources, max_conc = capacity(spec)
     exp = experiment.location(storage_dir, name)
-    with ExperimentLock(exp, f"mmsa search --name {name}"):
+    with ExperimentLock(exp, f"mmsa search --name {name}", break_lock):
         if experiment.meta_exists(exp):
             if experiment.ever_ran(exp):
                 raise UserError(f"{exp} already holds a search; continue it with `mmsa resume {exp}` or pick another "
@@ -186,7 +187,7 @@ def run_search(spec: SearchSpec, num_samples: int, name: str, storage_dir: str =
 
 
 def resume_search(exp_dir: str | Path, *, address: str | None = None, verbose: int = 1, trust_state: bool = False,
-                  log=print):
+                  log=print, break_lock: bool = False):
     from ray import tune
 
     from .asha_state import replay
@@ -198,7 +199,7 @@ def resume_search(exp_dir: str | Path, *, address: str | None = None, verbose: i
     if not experiment.ever_ran(exp):
         raise UserError(f"{exp}: this search was stopped before its first trial started, so there is nothing to resume; "
                         f"start it again with the same `mmsa search ... --name {meta['name']}` (the name is free).")
-    with ExperimentLock(exp, f"mmsa resume {exp}"):
+    with ExperimentLock(exp, f"mmsa resume {exp}", break_lock):
         experiment.check_state(exp, log, trust_state)  # cheap: refusals come before hashing and preprocessing data
         fs, path = storage.filesystem(exp)
         repaired = trial_backup.repair_trials(fs, path)
@@ -220,6 +221,7 @@ def resume_search(exp_dir: str | Path, *, address: str | None = None, verbose: i
         log(term(f"resuming search {meta['name']} in {exp}"))
         ray_internals.upload_state_after_each_checkpoint()
         ray_internals.relocate_new_trials_on_restore()
+        ray_internals.keep_our_files_out_of_ray_staging()
         tuner = tune.Tuner.restore(exp, trainable=trainable_with(data, meta["resources"], checkpointing(spec)),
                                    resume_unfinished=True, resume_errored=True)
         if not meta.get("fixed_trials"):  # `mmsa confirm` runs without ASHA: nothing to replay

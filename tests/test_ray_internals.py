@@ -245,3 +245,44 @@ def test_warm_trials_reach_the_study_before_any_proposal_once_and_survive_save_r
     assert sorted(t.user_attrs[WARM_ATTR] for t in trials if WARM_ATTR in t.user_attrs) == ["/exp#a", "/exp#b"]
     assert [t.user_attrs.get(ENQUEUE_ATTR) for t in trials if ENQUEUE_ATTR in t.user_attrs] == [0]
     assert "t1" in RI.optuna_trials(resumed)
+
+
+def test_canary_ray_stages_our_files_on_restore_and_uploads_them_back_and_the_patch_stops_it(ray_local, tmp_path):
+    """The fact keep_our_files_out_of_ray_staging answers: Ray's restore copies every top-level *.json/*.pkl of the
+    experiment into its staging folder, and a state save uploads that folder over the experiment, so a file of ours
+    written since (the lease's heartbeat) goes back to its copy of the restore. With the patch only Ray's state
+    files are staged and a save leaves our files as their writer left them."""
+    from ray.train._internal.storage import StorageContext
+    from ray.tune.execution.experiment_state import _ExperimentCheckpointManager as Manager
+
+    from search.confirm_files import EVIDENCE
+    from search.lock import LOCK_FILE
+
+    def experiment(name: str) -> tuple[Manager, Path, Path]:
+        exp = tmp_path / name
+        exp.mkdir()
+        for f, text in ((LOCK_FILE, "restored"), (EVIDENCE, "restored"), ("experiment_state-2026.json", "{}"),
+                        ("searcher-state-2026.pkl", "x"), ("mmsa_search.yaml", "restored")):
+            (exp / f).write_text(text)
+        manager = Manager(storage=StorageContext(storage_path=str(tmp_path), experiment_dir_name=name),
+                          checkpoint_period=0)
+        return manager, exp, Path(manager._storage.experiment_driver_staging_path)
+
+    RI.keep_our_files_out_of_ray_staging()
+    RI.keep_our_files_out_of_ray_staging()  # idempotent
+    ray_own = Manager.sync_down_experiment_state.__wrapped__
+    manager, exp, staging = experiment("unpatched")
+    ray_own(manager)
+    assert {LOCK_FILE, EVIDENCE, "experiment_state-2026.json", "searcher-state-2026.pkl"} <= \
+        {p.name for p in staging.iterdir()}, "Ray no longer stages our files: the patch may be dropped"
+    (exp / LOCK_FILE).write_text("live")
+    manager.sync_up_experiment_state(save_fn=lambda: None, force=True, wait=True)
+    assert (exp / LOCK_FILE).read_text() == "restored", "Ray no longer uploads its staging folder back"
+
+    manager, exp, staging = experiment("patched")
+    manager.sync_down_experiment_state()
+    assert sorted(p.name for p in staging.iterdir()) == ["experiment_state-2026.json", "searcher-state-2026.pkl"]
+    (exp / LOCK_FILE).write_text("live")
+    (exp / EVIDENCE).write_text("live")
+    manager.sync_up_experiment_state(save_fn=lambda: None, force=True, wait=True)
+    assert (exp / LOCK_FILE).read_text() == (exp / EVIDENCE).read_text() == "live"
