@@ -1,53 +1,32 @@
 """The one way this project writes a file or a folder that a later command reads: under a temporary name, then
 renamed over the target, so a crash (or a full disk) leaves the old whole version or the new whole one, never half.
 
+Local paths go through data_pipeline/safe_files.py (no link below `root` followed, temporary files created
+exclusively); pyarrow filesystems for object storage (S3, GCS: no links) write through the filesystem.
 Used for run checkpoints (model/), the preprocessing cache (data_pipeline/) and experiment metadata and state
-backups (search/, on local paths and on pyarrow filesystems such as S3 alike).
+backups (search/).
 """
 from __future__ import annotations
 
-import os
-import shutil
-import tempfile
 from pathlib import Path
 from typing import Callable
 
-
-def replace_dir(dest: str | Path, write: Callable[[Path], None]) -> Path:
-    """Call write(tmpdir) on a fresh sibling folder, then move it to dest, replacing an older dest."""
-    dest = Path(dest)
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=dest.parent, prefix=f".{dest.name}.tmp"))
-    try:
-        write(tmp)
-        if dest.exists():
-            old = dest.with_name(f".{dest.name}.old")
-            shutil.rmtree(old, ignore_errors=True)
-            os.replace(dest, old)
-            os.replace(tmp, dest)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.replace(tmp, dest)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    return dest
+from . import safe_files
 
 
-def write_file(path: str | Path, data: bytes, fs=None) -> None:
-    """Write data to path; `fs` is a pyarrow filesystem (S3, GCS, local) for paths that are not plain local ones."""
-    tmp = f"{path}.tmp"
-    if fs is None:
-        try:
-            with open(tmp, "wb") as f:
-                f.write(data)
-                f.flush()
-                os.fsync(f.fileno())  # a power cut after the rename must not leave an empty file under the new name
-            os.replace(tmp, path)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
+def replace_dir(dest: str | Path, write: Callable[[Path], None], root: str | Path | None = None) -> Path:
+    """Call write(tmpdir) on a fresh sibling folder, then move it to dest, replacing an older dest. No link between
+    root (default: dest's parent) and dest is followed."""
+    return safe_files.replace_dir(dest, write, root)
+
+
+def write_file(path: str | Path, data: bytes, fs=None, root: str | Path | None = None) -> None:
+    """Write data to path; `fs` is a pyarrow filesystem (S3, GCS, local) for paths that are not plain local ones.
+    On a local path no link between root (default: the file's folder) and the file is followed."""
+    if safe_files.is_local_fs(fs):
+        safe_files.write_bytes(path, data, root)
         return
+    tmp = f"{path}.tmp"
     try:
         with fs.open_output_stream(tmp) as f:
             f.write(data)

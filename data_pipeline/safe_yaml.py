@@ -51,7 +51,10 @@ def load_yaml_text(text: str, source: str) -> Any:
     """Parse YAML text with the safe loader, refusing oversized documents; errors name `source`."""
     if len(text) > MAX_BYTES:
         raise UserError(f"{source}: {len(text)} characters of YAML; a config is a few KiB (limit {MAX_BYTES} bytes).")
-    loader = yaml.SafeLoader(text)
+    try:
+        loader = yaml.SafeLoader(text)  # checks the characters already: a binary file is refused here
+    except yaml.YAMLError as e:
+        raise UserError(f"{source}: not valid YAML ({str(e)[:500]}).") from None
     try:
         node = loader.get_single_node()
         if node is None:

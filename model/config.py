@@ -237,4 +237,6 @@ def load_config(path: str | Path, extra_sections: tuple[str, ...] = ()) -> tuple
 def save_config(cfg: Config, path: str | Path, extras: dict | None = None) -> None:
     d = cfg.to_dict()
     d.update(extras or {})
-    Path(path).write_text(yaml.safe_dump(d, sort_keys=False))
+    from data_pipeline.atomic import write_file
+
+    write_file(path, yaml.safe_dump(d, sort_keys=False).encode())

@@ -11,6 +11,18 @@ import matplotlib.pyplot as plt  # noqa: E402
 from . import metrics as M  # noqa: E402
 
 
+def save_figure(fig, path: Path, root: Path | None = None, **kw) -> None:
+    """Render, then write atomically without following a link below root (default: the file's folder; a planted
+    `curves.png -> ~/.bashrc` is replaced, never written through: data_pipeline/safe_files.py)."""
+    import io
+
+    from data_pipeline.atomic import write_file
+
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=110, **kw)
+    write_file(path, buf.getvalue(), root=root)
+
+
 def plot_curves(history: list[dict], path: Path, title: str = "") -> None:
     ep = [h[M.EPOCH] for h in history]
     fig, (a, b) = plt.subplots(1, 2, figsize=(10, 4))
@@ -29,7 +41,7 @@ def plot_curves(history: list[dict], path: Path, title: str = "") -> None:
         ax.xaxis.get_major_locator().set_params(integer=True)
     fig.suptitle(title)
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    save_figure(fig, path)
     plt.close(fig)
 
 
@@ -44,5 +56,5 @@ def plot_ablation(histories: dict[str, list[dict]], path: Path) -> None:
     ax.xaxis.get_major_locator().set_params(integer=True)
     ax.legend(ncol=3, fontsize=8)
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    save_figure(fig, path)
     plt.close(fig)

@@ -3,13 +3,17 @@ from __future__ import annotations
 
 import csv
 import json
+import io
 import math
+import shutil
 import sys
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
 from tqdm import tqdm
 
+from data_pipeline.atomic import write_file
 from data_pipeline.dataset import SPLIT_FILES, check_data_dir, read_rows, split_problem, stratified_split
 from data_pipeline.errors import UserError
 from data_pipeline.labels import LABELS
@@ -101,11 +105,33 @@ def release_gpu_memory() -> None:
 
 def write_history(history: list[dict], out: Path) -> None:
     """metrics.json and metrics.csv of a training run: one row per epoch (model/metrics.py names)."""
-    (out / "metrics.json").write_text(json.dumps(history, indent=1))
-    with open(out / "metrics.csv", "w", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=list(M.EPOCH_METRICS))
-        w.writeheader()
-        w.writerows(history)
+    write_file(out / "metrics.json", json.dumps(history, indent=1).encode())
+    write_file(out / "metrics.csv", _csv(history, list(M.EPOCH_METRICS)))
+
+
+def _csv(rows: list[dict], fields: list[str]) -> bytes:
+    buf = io.StringIO(newline="")
+    w = csv.DictWriter(buf, fieldnames=fields)
+    w.writeheader()
+    w.writerows(rows)
+    return buf.getvalue().encode()
+
+
+@contextmanager
+def writing(out: Path, what: str = "--out"):
+    """A write into the run folder that fails for want of space or permission (or a link planted there) ends in one
+    `error:` line. torch.save reports a full disk as a bare RuntimeError, hence the check of the free space."""
+    try:
+        yield
+    except OSError as e:
+        raise UserError(f"{what} {out}: cannot write ({e.strerror or e}). Free some space or choose a writable "
+                        "folder; `mmsa train --resume` continues from the last whole checkpoint.") from None
+    except Exception as e:  # noqa: BLE001 - only a full disk is turned into a message; the rest is raised as it was
+        free = shutil.disk_usage(out).free if out.is_dir() else None
+        if free is None or free > 2**20:
+            raise
+        raise UserError(f"{what} {out}: the disk is full ({free // 1024} KiB free; {type(e).__name__}). Free some "
+                        "space; `mmsa train --resume` continues from the last whole checkpoint.") from None
 
 
 def train_run(cfg: Config, out: str | Path, *, resume: bool = False, overwrite: bool = False, log=print,
@@ -139,9 +165,11 @@ def train_run(cfg: Config, out: str | Path, *, resume: bool = False, overwrite: 
                             "train into a new --out.") from None
         log(f"resumed from {out / LAST_CHECKPOINT} after epoch {trainer.epoch}")
     else:
-        (out / ckpt.DATA).write_text(json.dumps({"data_dir": str(cfg.data.data_dir),
-                                                 "data_fingerprint": data.train.fingerprint}) + "\n")
-    save_config(cfg, out / ckpt.CONFIG)
+        with writing(out):
+            write_file(out / ckpt.DATA, (json.dumps({"data_dir": str(cfg.data.data_dir),
+                                                     "data_fingerprint": data.train.fingerprint}) + "\n").encode())
+    with writing(out):
+        save_config(cfg, out / ckpt.CONFIG)
     log(f"training {cfg.model.modality} on {len(data.train)} samples, validating on {len(data.val)}, device {trainer.device}")
     bar = tqdm(total=len(data.train) * cfg.train.epochs, initial=len(data.train) * trainer.epoch, unit="sample",
                desc=f"train {cfg.model.modality}", disable=not progress, file=sys.stderr, leave=False)
@@ -149,16 +177,18 @@ def train_run(cfg: Config, out: str | Path, *, resume: bool = False, overwrite: 
     for row in trainer.fit():
         bar.set_postfix({k: f"{row[k]:.4g}" for k in (M.TRAIN_LOSS, M.VAL_LOSS, M.VAL_ACC)})
         log(f"epoch {row[M.EPOCH]}: " + ", ".join(f"{k} {row[k]:.4g}" for k in M.EPOCH_METRICS if k != M.EPOCH))
-        trainer.save_checkpoint(out / LAST_CHECKPOINT, include_best=True)
-        write_history(trainer.history, out)
+        with writing(out):
+            trainer.save_checkpoint(out / LAST_CHECKPOINT, include_best=True)
+            write_history(trainer.history, out)
     bar.close()
     if trainer.best_state is None:
         raise UserError(f"{out}: no epoch was trained (train.epochs is {cfg.train.epochs}, checkpoint at epoch {trainer.epoch}).")
     if not any(math.isfinite(h[M.VAL_LOSS]) for h in trainer.history):
         raise UserError(f"{out}: the validation loss was never a finite number ({trainer.history[-1][M.VAL_LOSS]}); "
                         "no epoch can be the best. Lower train.lr or check the data.")
-    ckpt.save_weights(trainer.best_state, out / ckpt.WEIGHTS)
-    plot_curves(trainer.history, out / "curves.png", title=f"{cfg.model.modality} ({cfg.model.complexity}, lr {cfg.train.lr:g}, batch {cfg.train.batch_size})")
+    with writing(out):
+        ckpt.save_weights(trainer.best_state, out / ckpt.WEIGHTS)
+        plot_curves(trainer.history, out / "curves.png", title=f"{cfg.model.modality} ({cfg.model.complexity}, lr {cfg.train.lr:g}, batch {cfg.train.batch_size})")
     best = min((h for h in trainer.history if math.isfinite(h[M.VAL_LOSS])), key=lambda h: h[M.VAL_LOSS])
     log(f"best epoch {best[M.EPOCH]}: val_loss {best[M.VAL_LOSS]:.4f}, val_acc {best[M.VAL_ACC]:.4f}; model in {out / ckpt.WEIGHTS}")
     return trainer.history
@@ -212,13 +242,11 @@ def predict_run(run_dir: str | Path, data_dir: str | Path | None, out: str | Pat
     lines = ["guid,tag"]
     for g in rows:  # skipped (bad) samples have no prediction: the file says so instead of dropping the row
         lines.append(f"{g},{LABELS[int(p[by_guid[g]].argmax())]}" if g in by_guid else f"{g},null")
-    out.write_text("\n".join(lines) + "\n")
-    if probs:
-        with open(out.with_name("probabilities.csv"), "w") as f:
-            f.write("guid," + ",".join(LABELS) + "\n")
-            for g in rows:
-                if g in by_guid:
-                    f.write(g + "," + ",".join(f"{x:.6f}" for x in p[by_guid[g]]) + "\n")
+    with writing(out.parent):
+        write_file(out, ("\n".join(lines) + "\n").encode())
+        if probs:
+            write_file(out.with_name("probabilities.csv"), ("guid," + ",".join(LABELS) + "\n" + "".join(
+                g + "," + ",".join(f"{x:.6f}" for x in p[by_guid[g]]) + "\n" for g in rows if g in by_guid)).encode())
     log(f"wrote {len(by_guid)} predictions to {out}")
     return out
 
@@ -245,13 +273,11 @@ def ablate_run(cfg: Config, out: str | Path, log=print, progress: bool = True, o
         best = min(histories[modality], key=lambda h: h[M.VAL_LOSS])
         results.append({"modality": modality, M.BEST_EPOCH: best[M.EPOCH], M.VAL_LOSS: best[M.VAL_LOSS],
                         M.VAL_ACC: best[M.VAL_ACC], M.VAL_F1: best[M.VAL_F1]})
-    with open(out / "ablation.csv", "w", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=list(results[0]))
-        w.writeheader()
-        w.writerows(results)
     md = ["| modality | best epoch | val loss | val acc | val macro-F1 |", "|---|---|---|---|---|"]
     md += [f"| {r['modality']} | {r[M.BEST_EPOCH]} | {r[M.VAL_LOSS]:.4f} | {r[M.VAL_ACC]:.4f} | {r[M.VAL_F1]:.4f} |" for r in results]
-    (out / "ablation.md").write_text("\n".join(md) + "\n")
-    plot_ablation(histories, out / "ablation.png")
+    with writing(out):
+        write_file(out / "ablation.csv", _csv(results, list(results[0])))
+        write_file(out / "ablation.md", ("\n".join(md) + "\n").encode())
+        plot_ablation(histories, out / "ablation.png")
     log("\n".join(md))
     return results

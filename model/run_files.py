@@ -7,9 +7,9 @@ from pathlib import Path
 
 import torch
 from safetensors import safe_open
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file, save
 
-from data_pipeline.atomic import replace_dir
+from data_pipeline.atomic import replace_dir, write_file
 from data_pipeline.errors import UserError
 
 WEIGHTS = "model.safetensors"
@@ -23,7 +23,8 @@ __all__ = ["WEIGHTS", "BEST_WEIGHTS", "STATE", "CONFIG", "DATA", "save_weights",
 
 
 def save_weights(state: dict[str, torch.Tensor], path: Path) -> None:
-    save_file({k: v.detach().to("cpu").contiguous() for k, v in state.items()}, str(path))
+    """Atomically, never through a link planted under the name (data_pipeline/atomic.py)."""
+    write_file(path, save({k: v.detach().to("cpu").contiguous() for k, v in state.items()}))
 
 
 def _unreadable(path: Path, e: Exception, what: str) -> UserError:

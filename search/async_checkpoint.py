@@ -69,15 +69,17 @@ def best_name(epoch: int) -> str:
 
 
 def read_pointer(ck_dir: Path) -> dict | None:
-    p = Path(ck_dir) / POINTER_FILE
-    if not p.is_file():
+    from data_pipeline.safe_files import read_bytes
+
+    data = read_bytes(Path(ck_dir) / POINTER_FILE)  # never through a link planted in the checkpoint
+    if data is None:
         return None  # a checkpoint of checkpoint_mode sync (or of an older search): the whole state is in it
-    d = parse_json(p.read_bytes())
+    d = parse_json(data)
     try:
         return {"state": None if d["state"] is None else str(d["state"]), "reported_epoch": int(d["reported_epoch"])}
     except (KeyError, TypeError, ValueError, OverflowError):
-        raise UserError(f"{p} is damaged (not what mmsa writes): the trial cannot tell which training state this "
-                        "checkpoint is; it is not resumed from it") from None
+        raise UserError(f"{Path(ck_dir) / POINTER_FILE} is damaged (not what mmsa writes): the trial cannot tell "
+                        "which training state this checkpoint is; it is not resumed from it") from None
 
 
 def _clone(obj):
@@ -124,7 +126,9 @@ def mark_ended(trial_dir: Path, keep_best: bool) -> None:
 def ended_verdict(trial_dir: Path) -> bool | None:
     """keep_best of the driver's verdict, or None while the trial has not been judged finished."""
     try:
-        return bool(parse_json((Path(trial_dir) / ENDED_FILE).read_bytes())["keep_best"])
+        from data_pipeline.safe_files import open_read
+
+        return bool(parse_json(open_read(Path(trial_dir) / ENDED_FILE))["keep_best"])
     except (OSError, KeyError, TypeError):
         return None
 
@@ -225,7 +229,9 @@ class AsyncCheckpointer:
         d = tmp / "checkpoint"
         d.mkdir(parents=True, exist_ok=True)
         state = state_name(self.complete) if self.complete is not None else None
-        (d / POINTER_FILE).write_text(json.dumps({"state": state, "reported_epoch": reported_epoch}))
+        from data_pipeline.atomic import write_file
+
+        write_file(d / POINTER_FILE, json.dumps({"state": state, "reported_epoch": reported_epoch}).encode())
         # the pruner (search/callbacks.py) keeps the two newest pointers, by the epoch they were reported with
         write_checkpoint_metrics(d, reported_epoch, self.val_loss.get(reported_epoch, float("nan")))
         self.reported.append(self.complete)

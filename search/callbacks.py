@@ -34,8 +34,9 @@ class CheckpointPruner(Callback):
         for d in fs.get_file_info(pafs.FileSelector(parent)):
             if d.type != pafs.FileType.Directory or not d.base_name.startswith("checkpoint_"):
                 continue
-            metrics = read_checkpoint_metrics(read_bytes(fs, f"{d.path}/{METRICS_FILE}"))
-            if metrics is not None and not is_file(fs, f"{d.path}/{PIN_FILE}"):
+            # no link followed below the trial: a planted checkpoint_* -> elsewhere is never one of ours to delete
+            metrics = read_checkpoint_metrics(read_bytes(fs, f"{d.path}/{METRICS_FILE}", parent))
+            if metrics is not None and not is_file(fs, f"{d.path}/{PIN_FILE}", parent):
                 # otherwise not one of ours, not whole, or pinned by an export: leave it alone
                 entries[d.path] = metrics
         for path in to_delete(entries, self.keep):

@@ -13,6 +13,7 @@ earlier results and works the same after `mmsa resume` and on URI storage.
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 from .schema import M
 from .storage import parse_json
@@ -30,7 +31,9 @@ def to_delete(entries: dict[str, tuple[int, float]], keep: int) -> set[str]:
 
 
 def write_checkpoint_metrics(ck_dir, epoch: int, val_loss: float) -> None:
-    (ck_dir / METRICS_FILE).write_text(json.dumps({M.EPOCH: epoch, M.VAL_LOSS: val_loss}))
+    from data_pipeline.atomic import write_file
+
+    write_file(Path(ck_dir) / METRICS_FILE, json.dumps({M.EPOCH: epoch, M.VAL_LOSS: val_loss}).encode())
 
 
 def read_checkpoint_metrics(data: bytes | None) -> tuple[int, float] | None:

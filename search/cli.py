@@ -192,8 +192,7 @@ def cmd_refine(args) -> int:
                             "data now. Pass --warm-start-any-data to refine from them anyway, or start a new search.")
     path, d, notes = write_refine_space(exp, name, args.top, overwrite=args.overwrite)
     fs, p = storage.filesystem(path)
-    with fs.open_input_stream(p) as f:
-        print(f"wrote {term(path)}:\n{term(f.read().decode(errors='replace'), lines=True)}")
+    print(f"wrote {term(path)}:\n{term((storage.read_bytes(fs, p) or b'').decode(errors='replace'), lines=True)}")
     if args.dry_run:
         print(f"run it with: mmsa search --space {path} --warm-start {exp} --name {name} --num-samples N")
         return 0

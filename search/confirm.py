@@ -29,7 +29,7 @@ from .results import TrialSummary, best_row_scores, load_trials, objective_of
 from .schema import FINISHED, M
 from .stats import compare
 
-from .confirm_files import (CONFIRM_DIR, EVIDENCE, candidates, chosen, config_key, confirm_location,  # noqa: F401
+from .confirm_files import (CONFIRM_DIR, EVIDENCE, candidates, check_confirm_dir, chosen, config_key, confirm_location,  # noqa: F401
                             read_evidence, stale)
 SEED_KEY = "train.seed"
 
@@ -66,6 +66,7 @@ def run_confirm(exp_dir: str, top: int = 3, seeds: int = 3, *, address: str | No
     if meta.get("fixed_trials"):
         raise UserError(f"{exp} is itself a confirmation; confirm the search it belongs to ({parent_of(exp)}).")
     cexp = confirm_location(exp)
+    check_confirm_dir(exp, cexp)
     if experiment.meta_exists(cexp) and experiment.ever_ran(cexp):
         cm = experiment.read_meta(cexp)
         if not finished(cexp):
@@ -107,6 +108,7 @@ def resume_confirm(cexp: str, *, address: str | None = None, verbose: int = 1, t
     from .tuner import resume_search
 
     exp = parent_of(cexp)
+    check_confirm_dir(exp, cexp)
     with ExperimentLock(exp, f"mmsa resume {cexp}", break_lock):
         resume_search(cexp, address=address, verbose=verbose, trust_state=trust_state, log=log, break_lock=break_lock)
         if finished(cexp):

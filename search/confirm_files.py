@@ -19,6 +19,18 @@ def confirm_location(exp: str) -> str:
     return storage.join(exp, CONFIRM_DIR)
 
 
+def check_confirm_dir(exp: str, cexp: str) -> None:
+    """EXP/confirm is a plain folder of the experiment (or absent): never a link that would send the confirmation's
+    trials, checkpoints and state somewhere outside (data_pipeline/safe_files.py)."""
+    import os
+
+    from data_pipeline.safe_files import is_dir
+
+    if not storage.is_uri(cexp) and os.path.lexists(cexp) and not is_dir(cexp, exp):
+        raise UserError(f"{cexp}: a link or not a folder; a confirmation writes its trials there, inside {exp}. "
+                        "Remove it, then confirm again.")
+
+
 def read_evidence(exp: str | Path) -> tuple[dict | None, str | None]:
     """EXP/confirm.json as written: (its content, None), (None, None) when there is none, (None, why) when it is
     damaged. Its numbers are not checked here: `checked_evidence` does that before anything presents them."""

@@ -30,15 +30,16 @@ def _restored_epoch(checkpoint) -> int:
     if checkpoint is None:
         return 0
     with checkpoint.as_directory() as d:
-        p = Path(d) / METRICS_FILE
-        m = read_checkpoint_metrics(p.read_bytes() if p.is_file() else None)
+        from data_pipeline.safe_files import read_bytes as read_local
+
+        m = read_checkpoint_metrics(read_local(Path(d) / METRICS_FILE))
     return m[0] if m else 0
 
 
 def _logged_rows(fs, trial_path: str) -> list[dict]:
     """Every epoch's row the driver logged for the trial, the live file and the driver's whole copy merged."""
     exp, name = trial_path.rstrip("/").rsplit("/", 1)
-    return by_epoch(read_backup(fs, exp, name)[1], parse_rows(read_bytes(fs, f"{trial_path}/{RESULTS}")))
+    return by_epoch(read_backup(fs, exp, name)[1], parse_rows(read_bytes(fs, f"{trial_path}/{RESULTS}", exp)))
 
 
 def finish_if_judged() -> bool:

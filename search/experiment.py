@@ -20,6 +20,7 @@ import yaml
 
 from data_pipeline.atomic import write_file
 from data_pipeline.errors import UserError
+from data_pipeline.safe_files import links_below, plain_name
 
 from . import storage
 
@@ -40,12 +41,12 @@ def location(storage_dir: str, name: str) -> str:
 
 def meta_exists(exp: str | Path) -> bool:
     fs, path = storage.filesystem(exp)
-    return storage.is_file(fs, f"{path}/{META}")
+    return storage.is_file(fs, f"{path}/{META}", path)
 
 
 def write_meta(exp: str | Path, meta: dict) -> None:
     fs, path = storage.filesystem(exp)
-    fs.create_dir(path, recursive=True)
+    storage.create_dir(fs, path)
     write_file(f"{path}/{META}", yaml.safe_dump(meta, sort_keys=False).encode(), fs)
 
 
@@ -55,8 +56,10 @@ def read_meta(exp: str | Path) -> dict:
     from data_pipeline.safe_yaml import load_yaml_text
 
     fs, path = storage.filesystem(exp)
-    with fs.open_input_stream(f"{path}/{META}") as f:
-        meta = load_yaml_text(f.read().decode(errors="replace"), f"{exp}/{META}")
+    raw = storage.read_bytes(fs, f"{path}/{META}", path)
+    if raw is None:
+        raise UserError(f"{exp}/{META}: cannot be read (not a regular file, or no permission).")
+    meta = load_yaml_text(raw.decode(errors="replace"), f"{exp}/{META}")
     if not isinstance(meta, dict) or not isinstance(meta.get("spec"), dict):
         raise UserError(f"{exp}/{META}: not the metadata `mmsa search` writes (cut or edited by hand); the search "
                         "cannot be read without it.")
@@ -124,6 +127,12 @@ def check_state(exp: str, log=print, trust: bool = False) -> None:
     from .state_backup import BACKUP_DIR, damaged, repair, verify
 
     fs, path = storage.filesystem(exp)
+    odd = [] if storage.is_uri(exp) and not exp.startswith("file://") else links_below(path)
+    if odd:
+        raise UserError(f"{exp}: holds symbolic links or special files ({', '.join(odd[:3])}"
+                        f"{f' and {len(odd) - 3} more' if len(odd) > 3 else ''}). Ray reads and writes through them "
+                        f"when it resumes a search, outside the experiment; mmsa does not hand it such a folder. Remove "
+                        f"them (`find {path} ! -type f ! -type d`), then resume again.")
     fixed = repair(fs, path)
     if fixed:
         log(f"restored {', '.join(fixed)} from {BACKUP_DIR}/: the search was killed while Ray was writing them")
@@ -149,18 +158,15 @@ def local_copy(exp: str, dest: Path | None = None) -> Path:
     params, errors and Ray's experiment state; checkpoints stay where they are."""
     import tempfile
 
-    import pyarrow.fs as pafs
-
     fs, root = storage.filesystem(exp)
     dest = Path(dest) if dest else Path(tempfile.mkdtemp(prefix="mmsa-exp-"))
-    for info in fs.get_file_info(pafs.FileSelector(root, recursive=True)):
-        rel = info.path[len(root):].lstrip("/")
+    for rel in storage.list_files(fs, root):
         name = rel.rsplit("/", 1)[-1]
-        if info.type == pafs.FileType.File and "checkpoint_" not in rel and (
+        if "checkpoint_" not in rel and (
                 name in SMALL_FILES or (name.startswith("experiment_state-") and name.endswith(".json"))):
-            (dest / rel).parent.mkdir(parents=True, exist_ok=True)
-            with fs.open_input_stream(info.path) as src:
-                (dest / rel).write_bytes(src.read())
+            data = storage.read_bytes(fs, f"{root}/{rel}", root)
+            if data is not None and plain_name(rel) is not None:  # a link, or a key like a/../../x: not copied
+                write_file(dest / rel, data, root=dest)
     return dest
 
 

@@ -64,26 +64,28 @@ def export_best(exp_dir: str | Path, out: str | Path) -> dict:
         return export_confirmed(exp, meta, chosen(ev), ev, out)
     t = best_trial(exp, trials)
     b = t.best
-    ck = f"{exp}/{t.path.name}/{b[CHECKPOINT_DIR_NAME]}" if b.get(CHECKPOINT_DIR_NAME) else None
+    ck = checkpoint_in_trial(exp, t.path.name, b.get(CHECKPOINT_DIR_NAME))
     best_dir = f"{exp}/{t.path.name}/{best_name(int(b[M.EPOCH]))}"  # checkpoint_mode async: the best weights
     fs_b, path_b = storage.filesystem(best_dir)
+    root_b = storage.filesystem(exp)[1]  # no link below the experiment is followed (data_pipeline/safe_files.py)
     running = holder(read_lease(exp))
     if running and t.state not in ("TERMINATED", "ERROR"):  # the trial may be writing it right now (background)
         for _ in range(60):
-            if storage.is_file(fs_b, f"{path_b}/{METRICS_FILE}"):
+            if storage.is_file(fs_b, f"{path_b}/{METRICS_FILE}", root_b):
                 break
             time.sleep(0.5)
-    if storage.is_file(fs_b, f"{path_b}/{METRICS_FILE}"):  # `mmsa predict --model` reads this folder
+    if storage.is_file(fs_b, f"{path_b}/{METRICS_FILE}", root_b):  # `mmsa predict --model` reads this folder
         ck = best_dir
-    elif ck is not None and storage.is_file(storage.filesystem(ck)[0], f"{storage.filesystem(ck)[1]}/{POINTER_FILE}"):
+    elif ck is not None and storage.is_file(fs_b, f"{storage.filesystem(ck)[1]}/{POINTER_FILE}", root_b):
         ck = None  # only a pointer to a training state: the best weights are gone (not among keep_best_trials)
     if ck is not None:  # kept only while it is among the trial's best `keep_checkpoints`
         fs, path = storage.filesystem(ck)
-        ck = ck if storage.is_dir(fs, path) else None
+        ck = ck if storage.is_dir(fs, path, root_b) else None
     if ck is not None and running:  # the pruner could delete it any minute: pin it, then make sure it is still there
         fs, path = storage.filesystem(ck)
-        write_file(f"{path}/{PIN_FILE}", json.dumps({"pinned_by": "mmsa export", "at": time.time()}).encode(), fs)
-        ck = ck if storage.is_file(fs, f"{path}/{METRICS_FILE}") else None
+        write_file(f"{path}/{PIN_FILE}", json.dumps({"pinned_by": "mmsa export", "at": time.time()}).encode(), fs,
+                   root=root_b)
+        ck = ck if storage.is_file(fs, f"{path}/{METRICS_FILE}", root_b) else None
     cfg = Config.from_dict(t.config, source=f"{t.path / 'params.json'}")
     info = {"experiment": exp, "trial_id": t.trial_id, "best_epoch": int(b[M.EPOCH]), "metric": t.objective.metric,
             "metrics": {k: float(b[k]) for k in (*M.VAL_METRICS, M.TRAIN_LOSS) if isinstance(b.get(k), (int, float))},
@@ -91,6 +93,15 @@ def export_best(exp_dir: str | Path, out: str | Path) -> dict:
             "data_dir": meta["data_dir"], "data_fingerprint": meta["data_fingerprint"], **interval_info(trials, t.trial_id)}
     save_config(cfg, out, extras={SECTION: info})
     return {**info, "outdated_confirmation": outdated} if outdated else info
+
+
+def checkpoint_in_trial(exp: str, trial_dir: str, name) -> str | None:
+    """EXP/TRIAL/NAME for the checkpoint folder a trial's result row names, when that name stays inside the trial
+    (a hand-made result.json may name `../../..`: export would then pin and point at a folder outside)."""
+    from data_pipeline.safe_files import plain_name
+
+    parts = plain_name(name)
+    return f"{exp}/{trial_dir}/{'/'.join(parts)}" if parts else None
 
 
 def better_in_earlier_stage(exp_dir: str | Path, value: float) -> str | None:

@@ -123,7 +123,7 @@ class ExperimentLock:
 
     def acquire(self) -> "ExperimentLock":
         fs, path = storage.filesystem(self.exp)
-        fs.create_dir(path, recursive=True)
+        storage.create_dir(fs, path)
         current = holder(read_lease(self.exp))
         if current is not None and current.get("token") != self.token:
             if not self.break_lock:

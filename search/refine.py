@@ -23,7 +23,7 @@ import yaml
 from data_pipeline.errors import UserError
 
 from . import storage
-from .experiment import read_meta
+from .experiment import META, read_meta
 from .results import TrialSummary, config_value, load_trials
 from .schema import M
 
@@ -110,7 +110,10 @@ def grace_from_curves(top: list[TrialSummary], epochs: int, old: int) -> tuple[i
 
 def refine_dict(meta: dict, trials: list[TrialSummary], top: int = TOP) -> tuple[dict, list[str]]:
     """The second stage's space file (a dict) and one note per rule applied."""
+    from .space import parse_spec
+
     spec = meta["spec"]
+    parsed = parse_spec(spec, f"{meta.get('name')}: {META} spec")  # a cut or edited file: a message, not a KeyError
     best = ranked(trials)
     if not best:
         raise UserError(f"{meta.get('name')}: no finished trial with a result to refine from; see `mmsa status`.")
@@ -130,14 +133,14 @@ def refine_dict(meta: dict, trials: list[TrialSummary], top: int = TOP) -> tuple
             edge = [v for v in values if v <= args[0] or v >= args[1] - (1 if kind == "randint" else 0)]
             notes.append(f"{key}: {kind} {new} (top values {', '.join(f'{v:.3g}' for v in values)}; was {args})"
                          + (" - a top value is on the old range's edge: consider widening it" if edge else ""))
-    epochs = spec["fixed"]["train"]["epochs"]
+    epochs = parsed.fixed.train.epochs
     # The curves are read where they are long: the best of the trials that ran the most epochs (those ASHA kept to
     # the end). A top trial stopped after 2 epochs would cut every comparison off at epoch 2.
     longest = max(len(t.results) for t in best)
     full = [t for t in best if len(t.results) == longest][:top]
-    grace, note = grace_from_curves(full if len(full) >= 2 else chosen, epochs, spec["search"]["grace_period"])
+    grace, note = grace_from_curves(full if len(full) >= 2 else chosen, epochs, parsed.search.grace_period)
     notes.append(note)
-    d = {"space": space, "fixed": spec["fixed"], "search": {**spec["search"], "grace_period": grace}}
+    d = {"space": space, "fixed": spec.get("fixed") or {}, "search": {**(spec.get("search") or {}), "grace_period": grace}}
     return d, notes
 
 

@@ -9,7 +9,11 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
+from data_pipeline import safe_files  # noqa: E402
+from data_pipeline.atomic import write_file  # noqa: E402
+from data_pipeline.errors import UserError  # noqa: E402
 from data_pipeline.printable import md, md_block, term  # noqa: E402
+from model.plots import save_figure  # noqa: E402
 
 from . import storage  # noqa: E402
 from .experiment import local_copy, read_meta, same_data  # noqa: E402
@@ -22,7 +26,7 @@ def _stopped_by_asha(t: TrialSummary) -> bool:
     return t.state == "TERMINATED" and bool(t.results) and not t.results[-1].get(FINISHED)
 
 
-def plot_learning_curves(trials: list[TrialSummary], path: Path) -> None:
+def plot_learning_curves(trials: list[TrialSummary], path: Path, root: Path | None = None) -> None:
     """The lab's figure for every trial: train and val loss per epoch; ASHA-stopped trials end in an x."""
     ranked = sorted((t for t in trials if t.best is not None), key=lambda t: t.score)  # all-NaN: no curve
     fig, axes = plt.subplots(1, 2, figsize=(12, 4.8), sharex=True)
@@ -46,11 +50,11 @@ def plot_learning_curves(trials: list[TrialSummary], path: Path) -> None:
     sm = plt.cm.ScalarMappable(cmap=cmap, norm=plt.Normalize(1, max(len(ranked), 2)))
     fig.colorbar(sm, ax=axes, label=f"rank by best {ranked[0].objective.metric if ranked else M.VAL_LOSS} (1 = best)")
     fig.suptitle(f"learning curves of {len(ranked)} trials")
-    fig.savefig(path, dpi=110, bbox_inches="tight")
+    save_figure(fig, path, root, bbox_inches="tight")
     plt.close(fig)
 
 
-def plot_progress(trials: list[TrialSummary], path: Path) -> None:
+def plot_progress(trials: list[TrialSummary], path: Path, root: Path | None = None) -> None:
     """Best val loss so far against trial-epochs spent and against wall time."""
     rows = sorted(((r.get(REPORTED_AT, r.get(TIMESTAMP, 0)), r[M.VAL_LOSS], t.trial_id, _stopped_by_asha(t) and r is t.results[-1])
                    for t in trials for r in t.results))
@@ -72,7 +76,7 @@ def plot_progress(trials: list[TrialSummary], path: Path) -> None:
         ax.grid(alpha=0.3, which="both")
         ax.legend()
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    save_figure(fig, path, root)
     plt.close(fig)
 
 
@@ -104,7 +108,7 @@ def _study(trials: list[TrialSummary], space: dict):
     return study
 
 
-def plot_hyperparameters(trials: list[TrialSummary], space: dict, out: Path) -> list[tuple[str, str]]:
+def plot_hyperparameters(trials: list[TrialSummary], space: dict, out: Path, root: Path | None = None) -> list[tuple[str, str]]:
     import warnings
 
     from optuna.exceptions import ExperimentalWarning
@@ -136,7 +140,7 @@ def plot_hyperparameters(trials: list[TrialSummary], space: dict, out: Path) -> 
             continue
         fig = (ax.flat[0] if isinstance(ax, np.ndarray) else ax).figure
         fig.set_size_inches(max(fig.get_size_inches()[0], 8), max(fig.get_size_inches()[1], 4.5))
-        fig.savefig(out / name, dpi=110, bbox_inches="tight")
+        save_figure(fig, out / name, root, bbox_inches="tight")
         plt.close(fig)
         figs.append((name, caption))
     return figs
@@ -191,19 +195,35 @@ def write_report(exp_dir: str | Path, ablation: str | Path | None = None) -> Pat
     """Into the experiment directory; an s3://, gs:// or file:// experiment into ./NAME-report (a local copy of its
     results, without checkpoints)."""
     if storage.is_uri(str(exp_dir)):
-        exp = local_copy(str(exp_dir), Path(f"{read_meta(exp_dir)['name']}-report").resolve())
+        exp = local_copy(str(exp_dir), Path(report_copy_name(read_meta(exp_dir).get("name"))).resolve())
     else:
         exp = Path(exp_dir)
     meta = read_meta(exp)
     trials = load_trials(exp)
+    try:
+        return _write_report(exp, meta, trials, ablation)
+    except OSError as e:  # a read-only folder, a full disk, or a link planted where the report goes
+        raise UserError(f"{exp}: cannot write the report there ({e.strerror or e}). Free some space, make the folder "
+                        "writable, or remove what is in the way (report.md and report/ must be a plain file and "
+                        "folder), then run `mmsa report` again.") from None
+
+
+def report_copy_name(name) -> str:
+    """./NAME-report for an experiment at a URI; a name from its metadata that is not one plain folder name (`../x`,
+    `/etc`) is not used."""
+    parts = safe_files.plain_name(name) if isinstance(name, str) else None
+    return f"{parts[0] if parts and len(parts) == 1 else 'experiment'}-report"
+
+
+def _write_report(exp: Path, meta: dict, trials: list, ablation) -> Path:
     figs = exp / "report"
-    figs.mkdir(exist_ok=True)
+    safe_files.make_dirs(figs, exp)  # refuses a link planted as the figures folder
     # Labels carry trial ids and values from the experiment's files: plain text, never matplotlib's $maths$ (a
     # malformed formula would end the report in a traceback).
     with matplotlib.rc_context({"text.parse_math": False}):
-        plot_learning_curves(trials, figs / "curves.png")
-        plot_progress(trials, figs / "progress.png")
-        hp = plot_hyperparameters(trials, meta["spec"]["space"], figs)
+        plot_learning_curves(trials, figs / "curves.png", exp)
+        plot_progress(trials, figs / "progress.png", exp)
+        hp = plot_hyperparameters(trials, meta["spec"]["space"], figs, exp)
     lines = [f"# Search report: {md(meta['name'])}", "",
              f"Data: {md(meta['data_dir'], code=True)} (fingerprint {md(str(meta['data_fingerprint'])[:12], code=True)}), "
              f"{md(meta['num_samples'])} trials requested, started {md(meta['created'])}.", ""]
@@ -245,9 +265,7 @@ def write_report(exp_dir: str | Path, ablation: str | Path | None = None) -> Pat
         lines += [f"![{md(caption)}](report/{name})" if "not available" not in caption else md(caption), ""]
     lines += ["## Trials", "", *md_block(status_table(exp)), ""]
     if ablation and (Path(ablation) / "ablation.md").is_file():
-        import shutil
-
-        shutil.copy(Path(ablation) / "ablation.png", figs / "ablation.png")
+        write_file(figs / "ablation.png", (Path(ablation) / "ablation.png").read_bytes(), root=exp)
         lines += ["## Ablation", "", (Path(ablation) / "ablation.md").read_text(), "", "![ablation](report/ablation.png)", ""]
-    (exp / "report.md").write_text("\n".join(lines))
+    write_file(exp / "report.md", "\n".join(lines).encode(), root=exp)
     return exp / "report.md"

@@ -11,6 +11,7 @@ import numpy as np
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from data_pipeline import safe_files
 from data_pipeline.errors import UserError
 from data_pipeline.printable import term
 
@@ -59,25 +60,23 @@ def _states(exp: Path) -> dict[str, dict]:
     names = {p.name for p in [*exp.glob("experiment_state-*.json"), *(exp / BACKUP_DIR).glob("experiment_state-*.json")]}
     for name in sorted(names, reverse=True):
         for f in (exp / name, exp / BACKUP_DIR / name):
-            states = _trial_states(f)
+            states = _trial_states(f, exp)
             if states is not None:
                 return states
     return {}
 
 
-def _trial_states(f: Path) -> dict[str, dict] | None:
+def _trial_states(f: Path, exp: Path) -> dict[str, dict] | None:
     """Trial id -> state and failure count from one experiment_state file; None if it is missing or not whole."""
-    try:
-        return ray_internals.trial_states(f.read_bytes())
-    except OSError:
-        return None
+    data = _read(f, exp)
+    return None if data is None else ray_internals.trial_states(data)
 
 
-def _error_reason(trial_dir: Path) -> str:
-    f = trial_dir / "error.txt"
-    if not f.is_file():
+def _error_reason(trial_dir: Path, exp: Path) -> str:
+    data = _read(trial_dir / "error.txt", exp)
+    if data is None:
         return ""
-    lines = [l.strip() for l in f.read_text(errors="replace").splitlines() if l.strip()]
+    lines = [l.strip() for l in data.decode(errors="replace").splitlines() if l.strip()]
     # The last line of a traceback names the exception; our own messages put the fix in it.
     return lines[-1][:300] if lines else "error"
 
@@ -95,12 +94,12 @@ def load_trials(exp_dir: str | Path) -> list[TrialSummary]:
     states = _states(exp)
     fs, root = storage.filesystem(exp)
     backed_up = set(trial_backup.backed_up_trials(fs, root))
-    live = {p.name for p in exp.iterdir() if p.is_dir() and p.name.startswith("trial_")}
+    live = {p.name for p in exp.iterdir() if p.name.startswith("trial_") and safe_files.is_dir(p, exp)}
     trials = []
     for name in sorted(live | backed_up):
         d = exp / name
-        params = trial_backup.parse_params(_read(d / trial_backup.PARAMS))
-        rows = trial_backup.parse_rows(_read(d / trial_backup.RESULTS))
+        params = trial_backup.parse_params(_read(d / trial_backup.PARAMS, exp))
+        rows = trial_backup.parse_rows(_read(d / trial_backup.RESULTS, exp))
         if name in backed_up:  # a full disk or a crash may have left Ray's own copies empty or short
             saved_params, saved_rows = trial_backup.read_backup(fs, root, name)
             params = params if params is not None else saved_params
@@ -113,15 +112,13 @@ def load_trials(exp_dir: str | Path) -> list[TrialSummary]:
         st = states.get(tid, {"state": "PENDING", "failures": 0})
         # A trial resumed after a crash may repeat the epoch that was in flight (same numbers: the loop is
         # deterministic per epoch); by_epoch keeps one row per epoch, the latest.
-        trials.append(TrialSummary(tid, d, params, st["state"], rows, _error_reason(d), st["failures"], objective))
+        trials.append(TrialSummary(tid, d, params, st["state"], rows, _error_reason(d, exp), st["failures"], objective))
     return trials
 
 
-def _read(path: Path) -> bytes | None:
-    try:
-        return path.read_bytes()
-    except OSError:
-        return None
+def _read(path: Path, exp: Path) -> bytes | None:
+    """A file of the experiment, never through a link below it (data_pipeline/safe_files.py)."""
+    return safe_files.read_bytes(path, exp)
 
 
 def _space_keys(meta: dict) -> list[str]:

@@ -23,7 +23,7 @@ from data_pipeline.atomic import write_file
 
 from . import state_trust
 from .ray_internals import STATE_FILE_PATTERNS, is_state_file
-from .storage import read_bytes
+from .storage import create_dir, read_bytes
 
 BACKUP_DIR = ".mmsa-state"
 __all__ = ["BACKUP_DIR", "is_state_file", "intact", "backup", "repair", "damaged", "verify"]
@@ -49,12 +49,12 @@ def intact(name: str, data: bytes) -> bool:
 def backup(fs, exp_path: str, files: dict[str, bytes]) -> None:
     """Store whole copies of `files` (name -> bytes), signed; damaged ones are skipped, keeping the previous copy.
     Only bytes this process's own search produced may come here: signing them vouches for them."""
-    fs.create_dir(f"{exp_path}/{BACKUP_DIR}", recursive=True)
+    create_dir(fs, f"{exp_path}/{BACKUP_DIR}", exp_path)
     whole = {n: d for n, d in files.items() if is_state_file(n) and intact(n, d)}
     if whole:
         state_trust.add_signatures(fs, f"{exp_path}/{BACKUP_DIR}", whole)
     for name, data in whole.items():
-        write_file(f"{exp_path}/{BACKUP_DIR}/{name}", data, fs)
+        write_file(f"{exp_path}/{BACKUP_DIR}/{name}", data, fs, root=exp_path)
 
 
 def repair(fs, exp_path: str) -> list[str]:
@@ -70,7 +70,7 @@ def repair(fs, exp_path: str) -> list[str]:
         live = read_bytes(fs, f"{exp_path}/{name}")
         if live is not None and intact(name, live):
             continue
-        saved = read_bytes(fs, info.path)
+        saved = read_bytes(fs, info.path, exp_path)
         if saved is not None and intact(name, saved):
             write_file(f"{exp_path}/{name}", saved, fs)
             repaired.append(name)
@@ -97,7 +97,7 @@ def verify(fs, exp_path: str, trust: bool = False) -> tuple[list[str], list[str]
         if trust and live is not None and intact(name, live):
             backup(fs, exp_path, {name: live})
             continue
-        saved = read_bytes(fs, f"{root}/{name}")
+        saved = read_bytes(fs, f"{root}/{name}", exp_path)
         if state_trust.signed(sigs, name, saved) and intact(name, saved):
             write_file(f"{exp_path}/{name}", saved, fs)
             restored.append(name)

@@ -174,7 +174,7 @@ def sign(name: str, data: bytes) -> str:
 
 
 def read_signatures(fs, backup_dir: str) -> dict[str, str]:
-    sigs = parse_json(read_bytes(fs, f"{backup_dir}/{SIGNATURES}") or b"{}")
+    sigs = parse_json(read_bytes(fs, f"{backup_dir}/{SIGNATURES}", _experiment(backup_dir)) or b"{}")
     return sigs if isinstance(sigs, dict) else {}  # damaged: nothing is signed, so resume refuses and says what to do
 
 
@@ -186,7 +186,12 @@ def add_signatures(fs, backup_dir: str, files: dict[str, bytes]) -> None:
         old = sigs.get(name)
         old = [k for k in (old if isinstance(old, list) else [old]) if isinstance(k, str)]  # a damaged entry: dropped
         sigs[name] = (old + [sign(name, data)])[-KEEP_SIGNATURES:]
-    write_file(f"{backup_dir}/{SIGNATURES}", json.dumps(sigs, indent=0).encode(), fs)
+    write_file(f"{backup_dir}/{SIGNATURES}", json.dumps(sigs, indent=0).encode(), fs, root=_experiment(backup_dir))
+
+
+def _experiment(backup_dir: str) -> str:
+    """The experiment folder holding the backup folder: no link below it is followed."""
+    return backup_dir.rstrip("/").rsplit("/", 1)[0]
 
 
 def signed(sigs: dict, name: str, data: bytes | None) -> bool:

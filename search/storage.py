@@ -33,8 +33,13 @@ def filesystem(location: str | Path):
     return pafs.LocalFileSystem(), str(Path(location).resolve())
 
 
-def read_bytes(fs, path: str) -> bytes | None:
-    """A file's bytes on a pyarrow filesystem, or None when it cannot be read."""
+def read_bytes(fs, path: str, root: str | None = None) -> bytes | None:
+    """A file's bytes on a pyarrow filesystem, or None when it cannot be read. A local file is read only when no link
+    between root (the experiment; default: the file's folder) and it is followed (data_pipeline/safe_files.py)."""
+    from data_pipeline import safe_files
+
+    if safe_files.is_local_fs(fs):
+        return safe_files.read_bytes(path, root)
     try:
         with fs.open_input_stream(path) as f:
             return f.read()
@@ -55,15 +60,49 @@ def parse_json(data: bytes | str | None):
         return None
 
 
-def is_file(fs, path: str) -> bool:
+def create_dir(fs, path: str, root: str | None = None) -> None:
+    """A folder and those above it; on a local path without following a link below root (default: its parent)."""
+    from data_pipeline import safe_files
+
+    if safe_files.is_local_fs(fs):
+        safe_files.make_dirs(path, root)
+    else:
+        fs.create_dir(path, recursive=True)
+
+
+def list_files(fs, root: str) -> list[str]:
+    """The files below root, relative to it; on a local path without descending into a linked folder (a planted
+    `trial_x -> /` would otherwise list the whole machine)."""
+    from data_pipeline import safe_files
+
+    if safe_files.is_local_fs(fs):
+        import os
+
+        return [os.path.relpath(os.path.join(d, f), root) for d, _, files in os.walk(root, followlinks=False)
+                for f in files]
     import pyarrow.fs as pafs
 
+    return [i.path[len(root):].lstrip("/") for i in fs.get_file_info(pafs.FileSelector(root, recursive=True))
+            if i.type == pafs.FileType.File]
+
+
+def is_file(fs, path: str, root: str | None = None) -> bool:
+    import pyarrow.fs as pafs
+
+    from data_pipeline import safe_files
+
+    if safe_files.is_local_fs(fs):
+        return safe_files.is_file(path, root)
     return fs.get_file_info(path).type == pafs.FileType.File
 
 
-def is_dir(fs, path: str) -> bool:
+def is_dir(fs, path: str, root: str | None = None) -> bool:
     import pyarrow.fs as pafs
 
+    from data_pipeline import safe_files
+
+    if safe_files.is_local_fs(fs):
+        return safe_files.is_dir(path, root)
     return fs.get_file_info(path).type == pafs.FileType.Directory
 
 
@@ -86,9 +125,11 @@ def check_local_storage(storage: str) -> str:
         return storage
     path = Path(storage).expanduser().resolve()
     try:
+        from data_pipeline.atomic import write_file
+
         path.mkdir(parents=True, exist_ok=True)
         probe = path / ".mmsa-write-test"
-        probe.write_bytes(b"x" * 4096)
+        write_file(probe, b"x" * 4096)  # a link planted under the probe's name (a shared storage folder) is replaced
         probe.unlink()
     except OSError as e:
         raise UserError(f"--storage {storage}: not writable ({e.strerror or e}). Free some space or choose another "

@@ -59,15 +59,13 @@ def by_epoch(*row_lists: list[dict]) -> list[dict]:
 
 def save_params(fs, exp: str, trial_dir: str, config: dict) -> None:
     d = f"{exp}/{TRIAL_BACKUPS}/{trial_dir}"
-    fs.create_dir(d, recursive=True)
-    write_file(f"{d}/{PARAMS}", json.dumps(config, default=str).encode(), fs)
+    write_file(f"{d}/{PARAMS}", json.dumps(config, default=str).encode(), fs, root=exp)
 
 
 def save_result(fs, exp: str, trial_dir: str, row: dict) -> None:
     d = f"{exp}/{TRIAL_BACKUPS}/{trial_dir}"
-    fs.create_dir(d, recursive=True)
-    rows = by_epoch(parse_rows(read_bytes(fs, f"{d}/{RESULTS}")), [row])
-    write_file(f"{d}/{RESULTS}", "".join(json.dumps(r, default=str) + "\n" for r in rows).encode(), fs)
+    rows = by_epoch(parse_rows(read_bytes(fs, f"{d}/{RESULTS}", exp)), [row])
+    write_file(f"{d}/{RESULTS}", "".join(json.dumps(r, default=str) + "\n" for r in rows).encode(), fs, root=exp)
 
 
 def backed_up_trials(fs, exp: str) -> list[str]:
@@ -79,7 +77,7 @@ def backed_up_trials(fs, exp: str) -> list[str]:
 
 def read_backup(fs, exp: str, trial_dir: str) -> tuple[dict | None, list[dict]]:
     d = f"{exp}/{TRIAL_BACKUPS}/{trial_dir}"
-    return parse_params(read_bytes(fs, f"{d}/{PARAMS}")), parse_rows(read_bytes(fs, f"{d}/{RESULTS}"))
+    return parse_params(read_bytes(fs, f"{d}/{PARAMS}", exp)), parse_rows(read_bytes(fs, f"{d}/{RESULTS}", exp))
 
 
 def repair_trials(fs, exp: str) -> list[str]:
@@ -90,15 +88,14 @@ def repair_trials(fs, exp: str) -> list[str]:
         params, rows = read_backup(fs, exp, trial_dir)
         live = f"{exp}/{trial_dir}"
         fixed = False
-        if params is not None and parse_params(read_bytes(fs, f"{live}/{PARAMS}")) is None:
-            fs.create_dir(live, recursive=True)
-            write_file(f"{live}/{PARAMS}", json.dumps(params, default=str).encode(), fs)
+        if params is not None and parse_params(read_bytes(fs, f"{live}/{PARAMS}", exp)) is None:
+            write_file(f"{live}/{PARAMS}", json.dumps(params, default=str).encode(), fs, root=exp)
             fixed = True
-        live_rows = parse_rows(read_bytes(fs, f"{live}/{RESULTS}"))
+        live_rows = parse_rows(read_bytes(fs, f"{live}/{RESULTS}", exp))
         merged = by_epoch(rows, live_rows)
         if len(merged) > len(by_epoch(live_rows)):
-            fs.create_dir(live, recursive=True)
-            write_file(f"{live}/{RESULTS}", "".join(json.dumps(r, default=str) + "\n" for r in merged).encode(), fs)
+            write_file(f"{live}/{RESULTS}", "".join(json.dumps(r, default=str) + "\n" for r in merged).encode(), fs,
+                       root=exp)
             fixed = True
         if fixed:
             repaired.append(trial_dir)

@@ -2,6 +2,8 @@
 from __future__ import annotations
 
 import os
+import subprocess
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -81,3 +83,16 @@ def ray_local():
     init_ray(None)
     yield
     ray.shutdown()
+
+
+@contextmanager
+def tmpfs(mnt: Path, size: str):
+    """A real small filesystem at mnt (a full disk, a read-only folder), or a skip where mount is not permitted."""
+    mnt.mkdir(parents=True, exist_ok=True)
+    r = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(mnt)], capture_output=True, text=True)
+    if r.returncode != 0:
+        pytest.skip(f"cannot mount a small tmpfs here ({r.stderr.strip()}); needs root")
+    try:
+        yield mnt
+    finally:
+        subprocess.run(["umount", "-l", str(mnt)])

@@ -15,6 +15,7 @@ from search.checkpoint_retention import PIN_FILE
 from search.cli import main
 from search.results import load_trials, status_table
 from search.state_backup import BACKUP_DIR
+from conftest import tmpfs
 from searchproc import kill_group, result_rows, start, wait_rows, write_space
 
 pytestmark = pytest.mark.slow
@@ -137,13 +138,8 @@ def test_search_that_never_started_a_trial_can_be_started_again(tmp_path, demo_c
 
 @pytest.fixture
 def small_disk(tmp_path):
-    mnt = tmp_path / "small"
-    mnt.mkdir()
-    r = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=200m", "tmpfs", str(mnt)], capture_output=True, text=True)
-    if r.returncode != 0:
-        pytest.skip(f"cannot mount a small tmpfs here ({r.stderr.strip()}); needs root")
-    yield mnt
-    subprocess.run(["umount", "-l", str(mnt)])
+    with tmpfs(tmp_path / "small", "200m") as mnt:
+        yield mnt
 
 
 def test_full_disk_ends_with_one_message_and_loses_nothing(tmp_path, demo_cfg, small_disk):
