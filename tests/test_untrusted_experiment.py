@@ -52,6 +52,8 @@ class Case:
     exp: Path
     victim: Path
     out: Path
+    key: Path | None = None  # a planted signing key (MMSA_STATE_KEY for the command)
+    key_refusal: str = ""  # what the refusal of that key must say
 
     @property
     def trials(self) -> list[Path]:
@@ -237,6 +239,37 @@ PLANTS = [
 ]
 
 
+# Helper B's plants (forged and damaged evidence, leases, backups, verdicts, pins: tests/test_untrusted_trust.py) and
+# helper C's hostile text (tests/test_hostile_text.py) as rows of the same table.
+from tests.test_hostile_text import HOSTILE_TEXT  # noqa: E402
+from tests.test_untrusted_trust import EXP_PLANTS, KEY_PLANTS  # noqa: E402
+
+
+def _key_plant(fn):
+    def plant(c: Case):
+        c.key = c.exp.parent.parent / "keys" / "state.key"
+        c.key.parent.mkdir()
+        c.key_refusal = fn(c.key)
+    return plant
+
+
+def _text_everywhere(text: str):
+    """A hostile string as the search's name, a trial's error and a config value (what status/report/export print)."""
+    def plant(c: Case):
+        _meta_field("name", text)(c)
+        (c.trials[0] / "error.txt").write_text(f"Traceback\n{text}\n")
+        p = c.trials[0] / "params.json"
+        params = json.loads(p.read_text())
+        params["model"]["text_model"] = text
+        p.write_text(json.dumps(params))
+    return plant
+
+
+PLANTS += [Plant(f"trust: {fn.__name__}", lambda c, fn=fn: fn(c.exp)) for fn in EXP_PLANTS]
+PLANTS += [Plant(f"key: {fn.__name__}", _key_plant(fn), ray=RESUME) for fn in KEY_PLANTS]
+PLANTS += [Plant(f"text: {t!r}"[:50], _text_everywhere(t)) for t in HOSTILE_TEXT]
+
+
 # ---- the commands --------------------------------------------------------------------------------------------------
 def _warm(c: Case, demo_cfg) -> list[str]:
     space = c.out.parent / "space.yaml"
@@ -287,6 +320,8 @@ def test_untrusted_experiment(plant, cmd, base, tmp_path, demo_cfg, capsys, monk
     plant.plant(c)
     c.out.mkdir()
     monkeypatch.chdir(c.out)  # `report` of a URI writes ./NAME-report
+    if c.key is not None:
+        monkeypatch.setenv("MMSA_STATE_KEY", str(c.key))
     before = _tree_hash(c.victim)
     rc, text = _run(COMMANDS[cmd](c, demo_cfg), capsys)
     assert _tree_hash(c.victim) == before, f"{cmd} changed a file outside the experiment:\n{text[-2000:]}"
@@ -298,6 +333,8 @@ def test_untrusted_experiment(plant, cmd, base, tmp_path, demo_cfg, capsys, monk
     assert "Traceback" not in text, text[-3000:]
     if rc != 0:
         assert rc in (2, 130) and len([l for l in text.splitlines() if l.startswith("error:")]) == 1, text[-3000:]
+    if c.key_refusal and cmd in RAY_COMMANDS:  # a weak key never signs or checks anything
+        assert rc == 2 and c.key_refusal in text, text[-3000:]
 
 
 def test_table_size():

@@ -105,19 +105,23 @@ def plant_damaged_state_backup(exp: Path) -> None:
     (exp / BACKUP_DIR / "experiment_state-2099-01-01_00-00-00.json").write_bytes(b"\x00\xff{not json")
 
 
+def _first_trial(exp: Path) -> Path:
+    return sorted(p for p in exp.glob("trial_*") if p.is_dir())[0]
+
+
 def plant_damaged_trial_backup(exp: Path) -> None:
-    d = exp / TRIAL_BACKUPS / "trial_a"
+    d = exp / TRIAL_BACKUPS / _first_trial(exp).name
     d.mkdir(parents=True, exist_ok=True)
     (d / "result.json").write_text("[" * 100_000 + "\n{\"epoch\": \"x\"}\n")
     (d / "params.json").write_text("[" * 100_000)
 
 
 def plant_damaged_verdict(exp: Path) -> None:
-    (exp / "trial_a" / ENDED_FILE).write_text("[" * 100_000)
+    (_first_trial(exp) / ENDED_FILE).write_text("[" * 100_000)
 
 
 def plant_damaged_pin_and_metrics(exp: Path) -> None:
-    ck = exp / "trial_a" / "checkpoint_000001"
+    ck = _first_trial(exp) / "checkpoint_000001"
     ck.mkdir(exist_ok=True)
     (ck / PIN_FILE).write_text("{")
     (ck / METRICS_FILE).write_text(json.dumps({"epoch": [1], "val_loss": "low"}))
