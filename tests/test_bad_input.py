@@ -310,7 +310,7 @@ def _c2f_files(t: Path, d: Path) -> None:
     (t / "busy-exp").mkdir()  # a search still running (its lease held by a live process: this one)
     (t / "busy-exp" / "mmsa_search.yaml").write_text((t / "empty-exp" / "mmsa_search.yaml").read_text())
     (t / "busy-exp" / ".mmsa-lock.json").write_text(json.dumps(
-        {"host": socket.gethostname(), "pid": os.getpid(), "command": "mmsa search --name busy-exp",
+        {"token": "busy", "host": socket.gethostname(), "pid": os.getpid(), "command": "mmsa search --name busy-exp",
          "start": time.time(), "heartbeat": time.time()}))
 
 
