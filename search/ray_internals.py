@@ -25,6 +25,19 @@ class InternalsChanged(RuntimeError):
     """A Ray/Optuna internal that mmsa-tune relies on is not where it was."""
 
 
+def _checkpoint_manager(attr: str, purpose: str):
+    """Ray's private _ExperimentCheckpointManager (the driver's experiment-state saving), checked to have `attr`."""
+    try:
+        from ray.tune.execution import experiment_state as es
+
+        manager = es._ExperimentCheckpointManager
+        getattr(manager, attr)
+        return manager
+    except (ImportError, AttributeError) as e:
+        raise _moved(f"ray.tune.execution.experiment_state._ExperimentCheckpointManager.{attr}", purpose,
+                     str(e)) from None
+
+
 def _moved(touchpoint: str, purpose: str, detail: str = "") -> InternalsChanged:
     import optuna
     import ray
@@ -87,13 +100,8 @@ def upload_state_after_each_checkpoint() -> None:
     has no public switch: patch the constructor's default. Idempotent."""
     import inspect
 
-    try:
-        from ray.tune.execution import experiment_state as es
-
-        init = es._ExperimentCheckpointManager.__init__
-    except (ImportError, AttributeError) as e:
-        raise _moved("ray.tune.execution.experiment_state._ExperimentCheckpointManager", "force a state upload after "
-                     "each checkpoint", str(e)) from None
+    manager = _checkpoint_manager("__init__", "force a state upload after each checkpoint")
+    init = manager.__init__
     if getattr(init, "_mmsa", False):
         return
     if "sync_every_n_trial_checkpoints" not in inspect.signature(init).parameters:
@@ -104,7 +112,7 @@ def upload_state_after_each_checkpoint() -> None:
         init(self, *args, sync_every_n_trial_checkpoints=sync_every_n_trial_checkpoints or 1, **kwargs)
 
     patched._mmsa = True
-    es._ExperimentCheckpointManager.__init__ = patched
+    manager.__init__ = patched
 
 
 def sync_every_n_trial_checkpoints(manager) -> int:
@@ -265,13 +273,9 @@ def keep_our_files_out_of_ray_staging() -> None:
     import shutil
     from pathlib import Path
 
-    try:
-        from ray.tune.execution import experiment_state as es
-
-        sync_down = es._ExperimentCheckpointManager.sync_down_experiment_state
-    except (ImportError, AttributeError) as e:
-        raise _moved("_ExperimentCheckpointManager.sync_down_experiment_state", "keep Ray from writing mmsa's own "
-                     "files (the lease) back over the experiment", str(e)) from None
+    manager = _checkpoint_manager("sync_down_experiment_state", "keep Ray from writing mmsa's own files (the lease) "
+                                  "back over the experiment")
+    sync_down = manager.sync_down_experiment_state
     if getattr(sync_down, "_mmsa", False):
         return
 
@@ -288,7 +292,7 @@ def keep_our_files_out_of_ray_staging() -> None:
 
     patched._mmsa = True
     patched.__wrapped__ = sync_down  # Ray's own, for the canary that checks the fact above still holds
-    es._ExperimentCheckpointManager.sync_down_experiment_state = patched
+    manager.sync_down_experiment_state = patched
 
 
 def trial_storage() -> tuple[object, str]:
