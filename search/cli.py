@@ -268,7 +268,7 @@ def _interrupted(exp) -> int:
 
 
 def cmd_status(args) -> int:
-    from .results import status_table
+    from .status import status_table
 
     print(status_table(args.experiment))
     return 0

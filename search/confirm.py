@@ -13,10 +13,6 @@ and which configurations are tied with the chosen one. `mmsa export EXP` then ex
 from __future__ import annotations
 
 import json
-import math
-from pathlib import Path
-
-import numpy as np
 
 from data_pipeline.atomic import write_file
 from data_pipeline.errors import UserError
@@ -25,11 +21,10 @@ from model.config import Config
 
 from . import experiment, storage
 from .lock import ExperimentLock, describe, holder, read_lease
-from .results import TrialSummary, best_row_scores, load_trials, objective_of
+from .results import load_trials
 from .schema import FINISHED, M
-from .stats import compare
 
-from .confirm_files import (CONFIRM_DIR, EVIDENCE, candidates, check_confirm_dir, chosen, config_key, confirm_location,  # noqa: F401
+from .confirm_files import (CONFIRM_DIR, EVIDENCE, candidates, check_confirm_dir, chosen, config_key, confirm_location, evidence,  # noqa: F401
                             read_evidence, stale)
 SEED_KEY = "train.seed"
 
@@ -122,63 +117,6 @@ def finished(cexp: str) -> bool:
     # Without ASHA every trial ends by itself: its last row says so even where Ray's state file lags behind.
     return len(trials) >= meta["num_samples"] and all(
         t.state in ("TERMINATED", "ERROR") or (t.results and t.results[-1].get(FINISHED)) for t in trials)
-
-
-def _std(xs: list[float]) -> float:
-    return float(np.std(xs, ddof=1)) if len(xs) > 1 else 0.0
-
-
-def evidence(exp: str) -> dict:
-    """What the confirmation found (see the module docstring); the chosen configuration has the best optimum of its
-    mean curve of the search's objective (search.metric; default: the lowest minimum of the mean val-loss curve)."""
-    cexp = confirm_location(exp)
-    cm = experiment.read_meta(cexp)
-    obj = objective_of(cm)
-    trials = load_trials(cexp)
-    by_key: dict[str, list[TrialSummary]] = {}
-    for t in trials:
-        if t.state != "ERROR" and t.results:
-            by_key.setdefault(config_key(t.config), []).append(t)
-    rows, scores, label_rows = [], {}, {}
-    for c in cm["candidates"]:
-        runs = by_key.get(config_key(c["config"]), [])
-        row = {"trial_id": c["trial_id"], "search_best_val_loss": c["search_best_val_loss"],
-               "search_best_epoch": c.get("search_best_epoch"), "seeds": c.get("seeds"), "runs": len(runs),
-               "config": c["config"]}
-        runs = [t for t in runs if t.best is not None]
-        if runs:
-            length = min(len(t.results) for t in runs)
-            curve = [float(np.mean([t.results[e].get(obj.metric, math.nan) for t in runs])) for e in range(length)]
-            e = obj.best_index(curve)
-            row |= {
-                "best_val_loss_mean": float(np.mean([t.best[M.VAL_LOSS] for t in runs])),
-                "best_val_loss_std": _std([t.best[M.VAL_LOSS] for t in runs]),
-                "best_val_acc_mean": float(np.mean([t.best[M.VAL_ACC] for t in runs])),
-                "best_val_acc_std": _std([t.best[M.VAL_ACC] for t in runs]),
-                "mean_curve": curve, "epochs": e + 1, "value_at_epochs": curve[e],
-                "val_loss_at_epochs": float(np.mean([t.results[e][M.VAL_LOSS] for t in runs])),
-                "val_acc_at_epochs": float(np.mean([t.results[e][M.VAL_ACC] for t in runs])),
-                "val_f1_at_epochs": float(np.mean([t.results[e][M.VAL_F1] for t in runs])),
-                "train_loss_at_epochs": float(np.mean([t.results[e][M.TRAIN_LOSS] for t in runs])),
-                **{f"{k}_at_epochs": float(np.mean([t.results[e].get(k, math.nan) for t in runs]))
-                   for k in (M.VAL_WF1, *M.VAL_RECALL.values())},
-            }
-            per_row = [best_row_scores(t) for t in runs]
-            if per_row and all(p is not None and p[1] == per_row[0][1] for p in per_row):
-                scores[c["trial_id"]] = np.mean([p[0] for p in per_row], axis=0)  # mean accuracy per row over seeds
-                label_rows[c["trial_id"]] = per_row[0][1]
-        rows.append(row)
-    ranked = [r for r in rows if "value_at_epochs" in r and math.isfinite(r["value_at_epochs"])]
-    chosen = min(ranked, key=lambda r: obj.key(r["value_at_epochs"])) if ranked else None
-    ivs = compare(scores, chosen["trial_id"] if chosen else None, label_rows)
-    for r in rows:
-        iv = ivs.get(r["trial_id"])
-        r["val_acc_interval"] = [iv.lo, iv.hi] if iv else None
-        r["tied"] = bool(iv.tied) if iv and iv.tied is not None else None
-        r["chosen"] = r is chosen
-    return {"experiment": exp, "metric": obj.metric, "top": cm["top"], "seeds": cm["seeds"], "search_trials": cm.get("search_trials"),
-            "trials": len(trials), "trial_epochs": sum(len(t.results) for t in trials),
-            "chosen": chosen["trial_id"] if chosen else None, "candidates": rows}
 
 
 def write_evidence(exp: str) -> dict:

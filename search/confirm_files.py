@@ -3,13 +3,18 @@ read by status, report and export without importing the confirmation itself."""
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
+
+import numpy as np
 
 from data_pipeline.errors import UserError
 from model.config import Config
 
-from . import storage
+from . import experiment, storage
+from .results import TrialSummary, best_row_scores, load_trials, objective_of
 from .schema import M
+from .stats import compare
 
 CONFIRM_DIR = "confirm"  # EXP/confirm: the confirmation's experiment
 EVIDENCE = "confirm.json"  # EXP/confirm.json: what it found
@@ -29,6 +34,19 @@ def check_confirm_dir(exp: str, cexp: str) -> None:
     if not storage.is_uri(cexp) and os.path.lexists(cexp) and not is_dir(cexp, exp):
         raise UserError(f"{cexp}: a link or not a folder; a confirmation writes its trials there, inside {exp}. "
                         "Remove it, then confirm again.")
+
+
+def confirm_readable(exp: str) -> str | None:
+    """EXP/confirm when it may be read: a plain folder of the experiment with its metadata (None otherwise: absent,
+    or a link that would make status/report/export count and present another folder's trials as this search's)."""
+    from .experiment import meta_exists
+
+    cexp = confirm_location(exp)
+    try:
+        check_confirm_dir(exp, cexp)
+    except UserError:
+        return None
+    return cexp if meta_exists(cexp) else None
 
 
 def read_evidence(exp: str | Path) -> tuple[dict | None, str | None]:
@@ -51,15 +69,13 @@ def checked_evidence(exp: str, trials: list) -> tuple[dict | None, str | None]:
     configuration, epoch count or model. Returns (evidence, None) to use; (evidence, why) when it is right but the
     search has changed since (shown, not exported); (None, why) when it is not evidence; (None, None) when there is
     none."""
-    from .confirm import evidence
-    from .experiment import meta_exists
 
     ev, why = read_evidence(exp)
     if ev is None:
         return None, why
     cexp = confirm_location(exp)
     unused = f"{exp}/{EVIDENCE} is not used"
-    if not meta_exists(cexp):
+    if confirm_readable(exp) is None:
         return None, f"{unused}: there is no confirmation experiment ({cexp}) whose trials it could come from"
     try:
         again = evidence(exp)
@@ -126,3 +142,60 @@ def stale(exp: str, ev: dict, trials: list) -> str | None:
     return (f"{exp}/{EVIDENCE} confirmed the top configurations of the search as it was ({', '.join(then)}), but the "
             f"search has changed since (its top is now {', '.join(now)}): that confirmation is not used. To confirm "
             f"again, move {exp}/{CONFIRM_DIR} and {exp}/{EVIDENCE} away, then run `mmsa confirm {exp}`.")
+
+
+def _std(xs: list[float]) -> float:
+    return float(np.std(xs, ddof=1)) if len(xs) > 1 else 0.0
+
+
+def evidence(exp: str) -> dict:
+    """What the confirmation found (see the module docstring); the chosen configuration has the best optimum of its
+    mean curve of the search's objective (search.metric; default: the lowest minimum of the mean val-loss curve)."""
+    cexp = confirm_location(exp)
+    cm = experiment.read_meta(cexp)
+    obj = objective_of(cm)
+    trials = load_trials(cexp)
+    by_key: dict[str, list[TrialSummary]] = {}
+    for t in trials:
+        if t.state != "ERROR" and t.results:
+            by_key.setdefault(config_key(t.config), []).append(t)
+    rows, scores, label_rows = [], {}, {}
+    for c in cm["candidates"]:
+        runs = by_key.get(config_key(c["config"]), [])
+        row = {"trial_id": c["trial_id"], "search_best_val_loss": c["search_best_val_loss"],
+               "search_best_epoch": c.get("search_best_epoch"), "seeds": c.get("seeds"), "runs": len(runs),
+               "config": c["config"]}
+        runs = [t for t in runs if t.best is not None]
+        if runs:
+            length = min(len(t.results) for t in runs)
+            curve = [float(np.mean([t.results[e].get(obj.metric, math.nan) for t in runs])) for e in range(length)]
+            e = obj.best_index(curve)
+            row |= {
+                "best_val_loss_mean": float(np.mean([t.best[M.VAL_LOSS] for t in runs])),
+                "best_val_loss_std": _std([t.best[M.VAL_LOSS] for t in runs]),
+                "best_val_acc_mean": float(np.mean([t.best[M.VAL_ACC] for t in runs])),
+                "best_val_acc_std": _std([t.best[M.VAL_ACC] for t in runs]),
+                "mean_curve": curve, "epochs": e + 1, "value_at_epochs": curve[e],
+                "val_loss_at_epochs": float(np.mean([t.results[e][M.VAL_LOSS] for t in runs])),
+                "val_acc_at_epochs": float(np.mean([t.results[e][M.VAL_ACC] for t in runs])),
+                "val_f1_at_epochs": float(np.mean([t.results[e][M.VAL_F1] for t in runs])),
+                "train_loss_at_epochs": float(np.mean([t.results[e][M.TRAIN_LOSS] for t in runs])),
+                **{f"{k}_at_epochs": float(np.mean([t.results[e].get(k, math.nan) for t in runs]))
+                   for k in (M.VAL_WF1, *M.VAL_RECALL.values())},
+            }
+            per_row = [best_row_scores(t) for t in runs]
+            if per_row and all(p is not None and p[1] == per_row[0][1] for p in per_row):
+                scores[c["trial_id"]] = np.mean([p[0] for p in per_row], axis=0)  # mean accuracy per row over seeds
+                label_rows[c["trial_id"]] = per_row[0][1]
+        rows.append(row)
+    ranked = [r for r in rows if "value_at_epochs" in r and math.isfinite(r["value_at_epochs"])]
+    chosen = min(ranked, key=lambda r: obj.key(r["value_at_epochs"])) if ranked else None
+    ivs = compare(scores, chosen["trial_id"] if chosen else None, label_rows)
+    for r in rows:
+        iv = ivs.get(r["trial_id"])
+        r["val_acc_interval"] = [iv.lo, iv.hi] if iv else None
+        r["tied"] = bool(iv.tied) if iv and iv.tied is not None else None
+        r["chosen"] = r is chosen
+    return {"experiment": exp, "metric": obj.metric, "top": cm["top"], "seeds": cm["seeds"], "search_trials": cm.get("search_trials"),
+            "trials": len(trials), "trial_epochs": sum(len(t.results) for t in trials),
+            "chosen": chosen["trial_id"] if chosen else None, "candidates": rows}

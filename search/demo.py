@@ -47,7 +47,7 @@ def run_demo(out: str | Path = "demo", quiet: bool = False, num_samples: int = 1
     from model.run import predict_run, train_run
 
     from .export import export_best, load_run_config
-    from .results import status_table
+    from .status import status_table
     from .space import parse_spec
     from .tuner import run_search
 

@@ -27,6 +27,7 @@ import uuid
 
 from data_pipeline.atomic import write_file
 from data_pipeline.errors import UserError
+from data_pipeline.printable import term
 
 from . import faults, storage
 
@@ -92,8 +93,8 @@ def holder(lease: dict | None, now: float | None = None) -> dict | None:
 def describe(lease: dict) -> str:
     beat = _number(lease.get("heartbeat"))
     ago = f"{time.time() - beat:.0f} s ago" if beat is not None else "unknown"
-    return (f"`{lease.get('command', '?')}` (pid {lease.get('pid')} on {lease.get('host')}, since "
-            f"{lease.get('started', '?')}, last heartbeat {ago})")
+    f = {k: term(str(lease.get(k, "?")))[:200] for k in ("command", "pid", "host", "started")}  # the file's text
+    return f"`{f['command']}` (pid {f['pid']} on {f['host']}, since {f['started']}, last heartbeat {ago})"
 
 
 def _stop_like_ctrl_c() -> None:

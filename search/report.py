@@ -18,7 +18,8 @@ from model.plots import save_figure  # noqa: E402
 from . import storage  # noqa: E402
 from .experiment import local_copy, read_meta, same_data  # noqa: E402
 from .results import (TrialSummary, accuracy_intervals, best_of, best_trial, config_value, load_trials,  # noqa: E402
-                      metric_text, status_table, warm_stages)
+                      metric_text, warm_stages)
+from .status import status_table  # noqa: E402
 from .schema import FINISHED, REPORTED_AT, TIMESTAMP, M  # noqa: E402
 
 

@@ -21,6 +21,7 @@ import math
 from pathlib import Path
 
 from data_pipeline.errors import UserError
+from data_pipeline.printable import term
 from model import metrics as M
 from model.config import Config, build_section, opt, read_yaml
 
@@ -168,7 +169,7 @@ def parse_spec(d: dict, source: str) -> SearchSpec:
     space: dict[str, Dist] = {}
     sections = fixed.to_dict()
     for key, spec in space_d.items():
-        where = f"{source}: space.{key}"
+        where = f"{source}: space.{term(str(key))}"  # a key from a file: one line, whatever it holds
         sec, _, name = str(key).partition(".")
         if sec not in sections or name not in sections[sec]:
             raise UserError(f"{where}: unknown key; use section.key with a run-config key, e.g. train.lr.")

@@ -35,6 +35,7 @@ from .storage import parse_json, read_bytes
 KEY_ENV = "MMSA_STATE_KEY"
 KEY_IN_HOME = (".config", "mmsa-tune", "state.key")  # under the user's home directory, unless KEY_ENV says where
 KEY_BYTES = 32  # a key is made of this many random bytes; a shorter one (cut short, typed by hand) is refused
+MIN_DISTINCT_BYTES = 12  # 32 random bytes have about 30 distinct values; fewer than 12 has odds below 1e-20
 SIGNATURES = "signatures.json"  # in the backup folder: state file name -> HMACs of its latest versions
 KEEP_SIGNATURES = 4  # versions per name: a copy whose write failed (full disk) leaves an older version in place
 
@@ -88,6 +89,11 @@ def _read_key(path: Path) -> bytes | None:
                       "e.g. on a full disk, or not a key mmsa made)", f"Move it away: a new key is made on next use; "
                       "experiments signed before then resume with `mmsa resume EXP --trust-state` once (only for "
                       "experiments you trust).")
+    if len(set(data)) < MIN_DISTINCT_BYTES:
+        raise _refuse(path, f"holds only {len(set(data))} distinct byte values: not random (a zero-filled or "
+                      "preallocated file, or a password), so others could guess it and forge signatures",
+                      "Move it away: a new random key is made on next use; experiments signed before then resume with "
+                      "`mmsa resume EXP --trust-state` once (only for experiments you trust).")
     return data
 
 

@@ -22,9 +22,16 @@ PARAMS, RESULTS = "params.json", "result.json"
 TRIAL_BACKUPS = ".mmsa-state/trials"  # .mmsa-state is search/state_backup.py's BACKUP_DIR
 
 
+MAX_TRIAL_FILE = 64 * 2**20  # bytes; a real result.json is about 5 KB per epoch: far over this is planted, and
+# parsing it would take many times its size in memory
+
+
 def parse_rows(data: bytes | None) -> list[dict]:
-    """The whole JSON lines of a result file (a line cut short by a crash is dropped)."""
+    """The whole JSON lines of a result file (a line cut short by a crash is dropped); a file over MAX_TRIAL_FILE is
+    read as damaged (no rows)."""
     rows = []
+    if data is not None and len(data) > MAX_TRIAL_FILE:
+        return rows
     for line in (data or b"").decode(errors="replace").splitlines():
         row = parse_json(line) if line.strip() else None
         if isinstance(row, dict):
@@ -33,7 +40,7 @@ def parse_rows(data: bytes | None) -> list[dict]:
 
 
 def parse_params(data: bytes | None) -> dict | None:
-    params = parse_json(data)
+    params = parse_json(data) if data is None or len(data) <= MAX_TRIAL_FILE else None
     return params if isinstance(params, dict) else None
 
 

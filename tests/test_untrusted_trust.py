@@ -174,7 +174,15 @@ def plant_key_link_to_others_file(key: Path) -> str:
     return "belongs to another user"
 
 
-KEY_PLANTS = [plant_key_empty, plant_key_short, plant_key_readable_by_others, plant_key_folder, plant_key_fifo]
+def plant_key_zeros(key: Path) -> str:
+    """Long enough and owner-only, but guessable: a zero-filled or preallocated file left where the key should be."""
+    key.write_bytes(b"\0" * 64)
+    key.chmod(0o600)
+    return "distinct byte values"
+
+
+KEY_PLANTS = [plant_key_empty, plant_key_short, plant_key_readable_by_others, plant_key_folder, plant_key_fifo,
+              plant_key_zeros]
 if os.geteuid() == 0:  # only root can give a file to another user
     KEY_PLANTS.append(plant_key_link_to_others_file)
 
@@ -494,3 +502,42 @@ def test_a_folder_or_dangling_link_in_place_of_lease_or_key_is_one_error(tmp_pat
     with pytest.raises(UserError, match="is a link to a file that does not exist"):
         T.check_key()
     assert not (tmp_path / "nowhere").exists()  # the key was not written through the link
+
+
+def test_a_confirm_folder_that_is_a_link_is_not_read(confirmed, capsys, tmp_path):
+    """EXP/confirm -> a real confirmation elsewhere: status/export/report must not present another folder's trials as
+    this search's confirmation (before: exported as confirmed, its epochs counted in the budget)."""
+    outside = tmp_path / "elsewhere"
+    (confirmed / "confirm").rename(outside)
+    (confirmed / "confirm").symlink_to(outside)
+    doc, out = _export(confirmed, capsys)
+    assert doc["search"].get("selection", "best trial") == "best trial" and "confirm.json is not used" in out
+    assert main(["status", str(confirmed)]) == 0
+    assert "+ confirm" not in capsys.readouterr().out
+
+
+def test_lease_text_cannot_add_lines_to_an_error(tmp_path, capsys):
+    """A lease's fields are the file's text: a newline in them must not forge a line of the refusal."""
+    exp = fake_experiment(tmp_path)
+    _lease(exp, host="h\nerror: FAKE", command="mmsa search\nline2", heartbeat=time.time())
+    assert main(["refine", str(exp), "--dry-run"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "is in use by" in err and "\\n" in err
+
+
+def test_trial_files_of_the_wrong_shape_or_size_are_skipped(tmp_path, capsys):
+    """A trial id that is a list, a params section that is a list, a result file far over any real size: status,
+    report and export read them as damaged (before: TypeError/AttributeError tracebacks, gigabytes of memory)."""
+    from search.trial_backup import MAX_TRIAL_FILE, parse_params, parse_rows
+
+    exp = fake_experiment(tmp_path)
+    t = _first_trial(exp)
+    rows = [json.loads(l) for l in (t / "result.json").read_text().splitlines()]
+    (t / "result.json").write_text("".join(json.dumps({**r, "trial_id": ["x"]}) + "\n" for r in rows))
+    p = sorted(exp.glob("trial_*"))[1] / "params.json"
+    p.write_text(json.dumps({**json.loads(p.read_text()), "train": []}))
+    for cmd in (["status", str(exp)], ["report", str(exp)], ["export", str(exp), "-o", str(tmp_path / "b.yaml")]):
+        assert main(cmd) == 0, capsys.readouterr().err
+    capsys.readouterr()
+    big = b"[]\n" * (MAX_TRIAL_FILE // 3 + 1)
+    assert parse_rows(big) == [] and parse_params(b" " * MAX_TRIAL_FILE + b"{}") is None
