@@ -1,4 +1,3 @@
-import multiprocessing as mp
 import re
 
 import numpy as np
@@ -72,15 +71,31 @@ def test_fingerprint_is_reused_while_the_files_are_untouched(tmp_path):
     assert data_fingerprint(root, "train") != first
 
 
-def _build(args):
-    root, tok, cache = args
-    p = prepare(root, "train", tok, 32, 32, cache_dir=cache, progress=False)
-    return float(p.images.astype(np.float64).sum()), len(p)
+_BUILD = """
+import sys
+import numpy as np
+from data_pipeline.preprocess import prepare
+p = prepare(sys.argv[1], "train", sys.argv[2], 32, 32, cache_dir=sys.argv[3], progress=False)
+print(float(p.images.astype(np.float64).sum()), len(p))
+"""
 
 
 def test_concurrent_builds_do_not_corrupt(demo_dir, tiny_bert, tmp_path):
-    with mp.get_context("spawn").Pool(3) as pool:
-        results = pool.map(_build, [(demo_dir, tiny_bert, tmp_path)] * 3)
+    """Three processes build the same cache at once. Plain processes, not a multiprocessing pool of the test process:
+    a pool spawned from a pytest process that holds a Ray session hung once in CI with its tasks never delivered."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    procs = [subprocess.Popen([sys.executable, "-c", _BUILD, str(demo_dir), str(tiny_bert), str(tmp_path)], cwd=root,
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for _ in range(3)]
+    results = []
+    for p in procs:
+        out, err = p.communicate(timeout=600)
+        assert p.returncode == 0, err[-2000:]
+        sum_, n = out.split()
+        results.append((float(sum_), int(n)))
     assert len(set(results)) == 1 and results[0][1] == 400
     assert len(list(tmp_path.glob("*/meta.json"))) == 1
     assert not [p for p in tmp_path.iterdir() if ".tmp" in p.name]
