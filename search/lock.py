@@ -36,6 +36,7 @@ HEARTBEAT_S = 10.0  # how often the holder renews its lease
 STALE_S = 60.0  # a lease not renewed for this long belongs to a dead or cut-off process
 CLOCK_SKEW_S = STALE_S  # a heartbeat further in the future than this was not written by a holder's clock
 SETTLE_S = 0.5  # after writing, read back this much later: of two writers at the same moment one sees the other
+BREAK_TRIES = 5  # --break-lock writes again while the broken holder's renewal lands over its write
 
 
 def _alive(pid: int) -> bool:
@@ -135,13 +136,19 @@ class ExperimentLock:
                     "anywhere); if you know its holder is gone, pass --break-lock.")
             print(f"--break-lock: breaking the lease of {self.exp} held by {describe(current)}", file=sys.stderr)
         self._started = time.strftime("%Y-%m-%dT%H:%M:%S")
-        try:
-            self._write()
-        except OSError as e:  # e.g. a folder planted in its place
-            raise UserError(f"{path}/{LOCK_FILE}: cannot write the lease that keeps a second writer out ({e}); move "
-                            "whatever is there away and run the command again.") from None
-        time.sleep(SETTLE_S)
-        now = read_lease(self.exp) or {}
+        broken = current.get("token") if current is not None else None
+        # A holder being broken may have read its own lease just before our write and renew it just after (its
+        # read and write are not one step on any storage); its next beat sees our token and stops, so write again.
+        for _ in range(BREAK_TRIES if broken else 1):
+            try:
+                self._write()
+            except OSError as e:  # e.g. a folder planted in its place
+                raise UserError(f"{path}/{LOCK_FILE}: cannot write the lease that keeps a second writer out ({e}); "
+                                "move whatever is there away and run the command again.") from None
+            time.sleep(SETTLE_S)
+            now = read_lease(self.exp) or {}
+            if now.get("token") != broken:
+                break
         if now.get("token") != self.token:
             raise UserError(f"{self.exp}: another process took the experiment at the same moment "
                             f"({describe(now) if now else 'unknown'}); only one of them goes on.")

@@ -313,6 +313,30 @@ def test_break_lock_takes_a_live_lease_naming_its_holder_and_the_holder_stops(tm
     first.release()
 
 
+def test_break_lock_wins_over_a_renewal_that_lands_on_its_write(tmp_path, capsys):
+    """The holder read its own lease just before the breaker wrote and renews it just after (CI hit this): the
+    breaker writes again and goes on, instead of failing with 'another process took the experiment'."""
+    import threading
+
+    _lease(tmp_path, pid=os.getpid(), host=socket.gethostname())
+    old = (tmp_path / L.LOCK_FILE).read_bytes()
+    renewed = []
+
+    def late_renewal():  # the one in-flight write of a holder that has not yet seen the breaker's token
+        deadline = time.time() + 10
+        while time.time() < deadline and not renewed:
+            if (tmp_path / L.LOCK_FILE).read_bytes() != old:
+                (tmp_path / L.LOCK_FILE).write_bytes(old)
+                renewed.append(1)
+            time.sleep(0.001)
+
+    t = threading.Thread(target=late_renewal)
+    t.start()
+    with L.ExperimentLock(str(tmp_path), "mmsa resume x", break_lock=True) as second:
+        t.join()
+        assert renewed and L.read_lease(str(tmp_path))["token"] == second.token
+
+
 def test_a_holder_that_lost_its_lease_stops_like_ctrl_c(tmp_path):
     """The default on_lost: a real process holding the lease gets SIGINT's handler run when another takes it."""
     code = ("import signal, sys, time; from search import lock as L\n"
