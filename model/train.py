@@ -65,6 +65,14 @@ def keep_freed_host_memory() -> bool:
     return bool(mallopt(M_MMAP_MAX, 0)) and bool(mallopt(M_TRIM_THRESHOLD, 2**30))
 
 
+def _micro_chunks(idx: np.ndarray, micro: int, train: bool) -> list[np.ndarray]:
+    """A step's micro-batches; in training a last one of a single sample joins the one before (BatchNorm)."""
+    chunks = np.split(idx, range(micro, len(idx), micro))
+    if train and len(chunks) > 1 and len(chunks[-1]) == 1:
+        chunks = [*chunks[:-2], np.concatenate(chunks[-2:])]
+    return chunks
+
+
 def _epoch_seed(seed: int, epoch: int, stream: int) -> int:
     # Each epoch's randomness is a pure function of (seed, epoch), so resuming at epoch k replays k+1... exactly.
     return (seed * 1_000_003 + epoch * 7_919 + stream) % (2**63)
@@ -234,9 +242,13 @@ class Trainer:
         t = self.cfg.train
         batches = batch_indices(data.lengths, t.batch_size, shuffle=train, bucket=t.bucket_by_length or not train,
                                 seed=_epoch_seed(t.seed, seed, 1))
+        if train and len(batches) > 1:
+            # BatchNorm cannot train on one sample: a training set of k*batch_size+1 rows crashed every trial.
+            # The lone row sits out this epoch only (the order is reshuffled each epoch), as drop_last would.
+            batches = [idx for idx in batches if len(idx) > 1]
         micro = t.micro_batch_size or t.batch_size
         plan = [(part, len(idx), part is chunks[-1])
-                for idx in batches for chunks in [np.split(idx, range(micro, len(idx), micro))] for part in chunks]
+                for idx in batches for chunks in [_micro_chunks(idx, micro, train)] for part in chunks]
         return plan, torch.Generator().manual_seed(_epoch_seed(t.seed, seed, 2))
 
     def run_batches(self, data: Prepared, train: bool, seed: int = 0,

@@ -188,3 +188,17 @@ def test_validation_predictions_come_from_the_pass_that_scores(demo_cfg, split):
     assert t.val_pred is not None and t.val_pred.shape == (len(split.val),)
     assert t.val_pred.min() >= 0
     assert abs(float((t.val_pred == split.val.labels).mean()) - row["val_acc"]) < 1e-9
+
+
+@pytest.mark.parametrize("shape", ["lone last batch", "lone last micro-batch"])
+def test_a_single_leftover_training_sample_does_not_crash_batchnorm(demo_cfg, split, shape):
+    """n_train = k*batch_size + 1 (or a step of k*micro + 1) left one sample for BatchNorm in train mode: every trial
+    of a 120-row search died with "Expected more than 1 value per channel when training"."""
+    n = len(split.train.lengths)
+    flat = {"batch_size": n - 1} if shape == "lone last batch" else {"batch_size": 33, "micro_batch_size": 16}
+    t = Trainer(_cfg(demo_cfg, epochs=1, **flat), split)
+    plan, _ = t.epoch_plan(split.train, True)
+    assert min(len(idx) for idx, _, _ in plan) > 1
+    assert t.run_epoch(split.train, train=True)["loss"] > 0
+    val_plan, _ = t.epoch_plan(split.val, False)  # validation still scores every row
+    assert sum(len(idx) for idx, _, _ in val_plan) == len(split.val.lengths)
