@@ -29,7 +29,6 @@ import atexit
 import concurrent.futures
 import copy
 import json
-import math
 import os
 import shutil
 import threading
@@ -162,9 +161,8 @@ class AsyncCheckpointer:
         e = int(row[M.EPOCH])
         self.val_loss[e] = float(row[M.VAL_LOSS])
         loss = float(row[M.VAL_LOSS])
-        before = [h[M.VAL_LOSS] for h in self.trainer.history if h[M.EPOCH] < e and math.isfinite(h[M.VAL_LOSS])]
-        best = math.isfinite(loss) and loss < min(before, default=math.inf)  # the first epoch of the lowest loss,
-        # as `mmsa export` finds it
+        # the trainer's own rule (model/metrics.best_index): the first epoch of the lowest finite loss
+        best = M.DEFAULT_OBJECTIVE.is_best([h for h in self.trainer.history if h[M.EPOCH] < e] + [row])
         state_epoch = e % self.every == 0 and not final
         if not (best or state_epoch):
             return
