@@ -290,8 +290,9 @@ class AsyncCheckpointer:
 def retain_finished(trials: list[tuple[str, float]], keep_best_trials: int, half_written: bool = False) -> None:
     """trials: (trial folder, best val_loss) of finished trials. Their training state goes; best weights stay for
     the `keep_best_trials` lowest losses (NaN last) and where pinned (half_written: see apply_retention)."""
-    # NaN last; ties by folder name, as search/results.py best_trial picks among equal losses
-    ranked = sorted(trials, key=lambda t: (t[1] != t[1], t[1], Path(t[0]).name))
+    from .results import rank_key
+
+    ranked = sorted(trials, key=lambda t: rank_key(M.DEFAULT_OBJECTIVE, t[1], Path(t[0]).name))  # THE trial order
     for i, (path, _) in enumerate(ranked):
         keep = i < keep_best_trials
         if ended_verdict(Path(path)) != keep:

@@ -250,12 +250,13 @@ def _finished(exp) -> int:
     """After Ray's fit returns: done, or stopped by Ctrl-C (Ray catches the first one and saves its state)."""
     from .experiment import read_meta
     from .results import load_trials
+    from .schema import ENDED, ERROR
 
     trials = load_trials(exp)
-    open_trials = [t for t in trials if t.state not in ("TERMINATED", "ERROR")]
+    open_trials = [t for t in trials if t.state not in ENDED]
     if len(trials) < read_meta(exp)["num_samples"] or open_trials:
         return _interrupted(exp)
-    errored = [t for t in trials if t.state == "ERROR"]
+    errored = [t for t in trials if t.state == ERROR]
     if errored:
         print(f"{len(errored)} trial(s) ended with an error (reasons in `mmsa status {exp}`); export ignores them")
     print(f"search finished: `mmsa status {exp}` for the table, `mmsa export {exp} -o best.yaml` for the best config")

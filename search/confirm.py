@@ -22,7 +22,7 @@ from model.config import Config
 from . import experiment, storage
 from .lock import ExperimentLock, describe, holder, read_lease
 from .results import load_trials
-from .schema import FINISHED, M
+from .schema import ENDED, FINISHED, M
 
 from .confirm_files import (CONFIRM_DIR, EVIDENCE, candidates, check_confirm_dir, chosen, config_key, confirm_location, evidence,  # noqa: F401
                             read_evidence, stale)
@@ -116,7 +116,7 @@ def finished(cexp: str) -> bool:
     trials = load_trials(cexp)
     # Without ASHA every trial ends by itself: its last row says so even where Ray's state file lags behind.
     return len(trials) >= meta["num_samples"] and all(
-        t.state in ("TERMINATED", "ERROR") or (t.results and t.results[-1].get(FINISHED)) for t in trials)
+        t.state in ENDED or (t.results and t.results[-1].get(FINISHED)) for t in trials)
 
 
 def write_evidence(exp: str) -> dict:

@@ -18,7 +18,7 @@ from .checkpoint_retention import METRICS_FILE, PIN_FILE
 from .experiment import read_meta, same_data
 from .lock import describe, holder, read_lease
 from .results import accuracy_intervals, best_of, best_trial, load_trials, objective_of, warm_stages
-from .schema import CHECKPOINT_DIR_NAME, M
+from .schema import CHECKPOINT_DIR_NAME, ENDED, M
 
 
 def search_running(exp_dir: str | Path) -> str | None:
@@ -69,7 +69,7 @@ def export_best(exp_dir: str | Path, out: str | Path) -> dict:
     fs_b, path_b = storage.filesystem(best_dir)
     root_b = storage.filesystem(exp)[1]  # no link below the experiment is followed (data_pipeline/safe_files.py)
     running = holder(read_lease(exp))
-    if running and t.state not in ("TERMINATED", "ERROR"):  # the trial may be writing it right now (background)
+    if running and t.state not in ENDED:  # the trial may be writing it right now (background)
         for _ in range(60):
             if storage.is_file(fs_b, f"{path_b}/{METRICS_FILE}", root_b):
                 break

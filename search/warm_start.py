@@ -21,7 +21,7 @@ from data_pipeline.printable import term
 
 from . import storage
 from .experiment import read_meta
-from .schema import FINISHED, TRAINING_ITERATION, M
+from .schema import ERROR, FINISHED, TERMINATED, TRAINING_ITERATION, M
 from .space import SearchSpec, check_point, describe_dist, in_dist  # noqa: F401 - check_point: for callers
 
 # Settings that do not change what a trial learns (paths to the same data, the device, threads, compilation,
@@ -68,8 +68,8 @@ class WarmTrial:
 
 def warm_trial(source: str, t, spec: SearchSpec) -> tuple[WarmTrial | None, str]:
     """(the trial as Optuna will see it, "") or (None, why it is skipped)."""
-    if t.state != "TERMINATED" or not t.results:
-        return None, "errored" if t.state == "ERROR" else "not finished"
+    if t.state != TERMINATED or not t.results:
+        return None, "errored" if t.state == ERROR else "not finished"
     why = outside(t.config, spec)
     if why:
         return None, f"outside the space: {why}"
