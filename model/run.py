@@ -16,7 +16,7 @@ from data_pipeline.atomic import write_file
 from data_pipeline.dataset import SPLIT_FILES, check_data_dir, read_rows, split_problem, stratified_split
 from data_pipeline.errors import UserError
 from data_pipeline.labels import LABELS
-from data_pipeline.preprocess import Prepared, prepare
+from data_pipeline.preprocess import Prepared, check_same_data, prepare
 
 from . import run_files as ckpt
 from . import metrics as M
@@ -67,13 +67,12 @@ def check_resume_data(out: Path, data: Split, data_dir: str) -> None:
     if not f.is_file():
         return  # a run from before data.json existed: its config's data_dir was compared already
     try:
-        was = json.loads(f.read_text())["data_fingerprint"]
+        recorded = json.loads(f.read_text())
+        was = recorded["data_fingerprint"]
     except (ValueError, KeyError, TypeError):
         raise UserError(f"{f}: unreadable; it records the data this run trained on. Train into a new --out.") from None
-    if was != data.train.fingerprint:
-        raise UserError(f"{out}: the data changed since this run started (it trained on {json.loads(f.read_text()).get('data_dir')}, "
-                        f"fingerprint {was[:12]}; {data_dir} is {data.train.fingerprint[:12]}): resuming would mix two "
-                        "datasets in one history. Train into a new --out.")
+    check_same_data(str(out), was, recorded.get("data_dir"), data_dir, "resuming would mix two datasets in one "
+                    "history. Train into a new --out.", now=data.train.fingerprint)
 
 
 def prepare_split(cfg: Config, split: str, log=print, progress: bool = True) -> Prepared:

@@ -177,7 +177,7 @@ def cmd_refine(args) -> int:
     parent, rexp = stage_storage(exp), location(stage_storage(exp), name)
     if not args.dry_run:  # everything that would refuse the run, before the space file is written
         from data_pipeline.dataset import check_data_dir
-        from data_pipeline.preprocess import data_fingerprint
+        from data_pipeline.preprocess import check_same_data
 
         from .experiment import ever_ran
         from .tuner import check_search_args
@@ -187,9 +187,9 @@ def cmd_refine(args) -> int:
             raise UserError(f"{rexp} already holds a search; pick another --name, or continue it with "
                             f"`mmsa resume {rexp}`.")
         check_data_dir(meta["data_dir"])
-        if not args.warm_start_any_data and data_fingerprint(meta["data_dir"], "train") != meta["data_fingerprint"]:
-            raise UserError(f"{meta['data_dir']}: the data changed since {exp} ran; its trials say little about the "
-                            "data now. Pass --warm-start-any-data to refine from them anyway, or start a new search.")
+        if not args.warm_start_any_data:
+            check_same_data(exp, meta["data_fingerprint"], meta["data_dir"], meta["data_dir"], "its trials say little "
+                            "about the data now. Pass --warm-start-any-data to refine from them anyway, or start a new search.")
     path, d, notes = write_refine_space(exp, name, args.top, overwrite=args.overwrite)
     fs, p = storage.filesystem(path)
     print(f"wrote {term(path)}:\n{term((storage.read_bytes(fs, p) or b'').decode(errors='replace'), lines=True)}")

@@ -50,7 +50,7 @@ def points(cands: list[dict], seeds: int) -> list[dict]:
 
 def run_confirm(exp_dir: str, top: int = 3, seeds: int = 3, *, address: str | None = None, verbose: int = 1, log=print,
                 break_lock: bool = False):
-    from data_pipeline.preprocess import data_fingerprint
+    from data_pipeline.preprocess import check_same_data
 
     from .space import parse_spec
     from .tuner import run_search
@@ -81,9 +81,8 @@ def run_confirm(exp_dir: str, top: int = 3, seeds: int = 3, *, address: str | No
     cands = candidates(trials, top)
     if not cands:
         raise UserError(f"{exp}: no trial has reported a result yet (errored trials are ignored); nothing to confirm.")
-    if data_fingerprint(meta["data_dir"], "train") != meta["data_fingerprint"]:
-        raise UserError(f"{meta['data_dir']}: the data changed since the search ran; its configurations cannot be "
-                        "confirmed on other data. Start a new search.")
+    check_same_data(exp, meta["data_fingerprint"], meta["data_dir"], meta["data_dir"], "its configurations cannot be "
+                    "confirmed on other data. Start a new search.")
     spec = parse_spec(meta["spec"], f"{exp}/{experiment.META}")
     pts = points(cands, seeds)
     extra = {"fixed_trials": True, "confirm_of": meta["name"], "top": top, "seeds": seeds,

@@ -163,12 +163,9 @@ def load_run_config(path: str | Path, overrides: dict | None = None, *, allow_ot
         flat["train.epochs"] = int(exported["best_epoch"])
     cfg = cfg.with_overrides(flat, source=source) if flat else cfg
     if exported.get("data_fingerprint") and not allow_other_data:
-        from data_pipeline.preprocess import data_fingerprint
+        from data_pipeline.preprocess import check_same_data
 
-        if data_fingerprint(cfg.data.data_dir, "train") != exported["data_fingerprint"]:
-            raise UserError(
-                f"{path} was exported from a search on other data ({exported.get('data_dir')}) than "
-                f"{cfg.data.data_dir}: its hyperparameters and best epoch were chosen for that dataset. "
-                "Pass --allow-other-data to train with them anyway."
-            )
+        check_same_data(f"the search {path} was exported from", exported["data_fingerprint"], exported.get("data_dir"),
+                        cfg.data.data_dir, "its hyperparameters and best epoch were chosen for that dataset. Pass "
+                        "--allow-other-data to train with them anyway.")
     return cfg

@@ -117,10 +117,10 @@ def collect(sources: list[str], spec: SearchSpec, fingerprint: str, any_data: bo
         if meta.get("fixed_trials"):
             raise UserError(f"--warm-start {src}: a `mmsa confirm` run (fixed configurations with fresh seeds), not a "
                             "search; warm-start from the search it confirmed instead.")
-        if meta.get("data_fingerprint") != fingerprint and not any_data:
-            raise UserError(f"--warm-start {src}: that search ran on other data ({meta.get('data_dir')}, fingerprint "
-                            f"{str(meta.get('data_fingerprint'))[:12]}; this search's data has {fingerprint[:12]}), so "
-                            "its losses say little about this data. Pass --warm-start-any-data to use them anyway.")
+        if not any_data:
+            check_same_data(f"--warm-start {src}", meta.get("data_fingerprint"), meta.get("data_dir"),
+                            spec.fixed.data.data_dir, "its losses say little about this data. Pass "
+                            "--warm-start-any-data to use them anyway.", now=fingerprint)
         used, skipped = [], {}
         for t in load_trials(exp):
             w, why = warm_trial(exp, t, spec)
