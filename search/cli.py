@@ -210,10 +210,10 @@ def cmd_refine(args) -> int:
 
 
 def cmd_resume(args) -> int:
-    from .experiment import read_meta
+    from .experiment import is_confirm_run, read_meta
     from .tuner import resume_search
 
-    if read_meta(args.experiment).get("fixed_trials"):  # a `mmsa confirm` run: its evidence is written at the end
+    if is_confirm_run(read_meta(args.experiment)):  # a `mmsa confirm` run: its evidence is written at the end
         from .confirm import resume_confirm as resume_search  # noqa: F811
     try:
         resume_search(args.experiment, address=args.address, verbose=args.verbose, trust_state=args.trust_state,

@@ -23,7 +23,7 @@ import yaml
 from data_pipeline.errors import UserError
 
 from . import storage
-from .experiment import META, read_meta
+from .experiment import META, read_meta, refuse_confirm_run
 from .results import TrialSummary, config_value, load_trials, ranked
 from .schema import M
 
@@ -153,14 +153,10 @@ def write_refine_space(exp_dir: str, name: str | None = None, top: int = TOP,
 
     exp = storage.normalize(str(exp_dir))
     meta = read_meta(exp)
-    if meta.get("fixed_trials"):
-        raise UserError(f"{exp}: a `mmsa confirm` run, not a search; refine the search it confirmed.")
-    from .lock import describe, holder, read_lease
+    refuse_confirm_run(meta, exp, "refine the search it confirmed.")
+    from .lock import holder, read_lease, refuse_held
 
-    running = holder(read_lease(exp))
-    if running:
-        raise UserError(f"{exp} is in use by {describe(running)}; refine the search when it has finished (its best "
-                        "trials may still change).")
+    refuse_held(exp, holder(read_lease(exp)), "refine the search when it has finished (its best trials may still change).")
     name = name or default_name(exp)
     if not NAME_RE.fullmatch(name):
         raise UserError(f"--name {name!r}: use letters, digits, '.', '_' and '-' (starting with a letter or digit).")

@@ -8,7 +8,7 @@ from data_pipeline.printable import term
 from . import storage
 from .confirm_files import checked_evidence, confirm_readable
 from .experiment import read_meta, warm_sources
-from .lock import describe, holder, read_lease
+from .lock import running
 from .results import (TrialSummary, _space_keys, accuracy_intervals, config_value, load_trials, metric_text,
                       objective_of, tie_mark)
 from .schema import TERMINATED, M
@@ -47,9 +47,9 @@ def status_table(exp_dir: str | Path) -> str:
     if ivs:
         summary += ("\nval_acc: 95% bootstrap interval over the validation rows; vs best: 'tied' = the paired interval "
                     "of the accuracy difference to the best trial contains 0 (the data cannot tell them apart)")
-    lease = holder(read_lease(str(exp_dir)))
+    lease = running(str(exp_dir))
     if lease:
-        summary += f"\nrunning now: {term(describe(lease))}"
+        summary += f"\nrunning now: {term(lease)}"
     return "\n".join([summary, fmt(head), *(fmt(r) for r in rows)])
 
 

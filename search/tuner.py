@@ -221,6 +221,6 @@ def resume_search(exp_dir: str | Path, *, address: str | None = None, verbose: i
         ray_internals.keep_our_files_out_of_ray_staging()
         tuner = tune.Tuner.restore(exp, trainable=trainable_with(data, meta["resources"], checkpointing(spec)),
                                    resume_unfinished=True, resume_errored=True)
-        if not meta.get("fixed_trials"):  # `mmsa confirm` runs without ASHA: nothing to replay
+        if not experiment.is_confirm_run(meta):  # `mmsa confirm` runs without ASHA: nothing to replay
             replay(ray_internals.restored_scheduler(tuner), load_trials(exp), spec.search.objective)
         return _fit(tuner, ray_internals.restored_callbacks(tuner), exp)
