@@ -114,7 +114,7 @@ def run_config(cfg) -> dict:
     trainer = Trainer(cfg.with_overrides({"train.patience": 0}), load_train_val(cfg, progress=False))
     hist = list(trainer.fit())
     trainer.close()
-    best = min(hist, key=lambda h: h[M.VAL_LOSS])
+    best = M.DEFAULT_OBJECTIVE.best_row(hist)  # the best-epoch rule of model/metrics.py
     return {"val_loss": [h[M.VAL_LOSS] for h in hist], "best_val_loss": best[M.VAL_LOSS], "best_epoch": best[M.EPOCH],
             "trial_epochs": len(hist)}
 

@@ -20,15 +20,16 @@ from search_efficiency import heldout_score, heldout_setup, summarize
 
 from model import metrics as M
 from search.demo import DEMO_SPACE
+from search import results
 from search.results import load_trials
 from search.space import load_spec, parse_spec
 from search.tuner import run_search
 
 
 def best_of(exps: list[Path]) -> Path:
-    """The experiment holding the best trial over all of them (by best val loss)."""
+    """The experiment holding the best trial over all of them (by best val loss: search/results.py's rule)."""
     def best(exp):
-        return min(t.best[M.VAL_LOSS] for t in load_trials(exp) if t.best is not None and t.state != "ERROR")
+        return results.best_trial(exp).best[M.VAL_LOSS]
     return min(exps, key=best)
 
 

@@ -21,7 +21,7 @@ from model import metrics as M
 from model.pretrained import make_tiny_pretrained
 from model.run import load_train_val
 from search.demo import DEMO_SPACE, demo_config, run_demo
-from search.results import load_trials
+from search.results import best_of, load_trials, ranked
 from search.space import parse_spec
 from search.ray_cluster import capacity, init_ray
 from search.experiment import trial_dirname
@@ -33,7 +33,7 @@ GRID_LR = [1e-4, 1e-3, 1e-2]  # the lab's first grid: one value per decade of th
 def summarize(exp: Path) -> dict:
     trials = load_trials(exp)
     rows = [r for t in trials for r in t.results]
-    return {"trials": len(trials), "trial_epochs": len(rows), "best": min(r[M.VAL_LOSS] for r in rows),
+    return {"trials": len(trials), "trial_epochs": len(rows), "best": best_of(trials).best[M.VAL_LOSS],
             "first_report": min(r["timestamp"] for r in rows)}
 
 
@@ -48,7 +48,7 @@ def _key(t) -> tuple:
 
 def fate_of(exp: Path, grid_exp: Path) -> str:
     """What the search did with the grid's best configuration: never proposed, stopped by ASHA, or ran out."""
-    target = _key(min((t for t in load_trials(grid_exp) if t.results), key=lambda t: t.best[M.VAL_LOSS]))
+    target = _key(best_of(load_trials(grid_exp)))  # the selection `mmsa export` makes: errors and NaN left out
     runs = [t for t in load_trials(exp) if t.results and _key(t) == target]
     if not runs:
         return "never proposed"
@@ -57,11 +57,11 @@ def fate_of(exp: Path, grid_exp: Path) -> str:
 
 
 def best_config(exp: Path) -> str:
-    return _name(min((t for t in load_trials(exp) if t.results), key=lambda t: t.best[M.VAL_LOSS]))
+    return _name(best_of(load_trials(exp)))
 
 
 def curves(exp: Path) -> list[tuple[str, list[float]]]:
-    ts = sorted((t for t in load_trials(exp) if t.results), key=lambda t: t.best[M.VAL_LOSS])
+    ts = ranked(load_trials(exp))
     return [(_name(t), [r[M.VAL_LOSS] for r in t.results]) for t in ts]
 
 
@@ -151,7 +151,7 @@ def run_heldout(args) -> None:
         grid_spec = parse_spec({**DEMO_SPACE, "fixed": cfg.with_overrides({"train.patience": 0}).to_dict()}, "grid")
         t0 = time.time()
         grid, grid_wall = run_grid(grid_spec, tmp / "rr")
-        gbest = min((t for t in load_trials(tmp / "rr" / "grid") if t.results), key=lambda t: t.best[M.VAL_LOSS])
+        gbest = best_of(load_trials(tmp / "rr" / "grid"))
         gcfg = Config.from_dict(gbest.config).with_overrides({"train.epochs": int(gbest.best[M.EPOCH])})
         g = heldout_score(gcfg, tmp / "heldout")
         giv = compare({"grid": g["correct"]})["grid"]

@@ -92,6 +92,18 @@ def data_fingerprint(data_dir: str | Path, split: str) -> str:
     return _FINGERPRINTS[key]
 
 
+def check_same_data(subject: str, recorded, recorded_dir, data_dir: str | Path, consequence: str, *,
+                    now: str | None = None) -> None:
+    """THE refusal of results made on other data (resume of a run or a search, refine, confirm, warm start, training
+    an export): `subject` ran on data whose fingerprint was `recorded` (read from `recorded_dir`); the train split at
+    `data_dir` (fingerprint `now`, hashed when not given) must be that data, else a UserError ending in the caller's
+    `consequence` (what it would do wrong, and what to do instead)."""
+    now = data_fingerprint(data_dir, "train") if now is None else now
+    if recorded != now:
+        raise UserError(f"{subject} ran on other data than {data_dir} holds now (it ran on {recorded_dir}, fingerprint "
+                        f"{str(recorded)[:12]}; now {now[:12]}): {consequence}")
+
+
 def cache_key(data_fp: str, tokenizer_dir: str | Path, max_length: int, image_size: int) -> str:
     settings = f"{CACHE_VERSION}|{data_fp}|{tokenizer_fingerprint(tokenizer_dir)}|{max_length}|{image_size}"
     return hashlib.sha256(settings.encode()).hexdigest()[:32]

@@ -30,6 +30,26 @@ EPOCH_METRICS = (EPOCH, TRAIN_LOSS, VAL_LOSS, VAL_ACC, VAL_F1, VAL_WF1, *VAL_REC
 VAL_METRICS = (VAL_LOSS, VAL_ACC, VAL_F1, VAL_WF1, *VAL_RECALL.values())
 
 
+def finite(v) -> float | None:
+    """v as a finite number, else None: NaN, +-inf, a missing value, a bool or text (a hand-edited result file)."""
+    return float(v) if isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) else None
+
+
+def best_index(values: list, mode: str) -> int | None:
+    """THE rule for the best epoch of a curve ("min" or "max" mode), used by every reader: the trainer's best weights
+    and best_epoch, a search trial's best-weights folder (search/async_checkpoint.py), the epochs whose validation
+    predictions a trial keeps (search/stats.py), a trial's best row (search/results.py) and `mmsa confirm`'s epoch
+    count. The FIRST epoch reaching the best value wins a tie: the shortest training that reaches it, and the epoch
+    that result.json's best_epoch and `mmsa export` named before this rule was written once. NaN, +-inf and
+    non-numbers are never best; None when no value is finite."""
+    best: int | None = None
+    for i, v in enumerate(values):
+        v = finite(v)
+        if v is not None and (best is None or (v < values[best] if mode == "min" else v > values[best])):
+            best = i
+    return best
+
+
 @dataclass(frozen=True)
 class Objective:
     """What a search optimises: `metric` per epoch (a trial's best epoch, export, confirm), `mode`, and `running`,
@@ -41,22 +61,25 @@ class Objective:
 
     def value(self, row: dict | None) -> float | None:
         """The row's metric as a finite number, else None (a diverged epoch, or a row from before the metric)."""
-        v = (row or {}).get(self.metric)
-        return float(v) if isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) else None
+        return finite((row or {}).get(self.metric))
 
     def key(self, value: float) -> float:
         """Sort key: smaller is better, whatever the mode."""
         return value if self.mode == "min" else -value
 
     def best_row(self, rows: list[dict]) -> dict | None:
-        """The best row (the earliest of equals); a NaN or missing metric is never best."""
-        scored = [r for r in rows if self.value(r) is not None]
-        return min(scored, key=lambda r: self.key(self.value(r))) if scored else None
+        """The best row by `best_index` (the earliest of equals); a NaN or missing metric is never best."""
+        i = best_index([self.value(r) for r in rows], self.mode)
+        return None if i is None else rows[i]
 
     def best_index(self, values: list[float]) -> int:
-        """Index of the best finite value of a curve (0 when none is finite)."""
-        finite = [i for i, v in enumerate(values) if isinstance(v, (int, float)) and math.isfinite(v)]
-        return min(finite, key=lambda i: self.key(values[i])) if finite else 0
+        """Index of the best finite value of a curve by `best_index` (0 when none is finite)."""
+        i = best_index(values, self.mode)
+        return 0 if i is None else i
+
+    def is_best(self, rows: list[dict]) -> bool:
+        """Whether the last row is the best so far by `best_index`: better than every earlier one, and finite."""
+        return bool(rows) and best_index([self.value(r) for r in rows], self.mode) == len(rows) - 1
 
 
 OBJECTIVES = {o.metric: o for o in (Objective(VAL_LOSS, "min", BEST_VAL_LOSS), Objective(VAL_ACC, "max", BEST_VAL_ACC),

@@ -4,7 +4,6 @@ from __future__ import annotations
 import csv
 import json
 import io
-import math
 import shutil
 import sys
 from contextlib import contextmanager
@@ -17,7 +16,7 @@ from data_pipeline.atomic import write_file
 from data_pipeline.dataset import SPLIT_FILES, check_data_dir, read_rows, split_problem, stratified_split
 from data_pipeline.errors import UserError
 from data_pipeline.labels import LABELS
-from data_pipeline.preprocess import Prepared, prepare
+from data_pipeline.preprocess import Prepared, check_same_data, prepare
 
 from . import run_files as ckpt
 from . import metrics as M
@@ -68,13 +67,12 @@ def check_resume_data(out: Path, data: Split, data_dir: str) -> None:
     if not f.is_file():
         return  # a run from before data.json existed: its config's data_dir was compared already
     try:
-        was = json.loads(f.read_text())["data_fingerprint"]
+        recorded = json.loads(f.read_text())
+        was = recorded["data_fingerprint"]
     except (ValueError, KeyError, TypeError):
         raise UserError(f"{f}: unreadable; it records the data this run trained on. Train into a new --out.") from None
-    if was != data.train.fingerprint:
-        raise UserError(f"{out}: the data changed since this run started (it trained on {json.loads(f.read_text()).get('data_dir')}, "
-                        f"fingerprint {was[:12]}; {data_dir} is {data.train.fingerprint[:12]}): resuming would mix two "
-                        "datasets in one history. Train into a new --out.")
+    check_same_data(str(out), was, recorded.get("data_dir"), data_dir, "resuming would mix two datasets in one "
+                    "history. Train into a new --out.", now=data.train.fingerprint)
 
 
 def prepare_split(cfg: Config, split: str, log=print, progress: bool = True) -> Prepared:
@@ -181,15 +179,15 @@ def train_run(cfg: Config, out: str | Path, *, resume: bool = False, overwrite: 
             trainer.save_checkpoint(out / LAST_CHECKPOINT, include_best=True)
             write_history(trainer.history, out)
     bar.close()
-    if trainer.best_state is None:
-        raise UserError(f"{out}: no epoch was trained (train.epochs is {cfg.train.epochs}, checkpoint at epoch {trainer.epoch}).")
-    if not any(math.isfinite(h[M.VAL_LOSS]) for h in trainer.history):
+    best = M.DEFAULT_OBJECTIVE.best_row(trainer.history)  # the epoch whose weights best_state holds
+    if trainer.history and best is None:
         raise UserError(f"{out}: the validation loss was never a finite number ({trainer.history[-1][M.VAL_LOSS]}); "
                         "no epoch can be the best. Lower train.lr or check the data.")
+    if trainer.best_state is None:
+        raise UserError(f"{out}: no epoch was trained (train.epochs is {cfg.train.epochs}, checkpoint at epoch {trainer.epoch}).")
     with writing(out):
         ckpt.save_weights(trainer.best_state, out / ckpt.WEIGHTS)
         plot_curves(trainer.history, out / "curves.png", title=f"{cfg.model.modality} ({cfg.model.complexity}, lr {cfg.train.lr:g}, batch {cfg.train.batch_size})")
-    best = min((h for h in trainer.history if math.isfinite(h[M.VAL_LOSS])), key=lambda h: h[M.VAL_LOSS])
     log(f"best epoch {best[M.EPOCH]}: val_loss {best[M.VAL_LOSS]:.4f}, val_acc {best[M.VAL_ACC]:.4f}; model in {out / ckpt.WEIGHTS}")
     return trainer.history
 
@@ -270,7 +268,7 @@ def ablate_run(cfg: Config, out: str | Path, log=print, progress: bool = True, o
         sub = cfg.with_overrides({"model.modality": modality})
         histories[modality] = train_run(sub, out / modality, log=log, progress=progress, data=data, overwrite=overwrite)
         release_gpu_memory()  # the lab ran out of GPU memory when runs followed each other in one process
-        best = min(histories[modality], key=lambda h: h[M.VAL_LOSS])
+        best = M.DEFAULT_OBJECTIVE.best_row(histories[modality])  # train_run refused a run with none finite
         results.append({"modality": modality, M.BEST_EPOCH: best[M.EPOCH], M.VAL_LOSS: best[M.VAL_LOSS],
                         M.VAL_ACC: best[M.VAL_ACC], M.VAL_F1: best[M.VAL_F1]})
     md = ["| modality | best epoch | val loss | val acc | val macro-F1 |", "|---|---|---|---|---|"]

@@ -308,14 +308,16 @@ class Trainer:
                 raise FloatingPointError(f"training loss is {tr['loss']} at epoch {self.epoch + 1}; lower train.lr")
             self.scheduler.step(va["loss"])
             self.epoch += 1
-            best = min([h[M.VAL_LOSS] for h in self.history] + [va["loss"]])
-            if va["loss"] <= best and self.keep_best_state:
-                self.best_state = {k: v.detach().to("cpu", copy=True) for k, v in self.model.state_dict().items()}
             row = {M.EPOCH: self.epoch, M.TRAIN_LOSS: tr["loss"], M.VAL_LOSS: va["loss"], **va["scores"], M.LR: lr,
-                   M.SPS: tr["samples"] / max(tr["seconds"], 1e-9), M.BEST_VAL_LOSS: best}
-            for metric, running in ((M.VAL_ACC, M.BEST_VAL_ACC), (M.VAL_F1, M.BEST_VAL_F1)):
-                row[running] = max(h[metric] for h in self.history + [row])
-            row[M.BEST_EPOCH] = min((h for h in self.history + [row]), key=lambda h: h[M.VAL_LOSS])[M.EPOCH]
+                   M.SPS: tr["samples"] / max(tr["seconds"], 1e-9)}
+            rows = self.history + [row]
+            # Best so far by the one rule (model/metrics.best_index: the first epoch of the best finite value), which
+            # the search's best-weights folder, kept predictions and best trial follow too.
+            for o in M.OBJECTIVES.values():
+                row[o.running] = rows[o.best_index([h[o.metric] for h in rows])][o.metric]
+            row[M.BEST_EPOCH] = rows[M.DEFAULT_OBJECTIVE.best_index([h[M.VAL_LOSS] for h in rows])][M.EPOCH]
+            if self.keep_best_state and M.DEFAULT_OBJECTIVE.is_best(rows):
+                self.best_state = {k: v.detach().to("cpu", copy=True) for k, v in self.model.state_dict().items()}
             self.history.append(row)
             yield row
 

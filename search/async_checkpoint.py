@@ -29,7 +29,6 @@ import atexit
 import concurrent.futures
 import copy
 import json
-import math
 import os
 import shutil
 import threading
@@ -162,9 +161,8 @@ class AsyncCheckpointer:
         e = int(row[M.EPOCH])
         self.val_loss[e] = float(row[M.VAL_LOSS])
         loss = float(row[M.VAL_LOSS])
-        before = [h[M.VAL_LOSS] for h in self.trainer.history if h[M.EPOCH] < e and math.isfinite(h[M.VAL_LOSS])]
-        best = math.isfinite(loss) and loss < min(before, default=math.inf)  # the first epoch of the lowest loss,
-        # as `mmsa export` finds it
+        # the trainer's own rule (model/metrics.best_index): the first epoch of the lowest finite loss
+        best = M.DEFAULT_OBJECTIVE.is_best([h for h in self.trainer.history if h[M.EPOCH] < e] + [row])
         state_epoch = e % self.every == 0 and not final
         if not (best or state_epoch):
             return
@@ -292,8 +290,9 @@ class AsyncCheckpointer:
 def retain_finished(trials: list[tuple[str, float]], keep_best_trials: int, half_written: bool = False) -> None:
     """trials: (trial folder, best val_loss) of finished trials. Their training state goes; best weights stay for
     the `keep_best_trials` lowest losses (NaN last) and where pinned (half_written: see apply_retention)."""
-    # NaN last; ties by folder name, as search/results.py best_trial picks among equal losses
-    ranked = sorted(trials, key=lambda t: (t[1] != t[1], t[1], Path(t[0]).name))
+    from .results import rank_key
+
+    ranked = sorted(trials, key=lambda t: rank_key(M.DEFAULT_OBJECTIVE, t[1], Path(t[0]).name))  # THE trial order
     for i, (path, _) in enumerate(ranked):
         keep = i < keep_best_trials
         if ended_verdict(Path(path)) != keep:

@@ -14,6 +14,7 @@ from .checkpoint_retention import METRICS_FILE, PIN_FILE, read_checkpoint_metric
 from .experiment import trial_dirname
 from .state_backup import backup
 from .storage import is_file, read_bytes
+from .schema import TERMINATED
 
 log = logging.getLogger(__name__)
 
@@ -142,7 +143,7 @@ class TrialRetention(Callback):
     def on_trial_complete(self, iteration, trials, trial, **info):
         # Deleted now, before Ray saves the state that says the trial finished: a trial restored from an older
         # saved state finds the verdict and ends without training (search/ended_trial.py).
-        self._apply([t for t in trials if t.status == "TERMINATED" and t is not trial] + [trial])
+        self._apply([t for t in trials if t.status == TERMINATED and t is not trial] + [trial])
         self._finished = getattr(self, "_finished", 0) + 1
         faults.after_retention(self._finished)
 

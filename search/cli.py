@@ -177,7 +177,7 @@ def cmd_refine(args) -> int:
     parent, rexp = stage_storage(exp), location(stage_storage(exp), name)
     if not args.dry_run:  # everything that would refuse the run, before the space file is written
         from data_pipeline.dataset import check_data_dir
-        from data_pipeline.preprocess import data_fingerprint
+        from data_pipeline.preprocess import check_same_data
 
         from .experiment import ever_ran
         from .tuner import check_search_args
@@ -187,9 +187,9 @@ def cmd_refine(args) -> int:
             raise UserError(f"{rexp} already holds a search; pick another --name, or continue it with "
                             f"`mmsa resume {rexp}`.")
         check_data_dir(meta["data_dir"])
-        if not args.warm_start_any_data and data_fingerprint(meta["data_dir"], "train") != meta["data_fingerprint"]:
-            raise UserError(f"{meta['data_dir']}: the data changed since {exp} ran; its trials say little about the "
-                            "data now. Pass --warm-start-any-data to refine from them anyway, or start a new search.")
+        if not args.warm_start_any_data:
+            check_same_data(exp, meta["data_fingerprint"], meta["data_dir"], meta["data_dir"], "its trials say little "
+                            "about the data now. Pass --warm-start-any-data to refine from them anyway, or start a new search.")
     path, d, notes = write_refine_space(exp, name, args.top, overwrite=args.overwrite)
     fs, p = storage.filesystem(path)
     print(f"wrote {term(path)}:\n{term((storage.read_bytes(fs, p) or b'').decode(errors='replace'), lines=True)}")
@@ -210,10 +210,10 @@ def cmd_refine(args) -> int:
 
 
 def cmd_resume(args) -> int:
-    from .experiment import read_meta
+    from .experiment import is_confirm_run, read_meta
     from .tuner import resume_search
 
-    if read_meta(args.experiment).get("fixed_trials"):  # a `mmsa confirm` run: its evidence is written at the end
+    if is_confirm_run(read_meta(args.experiment)):  # a `mmsa confirm` run: its evidence is written at the end
         from .confirm import resume_confirm as resume_search  # noqa: F811
     try:
         resume_search(args.experiment, address=args.address, verbose=args.verbose, trust_state=args.trust_state,
@@ -250,12 +250,13 @@ def _finished(exp) -> int:
     """After Ray's fit returns: done, or stopped by Ctrl-C (Ray catches the first one and saves its state)."""
     from .experiment import read_meta
     from .results import load_trials
+    from .schema import ENDED, ERROR
 
     trials = load_trials(exp)
-    open_trials = [t for t in trials if t.state not in ("TERMINATED", "ERROR")]
+    open_trials = [t for t in trials if t.state not in ENDED]
     if len(trials) < read_meta(exp)["num_samples"] or open_trials:
         return _interrupted(exp)
-    errored = [t for t in trials if t.state == "ERROR"]
+    errored = [t for t in trials if t.state == ERROR]
     if errored:
         print(f"{len(errored)} trial(s) ended with an error (reasons in `mmsa status {exp}`); export ignores them")
     print(f"search finished: `mmsa status {exp}` for the table, `mmsa export {exp} -o best.yaml` for the best config")

@@ -20,9 +20,9 @@ from data_pipeline.printable import md
 from model.config import Config
 
 from . import experiment, storage
-from .lock import ExperimentLock, describe, holder, read_lease
+from .lock import ExperimentLock, holder, read_lease, refuse_held
 from .results import load_trials
-from .schema import FINISHED, M
+from .schema import ENDED, FINISHED, M
 
 from .confirm_files import (CONFIRM_DIR, EVIDENCE, candidates, check_confirm_dir, chosen, config_key, confirm_location, evidence,  # noqa: F401
                             read_evidence, stale)
@@ -50,7 +50,7 @@ def points(cands: list[dict], seeds: int) -> list[dict]:
 
 def run_confirm(exp_dir: str, top: int = 3, seeds: int = 3, *, address: str | None = None, verbose: int = 1, log=print,
                 break_lock: bool = False):
-    from data_pipeline.preprocess import data_fingerprint
+    from data_pipeline.preprocess import check_same_data
 
     from .space import parse_spec
     from .tuner import run_search
@@ -58,8 +58,7 @@ def run_confirm(exp_dir: str, top: int = 3, seeds: int = 3, *, address: str | No
     check_confirm_args(top, seeds)
     exp = storage.normalize(exp_dir)
     meta = experiment.read_meta(exp)
-    if meta.get("fixed_trials"):
-        raise UserError(f"{exp} is itself a confirmation; confirm the search it belongs to ({parent_of(exp)}).")
+    experiment.refuse_confirm_run(meta, exp, f"confirm the search it belongs to ({parent_of(exp)}).")
     cexp = confirm_location(exp)
     check_confirm_dir(exp, cexp)
     if experiment.meta_exists(cexp) and experiment.ever_ran(cexp):
@@ -73,20 +72,18 @@ def run_confirm(exp_dir: str, top: int = 3, seeds: int = 3, *, address: str | No
                             f"settings, move or delete {cexp} first.")
         log(f"{cexp}: the confirmation has finished already; rewriting its evidence")
         return write_evidence(exp)
-    running = holder(read_lease(exp))
-    if running and not break_lock:
-        raise UserError(f"{exp} is in use by {describe(running)}; confirm the search when it has finished (or pass "
-                        "--break-lock if you know its holder is gone).")
+    if not break_lock:
+        refuse_held(exp, holder(read_lease(exp)), "confirm the search when it has finished (or pass --break-lock if you "
+                    "know its holder is gone).")
     trials = load_trials(exp)
     cands = candidates(trials, top)
     if not cands:
         raise UserError(f"{exp}: no trial has reported a result yet (errored trials are ignored); nothing to confirm.")
-    if data_fingerprint(meta["data_dir"], "train") != meta["data_fingerprint"]:
-        raise UserError(f"{meta['data_dir']}: the data changed since the search ran; its configurations cannot be "
-                        "confirmed on other data. Start a new search.")
+    check_same_data(exp, meta["data_fingerprint"], meta["data_dir"], meta["data_dir"], "its configurations cannot be "
+                    "confirmed on other data. Start a new search.")
     spec = parse_spec(meta["spec"], f"{exp}/{experiment.META}")
     pts = points(cands, seeds)
-    extra = {"fixed_trials": True, "confirm_of": meta["name"], "top": top, "seeds": seeds,
+    extra = {experiment.CONFIRM_RUN: True, "confirm_of": meta["name"], "top": top, "seeds": seeds,
              "search_trials": len(trials), "candidates": cands}
     log(f"confirming the top {len(cands)} configuration(s) of {exp} with {seeds} fresh seed(s) each: "
         f"{len(pts)} trials of up to {spec.fixed.train.epochs} epochs")
@@ -116,7 +113,7 @@ def finished(cexp: str) -> bool:
     trials = load_trials(cexp)
     # Without ASHA every trial ends by itself: its last row says so even where Ray's state file lags behind.
     return len(trials) >= meta["num_samples"] and all(
-        t.state in ("TERMINATED", "ERROR") or (t.results and t.results[-1].get(FINISHED)) for t in trials)
+        t.state in ENDED or (t.results and t.results[-1].get(FINISHED)) for t in trials)
 
 
 def write_evidence(exp: str) -> dict:

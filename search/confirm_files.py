@@ -12,8 +12,8 @@ from data_pipeline.errors import UserError
 from model.config import Config
 
 from . import experiment, storage
-from .results import TrialSummary, best_row_scores, load_trials, objective_of
-from .schema import M
+from .results import TrialSummary, best_row_scores, load_trials, objective_of, ranked
+from .schema import ERROR, M
 from .stats import compare
 
 CONFIRM_DIR = "confirm"  # EXP/confirm: the confirmation's experiment
@@ -120,7 +120,7 @@ def candidates(trials: list, top: int) -> list[dict]:
     """The top `top` distinct configurations by the search's objective (errored trials and trials without a result
     left out)."""
     out, seen = [], set()
-    for t in sorted((t for t in trials if t.usable), key=lambda t: t.score):
+    for t in ranked(trials):
         k = config_key(t.config)
         if k not in seen:
             seen.add(k)
@@ -157,7 +157,7 @@ def evidence(exp: str) -> dict:
     trials = load_trials(cexp)
     by_key: dict[str, list[TrialSummary]] = {}
     for t in trials:
-        if t.state != "ERROR" and t.results:
+        if t.state != ERROR and t.results:
             by_key.setdefault(config_key(t.config), []).append(t)
     rows, scores, label_rows = [], {}, {}
     for c in cm["candidates"]:
@@ -165,7 +165,7 @@ def evidence(exp: str) -> dict:
         row = {"trial_id": c["trial_id"], "search_best_val_loss": c["search_best_val_loss"],
                "search_best_epoch": c.get("search_best_epoch"), "seeds": c.get("seeds"), "runs": len(runs),
                "config": c["config"]}
-        runs = [t for t in runs if t.best is not None]
+        runs = [t for t in runs if t.usable]
         if runs:
             length = min(len(t.results) for t in runs)
             curve = [float(np.mean([t.results[e].get(obj.metric, math.nan) for t in runs])) for e in range(length)]
@@ -188,8 +188,8 @@ def evidence(exp: str) -> dict:
                 scores[c["trial_id"]] = np.mean([p[0] for p in per_row], axis=0)  # mean accuracy per row over seeds
                 label_rows[c["trial_id"]] = per_row[0][1]
         rows.append(row)
-    ranked = [r for r in rows if "value_at_epochs" in r and math.isfinite(r["value_at_epochs"])]
-    chosen = min(ranked, key=lambda r: obj.key(r["value_at_epochs"])) if ranked else None
+    done = [r for r in rows if "value_at_epochs" in r and math.isfinite(r["value_at_epochs"])]
+    chosen = min(done, key=lambda r: obj.key(r["value_at_epochs"])) if done else None
     ivs = compare(scores, chosen["trial_id"] if chosen else None, label_rows)
     for r in rows:
         iv = ivs.get(r["trial_id"])

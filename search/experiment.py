@@ -90,6 +90,22 @@ def warm_sources(meta: dict) -> list[dict]:
         if isinstance(entries, list) else []
 
 
+CONFIRM_RUN = "fixed_trials"  # the metadata key that marks a `mmsa confirm` run (search/confirm.py writes it)
+
+
+def is_confirm_run(meta: dict) -> bool:
+    """THE test for an experiment that is a `mmsa confirm` run (EXP/confirm: fixed configurations with fresh seeds,
+    all epochs, no ASHA), not a search."""
+    return bool(meta.get(CONFIRM_RUN))
+
+
+def refuse_confirm_run(meta: dict, subject: str, instead: str) -> None:
+    """THE refusal of a `mmsa confirm` run where a command needs a search; `instead`: what to do."""
+    if is_confirm_run(meta):
+        raise UserError(f"{subject}: a `mmsa confirm` run (fixed configurations with fresh seeds), not a search; "
+                        f"{instead}")
+
+
 def same_data(meta: dict, other: dict) -> bool:
     """Whether two searches ran on the same data (their validation losses can then be compared)."""
     return bool(meta.get("data_fingerprint")) and meta.get("data_fingerprint") == other.get("data_fingerprint")

@@ -16,15 +16,14 @@ from . import storage
 from .async_checkpoint import POINTER_FILE, best_name
 from .checkpoint_retention import METRICS_FILE, PIN_FILE
 from .experiment import read_meta, same_data
-from .lock import describe, holder, read_lease
+from .lock import running
 from .results import accuracy_intervals, best_of, best_trial, load_trials, objective_of, warm_stages
-from .schema import CHECKPOINT_DIR_NAME, M
+from .schema import CHECKPOINT_DIR_NAME, ENDED, M
 
 
 def search_running(exp_dir: str | Path) -> str | None:
     """Who is running the search now (`mmsa search`/`resume` holding its lease), or None."""
-    lease = holder(read_lease(storage.normalize(exp_dir)))
-    return describe(lease) if lease else None
+    return running(storage.normalize(exp_dir))
 
 
 SECTION = "search"  # the export's provenance section beside data:/model:/train:
@@ -68,8 +67,7 @@ def export_best(exp_dir: str | Path, out: str | Path) -> dict:
     best_dir = f"{exp}/{t.path.name}/{best_name(int(b[M.EPOCH]))}"  # checkpoint_mode async: the best weights
     fs_b, path_b = storage.filesystem(best_dir)
     root_b = storage.filesystem(exp)[1]  # no link below the experiment is followed (data_pipeline/safe_files.py)
-    running = holder(read_lease(exp))
-    if running and t.state not in ("TERMINATED", "ERROR"):  # the trial may be writing it right now (background)
+    if running(exp) and t.state not in ENDED:  # the trial may be writing it right now (background)
         for _ in range(60):
             if storage.is_file(fs_b, f"{path_b}/{METRICS_FILE}", root_b):
                 break
@@ -163,12 +161,9 @@ def load_run_config(path: str | Path, overrides: dict | None = None, *, allow_ot
         flat["train.epochs"] = int(exported["best_epoch"])
     cfg = cfg.with_overrides(flat, source=source) if flat else cfg
     if exported.get("data_fingerprint") and not allow_other_data:
-        from data_pipeline.preprocess import data_fingerprint
+        from data_pipeline.preprocess import check_same_data
 
-        if data_fingerprint(cfg.data.data_dir, "train") != exported["data_fingerprint"]:
-            raise UserError(
-                f"{path} was exported from a search on other data ({exported.get('data_dir')}) than "
-                f"{cfg.data.data_dir}: its hyperparameters and best epoch were chosen for that dataset. "
-                "Pass --allow-other-data to train with them anyway."
-            )
+        check_same_data(f"the search {path} was exported from", exported["data_fingerprint"], exported.get("data_dir"),
+                        cfg.data.data_dir, "its hyperparameters and best epoch were chosen for that dataset. Pass "
+                        "--allow-other-data to train with them anyway.")
     return cfg

@@ -98,6 +98,19 @@ def describe(lease: dict) -> str:
     return f"`{f['command']}` (pid {f['pid']} on {f['host']}, since {f['started']}, last heartbeat {ago})"
 
 
+def running(exp: str) -> str | None:
+    """Who holds the experiment's lease now (described), or None: `mmsa status`'s "running now" and export's note."""
+    lease = holder(read_lease(exp))
+    return describe(lease) if lease else None
+
+
+def refuse_held(subject: str, lease: dict | None, consequence: str) -> None:
+    """THE "experiment in use" refusal: a UserError naming the live holder of a lease (holder()'s answer: None or
+    the lease) and what the caller's command would do wrong, with what to do instead."""
+    if lease is not None:
+        raise UserError(f"{subject} is in use by {describe(lease)}; {consequence}")
+
+
 def _stop_like_ctrl_c() -> None:
     import signal
 
@@ -129,11 +142,10 @@ class ExperimentLock:
         current = holder(read_lease(self.exp))
         if current is not None and current.get("token") != self.token:
             if not self.break_lock:
-                raise UserError(
-                    f"{self.exp} is in use by {describe(current)}. One search or resume at a time: wait for it to "
-                    f"finish or stop it (Ctrl-C), then run `mmsa resume {self.exp}`. A lease whose process died is "
-                    f"taken over by itself (at once on the same host, after {STALE_S:.0f} s without heartbeat "
-                    "anywhere); if you know its holder is gone, pass --break-lock.")
+                refuse_held(self.exp, current, f"one search or resume at a time: wait for it to finish or stop it "
+                            f"(Ctrl-C), then run `mmsa resume {self.exp}`. A lease whose process died is taken over by "
+                            f"itself (at once on the same host, after {STALE_S:.0f} s without heartbeat anywhere); if "
+                            "you know its holder is gone, pass --break-lock.")
             print(f"--break-lock: breaking the lease of {self.exp} held by {describe(current)}", file=sys.stderr)
         self._started = time.strftime("%Y-%m-%dT%H:%M:%S")
         broken = current.get("token") if current is not None else None

@@ -23,8 +23,8 @@ import yaml
 from data_pipeline.errors import UserError
 
 from . import storage
-from .experiment import META, read_meta
-from .results import TrialSummary, config_value, load_trials
+from .experiment import META, read_meta, refuse_confirm_run
+from .results import TrialSummary, config_value, load_trials, ranked
 from .schema import M
 
 TOP = 3  # trials whose values span the refined space
@@ -44,12 +44,6 @@ def check_refine_args(top, num_samples) -> None:
 def default_name(exp: str) -> str:
     """The second stage's name: the experiment folder's name + -refine (the folder's, so a copy refines apart)."""
     return f"{exp.rstrip('/').rsplit('/', 1)[-1]}-refine"
-
-
-def ranked(trials: list[TrialSummary]) -> list[TrialSummary]:
-    """Finished trials with a result, best first (by the search's objective, search.metric)."""
-    done = [t for t in trials if t.state == "TERMINATED" and t.best is not None]
-    return sorted(done, key=lambda t: (t.score, t.trial_id))
 
 
 def _outward(x: float, up: bool) -> float:
@@ -114,7 +108,7 @@ def refine_dict(meta: dict, trials: list[TrialSummary], top: int = TOP) -> tuple
 
     spec = meta["spec"]
     parsed = parse_spec(spec, f"{meta.get('name')}: {META} spec")  # a cut or edited file: a message, not a KeyError
-    best = ranked(trials)
+    best = ranked(trials, finished_only=True)  # finished trials with a result, best first
     if not best:
         raise UserError(f"{meta.get('name')}: no finished trial with a result to refine from; see `mmsa status`.")
     chosen = best[:top]
@@ -159,14 +153,10 @@ def write_refine_space(exp_dir: str, name: str | None = None, top: int = TOP,
 
     exp = storage.normalize(str(exp_dir))
     meta = read_meta(exp)
-    if meta.get("fixed_trials"):
-        raise UserError(f"{exp}: a `mmsa confirm` run, not a search; refine the search it confirmed.")
-    from .lock import describe, holder, read_lease
+    refuse_confirm_run(meta, exp, "refine the search it confirmed.")
+    from .lock import holder, read_lease, refuse_held
 
-    running = holder(read_lease(exp))
-    if running:
-        raise UserError(f"{exp} is in use by {describe(running)}; refine the search when it has finished (its best "
-                        "trials may still change).")
+    refuse_held(exp, holder(read_lease(exp)), "refine the search when it has finished (its best trials may still change).")
     name = name or default_name(exp)
     if not NAME_RE.fullmatch(name):
         raise UserError(f"--name {name!r}: use letters, digits, '.', '_' and '-' (starting with a letter or digit).")

@@ -20,16 +20,16 @@ from .experiment import local_copy, read_meta, same_data  # noqa: E402
 from .results import (TrialSummary, accuracy_intervals, best_of, best_trial, config_value, load_trials,  # noqa: E402
                       metric_text, warm_stages)
 from .status import status_table  # noqa: E402
-from .schema import FINISHED, REPORTED_AT, TIMESTAMP, M  # noqa: E402
+from .schema import FINISHED, REPORTED_AT, TERMINATED, TIMESTAMP, M  # noqa: E402
 
 
 def _stopped_by_asha(t: TrialSummary) -> bool:
-    return t.state == "TERMINATED" and bool(t.results) and not t.results[-1].get(FINISHED)
+    return t.state == TERMINATED and bool(t.results) and not t.results[-1].get(FINISHED)
 
 
 def plot_learning_curves(trials: list[TrialSummary], path: Path, root: Path | None = None) -> None:
     """The lab's figure for every trial: train and val loss per epoch; ASHA-stopped trials end in an x."""
-    ranked = sorted((t for t in trials if t.best is not None), key=lambda t: t.score)  # all-NaN: no curve
+    ranked = sorted((t for t in trials if t.best is not None), key=lambda t: t.rank)  # all-NaN: no curve
     fig, axes = plt.subplots(1, 2, figsize=(12, 4.8), sharex=True)
     cmap = plt.get_cmap("viridis")
     for i, t in enumerate(ranked):
@@ -97,7 +97,7 @@ def _study(trials: list[TrialSummary], space: dict):
     obj = trials[0].objective if trials else M.DEFAULT_OBJECTIVE
     study = optuna.create_study(direction="minimize" if obj.mode == "min" else "maximize")
     for t in trials:
-        if t.best is None or t.state == "ERROR":  # no epoch with a finite objective value: nothing to tell Optuna
+        if not t.usable:  # errored, or no epoch with a finite objective value: nothing to tell Optuna
             continue
         params = {k: config_value(t.config, k) for k in dists}
         try:

@@ -14,9 +14,18 @@ from data_pipeline.errors import UserError
 
 from . import ray_internals, storage, trial_backup
 from .experiment import local_dir, read_meta, warm_sources
-from .schema import TRIAL_ID, VAL_LABEL, VAL_PRED, M
+from .schema import ERROR, PENDING, TERMINATED, TRIAL_ID, VAL_LABEL, VAL_PRED, M
 from .stats import Interval, compare, correct_rows
 from .state_backup import BACKUP_DIR
+
+
+def rank_key(objective: M.Objective, value, name: str) -> tuple:
+    """THE order of trials, best first, that every selection and listing sorts by (best trial, refine's top trials,
+    confirm's candidates, which finished trials keep their best weights, status and report tables, the benches):
+    by the objective's value; a value that is not finite (NaN, inf, none) after every finite one; equal values by
+    trial folder name."""
+    v = M.finite(value)
+    return (v is None, 0.0 if v is None else objective.key(v), name)
 
 
 @dataclass
@@ -36,14 +45,15 @@ class TrialSummary:
         return self.objective.best_row(self.results)
 
     @property
-    def score(self) -> float:
-        """The best epoch's objective value as a sort key (smaller is better); only for usable trials."""
-        return self.objective.key(self.objective.value(self.best))
+    def rank(self) -> tuple:
+        """This trial's place in THE order of trials (rank_key), for any trial."""
+        return rank_key(self.objective, self.objective.value(self.best), self.path.name)
 
     @property
     def usable(self) -> bool:
-        """Whether a selection may pick it: not errored, with an epoch of finite objective value."""
-        return self.state != "ERROR" and self.best is not None
+        """THE rule for whether a selection may pick it (best trial, refine, confirm, intervals, Optuna's history in
+        the report, the benches): not errored, with an epoch of finite objective value."""
+        return self.state != ERROR and self.best is not None
 
     @property
     def epochs(self) -> list[int]:
@@ -106,7 +116,7 @@ def load_trials(exp_dir: str | Path) -> list[TrialSummary]:
             continue  # not a trial Ray got to start (or one without any readable config)
         tid = rows[0].get(TRIAL_ID) if rows else None
         tid = tid if isinstance(tid, str) and tid else name.removeprefix("trial_")  # a hand-made id: the folder's
-        st = states.get(tid, {"state": "PENDING", "failures": 0})
+        st = states.get(tid, {"state": PENDING, "failures": 0})
         # A trial resumed after a crash may repeat the epoch that was in flight (same numbers: the loop is
         # deterministic per epoch); by_epoch keeps one row per epoch, the latest.
         trials.append(TrialSummary(tid, d, params, st["state"], rows, _error_reason(d, exp), st["failures"], objective))
@@ -136,9 +146,15 @@ def metric_text(row: dict | None, key: str) -> str:
     return f"{v:.4f}" if isinstance(v, (int, float)) and not isinstance(v, bool) else "-"
 
 
+def ranked(trials: list[TrialSummary], finished_only: bool = False) -> list[TrialSummary]:
+    """The usable trials (finished_only: of those, the TERMINATED ones), best first by rank_key."""
+    return sorted((t for t in trials if t.usable and (t.state == TERMINATED or not finished_only)), key=lambda t: t.rank)
+
+
 def best_of(trials: list[TrialSummary]) -> TrialSummary | None:
-    ok = [t for t in trials if t.usable]
-    return min(ok, key=lambda t: t.score) if ok else None
+    """THE best trial: the first of `ranked`; None when no trial is usable."""
+    r = ranked(trials)
+    return r[0] if r else None
 
 
 def best_trial(exp_dir: str | Path, trials: list[TrialSummary] | None = None) -> TrialSummary:
@@ -174,7 +190,7 @@ def best_row_scores(t: TrialSummary) -> tuple[np.ndarray, str] | None:
 def accuracy_intervals(trials: list[TrialSummary]) -> dict[str, Interval]:
     """Trial id -> its best epoch's val accuracy with a 95% interval and whether it is tied with the best trial
     (the one `mmsa export` picks); only trials whose best epoch kept its validation predictions."""
-    scored = {t.trial_id: best_row_scores(t) for t in trials if t.state != "ERROR"}
+    scored = {t.trial_id: best_row_scores(t) for t in trials if t.usable}
     scored = {k: v for k, v in scored.items() if v is not None}
     ref = best_of([t for t in trials if t.trial_id in scored])
     ref = ref.trial_id if ref else None

@@ -22,7 +22,6 @@ REPORTED_AT = "reported_at"  # wall-clock time of a report (finer than Ray's who
 # Small (one byte per row); they give each trial's accuracy interval and paired comparisons (search/stats.py).
 VAL_PRED = "val_pred"
 VAL_LABEL = "val_label"
-REPORT_KEYS = (FINISHED, DEVICE, GPU_IDS, NODE_ID, WORKER_PID, WORKER_TRIAL, REPORTED_AT, VAL_PRED, VAL_LABEL)
 
 # Added by Ray to every row (tests/test_ray_internals.py checks these names against Ray's constants).
 TRIAL_ID = "trial_id"
@@ -30,5 +29,14 @@ TIMESTAMP = "timestamp"
 TRAINING_ITERATION = "training_iteration"
 CHECKPOINT_DIR_NAME = "checkpoint_dir_name"
 
-__all__ = ["M", "FINISHED", "DEVICE", "GPU_IDS", "NODE_ID", "WORKER_PID", "WORKER_TRIAL", "REPORTED_AT", "VAL_PRED", "VAL_LABEL", "REPORT_KEYS", "TRIAL_ID", "TIMESTAMP",
-           "TRAINING_ITERATION", "CHECKPOINT_DIR_NAME"]
+# A trial's state as Ray names it (Trial.status, and "status" in experiment_state files; tests/test_ray_internals.py
+# checks them against Ray's). A trial not yet in any state file is PENDING.
+PENDING = "PENDING"
+RUNNING = "RUNNING"
+PAUSED = "PAUSED"
+TERMINATED = "TERMINATED"  # ended: all epochs, early stop, stopped by ASHA, or stopped by the clean-up after Ctrl-C
+ERROR = "ERROR"  # failed more than search.max_failures times
+ENDED = (TERMINATED, ERROR)  # states Ray leaves a trial in for good (until `mmsa resume` retries errored ones)
+
+__all__ = ["M", "FINISHED", "DEVICE", "GPU_IDS", "NODE_ID", "WORKER_PID", "WORKER_TRIAL", "REPORTED_AT", "VAL_PRED", "VAL_LABEL", "TRIAL_ID", "TIMESTAMP",
+           "TRAINING_ITERATION", "CHECKPOINT_DIR_NAME", "PENDING", "RUNNING", "PAUSED", "TERMINATED", "ERROR", "ENDED"]

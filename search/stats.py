@@ -92,12 +92,12 @@ def compare(scores: dict[str, np.ndarray], ref: str | None = None, rows: dict[st
     return out
 
 
-def val_predictions(row: dict, pred, labels: str) -> dict:
-    """The validation predictions a trial reports with an epoch: only when it is the trial's best so far by any
-    search objective (so its best epoch carries them whatever search.metric is; search/schema.py names the keys)."""
+def val_predictions(history: list[dict], pred, labels: str) -> dict:
+    """The validation predictions a trial reports with its latest epoch (history[-1]): only when that epoch is the
+    trial's best so far by any search objective, by the trainer's rule (model/metrics.best_index), so its best
+    epoch carries them whatever search.metric is (search/schema.py names the keys)."""
     from .schema import VAL_LABEL, VAL_PRED, M
 
-    if pred is None or not any(o.value(row) is not None and o.value(row) == row.get(o.running)
-                               for o in M.OBJECTIVES.values()):
+    if pred is None or not any(o.is_best(history) for o in M.OBJECTIVES.values()):
         return {}
     return {VAL_PRED: encode_classes(pred), VAL_LABEL: labels}

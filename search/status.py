@@ -8,10 +8,10 @@ from data_pipeline.printable import term
 from . import storage
 from .confirm_files import checked_evidence, confirm_readable
 from .experiment import read_meta, warm_sources
-from .lock import describe, holder, read_lease
+from .lock import running
 from .results import (TrialSummary, _space_keys, accuracy_intervals, config_value, load_trials, metric_text,
                       objective_of, tie_mark)
-from .schema import M
+from .schema import TERMINATED, M
 
 
 def status_table(exp_dir: str | Path) -> str:
@@ -23,7 +23,7 @@ def status_table(exp_dir: str | Path) -> str:
             *(k for k in STATUS_METRICS if k != obj.metric), "val_acc [95% interval]", "vs best", "best epoch", "error"]
     rows = []
     ivs = accuracy_intervals(trials)
-    for t in sorted(trials, key=lambda t: (t.best is None, t.score if t.best else 0)):
+    for t in sorted(trials, key=lambda t: t.rank):
         b = t.best
         vals = [f"{v:.3g}" if isinstance(v, float) else str(v) for v in (config_value(t.config, k) for k in keys)]
         iv = ivs.get(t.trial_id)
@@ -34,7 +34,7 @@ def status_table(exp_dir: str | Path) -> str:
     head, rows = [term(x) for x in head], [[term(x) for x in r] for r in rows]  # one row per line, no escapes
     widths = [max(len(str(x)) for x in col) for col in zip(head, *rows)]
     fmt = lambda r: "  ".join(str(x).ljust(w) for x, w in zip(r, widths)).rstrip()
-    done = sum(t.state == "TERMINATED" for t in trials)
+    done = sum(t.state == TERMINATED for t in trials)
     summary = f"{term(meta['name'])}: {len(trials)} of {term(meta['num_samples'])} trials started, {done} terminated, " \
               f"{sum(t.state == 'ERROR' for t in trials)} errored; data {term(meta['data_dir'])}"
     summary += f"\n{term(budget_line(exp_dir, trials))}"
@@ -47,9 +47,9 @@ def status_table(exp_dir: str | Path) -> str:
     if ivs:
         summary += ("\nval_acc: 95% bootstrap interval over the validation rows; vs best: 'tied' = the paired interval "
                     "of the accuracy difference to the best trial contains 0 (the data cannot tell them apart)")
-    lease = holder(read_lease(str(exp_dir)))
+    lease = running(str(exp_dir))
     if lease:
-        summary += f"\nrunning now: {term(describe(lease))}"
+        summary += f"\nrunning now: {term(lease)}"
     return "\n".join([summary, fmt(head), *(fmt(r) for r in rows)])
 
 

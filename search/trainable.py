@@ -67,7 +67,7 @@ def train_trial(config: dict, data: Split, checkpointing: dict | None = None) ->
             with tempfile.TemporaryDirectory() as tmp:
                 ck = trainer.save_checkpoint(Path(tmp) / "checkpoint", include_best=False)
                 write_checkpoint_metrics(ck, trainer.epoch, row[M.VAL_LOSS])
-                preds = val_predictions(row, trainer.val_pred, labels)
+                preds = val_predictions(trainer.history, trainer.val_pred, labels)
                 tune.report({**row, FINISHED: int(finished), REPORTED_AT: time.time(), **where, **timing, **preds},
                             checkpoint=tune.Checkpoint.from_directory(str(ck)))
                 size = sum(f.stat().st_size for f in ck.iterdir())

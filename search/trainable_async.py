@@ -72,7 +72,7 @@ def train_trial_async(cfg: Config, data: Split, every: int, started: float) -> b
                 extra = {OVERHEAD_S: overhead, BYTES_PREV: ck.bytes_written - last_bytes, PASS_S: passes,
                          FIRST_BATCH_S: ready}
                 last_bytes = ck.bytes_written
-                preds = val_predictions(row, trainer.val_pred, labels)
+                preds = val_predictions(trainer.history, trainer.val_pred, labels)
                 tune.report({**row, FINISHED: int(finished), REPORTED_AT: time.time(), **where, **extra, **preds},
                             checkpoint=tune.Checkpoint.from_directory(str(pointer_dir)))
             ck.after_report()

@@ -12,7 +12,7 @@ from pathlib import Path
 from data_pipeline.dataset import check_data_dir
 from data_pipeline.errors import UserError
 from data_pipeline.printable import term
-from data_pipeline.preprocess import data_fingerprint
+from data_pipeline.preprocess import check_same_data, data_fingerprint
 from model.backbones import check_backbones
 from model.run import load_train_val
 from model.train import Split
@@ -206,11 +206,8 @@ def resume_search(exp_dir: str | Path, *, address: str | None = None, verbose: i
         if repaired:
             log(f"restored params.json/result.json of {len(repaired)} trial(s) from their whole copies (the storage "
                 "was full or the search was killed while Ray was writing them)")
-        now = data_fingerprint(meta["data_dir"], "train")
-        if now != meta["data_fingerprint"]:
-            raise UserError(f"{meta['data_dir']}: the data changed since the search started (fingerprint "
-                            f"{meta['data_fingerprint'][:12]} -> {now[:12]}); resuming would mix results of two "
-                            "datasets. Start a new search with `mmsa search --name NEW`.")
+        check_same_data(exp, meta["data_fingerprint"], meta["data_dir"], meta["data_dir"], "resuming would mix results "
+                        "of two datasets. Start a new search with `mmsa search --name NEW`.")
         data = load_train_val(spec.fixed, log)
         init_ray(address)
         sigterm_like_ctrl_c()
@@ -224,6 +221,6 @@ def resume_search(exp_dir: str | Path, *, address: str | None = None, verbose: i
         ray_internals.keep_our_files_out_of_ray_staging()
         tuner = tune.Tuner.restore(exp, trainable=trainable_with(data, meta["resources"], checkpointing(spec)),
                                    resume_unfinished=True, resume_errored=True)
-        if not meta.get("fixed_trials"):  # `mmsa confirm` runs without ASHA: nothing to replay
+        if not experiment.is_confirm_run(meta):  # `mmsa confirm` runs without ASHA: nothing to replay
             replay(ray_internals.restored_scheduler(tuner), load_trials(exp), spec.search.objective)
         return _fit(tuner, ray_internals.restored_callbacks(tuner), exp)

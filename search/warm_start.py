@@ -20,8 +20,8 @@ from data_pipeline.errors import UserError
 from data_pipeline.printable import term
 
 from . import storage
-from .experiment import read_meta
-from .schema import FINISHED, TRAINING_ITERATION, M
+from .experiment import read_meta, refuse_confirm_run
+from .schema import ERROR, FINISHED, TERMINATED, TRAINING_ITERATION, M
 from .space import SearchSpec, check_point, describe_dist, in_dist  # noqa: F401 - check_point: for callers
 
 # Settings that do not change what a trial learns (paths to the same data, the device, threads, compilation,
@@ -68,8 +68,8 @@ class WarmTrial:
 
 def warm_trial(source: str, t, spec: SearchSpec) -> tuple[WarmTrial | None, str]:
     """(the trial as Optuna will see it, "") or (None, why it is skipped)."""
-    if t.state != "TERMINATED" or not t.results:
-        return None, "errored" if t.state == "ERROR" else "not finished"
+    if t.state != TERMINATED or not t.results:
+        return None, "errored" if t.state == ERROR else "not finished"
     why = outside(t.config, spec)
     if why:
         return None, f"outside the space: {why}"
@@ -92,6 +92,8 @@ def collect(sources: list[str], spec: SearchSpec, fingerprint: str, any_data: bo
     """The warm-start trials of each source experiment that lie inside spec's space, and what to record in the new
     experiment's metadata. Refuses (UserError) a source that is not an experiment, or one on other data unless
     any_data."""
+    from data_pipeline.preprocess import check_same_data
+
     from .results import load_trials
 
     warm, record, seen = [], [], {}
@@ -108,19 +110,15 @@ def collect(sources: list[str], spec: SearchSpec, fingerprint: str, any_data: bo
             meta = read_meta(exp)
         except UserError as e:
             raise UserError(f"--warm-start {src}: {e}") from None
-        from .lock import describe, holder, read_lease
+        from .lock import holder, read_lease, refuse_held
 
-        running = holder(read_lease(exp))
-        if running:
-            raise UserError(f"--warm-start {src}: in use by {describe(running)}; its trials are not final yet. "
-                            "Warm-start from it when it has finished.")
-        if meta.get("fixed_trials"):
-            raise UserError(f"--warm-start {src}: a `mmsa confirm` run (fixed configurations with fresh seeds), not a "
-                            "search; warm-start from the search it confirmed instead.")
-        if meta.get("data_fingerprint") != fingerprint and not any_data:
-            raise UserError(f"--warm-start {src}: that search ran on other data ({meta.get('data_dir')}, fingerprint "
-                            f"{str(meta.get('data_fingerprint'))[:12]}; this search's data has {fingerprint[:12]}), so "
-                            "its losses say little about this data. Pass --warm-start-any-data to use them anyway.")
+        refuse_held(f"--warm-start {src}", holder(read_lease(exp)), "its trials are not final yet. Warm-start from it "
+                    "when it has finished.")
+        refuse_confirm_run(meta, f"--warm-start {src}", "warm-start from the search it confirmed instead.")
+        if not any_data:
+            check_same_data(f"--warm-start {src}", meta.get("data_fingerprint"), meta.get("data_dir"),
+                            spec.fixed.data.data_dir, "its losses say little about this data. Pass "
+                            "--warm-start-any-data to use them anyway.", now=fingerprint)
         used, skipped = [], {}
         for t in load_trials(exp):
             w, why = warm_trial(exp, t, spec)

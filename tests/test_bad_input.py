@@ -341,7 +341,7 @@ C2F_CASES = [
     (["refine", "{t}/empty-exp"], "pass --num-samples N"),
     (["refine", "{t}/empty-exp", "--num-samples", "2", "--name", "../up"], "--name '../up'"),
     (["refine", "{t}/empty-exp", "--dry-run"], "no finished trial"),
-    (["refine", "{t}/empty-exp", "--num-samples", "2"], "the data changed since"),  # before the space file is written
+    (["refine", "{t}/empty-exp", "--num-samples", "2"], "ran on other data than"),  # before the space file is written
     (["refine", "{t}/busy-exp", "--dry-run"], "in use by `mmsa search --name busy-exp`"),
     (["search", "--data", "{d}", "--num-samples", "1", "--name", "n", "--storage", "{t}/rr", "--warm-start",
       "{t}/busy-exp", "--warm-start-any-data"], "its trials are not final yet"),

@@ -11,7 +11,7 @@ from data_pipeline.errors import UserError
 from model import metrics as M
 from search import experiment
 from search.cli import main
-from search.results import load_trials
+from search.results import best_of, load_trials, ranked
 from search.schema import FINISHED
 from search.space import parse_spec
 from search.tuner import run_search
@@ -106,11 +106,20 @@ def test_refine_writes_a_space_around_the_winner_and_reports_both_stages(coarse,
     out = capsys.readouterr().out
     d = yaml.safe_load((work / "coarse-refine-space.yaml").read_text())
     assert "warm-start" in out and "grace_period" in out
-    best = min((t for t in load_trials(exp)), key=lambda t: t.best[M.VAL_LOSS])
+    best = best_of(load_trials(exp))
     lo, hi = d["space"]["train.lr"]["loguniform"]
     assert lo <= best.config["train"]["lr"] <= hi and hi / lo < 100  # narrower than the coarse [3e-4, 3e-2]
     assert best.config["train"]["batch_size"] in d["space"]["train.batch_size"]["choice"]
-    assert 1 <= d["search"]["grace_period"] <= 3 and d["fixed"]["train"]["epochs"] == 3
+    assert d["fixed"]["train"]["epochs"] == 3
+    # The grace period is where the real top curves stop crossing (the rule itself: test_refine_rules.py): from it
+    # to the last epoch they all reached, their order by best val loss so far is the final one, and not before it.
+    top = ranked(load_trials(exp), finished_only=True)
+    full = [t for t in top if len(t.results) == max(len(t.results) for t in top)][:2]
+    assert len(full) == 2, "the coarse search should have two trials that ran every epoch"
+    order = lambda e: sorted(full, key=lambda t: t.results[e - 1][M.BEST_VAL_LOSS])  # noqa: E731
+    g, n = d["search"]["grace_period"], len(full[0].results)
+    assert all(order(e) == order(n) for e in range(g, n + 1))
+    assert g == 1 or order(g - 1) != order(n)
 
     assert main(["refine", str(exp), "--num-samples", "2", "--name", "fine", "--verbose", "0"]) == 0
     meta = experiment.read_meta(work / "fine")

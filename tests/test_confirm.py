@@ -100,7 +100,7 @@ def test_confirm_refusals(tmp_path, capsys):
         assert msg in capsys.readouterr().err
     cexp = fake_confirmation(exp)
     assert main(["confirm", str(cexp)]) == 2
-    assert "is itself a confirmation" in capsys.readouterr().err
+    assert "a `mmsa confirm` run (fixed configurations with fresh seeds), not a search" in capsys.readouterr().err
     assert main(["confirm", str(exp), "--top", "3"]) == 2
     assert "confirmed already with --top 2" in capsys.readouterr().err
     assert not (exp / "confirm.json").exists()  # refusals write nothing

@@ -8,8 +8,8 @@ from model import metrics as M
 from model.config import Config
 from search import experiment
 from search.cli import main
-from search.schema import TRIAL_ID, VAL_LABEL, VAL_PRED
-from search.stats import encode_classes
+from search.schema import TRIAL_ID
+from search.stats import encode_classes, val_predictions
 
 
 def write_trial(exp, tid, cfg: dict, rows: list[dict]):
@@ -21,14 +21,14 @@ def write_trial(exp, tid, cfg: dict, rows: list[dict]):
 
 
 def rows_with(losses, pred, labels):
+    """A trial's rows as the trainable reports them: predictions only with the epochs the trainer's rule calls best
+    so far (search/stats.py val_predictions, not a copy of its rule here)."""
     out, best = [], float("inf")
     for e, loss in enumerate(losses, 1):
         best = min(best, loss)
-        r = {M.EPOCH: e, M.VAL_LOSS: loss, M.VAL_ACC: float((pred == labels).mean()), M.VAL_F1: 0.5, M.TRAIN_LOSS: 0.4,
-             M.BEST_VAL_LOSS: best, "finished": int(e == len(losses))}
-        if loss <= best:
-            r |= {VAL_PRED: encode_classes(pred), VAL_LABEL: encode_classes(labels)}
-        out.append(r)
+        out.append({M.EPOCH: e, M.VAL_LOSS: loss, M.VAL_ACC: float((pred == labels).mean()), M.VAL_F1: 0.5,
+                    M.TRAIN_LOSS: 0.4, M.BEST_VAL_LOSS: best, "finished": int(e == len(losses))})
+        out[-1] |= val_predictions(out, pred, encode_classes(labels))
     return out
 
 

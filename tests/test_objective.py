@@ -103,3 +103,34 @@ def test_search_optimising_macro_f1(tmp_path, demo_cfg, ray_local, capsys):
     assert main(["report", str(exp)]) == 0
     report = (exp / "report.md").read_text()
     assert "best val_macro_f1" in report and M.VAL_WF1 in report
+
+
+def test_every_selection_picks_trials_by_one_rule(tmp_path):
+    """Which trial is best or usable is decided once (search/results.py: TrialSummary.usable, rank_key, ranked,
+    best_of): the best trial, `mmsa confirm`'s candidates, `mmsa refine`'s finished top trials and which finished
+    trials keep their best weights agree on a tie (folder name decides), a NaN-only trial and an errored trial."""
+    from model.config import Config
+    from search.async_checkpoint import BEST_PREFIX, retain_finished
+    from search.confirm_files import candidates
+    from search.results import ranked
+
+    def trial(name, state, losses):
+        d = tmp_path / f"trial_{name}"
+        (d / f"{BEST_PREFIX}000001").mkdir(parents=True)
+        cfg = Config().with_overrides({"train.lr": 0.001 * (1 + ord(name) - ord("a"))}).to_dict()
+        rows = [_row(e + 1, v, 0.5, 0.5) for e, v in enumerate(losses)]
+        return TrialSummary(name, d, cfg, state, rows)
+
+    trials = [trial("b", "TERMINATED", [0.6, 0.4]), trial("a", "TERMINATED", [0.4, 0.4]),  # a tie: a, then b
+              trial("c", "ERROR", [0.1]), trial("d", "TERMINATED", [math.nan, math.nan]),
+              trial("e", "RUNNING", [0.3])]
+    assert [t.usable for t in trials] == [True, True, False, False, True]
+    assert best_of(trials).trial_id == "e" and best_of(trials).best[M.EPOCH] == 1
+    assert [t.trial_id for t in ranked(trials)] == ["e", "a", "b"]
+    assert [c["trial_id"] for c in candidates(trials, 3)] == ["e", "a", "b"]  # mmsa confirm
+    assert [t.trial_id for t in ranked(trials, finished_only=True)] == ["a", "b"]  # mmsa refine's top trials
+    assert [t.best[M.EPOCH] for t in ranked(trials)] == [1, 1, 2]  # a's tie: its first epoch
+    # the driver's retention of finished trials: by their running best val loss, NaN last, ties by folder name
+    done = [t for t in trials if t.state == "TERMINATED"]
+    retain_finished([(str(t.path), t.results[-1][M.VAL_LOSS]) for t in done], 1)
+    assert sorted(p.parent.name for p in tmp_path.glob(f"*/{BEST_PREFIX}*")) == ["trial_a", "trial_c", "trial_e"]

@@ -286,3 +286,11 @@ def test_canary_ray_stages_our_files_on_restore_and_uploads_them_back_and_the_pa
     (exp / EVIDENCE).write_text("live")
     manager.sync_up_experiment_state(save_fn=lambda: None, force=True, wait=True)
     assert (exp / LOCK_FILE).read_text() == (exp / EVIDENCE).read_text() == "live"
+
+
+def test_trial_state_names_are_rays():
+    """search/schema.py names Ray's trial states once; every reader compares with these names."""
+    from ray.tune.experiment import Trial
+
+    assert (S.PENDING, S.RUNNING, S.PAUSED, S.TERMINATED, S.ERROR) == (
+        Trial.PENDING, Trial.RUNNING, Trial.PAUSED, Trial.TERMINATED, Trial.ERROR)

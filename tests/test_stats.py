@@ -66,9 +66,14 @@ def test_other_rows_are_not_compared():
 def test_val_predictions_only_on_best_epochs():
     from model import metrics as M
     from search.schema import VAL_LABEL, VAL_PRED
-    from search.trainable import val_predictions
+    from search.stats import val_predictions
 
     pred = np.array([0, 1, 2], dtype=np.int8)
-    assert val_predictions({M.VAL_LOSS: 0.5, M.BEST_VAL_LOSS: 0.5}, pred, "012") == {VAL_PRED: "012", VAL_LABEL: "012"}
-    assert val_predictions({M.VAL_LOSS: 0.6, M.BEST_VAL_LOSS: 0.5}, pred, "012") == {}
-    assert val_predictions({M.VAL_LOSS: 0.5, M.BEST_VAL_LOSS: 0.5}, None, "012") == {}
+    e1 = {M.VAL_LOSS: 0.5, M.VAL_ACC: 0.5, M.VAL_F1: 0.5}
+    assert val_predictions([e1], pred, "012") == {VAL_PRED: "012", VAL_LABEL: "012"}
+    assert val_predictions([e1, {M.VAL_LOSS: 0.6, M.VAL_ACC: 0.4, M.VAL_F1: 0.4}], pred, "012") == {}
+    # a tie on every objective: the first epoch stays the best (model/metrics.best_index), the second keeps nothing
+    assert val_predictions([e1, dict(e1)], pred, "012") == {}
+    # better by one objective only (accuracy): kept, so the best epoch by any search.metric has them
+    assert val_predictions([e1, {M.VAL_LOSS: 0.6, M.VAL_ACC: 0.6, M.VAL_F1: 0.4}], pred, "012") != {}
+    assert val_predictions([e1], None, "012") == {}

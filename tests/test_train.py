@@ -202,3 +202,55 @@ def test_a_single_leftover_training_sample_does_not_crash_batchnorm(demo_cfg, sp
     assert t.run_epoch(split.train, train=True)["loss"] > 0
     val_plan, _ = t.epoch_plan(split.val, False)  # validation still scores every row
     assert sum(len(idx) for idx, _, _ in val_plan) == len(split.val.lengths)
+
+
+NAN, INF = float("nan"), float("inf")
+
+
+@pytest.mark.parametrize("losses,improved", [
+    ([0.5, 0.4, 0.4, 0.6], [1, 2]),  # a tie: the first epoch of the lowest loss stays the best
+    ([NAN, 0.7, 0.7], [2]),  # a NaN first epoch is never best and does not stick as the running best
+    ([INF, 0.9, NAN, 0.8], [2, 4]),
+    ([NAN, INF], []),  # nothing finite: no epoch is best
+])
+def test_trainer_checkpointer_statistics_and_results_agree_on_the_best_epoch(demo_cfg, split, tmp_path, losses,
+                                                                              improved):
+    """One rule (model/metrics.best_index) for "best epoch so far": the trainer's best weights and best_epoch, the
+    search trial's best-weights folder, the epochs that keep validation predictions and the best row that status and
+    export read. The epochs' passes are replaced by crafted numbers (a tie and a NaN validation loss with a finite
+    training loss cannot be produced on demand); the bookkeeping under test is the real code."""
+    from search.async_checkpoint import AsyncCheckpointer, BEST_PREFIX
+    from search.results import TrialSummary
+    from search.stats import val_predictions
+
+    t = Trainer(_cfg(demo_cfg, epochs=len(losses), patience=0), split)
+    ck = AsyncCheckpointer(t, tmp_path, every=1000)
+    t.keep_best_state = True  # the checkpointer turns the host copy off; here both are compared
+    passes = iter(losses)
+
+    def crafted_epoch(data, train, seed=0):
+        if train:
+            return {"loss": 1.0, "samples": 1, "seconds": 1.0}
+        loss = next(passes)
+        return {"loss": loss, "scores": {M.VAL_ACC: 1 - loss, M.VAL_F1: 1 - loss},
+                "pred": np.zeros(len(data), dtype=np.int8)}
+
+    t.run_epoch = crafted_epoch
+    saved, folders, predicted, held = [], [], [], None
+    for row in t.fit():
+        if t.best_state is not held:  # the trainer took a new host copy of the best weights this epoch
+            saved.append(row[M.EPOCH])
+            held = t.best_state
+        ck.after_epoch(row)
+        ck.finish_best()
+        folders.append(sorted(p.name for p in tmp_path.glob(f"{BEST_PREFIX}*")))
+        if val_predictions(t.history, t.val_pred, "0"):
+            predicted.append(row[M.EPOCH])
+    ck.close()
+    assert saved == predicted == improved
+    assert folders[-1] == ([f"{BEST_PREFIX}{improved[-1]:06d}"] if improved else [])
+    assert [h[M.BEST_EPOCH] for h in t.history][-1] == (improved[-1] if improved else 1)
+    best = TrialSummary("t", tmp_path, {}, "TERMINATED", t.history).best
+    assert (best[M.EPOCH] if best else None) == (improved[-1] if improved else None)
+    if improved:  # the running best ASHA and Optuna compare is the best epoch's value
+        assert t.history[-1][M.BEST_VAL_LOSS] == losses[improved[-1] - 1]
