@@ -14,7 +14,6 @@ another machine, or written before signing existed).
 """
 from __future__ import annotations
 
-import fnmatch
 import hashlib
 import hmac
 import json
@@ -29,7 +28,7 @@ import pyarrow.fs as pafs
 from data_pipeline.atomic import write_file
 from data_pipeline.errors import UserError
 
-from .ray_internals import STATE_FILE_PATTERNS
+from .ray_internals import is_state_file
 from .storage import parse_json, read_bytes
 
 KEY_ENV = "MMSA_STATE_KEY"
@@ -210,4 +209,4 @@ def signed(sigs: dict, name: str, data: bytes | None) -> bool:
 
 def live_state_files(fs, exp_path: str) -> list[str]:
     names = [i.base_name for i in fs.get_file_info(pafs.FileSelector(exp_path)) if i.type == pafs.FileType.File]
-    return sorted(n for n in names if any(fnmatch.fnmatch(n, p) for p in STATE_FILE_PATTERNS))
+    return sorted(n for n in names if is_state_file(n))
