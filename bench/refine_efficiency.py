@@ -21,7 +21,6 @@ from search_efficiency import heldout_score, heldout_setup, summarize
 from model import metrics as M
 from search.demo import DEMO_SPACE
 from search import results
-from search.results import load_trials
 from search.space import load_spec, parse_spec
 from search.tuner import run_search
 

@@ -25,7 +25,6 @@ epochs); best weights are written whenever an epoch improves.
 """
 from __future__ import annotations
 
-import atexit
 import concurrent.futures
 import copy
 import json
@@ -41,7 +40,7 @@ from data_pipeline.errors import UserError
 from model import run_files as ckpt
 from model.config import save_config
 
-from . import faults
+from . import faults, ray_internals
 from .checkpoint_retention import PIN_FILE, write_checkpoint_metrics
 from .schema import M
 from .storage import parse_json
@@ -50,6 +49,9 @@ STATE_DIR = "mmsa_state"
 BEST_PREFIX = "mmsa_best_epoch_"
 POINTER_FILE = "mmsa_state.json"
 ENDED_FILE = "mmsa_ended.json"  # the driver's verdict on a finished trial (mark_ended)
+# The key of Trainer.training_state() whose tensors (AdamW's moments) change only in an optimizer step: cloned by the
+# writer thread while the next epoch's first forward/backward runs. Every other key is copied when the epoch ends.
+CLONED_AT_STEP = "optimizer"
 
 # Extra keys of each reported row (bench/search_overhead.py reads them): measured in the trial process.
 OVERHEAD_S = "overhead_prev_s"  # seconds the trainable blocked training after the previous epoch's passes
@@ -150,9 +152,9 @@ class AsyncCheckpointer:
         self.val_loss: dict[int, float] = {}
         trainer.before_step = self._before_step
         trainer.keep_best_state = False
-        # A trial that ASHA stops ends its process right after a report; Ray runs atexit handlers (exit_actor), so
-        # the best weights being written then are finished first.
-        atexit.register(self.pool.shutdown, wait=True)
+        # A trial that ASHA stops ends its process right after a report: the best weights being written then are
+        # finished first.
+        ray_internals.run_at_worker_exit(self.pool.shutdown, wait=True)
 
     # ---- the training thread --------------------------------------------------------------------------------
     def after_epoch(self, row: dict, final: bool = False) -> None:
@@ -174,12 +176,10 @@ class AsyncCheckpointer:
         buffer_names = {n for n, _ in t.model.named_buffers()}
         buffers = {k: _clone(v) for k, v in live.items() if k in buffer_names}
         small = opt_state = None
-        if state_epoch:
-            small = {"scheduler": copy.deepcopy(t.scheduler.state_dict()), "epoch": t.epoch,
-                     "history": copy.deepcopy(t.history), "torch_rng": torch.get_rng_state(), "steps": t.steps}
-            if t.scaler:
-                small["grad_scaler"] = copy.deepcopy(t.scaler.state_dict())
-            opt_state = t.optimizer.state_dict()  # references to the live moments
+        if state_epoch:  # what a sync checkpoint holds (Trainer.training_state), so a key added there is here too
+            small = t.training_state()
+            opt_state = small.pop(CLONED_AT_STEP)  # references to the live moments
+            small = copy.deepcopy(small)  # the rest (scheduler, history, ...) may change before the next step
         cloned = threading.Event()
         self._cloned = cloned
 
@@ -187,7 +187,7 @@ class AsyncCheckpointer:
             try:
                 try:
                     weights = {k: buffers[k] if k in buffers else _clone(v) for k, v in live.items()}
-                    state = {**small, "optimizer": _clone(opt_state)} if state_epoch else None
+                    state = {**small, CLONED_AT_STEP: _clone(opt_state)} if state_epoch else None
                 finally:
                     cloned.set()
                 if best:
@@ -254,7 +254,7 @@ class AsyncCheckpointer:
         weights being written in the background are finished: now (wait), or before the process exits."""
         self.pool.shutdown(wait=wait)
         if wait:  # a warm worker runs the next trial: no exit handler per finished trial piles up
-            atexit.unregister(self.pool.shutdown)
+            ray_internals.cancel_at_worker_exit(self.pool.shutdown)
 
     # ---- the writer thread ----------------------------------------------------------------------------------
     def _write_best(self, epoch: int, weights: dict, val_loss: float) -> None:

@@ -96,8 +96,9 @@ class StateBackup(Callback):
     def _copy(self, trial) -> None:
         try:
             files, fs, exp = ray_internals.driver_state_files(trial)
-            if "tuner.pkl" not in self._copied:  # written once, straight to storage, before the first step
-                files["tuner.pkl"] = read_bytes(fs, f"{exp}/tuner.pkl") or b""
+            tuner_file = ray_internals.TUNER_FILE
+            if tuner_file not in self._copied:  # written once, straight to storage, before the first step
+                files[tuner_file] = read_bytes(fs, f"{exp}/{tuner_file}") or b""
             changed = {n: d for n, d in files.items() if self._copied.get(n) != hash(d)}
             backup(fs, exp, changed)
             self._copied.update((n, hash(d)) for n, d in changed.items())

@@ -22,7 +22,7 @@ from data_pipeline.atomic import write_file
 from data_pipeline.errors import UserError
 from data_pipeline.safe_files import links_below, plain_name
 
-from . import storage
+from . import ray_internals, storage
 
 META = "mmsa_search.yaml"
 # What `mmsa search` always writes into META and its readers rely on (name -> type).
@@ -121,7 +121,7 @@ def ever_ran(exp: str | Path) -> bool:
         return False
     for info in fs.get_file_info(pafs.FileSelector(path)):
         name = info.base_name
-        if name.startswith("trial_") or (name.startswith("experiment_state-") and name.endswith(".json")):
+        if name.startswith("trial_") or ray_internals.is_trial_table(name):
             return True
     return False
 
@@ -132,8 +132,8 @@ def clear_start(exp: str | Path) -> None:
 
     fs, path = storage.filesystem(exp)
     for info in fs.get_file_info(pafs.FileSelector(path)):
-        if info.type == pafs.FileType.File and (info.base_name in (META, "tuner.pkl")
-                                                or info.base_name.startswith(("searcher-state-", "search_gen_state-", "basic-variant-state-"))):
+        if info.type == pafs.FileType.File and (info.base_name == META
+                                                or ray_internals.is_search_start_file(info.base_name)):
             fs.delete_file(info.path)
 
 
@@ -179,7 +179,7 @@ def local_copy(exp: str, dest: Path | None = None) -> Path:
     for rel in storage.list_files(fs, root):
         name = rel.rsplit("/", 1)[-1]
         if "checkpoint_" not in rel and (
-                name in SMALL_FILES or (name.startswith("experiment_state-") and name.endswith(".json"))):
+                name in SMALL_FILES or ray_internals.is_trial_table(name)):
             data = storage.read_bytes(fs, f"{root}/{rel}", root)
             if data is not None and plain_name(rel) is not None:  # a link, or a key like a/../../x: not copied
                 write_file(dest / rel, data, root=dest)

@@ -9,7 +9,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from data_pipeline.atomic import write_file
-from data_pipeline.errors import UserError
 from model.config import Config, build_section, load_config, opt, save_config
 
 from . import storage

@@ -15,10 +15,15 @@ import json
 # The versions these touchpoints were written and tested against (pyproject.toml caps the same range).
 TESTED = {"ray": "2.60", "optuna": "5.0"}
 
-# Ray's experiment-state files in an experiment directory (written by Ray's driver, read by Tuner.restore).
+# Ray's experiment-state files in an experiment directory (written by Ray's driver, read by Tuner.restore), as named
+# by Ray 2.60 (TuneController/Searcher/SearchGenerator/BasicVariantGenerator/Callback.CKPT_FILE_TMPL and
+# tuner_internal._TUNER_PKL; canary: tests/test_ray_internals.py test_canary_state_file_names_are_rays).
+TRIAL_TABLE_PATTERN = "experiment_state-*.json"  # the trial table: every trial's state, config and failures
+TUNER_FILE = "tuner.pkl"
+# What Tuner.fit writes before the first trial-table snapshot: the tuner and the search algorithm's state.
 # basic-variant-state-*.json (a pickle too): the search algorithm of `mmsa confirm` (fixed configurations).
-STATE_FILE_PATTERNS = ("experiment_state-*.json", "searcher-state-*.pkl", "search_gen_state-*.json",
-                       "callback-states-*.pkl", "tuner.pkl", "basic-variant-state-*.json")
+SEARCH_START_PATTERNS = (TUNER_FILE, "searcher-state-*.pkl", "search_gen_state-*.json", "basic-variant-state-*.json")
+STATE_FILE_PATTERNS = (TRIAL_TABLE_PATTERN, *SEARCH_START_PATTERNS, "callback-states-*.pkl")
 
 
 class InternalsChanged(RuntimeError):
@@ -51,6 +56,27 @@ def _moved(touchpoint: str, purpose: str, detail: str = "") -> InternalsChanged:
 
 def is_state_file(name: str) -> bool:
     return any(fnmatch.fnmatch(name, p) for p in STATE_FILE_PATTERNS)
+
+
+def is_trial_table(name: str) -> bool:
+    return fnmatch.fnmatch(name, TRIAL_TABLE_PATTERN)
+
+
+def is_search_start_file(name: str) -> bool:
+    return any(fnmatch.fnmatch(name, p) for p in SEARCH_START_PATTERNS)
+
+
+def newest_first(names) -> list[str]:
+    """State files of one kind, the one Tuner.restore reads first. Ray 2.60 takes the greatest name
+    (experiment_state._find_newest_experiment_checkpoint, utils.util._load_newest_checkpoint: `max`), i.e. the
+    latest session start time in the name, never the modification time (Ray's final sync rewrites every file, so
+    mtimes tie). Canary: test_canary_newest_state_file_is_the_one_ray_restores."""
+    return sorted(names, reverse=True)
+
+
+def newest(names) -> str | None:
+    """The state file of one kind that Tuner.restore reads (newest_first's rule); None when there is none."""
+    return next(iter(newest_first(names)), None)
 
 
 # ---- Ray Tune --------------------------------------------------------------------------------------------------
@@ -157,6 +183,26 @@ def trial_states(data: bytes | str) -> dict[str, dict] | None:
     except (ValueError, KeyError, TypeError, AttributeError) as e:
         raise _moved("experiment_state-*.json trial_data layout", "read trial states without Ray", str(e)) from None
     return out
+
+
+# Ray 2.60 ends a trial's training thread by raising this inside tune.report (train/_internal/session.py: sys.exit(0)
+# once the driver stopped the trial: ASHA's verdict, a stop criterion, or a search that is pausing). Canary:
+# test_canary_ray_stops_the_trial_thread_with_system_exit_and_runs_exit_handlers.
+TRIAL_THREAD_STOPPED = SystemExit
+
+
+def run_at_worker_exit(fn, *args, **kwargs) -> None:
+    """Run fn(*args, **kwargs) when Ray ends the trial's worker process: Ray 2.60 ends an actor it no longer needs with
+    __ray_terminate__ (exit_actor), which runs the process's atexit handlers (canary: the test named above)."""
+    import atexit
+
+    atexit.register(fn, *args, **kwargs)
+
+
+def cancel_at_worker_exit(fn) -> None:
+    import atexit
+
+    atexit.unregister(fn)
 
 
 QUIET_LOGGERS = ("ray.train._internal.storage",)  # one line per checkpoint is noise

@@ -25,7 +25,6 @@ from data_pipeline.errors import UserError
 from . import storage
 from .experiment import META, read_meta, refuse_confirm_run
 from .results import TrialSummary, config_value, load_trials, ranked
-from .schema import M
 
 TOP = 3  # trials whose values span the refined space
 MARGIN = 2.0  # log-uniform: x/ this factor around the top trials' values

@@ -61,10 +61,11 @@ class TrialSummary:
 
 
 def _states(exp: Path) -> dict[str, dict]:
-    # Newest by the start time in the name, as Ray picks it: Ray's final sync rewrites every file, so mtimes tie.
+    # Newest first, as Tuner.restore picks it (ray_internals.newest_first).
     # A file cut short by a crash falls back to its whole copy in the backup folder, then to the older state.
-    names = {p.name for p in [*exp.glob("experiment_state-*.json"), *(exp / BACKUP_DIR).glob("experiment_state-*.json")]}
-    for name in sorted(names, reverse=True):
+    pattern = ray_internals.TRIAL_TABLE_PATTERN
+    names = {p.name for p in [*exp.glob(pattern), *(exp / BACKUP_DIR).glob(pattern)]}
+    for name in ray_internals.newest_first(names):
         for f in (exp / name, exp / BACKUP_DIR / name):
             states = _trial_states(f, exp)
             if states is not None:

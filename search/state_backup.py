@@ -21,7 +21,7 @@ import pyarrow.fs as pafs
 
 from data_pipeline.atomic import write_file
 
-from . import state_trust
+from . import ray_internals, state_trust
 from .ray_internals import STATE_FILE_PATTERNS, is_state_file
 from .storage import create_dir, read_bytes
 
@@ -80,7 +80,7 @@ def repair(fs, exp_path: str) -> list[str]:
 def damaged(fs, exp_path: str) -> list[str]:
     """The state files Ray would read on restore (the newest of each kind) that are empty or cut off."""
     names = [i.base_name for i in fs.get_file_info(pafs.FileSelector(exp_path)) if i.type == pafs.FileType.File]
-    newest = [max(m) for p in STATE_FILE_PATTERNS if (m := fnmatch.filter(names, p))]
+    newest = [ray_internals.newest(m) for p in STATE_FILE_PATTERNS if (m := fnmatch.filter(names, p))]
     return sorted(n for n in newest if not intact(n, read_bytes(fs, f"{exp_path}/{n}") or b""))
 
 

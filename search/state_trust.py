@@ -14,7 +14,6 @@ another machine, or written before signing existed).
 """
 from __future__ import annotations
 
-import fnmatch
 import hashlib
 import hmac
 import json
@@ -29,7 +28,7 @@ import pyarrow.fs as pafs
 from data_pipeline.atomic import write_file
 from data_pipeline.errors import UserError
 
-from .ray_internals import STATE_FILE_PATTERNS
+from .ray_internals import is_state_file
 from .storage import parse_json, read_bytes
 
 KEY_ENV = "MMSA_STATE_KEY"
@@ -86,7 +85,7 @@ def _read_key(path: Path) -> bytes | None:
         os.close(fd)
     if len(data) < KEY_BYTES:
         raise _refuse(path, f"is {len(data)} bytes long, shorter than {KEY_BYTES} (cut short when it was written, "
-                      "e.g. on a full disk, or not a key mmsa made)", f"Move it away: a new key is made on next use; "
+                      "e.g. on a full disk, or not a key mmsa made)", "Move it away: a new key is made on next use; "
                       "experiments signed before then resume with `mmsa resume EXP --trust-state` once (only for "
                       "experiments you trust).")
     if len(set(data)) < MIN_DISTINCT_BYTES:
@@ -210,4 +209,4 @@ def signed(sigs: dict, name: str, data: bytes | None) -> bool:
 
 def live_state_files(fs, exp_path: str) -> list[str]:
     names = [i.base_name for i in fs.get_file_info(pafs.FileSelector(exp_path)) if i.type == pafs.FileType.File]
-    return sorted(n for n in names if any(fnmatch.fnmatch(n, p) for p in STATE_FILE_PATTERNS))
+    return sorted(n for n in names if is_state_file(n))

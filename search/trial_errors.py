@@ -1,4 +1,4 @@
-"""Errors a trial raises with a fix in the message (both trainables, search/trainable.py and trainable_async.py)."""
+"""Errors a trial raises with a fix in the message (search/trainable.py)."""
 from __future__ import annotations
 
 

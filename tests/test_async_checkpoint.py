@@ -5,6 +5,7 @@ import math
 
 import torch
 
+from model.train import Trainer
 from search.async_checkpoint import (BEST_PREFIX, STATE_DIR, AsyncCheckpointer, mark_ended, read_pointer,
                                      retain_finished, state_name)
 from search.checkpoint_retention import PIN_FILE
@@ -25,6 +26,8 @@ class FakeTrainer:
         self.steps = 0  # optimizer steps (the warm-up clock)
         self.cfg = None
         self.before_step = None
+
+    training_state = Trainer.training_state  # the real one: what a checkpoint holds
 
     def step(self):
         if self.before_step:
@@ -187,3 +190,33 @@ def test_trials_stopped_by_an_interrupt_keep_their_state(tmp_path):
     cb.flush()
     assert not (tmp_path / "trial_done" / STATE_DIR).exists()
     assert (tmp_path / "trial_running" / STATE_DIR / "epoch_000002").is_dir()
+
+
+def test_a_background_state_holds_every_key_of_the_trainers_training_state(demo_cfg, tmp_path):
+    """The background writer saves what Trainer.training_state() returns: a key added there (here by a subclass)
+    is in a background state exactly as in a sync checkpoint, with the same values."""
+    import numpy as np
+
+    from model.run import load_train_val
+    from model.run_files import STATE
+    from model.train import Split
+
+    class GrownTrainer(Trainer):
+        def training_state(self):
+            return {**super().training_state(), "added_later": {"n": self.epoch}}
+
+    full = load_train_val(demo_cfg, progress=False)
+    data = Split(full.train.subset(np.arange(32)), full.val.subset(np.arange(16)))
+    t = GrownTrainer(demo_cfg.with_overrides({"epochs": 2, "patience": 0}), data)
+    ck = AsyncCheckpointer(t, tmp_path / "trial", every=1)
+    row = next(t.fit())
+    sync = torch.load(t.save_checkpoint(tmp_path / "sync") / STATE, weights_only=True)
+    ck.after_epoch(row)
+    ck.finish_best()
+    ck.close()
+    background = torch.load(tmp_path / "trial" / state_name(1) / STATE, weights_only=True)
+    assert "added_later" in sync and set(background) == set(sync)
+    for key in set(sync) - {"optimizer", "torch_rng"}:
+        assert background[key] == sync[key], key
+    assert set(background["optimizer"]["state"]) == set(sync["optimizer"]["state"])
+    t.close()

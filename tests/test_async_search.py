@@ -48,3 +48,27 @@ def test_kill_during_background_write_then_retry_is_exact(tmp_path, demo_cfg, ca
     assert ck and BEST_PREFIX in ck
     assert main(["predict", "--model", ck, "--out", str(tmp_path / "pred.txt")]) == 0
     assert (tmp_path / "pred.txt").read_text().startswith("guid,tag\n")
+
+
+def test_sync_mode_reports_whole_checkpoints_through_the_same_trainable(tmp_path, demo_cfg):
+    """checkpoint_mode sync (the other strategy of search/checkpoint_strategy.py): each reported checkpoint holds the
+    whole training state, no state or best folders are written beside it, and the timing keys are those of async."""
+    from search.async_checkpoint import BYTES_PREV, OVERHEAD_S, PASS_S
+    from search.experiment import META
+
+    fixed = demo_cfg.with_overrides({"patience": 0, "epochs": 2}).to_dict()
+    space = write_space(tmp_path / "s.yaml", fixed, {"train.lr": {"choice": [1e-3]}},
+                        {"grace_period": 2, "seed": 1, "checkpoint_mode": "sync"})
+    proc = start(["search", "--data", demo_cfg.data.data_dir, "--space", str(space), "--num-samples", "1", "--name",
+                  "sync", "--storage", str(tmp_path / "rr"), "--verbose", "0"])
+    out, err = proc.communicate(timeout=500)
+    assert proc.returncode == 0, err[-3000:]
+    exp = tmp_path / "rr" / "sync"
+    assert (exp / META).is_file()
+    (trial,) = load_trials(exp)
+    rows = raw_results(trial.path)
+    assert [r[M.EPOCH] for r in rows] == [1, 2] and trial.state == "TERMINATED"
+    assert rows[0][BYTES_PREV] == 0 and rows[1][BYTES_PREV] > 0  # the size of epoch 1's whole checkpoint
+    assert all(r[PASS_S] > 0 and r[OVERHEAD_S] >= 0 for r in rows)
+    assert list(trial.path.glob("checkpoint_*/trainer_state.pt")) and list(trial.path.glob("checkpoint_*/model.safetensors"))
+    assert not list(trial.path.glob(f"{STATE_DIR}")) and not list(trial.path.glob(f"{BEST_PREFIX}*"))

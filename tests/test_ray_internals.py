@@ -294,3 +294,102 @@ def test_trial_state_names_are_rays():
 
     assert (S.PENDING, S.RUNNING, S.PAUSED, S.TERMINATED, S.ERROR) == (
         Trial.PENDING, Trial.RUNNING, Trial.PAUSED, Trial.TERMINATED, Trial.ERROR)
+
+
+def test_canary_state_file_names_are_rays(tiny_run):
+    """search/experiment.py, results.py and state_backup.py find Ray's state files by these names."""
+    from ray.tune.callback import CallbackList
+    from ray.tune.execution.tune_controller import TuneController
+    from ray.tune.impl.tuner_internal import _TUNER_PKL
+    from ray.tune.search import BasicVariantGenerator, SearchGenerator, Searcher
+
+    assert TuneController.CKPT_FILE_TMPL.format("*") == RI.TRIAL_TABLE_PATTERN
+    assert _TUNER_PKL == RI.TUNER_FILE
+    assert set(RI.SEARCH_START_PATTERNS) == {_TUNER_PKL, *(c.CKPT_FILE_TMPL.format("*") for c in (
+        Searcher, SearchGenerator, BasicVariantGenerator))}
+    assert set(RI.STATE_FILE_PATTERNS) == {*RI.SEARCH_START_PATTERNS, RI.TRIAL_TABLE_PATTERN,
+                                           CallbackList.CKPT_FILE_TMPL.format("*")}
+    top = {p.name for p in tiny_run["exp"].iterdir() if p.is_file()}
+    assert RI.TUNER_FILE in top and any(RI.is_trial_table(n) for n in top)
+    assert {n for n in top if RI.is_search_start_file(n)} >= {RI.TUNER_FILE} and \
+        any(n.startswith("searcher-state-") for n in top if RI.is_search_start_file(n))
+
+
+def test_canary_newest_state_file_is_the_one_ray_restores(tmp_path):
+    """Ray restores the state file of each kind with the greatest name (the latest session start), whatever the
+    modification times: the one ray_internals.newest picks."""
+    import os
+
+    import ray.cloudpickle as cloudpickle
+    from ray.tune.execution.experiment_state import _find_newest_experiment_checkpoint
+    from ray.tune.search import Searcher
+    from ray.tune.utils.util import _load_newest_checkpoint
+
+    sessions = ["2026-01-02_00-00-00", "2026-01-01_23-59-59", "2025-12-31_10-00-00"]  # the newest written first
+    for i, session in enumerate(sessions):
+        table = tmp_path / RI.TRIAL_TABLE_PATTERN.replace("*", session)
+        table.write_text("{}")
+        searcher = tmp_path / Searcher.CKPT_FILE_TMPL.format(session)
+        searcher.write_bytes(cloudpickle.dumps({"session": session}))
+        for f in (table, searcher):
+            os.utime(f, (1_000_000 + i, 1_000_000 + i))  # the older the name, the newer the mtime
+    tables = [p.name for p in tmp_path.glob(RI.TRIAL_TABLE_PATTERN)]
+    assert Path(_find_newest_experiment_checkpoint(str(tmp_path))).name == RI.newest(tables)
+    assert RI.newest_first(tables)[0] == RI.newest(tables)
+    searchers = [p.name for p in tmp_path.glob(Searcher.CKPT_FILE_TMPL.format("*"))]
+    newest = _load_newest_checkpoint(str(tmp_path), Searcher.CKPT_FILE_TMPL.format("*"))
+    assert Searcher.CKPT_FILE_TMPL.format(newest["session"]) == RI.newest(searchers)
+
+
+def _make_stopped_trainable(marks: str):
+    """Reports until Ray stops it; records what ended its thread, and (from an exit handler) that the process ran
+    its exit handlers."""
+
+    def trainable(config):
+        import time
+
+        from ray import tune
+
+        from search import ray_internals as RI
+
+        marks_dir = Path(marks)
+
+        def at_exit():  # the process may end right after the thread is told to stop: let the thread record it
+            deadline = time.monotonic() + 10
+            while not (marks_dir / "stopped_by").exists() and time.monotonic() < deadline:
+                time.sleep(0.05)
+            (marks_dir / "exit_handlers_ran").write_text("yes")
+
+        RI.run_at_worker_exit(at_exit)
+        try:
+            for epoch in range(1, 1000):
+                tune.report({S.M.EPOCH: epoch})
+        except BaseException as e:  # noqa: BLE001 - what Ray raises is the fact under test
+            (marks_dir / "stopped_by").write_text(f"{type(e).__module__}:{type(e).__qualname__}")
+            raise
+
+    return trainable
+
+
+def test_canary_ray_stops_the_trial_thread_with_system_exit_and_runs_exit_handlers(ray_local, tmp_path):
+    """search/trainable.py tells a stopped trial (ASHA's verdict, a pausing search) by RI.TRIAL_THREAD_STOPPED, and
+    search/async_checkpoint.py finishes a stopped trial's background writes in a handler of RI.run_at_worker_exit.
+    Ray stops this trial after its first report and ends its process (no warm worker)."""
+    import importlib
+    import time
+
+    from ray import tune
+
+    marks = tmp_path / "marks"
+    marks.mkdir()
+    tuner = tune.Tuner(_make_stopped_trainable(str(marks)), tune_config=tune.TuneConfig(num_samples=1, reuse_actors=False),
+                       run_config=tune.RunConfig(name="stopped", storage_path=str(tmp_path / "runs"), verbose=0,
+                                                 stop={S.TRAINING_ITERATION: 1}))
+    results = tuner.fit()
+    assert not results.errors and results[0].metrics[S.M.EPOCH] == 1
+    deadline = time.monotonic() + 30  # the worker process ends after fit returns
+    while not (marks / "exit_handlers_ran").exists() and time.monotonic() < deadline:
+        time.sleep(0.1)
+    module, name = (marks / "stopped_by").read_text().split(":")
+    assert issubclass(getattr(importlib.import_module(module), name), RI.TRIAL_THREAD_STOPPED), (module, name)
+    assert (marks / "exit_handlers_ran").exists(), "Ray no longer runs a trial process's exit handlers when it ends it"
