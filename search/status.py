@@ -59,8 +59,8 @@ STATUS_METRICS = (M.VAL_LOSS, M.VAL_F1, M.VAL_WF1, *M.VAL_RECALL.values())  # va
 def budget_line(exp: str | Path | Experiment, search_trials: list[TrialSummary]) -> str:
     """Trial-epochs spent: the search's, plus the confirmation's when there is one."""
     n = sum(len(t.results) for t in search_trials)
-    whole = Experiment.open(storage.normalize(str(exp)))  # the confirmation's paths are absolute ones
-    cexp = confirm_readable(whole.path)
+    whole = exp if isinstance(exp, Experiment) else Experiment(storage.normalize(str(exp)))
+    cexp = confirm_readable(storage.normalize(whole.path))
     if cexp is None:
         return f"trial-epochs spent: {n}"
     c = sum(len(t.results) for t in whole.child(CONFIRM_DIR).trials)
