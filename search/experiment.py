@@ -1,6 +1,6 @@
 """The experiment directory (STORAGE/NAME, local or at a URI): its metadata file, its layout, the check and repair
 of Ray's state files before a resume, and a local copy of its small files. Every command that opens an experiment
-(search, resume, status, export, report) goes through here.
+(search, resume, status, export, report, confirm, refine) goes through here: once, as one `Experiment`, passed down.
 
 Layout, as Ray Tune and mmsa-tune write it:
   mmsa_search.yaml               META: what `resume`, `status`, `export` and `report` read (written by mmsa)
