@@ -10,7 +10,7 @@ from data_pipeline.errors import UserError
 from data_pipeline.printable import term
 from data_pipeline.safe_yaml import load_yaml_text
 
-from .cli_flags import add_config_flags, config_flags
+from .cli_flags import add_config_flags, add_options, check_options, config_flags
 
 
 def _overrides(args) -> dict:
@@ -40,7 +40,7 @@ def _add_run_options(p: argparse.ArgumentParser) -> None:
 
     p.add_argument("--config", type=Path, help="YAML with data:/model:/train: sections (or a `mmsa export` file)")
     p.add_argument("--set", action="append", metavar="KEY=VALUE", help="any config key, e.g. --set model.complexity=high")
-    p.add_argument("--quiet", action="store_true", help="no progress bars")
+    add_options(p, "quiet")
     p.add_argument("--allow-other-data", action="store_true",
                    help="use a `mmsa export` file with data other than the search's (refused by default)")
     add_config_flags(p, DataConfig, "data", aliases={"data_dir": "data"})
@@ -53,8 +53,7 @@ def cmd_check_data(args) -> int:
     from data_pipeline.check import check_data
     from model.config import Config
 
-    d = Config().with_overrides({"data.val_fraction": args.val_fraction, "data.split_seed": args.split_seed},
-                                source="command line").data  # the same ranges as training's
+    d = Config().with_overrides(config_flags(args), source="command line").data  # the same ranges as training's
     report, usable = check_data(args.dir, d.val_fraction, d.split_seed)
     print(term(report, lines=True))  # names of link targets are the dataset's, not ours
     return 0 if usable else 1
@@ -119,7 +118,8 @@ def cmd_ablate(args) -> int:
 def cmd_demo(args) -> int:
     from .demo import run_demo
 
-    run_demo(args.out, quiet=args.quiet, num_samples=args.num_samples, optuna_storage=args.optuna_storage)
+    n = {"num_samples": args.num_samples} if args.num_samples is not None else {}  # run_demo's own default
+    run_demo(args.out, quiet=args.quiet, optuna_storage=args.optuna_storage, **n)
     return 0
 
 
@@ -156,23 +156,17 @@ def cmd_search(args) -> int:
     return _finished(exp)
 
 
-def add_break_lock_flag(p) -> None:
-    p.add_argument("--break-lock", action="store_true", help="take the experiment even though a lease says another "
-                   "`mmsa search`/`resume`/`confirm` is writing it (its holder is named); only when you know that "
-                   "process is gone, e.g. on a host that was shut down less than a minute ago")
-
-
 def cmd_refine(args) -> int:
     from . import storage
-    from .experiment import location, meta_exists, read_meta
+    from .experiment import Experiment, location, meta_exists
     from .refine import check_refine_args, default_name, stage_storage, write_refine_space
 
     check_refine_args(args.top, args.num_samples)
     if args.num_samples is None and not args.dry_run:
         raise UserError("mmsa refine: pass --num-samples N (the second stage's trials), or --dry-run to only write "
                         "the space file.")
-    exp = storage.normalize(args.experiment)
-    meta = read_meta(exp)
+    opened = Experiment(storage.normalize(args.experiment))
+    exp, meta = opened.path, opened.meta
     name = args.name or default_name(exp)
     parent, rexp = stage_storage(exp), location(stage_storage(exp), name)
     if not args.dry_run:  # everything that would refuse the run, before the space file is written
@@ -190,7 +184,7 @@ def cmd_refine(args) -> int:
         if not args.warm_start_any_data:
             check_same_data(exp, meta["data_fingerprint"], meta["data_dir"], meta["data_dir"], "its trials say little "
                             "about the data now. Pass --warm-start-any-data to refine from them anyway, or start a new search.")
-    path, d, notes = write_refine_space(exp, name, args.top, overwrite=args.overwrite)
+    path, d, notes = write_refine_space(opened, name, args.top, overwrite=args.overwrite)
     fs, p = storage.filesystem(path)
     print(f"wrote {term(path)}:\n{term((storage.read_bytes(fs, p) or b'').decode(errors='replace'), lines=True)}")
     if args.dry_run:
@@ -201,7 +195,7 @@ def cmd_refine(args) -> int:
 
     try:
         run_search(load_spec(path), args.num_samples, name, parent, address=args.address,
-                   optuna_storage=args.optuna_storage, verbose=args.verbose, warm_start=[exp],
+                   optuna_storage=args.optuna_storage, verbose=args.verbose, warm_start=[opened],
                    warm_any_data=args.warm_start_any_data,
                    extra_meta={"refined_from": exp, "refine_notes": notes}, break_lock=args.break_lock)
     except KeyboardInterrupt:
@@ -210,17 +204,19 @@ def cmd_refine(args) -> int:
 
 
 def cmd_resume(args) -> int:
-    from .experiment import is_confirm_run, read_meta
+    from . import storage
+    from .experiment import Experiment, is_confirm_run
     from .tuner import resume_search
 
-    if is_confirm_run(read_meta(args.experiment)):  # a `mmsa confirm` run: its evidence is written at the end
+    exp = Experiment(storage.normalize(args.experiment))  # its metadata is read once, here, for the whole resume
+    if is_confirm_run(exp.meta):  # a `mmsa confirm` run: its evidence is written at the end
         from .confirm import resume_confirm as resume_search  # noqa: F811
     try:
-        resume_search(args.experiment, address=args.address, verbose=args.verbose, trust_state=args.trust_state,
-                      break_lock=args.break_lock)
+        resume_search(exp, address=args.address, verbose=args.verbose, trust_state=args.trust_state,
+                      break_lock=args.break_lock, shared_storage=args.shared_storage)
     except KeyboardInterrupt:
         return _interrupted(args.experiment)
-    return _finished(args.experiment)
+    return _finished(exp, args.experiment)
 
 
 def cmd_confirm(args) -> int:
@@ -246,15 +242,17 @@ def cmd_confirm(args) -> int:
     return 0
 
 
-def _finished(exp) -> int:
-    """After Ray's fit returns: done, or stopped by Ctrl-C (Ray catches the first one and saves its state)."""
-    from .experiment import read_meta
-    from .results import load_trials
+def _finished(exp, named=None) -> int:
+    """After Ray's fit returns: done, or stopped by Ctrl-C (Ray catches the first one and saves its state).
+    exp: the experiment (open, or its path); named: how the user named it (default: its path)."""
+    from .experiment import Experiment
     from .schema import ENDED, ERROR
 
-    trials = load_trials(exp)
+    opened = Experiment.open(exp)
+    exp = named if named is not None else opened.path
+    trials = opened.fresh_trials()  # as the run left them
     open_trials = [t for t in trials if t.state not in ENDED]
-    if len(trials) < read_meta(exp)["num_samples"] or open_trials:
+    if len(trials) < opened.meta["num_samples"] or open_trials:
         return _interrupted(exp)
     errored = [t for t in trials if t.state == ERROR]
     if errored:
@@ -269,16 +267,19 @@ def _interrupted(exp) -> int:
 
 
 def cmd_status(args) -> int:
+    from .experiment import Experiment
     from .status import status_table
 
-    print(status_table(args.experiment))
+    print(status_table(Experiment(args.experiment)))
     return 0
 
 
 def cmd_report(args) -> int:
     from .report import write_report
 
-    path = write_report(args.experiment, args.ablation)
+    from .experiment import Experiment
+
+    path = write_report(Experiment(args.experiment), args.ablation)
     print(f"wrote {path} (figures in {path.parent / 'report'})")
     return 0
 
@@ -286,11 +287,14 @@ def cmd_report(args) -> int:
 def cmd_export(args) -> int:
     from model.run import check_out_file
 
+    from . import storage
+    from .experiment import Experiment
     from .export import better_in_earlier_stage, export_best, search_running
 
     check_out_file(args.output, args.overwrite, flag="--output")
-    info = export_best(args.experiment, args.output)
-    running = search_running(args.experiment)
+    exp = Experiment(storage.normalize(args.experiment))
+    info = export_best(exp, args.output)
+    running = search_running(exp)
     m = info["metrics"]
     if info.get("selection") == "confirmed":
         c = info["confirm"]
@@ -303,7 +307,7 @@ def cmd_export(args) -> int:
             print(f"note: {term(info['outdated_confirmation'])}")
         print(f"best trial {term(info['trial_id'])} by {term(info['metric'])}: epoch {term(info['best_epoch'])}, val_loss "
               f"{m['val_loss']:.4f}, val_acc {m['val_acc']:.4f}, val_macro_f1 {m['val_macro_f1']:.4f}")
-        earlier = better_in_earlier_stage(args.experiment, m[info["metric"]])
+        earlier = better_in_earlier_stage(exp, m[info["metric"]])
         if earlier:
             print(f"note: {term(earlier)}")
     print(f"wrote {args.output}; train the final model with "
@@ -331,91 +335,61 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("demo", help="demo data + tiny models, end to end, in a few minutes on a laptop CPU")
     p.add_argument("--out", type=Path, default=Path("demo"), help="where everything goes (default ./demo)")
-    p.add_argument("--quiet", action="store_true", help="no progress bars")
+    add_options(p, "quiet", "num_samples", "optuna_storage")
     p.set_defaults(fn=cmd_demo)
-
-    p.add_argument("--num-samples", type=int, default=12, help="search trials (default 12)")
-    p.add_argument("--optuna-storage", help="e.g. sqlite:///demo.db, to watch the study with optuna-dashboard")
 
     p = sub.add_parser("search", help="hyperparameter search: Optuna proposes, ASHA stops, one GPU per trial")
     p.add_argument("--space", type=Path, help="search-space YAML (default: the lab's lr/batch/complexity space; see docs/search.md)")
-    p.add_argument("--num-samples", type=int, required=True, help="number of trials")
-    p.add_argument("--name", required=True, help="experiment name: results go to STORAGE/NAME")
+    add_options(p, "num_samples", "name", required=("num_samples", "name"))
     p.add_argument("--storage", default="ray_results", help="results directory, or s3://... / gs://... (shared on clusters)")
-    p.add_argument("--address", help="Ray cluster to join: auto or HOST:PORT (default: a fresh local instance)")
-    p.add_argument("--shared-storage", action="store_true", help="--storage is a path shared by all nodes (e.g. NFS)")
-    p.add_argument("--optuna-storage", help="e.g. sqlite:///optuna.db, to watch with optuna-dashboard")
-    p.add_argument("--verbose", type=int, default=1, choices=(0, 1, 2), help="Ray's status output (0 silent, 1 concise)")
+    add_options(p, "address", "shared_storage", "optuna_storage", "verbose")
     add_config_flags(p, DataConfig, "data", only=("data_dir", "skip_bad"), aliases={"data_dir": "data"},
                      title="data (fixed for every trial; --data may instead be the space file's fixed: data: data_dir)")
     add_config_flags(p, SearchConfig, "search", title="search: settings (override the space file's search: section)")
     g = p.add_argument_group("coarse to fine (docs/search.md)")
     g.add_argument("--warm-start", nargs="+", metavar="EXP", help="experiments of earlier searches: their finished "
                    "trials that lie inside this space are given to Optuna before its first proposal (no epoch re-run)")
-    g.add_argument("--warm-start-any-data", action="store_true", help="allow --warm-start experiments that ran on "
-                   "other data (refused by default)")
+    add_options(g, "warm_start_any_data")
     g.add_argument("--enqueue", nargs="+", metavar="FILE", help="configurations to try first: `mmsa export` files or "
                    "run config YAMLs (their searched keys; values must lie inside the space)")
-    add_break_lock_flag(p)
+    add_options(p, "break_lock")
     p.set_defaults(fn=cmd_search)
 
     p = sub.add_parser("refine", help="second stage: a narrower space from a search's best trials, run warm-started "
                        "from it")
-    p.add_argument("experiment", type=str, help="the first stage's experiment directory, e.g. ray_results/NAME")
-    p.add_argument("--num-samples", type=int, help="trials of the second stage (not needed with --dry-run)")
-    p.add_argument("--name", help="the second stage's experiment name (default: EXP's folder name + '-refine', next to "
-                   "EXP); its space file is written beside it as <name>-space.yaml")
-    p.add_argument("--top", type=int, default=3, help="best trials whose values span the new space (default 3)")
+    add_options(p, "experiment", "num_samples", "name", "top")
     p.add_argument("--dry-run", action="store_true", help="only write and print the space file (edit it, then run "
                    "`mmsa search --space FILE --warm-start EXP`)")
-    p.add_argument("--overwrite", action="store_true", help="replace a space file already there (an edited one is "
-                   "refused otherwise: run it with `mmsa search --space FILE --warm-start EXP`)")
-    p.add_argument("--warm-start-any-data", action="store_true", help="refine from a search whose data changed since "
-                   "(refused by default)")
-    p.add_argument("--address", help="Ray cluster to join: auto or HOST:PORT (default: a fresh local instance)")
-    p.add_argument("--optuna-storage", help="e.g. sqlite:///optuna.db, to watch with optuna-dashboard")
-    p.add_argument("--verbose", type=int, default=1, choices=(0, 1, 2))
-    add_break_lock_flag(p)
+    add_options(p, "overwrite", "warm_start_any_data", "address", "optuna_storage", "verbose", "break_lock")
     p.set_defaults(fn=cmd_refine)
 
     p = sub.add_parser("resume", help="continue an interrupted search where it stopped")
-    p.add_argument("experiment", type=str, help="experiment directory, e.g. ray_results/NAME")
-    p.add_argument("--address", help="Ray cluster to join (default: a fresh local instance)")
-    p.add_argument("--verbose", type=int, default=1, choices=(0, 1, 2))
-    p.add_argument("--trust-state", action="store_true", help="load Ray's state files even though no search of yours "
-                   "signed them (an experiment copied from another machine or user); they are pickles, so only for "
-                   "experiments whose origin you trust")
-    add_break_lock_flag(p)
+    add_options(p, "experiment", "address", "shared_storage", "verbose", "trust_state", "break_lock")
     p.set_defaults(fn=cmd_resume)
 
     p = sub.add_parser("confirm", help="re-train the top configurations with fresh seeds; export then takes the best mean")
-    p.add_argument("experiment", type=str, help="a search's experiment directory, e.g. ray_results/NAME")
-    p.add_argument("--top", type=int, default=3, help="configurations to confirm, best first (default 3)")
-    p.add_argument("--seeds", type=int, default=3, help="fresh seeds per configuration (default 3)")
-    p.add_argument("--address", help="Ray cluster to join (default: a fresh local instance)")
-    p.add_argument("--verbose", type=int, default=1, choices=(0, 1, 2))
-    add_break_lock_flag(p)
+    add_options(p, "experiment", "top", "seeds", "address", "verbose", "break_lock")
     p.set_defaults(fn=cmd_confirm)
 
     p = sub.add_parser("status", help="table of a search's trials: config, epochs, best val loss/acc, state, error")
-    p.add_argument("experiment", type=str)
+    add_options(p, "experiment")
     p.set_defaults(fn=cmd_status)
 
     p = sub.add_parser("report", help="write report.md with learning curves, search progress and hyperparameter plots")
-    p.add_argument("experiment", type=str)
+    add_options(p, "experiment")
     p.add_argument("--ablation", type=Path, help="a `mmsa ablate --out` directory to include")
     p.set_defaults(fn=cmd_report)
 
     p = sub.add_parser("export", help="write the best trial's config (best epoch, metrics, checkpoint) as YAML")
-    p.add_argument("experiment", type=str)
-    p.add_argument("-o", "--output", type=Path, default=Path("best.yaml"))
-    p.add_argument("--overwrite", action="store_true", help="replace OUTPUT if it exists")
+    add_options(p, "experiment")
+    p.add_argument("-o", "--output", type=Path, default=Path("best.yaml"), help="the YAML to write (default best.yaml)")
+    add_options(p, "overwrite")
     p.set_defaults(fn=cmd_export)
 
     p = sub.add_parser("check-data", help="validate a dataset and describe it (rows, labels, encodings, images, bad files)")
     p.add_argument("dir", type=Path, help="dataset directory (train.txt, test_without_label.txt, data/)")
-    p.add_argument("--val-fraction", type=float, default=0.2, help="validation share to show the split for")
-    p.add_argument("--split-seed", type=int, default=0, help="seed of the split to show")
+    add_config_flags(p, DataConfig, "data", only=("val_fraction", "split_seed"), title="the split to show (training's "
+                     "data: settings)")
     p.set_defaults(fn=cmd_check_data)
 
     p = sub.add_parser("make-demo-data", help="write a synthetic dataset in the lab layout")
@@ -423,27 +397,27 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--n", type=int, default=400, help="labelled rows (a test file of n/8 rows is written too)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--corrupt", type=int, default=0, metavar="K", help="break K pictures (missing, zero-byte, truncated, not an image)")
-    p.add_argument("--overwrite", action="store_true", help="write into a directory that is not empty")
+    add_options(p, "overwrite")
     p.set_defaults(fn=cmd_make_demo_data)
 
     p = sub.add_parser("make-tiny-pretrained", help="write a tiny random BERT and ResNet for dry runs without downloads")
     p.add_argument("dir", type=Path)
     p.add_argument("--size", choices=("tiny", "base"), default="tiny", help="tiny (default), or base: the real "
                    "architectures (bert-base-uncased config and vocabulary size, ResNet-50) with random weights")
-    p.add_argument("--overwrite", action="store_true", help="replace tiny models already there")
+    add_options(p, "overwrite")
     p.set_defaults(fn=cmd_make_tiny_pretrained)
 
     p = sub.add_parser("fetch-pretrained", help="download bert-base-uncased and ResNet-50 weights into pretrained/ (needs internet)")
     p.add_argument("dir", type=Path, nargs="?", default=Path("pretrained"))
     p.add_argument("--only", action="append", choices=("bert", "resnet50"), help="fetch only this one")
-    p.add_argument("--overwrite", action="store_true", help="replace weights already there")
+    add_options(p, "overwrite")
     p.set_defaults(fn=cmd_fetch_pretrained)
 
     p = sub.add_parser("train", help="train one model; writes weights, metrics and curves")
     _add_run_options(p)
     p.add_argument("--out", type=Path, required=True, help="run directory, e.g. runs/final")
     p.add_argument("--resume", action="store_true", help="continue from OUT/checkpoint (the last finished epoch)")
-    p.add_argument("--overwrite", action="store_true", help="replace a run already in OUT")
+    add_options(p, "overwrite")
     p.set_defaults(fn=cmd_train)
 
     p = sub.add_parser("predict", help="predict the test file with a trained model; writes predictions.txt")
@@ -453,14 +427,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", type=Path, help="output file (default MODEL/predictions.txt)")
     p.add_argument("--probs", action="store_true", help="also write probabilities.csv beside it")
     p.add_argument("--skip-bad", action="store_true", help="predict `null` for test samples whose files cannot be read")
-    p.add_argument("--overwrite", action="store_true", help="replace an existing output file")
-    p.add_argument("--quiet", action="store_true", help="no progress bars")
+    add_options(p, "overwrite", "quiet")
     p.set_defaults(fn=cmd_predict)
 
     p = sub.add_parser("ablate", help="train text-only, image-only and fusion with the same settings and compare")
     _add_run_options(p)
-    p.add_argument("--out", type=Path, required=True)
-    p.add_argument("--overwrite", action="store_true", help="replace an ablation already in OUT")
+    p.add_argument("--out", type=Path, required=True, help="where the three runs, ablation.md and ablation.png go")
+    add_options(p, "overwrite")
     p.set_defaults(fn=cmd_ablate)
     return ap
 
@@ -481,6 +454,7 @@ def _quiet_closed_pipe() -> int:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
+        check_options(args)
         rc = args.fn(args)
         sys.stdout.flush()  # a pipe closed early fails here, inside the handler, not in Python's flush at exit
         return rc

@@ -21,7 +21,6 @@ from model.config import Config
 
 from . import experiment, storage
 from .lock import ExperimentLock, holder, read_lease, refuse_held
-from .results import load_trials
 from .schema import ENDED, FINISHED, M
 
 from .confirm_files import (CONFIRM_DIR, EVIDENCE, candidates, check_confirm_dir, chosen, config_key, confirm_location, evidence,  # noqa: F401
@@ -30,9 +29,10 @@ SEED_KEY = "train.seed"
 
 
 def check_confirm_args(top, seeds) -> None:
-    for flag, v, hi in (("--top", top, 100), ("--seeds", seeds, 100)):
-        if isinstance(v, bool) or not isinstance(v, int) or not 1 <= v <= hi:
-            raise UserError(f"{flag} {v}: must be a whole number from 1 to {hi}.")
+    from .cli_flags import OPTIONS
+
+    OPTIONS["top"].check(top)
+    OPTIONS["seeds"].check(seeds)
 
 
 def parent_of(cexp: str) -> str:
@@ -56,14 +56,15 @@ def run_confirm(exp_dir: str, top: int = 3, seeds: int = 3, *, address: str | No
     from .tuner import run_search
 
     check_confirm_args(top, seeds)
-    exp = storage.normalize(exp_dir)
-    meta = experiment.read_meta(exp)
+    opened = experiment.Experiment.open(exp_dir, normalize=True)
+    exp, meta = opened.path, opened.meta
     experiment.refuse_confirm_run(meta, exp, f"confirm the search it belongs to ({parent_of(exp)}).")
     cexp = confirm_location(exp)
     check_confirm_dir(exp, cexp)
-    if experiment.meta_exists(cexp) and experiment.ever_ran(cexp):
-        cm = experiment.read_meta(cexp)
-        if not finished(cexp):
+    confirmation = opened.child(CONFIRM_DIR)
+    if confirmation.exists() and experiment.ever_ran(cexp):
+        cm = confirmation.meta
+        if not finished(confirmation):
             raise UserError(f"{cexp}: a confirmation of this search was started and has not finished; continue it with "
                             f"`mmsa resume {cexp}`.")
         if (cm.get("top"), cm.get("seeds")) != (top, seeds):
@@ -71,11 +72,11 @@ def run_confirm(exp_dir: str, top: int = 3, seeds: int = 3, *, address: str | No
                             f"{cm.get('seeds')}; its evidence is in {exp}/{EVIDENCE}. To confirm again with other "
                             f"settings, move or delete {cexp} first.")
         log(f"{cexp}: the confirmation has finished already; rewriting its evidence")
-        return write_evidence(exp)
+        return write_evidence(opened)
     if not break_lock:
         refuse_held(exp, holder(read_lease(exp)), "confirm the search when it has finished (or pass --break-lock if you "
                     "know its holder is gone).")
-    trials = load_trials(exp)
+    trials = opened.trials
     cands = candidates(trials, top)
     if not cands:
         raise UserError(f"{exp}: no trial has reported a result yet (errored trials are ignored); nothing to confirm.")
@@ -95,30 +96,34 @@ def run_confirm(exp_dir: str, top: int = 3, seeds: int = 3, *, address: str | No
     return None
 
 
-def resume_confirm(cexp: str, *, address: str | None = None, verbose: int = 1, trust_state: bool = False, log=print,
-                   break_lock: bool = False):
+def resume_confirm(cexp: str | experiment.Experiment, *, address: str | None = None, verbose: int = 1,
+                   trust_state: bool = False, log=print, break_lock: bool = False, shared_storage: bool = False):
     from .tuner import resume_search
 
-    exp = parent_of(cexp)
-    check_confirm_dir(exp, cexp)
-    with ExperimentLock(exp, f"mmsa resume {cexp}", break_lock):
-        resume_search(cexp, address=address, verbose=verbose, trust_state=trust_state, log=log, break_lock=break_lock)
-        if finished(cexp):
+    confirmation = experiment.Experiment.open(cexp)
+    exp = parent_of(confirmation.path)
+    check_confirm_dir(exp, confirmation.path)
+    with ExperimentLock(exp, f"mmsa resume {confirmation}", break_lock):
+        resume_search(confirmation, address=address, verbose=verbose, trust_state=trust_state, log=log,
+                      break_lock=break_lock, shared_storage=shared_storage)
+        if finished(confirmation):
             return write_evidence(exp)
     return None
 
 
-def finished(cexp: str) -> bool:
-    meta = experiment.read_meta(cexp)
-    trials = load_trials(cexp)
+def finished(cexp: str | experiment.Experiment) -> bool:
+    """Whether every trial of the confirmation has ended, as its files say now (read again: it may have run)."""
+    confirmation = experiment.Experiment.open(cexp)
+    meta = confirmation.meta
+    trials = confirmation.fresh_trials()
     # Without ASHA every trial ends by itself: its last row says so even where Ray's state file lags behind.
     return len(trials) >= meta["num_samples"] and all(
         t.state in ENDED or (t.results and t.results[-1].get(FINISHED)) for t in trials)
 
 
-def write_evidence(exp: str) -> dict:
+def write_evidence(exp: str | experiment.Experiment) -> dict:
     ev = evidence(exp)
-    fs, path = storage.filesystem(exp)
+    fs, path = storage.filesystem(str(exp))
     write_file(f"{path}/{EVIDENCE}", json.dumps(ev, indent=1).encode(), fs)
     return ev
 

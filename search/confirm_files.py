@@ -12,7 +12,7 @@ from data_pipeline.errors import UserError
 from model.config import Config
 
 from . import experiment, storage
-from .results import TrialSummary, best_row_scores, load_trials, objective_of, ranked
+from .results import TrialSummary, best_row_scores, objective_of, ranked
 from .schema import ERROR, M
 from .stats import compare
 
@@ -62,7 +62,7 @@ def read_evidence(exp: str | Path) -> tuple[dict | None, str | None]:
     return ev, None
 
 
-def checked_evidence(exp: str, trials: list) -> tuple[dict | None, str | None]:
+def checked_evidence(exp: str | experiment.Experiment, trials: list) -> tuple[dict | None, str | None]:
     """The confirmation's evidence, only where EXP/confirm's own trials reproduce it (the rule of `mmsa confirm`,
     search/confirm.py evidence, run again on them) and it confirms configurations of this search (`trials`, as
     search/results.load_trials reads them): anyone who can write the folder can write a confirm.json naming any
@@ -70,6 +70,8 @@ def checked_evidence(exp: str, trials: list) -> tuple[dict | None, str | None]:
     search has changed since (shown, not exported); (None, why) when it is not evidence; (None, None) when there is
     none."""
 
+    opened = experiment.Experiment.open(exp)
+    exp = opened.path
     ev, why = read_evidence(exp)
     if ev is None:
         return None, why
@@ -78,7 +80,7 @@ def checked_evidence(exp: str, trials: list) -> tuple[dict | None, str | None]:
     if confirm_readable(exp) is None:
         return None, f"{unused}: there is no confirmation experiment ({cexp}) whose trials it could come from"
     try:
-        again = evidence(exp)
+        again = evidence(opened)
         search_keys = {t.trial_id: config_key(t.config) for t in trials}
         foreign = [c["trial_id"] for c in again["candidates"]
                    if search_keys.get(c["trial_id"]) != config_key(c["config"])]
@@ -148,13 +150,15 @@ def _std(xs: list[float]) -> float:
     return float(np.std(xs, ddof=1)) if len(xs) > 1 else 0.0
 
 
-def evidence(exp: str) -> dict:
+def evidence(exp: str | experiment.Experiment) -> dict:
     """What the confirmation found (see the module docstring); the chosen configuration has the best optimum of its
-    mean curve of the search's objective (search.metric; default: the lowest minimum of the mean val-loss curve)."""
-    cexp = confirm_location(exp)
-    cm = experiment.read_meta(cexp)
+    mean curve of the search's objective (search.metric; default: the lowest minimum of the mean val-loss curve).
+    exp: the search (its open Experiment's confirmation is read once)."""
+    cx = experiment.Experiment.open(exp).child(CONFIRM_DIR)
+    exp = str(exp)
+    cm = cx.meta
     obj = objective_of(cm)
-    trials = load_trials(cexp)
+    trials = cx.trials
     by_key: dict[str, list[TrialSummary]] = {}
     for t in trials:
         if t.state != ERROR and t.results:

@@ -1,6 +1,6 @@
 """The experiment directory (STORAGE/NAME, local or at a URI): its metadata file, its layout, the check and repair
 of Ray's state files before a resume, and a local copy of its small files. Every command that opens an experiment
-(search, resume, status, export, report) goes through here.
+(search, resume, status, export, report, confirm, refine) goes through here: once, as one `Experiment`, passed down.
 
 Layout, as Ray Tune and mmsa-tune write it:
   mmsa_search.yaml               META: what `resume`, `status`, `export` and `report` read (written by mmsa)
@@ -50,7 +50,13 @@ def write_meta(exp: str | Path, meta: dict) -> None:
     write_file(f"{path}/{META}", yaml.safe_dump(meta, sort_keys=False).encode(), fs)
 
 
-def read_meta(exp: str | Path) -> dict:
+def read_meta(exp: str | Path | Experiment) -> dict:
+    """The experiment's metadata: an open Experiment's (read once), or read now from a path."""
+    return Experiment.open(exp).meta
+
+
+def _load_meta(exp: str | Path) -> dict:
+    """The one reader of META: read, parsed and checked (every command gets it through an Experiment)."""
     if not meta_exists(exp):
         raise UserError(f"{exp}: not a search experiment (no {META}; `mmsa search --name NAME` creates ray_results/NAME).")
     from data_pipeline.safe_yaml import load_yaml_text
@@ -73,6 +79,76 @@ def read_meta(exp: str | Path) -> dict:
         raise UserError(f"{exp}/{META}: spec.space entry {str(bad[0])[:60]!r} is not `section.key: {{kind: [...]}}` as "
                         "`mmsa search` writes it (edited by hand?); restore the file from the search that wrote it.")
     return meta
+
+
+
+class Experiment:
+    """One experiment, opened once per command and passed down instead of its path: where it is (as the caller named
+    it), its filesystem, its metadata (read and checked once, on first use), its trials (read once, on first use)
+    and who holds its lease now. A resume used to read META once per function it went through."""
+
+    def __init__(self, location: str | Path):
+        self.path = str(location)
+        self.fs, self.root = storage.filesystem(self.path)
+        self._meta: dict | None = None
+        self._trials: list | None = None
+        self._children: dict[str, Experiment] = {}
+
+    @classmethod
+    def open(cls, exp: str | Path | Experiment, normalize: bool = False) -> Experiment:
+        """exp itself when it is open already; otherwise the experiment at that path (normalized: absolute)."""
+        if isinstance(exp, Experiment):
+            return exp
+        return cls(storage.normalize(exp) if normalize else exp)
+
+    def __str__(self) -> str:  # messages and f-strings name the experiment by its path
+        return self.path
+
+    def __fspath__(self) -> str:  # a local one may be passed where a path is taken
+        return self.path
+
+    def __repr__(self) -> str:
+        return f"Experiment({self.path!r})"
+
+    @property
+    def meta(self) -> dict:
+        """META, refused (UserError) when absent or not what `mmsa search` writes."""
+        if self._meta is None:
+            self._meta = _load_meta(self.path)
+        return self._meta
+
+    def exists(self) -> bool:
+        return self._meta is not None or meta_exists(self.path)
+
+    @property
+    def trials(self) -> list:
+        """Its trials as they were at the first use (search/results.py load_trials); after a run, `fresh_trials`."""
+        if self._trials is None:
+            self.fresh_trials()
+        return self._trials
+
+    def fresh_trials(self) -> list:
+        """The trials read again (they change while a search runs); the metadata is not read again."""
+        from .results import load_trials
+
+        self._trials = load_trials(self)
+        return self._trials
+
+    def lease(self):
+        """Who is writing it now (search/lock.py holder), or None; read each time: it changes."""
+        from .lock import holder, read_lease
+
+        return holder(read_lease(storage.normalize(self.path)))
+
+    def child(self, name: str) -> Experiment:
+        """The experiment in the folder NAME inside this one (EXP/confirm), opened once."""
+        if name not in self._children:
+            self._children[name] = Experiment(storage.join(self.path, name))
+        return self._children[name]
+
+    def storage_dir(self) -> str:
+        """The folder (or URI) that holds it: Ray's storage_path."""
+        return self.path.rstrip("/").rsplit("/", 1)[0] if storage.is_uri(self.path) else str(Path(self.path).resolve().parent)
 
 
 def _space_entry(key, dist) -> bool:

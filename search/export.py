@@ -14,13 +14,13 @@ from model.config import Config, build_section, load_config, opt, save_config
 from . import storage
 from .async_checkpoint import POINTER_FILE, best_name
 from .checkpoint_retention import METRICS_FILE, PIN_FILE
-from .experiment import read_meta, same_data
+from .experiment import Experiment, same_data
 from .lock import running
-from .results import accuracy_intervals, best_of, best_trial, load_trials, objective_of, warm_stages
+from .results import accuracy_intervals, best_of, best_trial, objective_of, warm_stages
 from .schema import CHECKPOINT_DIR_NAME, ENDED, M
 
 
-def search_running(exp_dir: str | Path) -> str | None:
+def search_running(exp_dir: str | Path | Experiment) -> str | None:
     """Who is running the search now (`mmsa search`/`resume` holding its lease), or None."""
     return running(storage.normalize(exp_dir))
 
@@ -49,15 +49,14 @@ class ExportSection:
     confirm: dict | None = opt(None, "`mmsa confirm`'s evidence for the chosen configuration (seeds, mean +/- std)")
 
 
-def export_best(exp_dir: str | Path, out: str | Path) -> dict:
+def export_best(exp_dir: str | Path | Experiment, out: str | Path) -> dict:
     """Write the best trial's run config plus a `search:` section (best epoch, metrics, checkpoint, data
     fingerprint); `mmsa train --config OUT` trains it for the best epoch count."""
-    exp = storage.normalize(exp_dir)
-    meta = read_meta(exp)
+    opened = Experiment.open(exp_dir, normalize=True)
+    exp, meta, trials = opened.path, opened.meta, opened.trials
     from .confirm_files import checked_evidence, chosen
 
-    trials = load_trials(exp)
-    ev, outdated = checked_evidence(exp, trials)  # outdated: why the confirmation is not exported
+    ev, outdated = checked_evidence(opened, trials)  # outdated: why the confirmation is not exported
     if ev is not None and outdated is None:
         return export_confirmed(exp, meta, chosen(ev), ev, out)
     t = best_trial(exp, trials)
@@ -101,11 +100,11 @@ def checkpoint_in_trial(exp: str, trial_dir: str, name) -> str | None:
     return f"{exp}/{trial_dir}/{'/'.join(parts)}" if parts else None
 
 
-def better_in_earlier_stage(exp_dir: str | Path, value: float) -> str | None:
+def better_in_earlier_stage(exp_dir: str | Path | Experiment, value: float) -> str | None:
     """A warm-started search (`mmsa refine`, `--warm-start`) exports its own best trial; where a search it started
     from, on the same data, has a better best value of this search's objective (`value`: the export's), a line
     saying which and how to export it."""
-    meta = read_meta(storage.normalize(exp_dir))
+    meta = Experiment.open(exp_dir, normalize=True).meta
     obj = objective_of(meta)
     found = [(obj.key(v), v, b.trial_id, src["experiment"]) for src, smeta, strials, _ in warm_stages(meta)
              if smeta is not None and same_data(meta, smeta)  # not: --warm-start-any-data, or replaced since

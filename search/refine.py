@@ -23,21 +23,19 @@ import yaml
 from data_pipeline.errors import UserError
 
 from . import storage
-from .experiment import META, read_meta, refuse_confirm_run
-from .results import TrialSummary, config_value, load_trials, ranked
+from .cli_flags import OPTIONS
+from .experiment import META, Experiment, refuse_confirm_run
+from .results import TrialSummary, config_value, ranked
 
-TOP = 3  # trials whose values span the refined space
+TOP = OPTIONS["top"].default  # trials whose values span the refined space
 MARGIN = 2.0  # log-uniform: x/ this factor around the top trials' values
 UNIFORM_MIN_SHARE = 0.1  # uniform/randint: at least this share of the old range on each side
 SPACE_SUFFIX = "-space.yaml"  # the refined space goes to STORAGE/NAME-space.yaml, next to EXP
 
 
 def check_refine_args(top, num_samples) -> None:
-    if isinstance(top, bool) or not isinstance(top, int) or not 1 <= top <= 1000:
-        raise UserError(f"--top {top}: must be a whole number of trials from 1 to 1000.")
-    if num_samples is not None and (isinstance(num_samples, bool) or not isinstance(num_samples, int)
-                                    or not 1 <= num_samples <= 100_000):
-        raise UserError(f"--num-samples {num_samples}: must be a whole number of trials from 1 to 100000.")
+    OPTIONS["top"].check(top)
+    OPTIONS["num_samples"].check(num_samples)  # None (--dry-run): nothing to check
 
 
 def default_name(exp: str) -> str:
@@ -142,7 +140,7 @@ def stage_storage(exp: str) -> str:
     return exp.rstrip("/").rsplit("/", 1)[0] if storage.is_uri(exp) else str(Path(exp).resolve().parent)
 
 
-def write_refine_space(exp_dir: str, name: str | None = None, top: int = TOP,
+def write_refine_space(exp_dir: str | Experiment, name: str | None = None, top: int = TOP,
                        overwrite: bool = False) -> tuple[str, dict, list[str]]:
     """Write the refined space file STORAGE/NAME-space.yaml beside EXP; returns (its path, the dict, the notes)."""
     from data_pipeline.atomic import write_file
@@ -150,8 +148,8 @@ def write_refine_space(exp_dir: str, name: str | None = None, top: int = TOP,
     from .space import parse_spec
     from .tuner import NAME_RE
 
-    exp = storage.normalize(str(exp_dir))
-    meta = read_meta(exp)
+    opened = Experiment.open(exp_dir, normalize=True)
+    exp, meta = opened.path, opened.meta
     refuse_confirm_run(meta, exp, "refine the search it confirmed.")
     from .lock import holder, read_lease, refuse_held
 
@@ -159,7 +157,7 @@ def write_refine_space(exp_dir: str, name: str | None = None, top: int = TOP,
     name = name or default_name(exp)
     if not NAME_RE.fullmatch(name):
         raise UserError(f"--name {name!r}: use letters, digits, '.', '_' and '-' (starting with a letter or digit).")
-    d, notes = refine_dict(meta, load_trials(exp), top)
+    d, notes = refine_dict(meta, opened.trials, top)
     parse_spec(d, "refined space")  # what `mmsa search --space` will accept
     path = storage.join(stage_storage(exp), name + SPACE_SUFFIX)
     fs, p = storage.filesystem(path)

@@ -16,8 +16,8 @@ from data_pipeline.printable import md, md_block, term  # noqa: E402
 from model.plots import save_figure  # noqa: E402
 
 from . import storage  # noqa: E402
-from .experiment import local_copy, read_meta, same_data  # noqa: E402
-from .results import (TrialSummary, accuracy_intervals, best_of, best_trial, config_value, load_trials,  # noqa: E402
+from .experiment import Experiment, local_copy, same_data  # noqa: E402
+from .results import (TrialSummary, accuracy_intervals, best_of, best_trial, config_value,  # noqa: E402
                       metric_text, warm_stages)
 from .status import status_table  # noqa: E402
 from .schema import FINISHED, REPORTED_AT, TERMINATED, TIMESTAMP, M  # noqa: E402
@@ -192,17 +192,16 @@ def stages_markdown(exp: Path, meta: dict, trials: list[TrialSummary]) -> list[s
     return lines + [""]
 
 
-def write_report(exp_dir: str | Path, ablation: str | Path | None = None) -> Path:
+def write_report(exp_dir: str | Path | Experiment, ablation: str | Path | None = None) -> Path:
     """Into the experiment directory; an s3://, gs:// or file:// experiment into ./NAME-report (a local copy of its
     results, without checkpoints)."""
-    if storage.is_uri(str(exp_dir)):
-        exp = local_copy(str(exp_dir), Path(report_copy_name(read_meta(exp_dir).get("name"))).resolve())
-    else:
-        exp = Path(exp_dir)
-    meta = read_meta(exp)
-    trials = load_trials(exp)
+    opened = Experiment.open(exp_dir)
+    if storage.is_uri(opened.path):  # the report is written beside a local copy, read from there
+        opened = Experiment(local_copy(opened.path, Path(report_copy_name(opened.meta.get("name"))).resolve()))
+    exp = Path(opened.path)
+    opened.meta, opened.trials  # noqa: B018 - read (and refused when damaged) before anything is written
     try:
-        return _write_report(exp, meta, trials, ablation)
+        return _write_report(exp, opened, ablation)
     except OSError as e:  # a read-only folder, a full disk, or a link planted where the report goes
         raise UserError(f"{exp}: cannot write the report there ({e.strerror or e}). Free some space, make the folder "
                         "writable, or remove what is in the way (report.md and report/ must be a plain file and "
@@ -216,7 +215,8 @@ def report_copy_name(name) -> str:
     return f"{parts[0] if parts and len(parts) == 1 else 'experiment'}-report"
 
 
-def _write_report(exp: Path, meta: dict, trials: list, ablation) -> Path:
+def _write_report(exp: Path, opened: Experiment, ablation) -> Path:
+    meta, trials = opened.meta, opened.trials
     figs = exp / "report"
     safe_files.make_dirs(figs, exp)  # refuses a link planted as the figures folder
     # Labels carry trial ids and values from the experiment's files: plain text, never matplotlib's $maths$ (a
@@ -253,7 +253,7 @@ def _write_report(exp: Path, meta: dict, trials: list, ablation) -> Path:
     from .confirm import evidence_markdown
     from .confirm_files import checked_evidence
 
-    ev, outdated = checked_evidence(str(exp), trials)
+    ev, outdated = checked_evidence(opened, trials)
     if ev is not None:
         lines += evidence_markdown(ev) + [f"**Outdated:** {md(outdated)} `mmsa export` exports the best trial." if outdated
                                           else f"{md(f'mmsa export {exp}', code=True)} exports the confirmed choice.", ""]
@@ -264,7 +264,7 @@ def _write_report(exp: Path, meta: dict, trials: list, ablation) -> Path:
               "## Search progress", "", "![search progress](report/progress.png)", "", "## Hyperparameter effects", ""]
     for name, caption in hp:
         lines += [f"![{md(caption)}](report/{name})" if "not available" not in caption else md(caption), ""]
-    lines += ["## Trials", "", *md_block(status_table(exp)), ""]
+    lines += ["## Trials", "", *md_block(status_table(opened)), ""]
     if ablation and (Path(ablation) / "ablation.md").is_file():
         write_file(figs / "ablation.png", (Path(ablation) / "ablation.png").read_bytes(), root=exp)
         lines += ["## Ablation", "", (Path(ablation) / "ablation.md").read_text(), "", "![ablation](report/ablation.png)", ""]

@@ -6,17 +6,17 @@ from pathlib import Path
 from data_pipeline.printable import term
 
 from . import storage
-from .confirm_files import checked_evidence, confirm_readable
-from .experiment import read_meta, warm_sources
+from .confirm_files import CONFIRM_DIR, checked_evidence, confirm_readable
+from .experiment import Experiment, warm_sources
 from .lock import running
-from .results import (TrialSummary, _space_keys, accuracy_intervals, config_value, load_trials, metric_text,
+from .results import (TrialSummary, _space_keys, accuracy_intervals, config_value, metric_text,
                       objective_of, tie_mark)
 from .schema import TERMINATED, M
 
 
-def status_table(exp_dir: str | Path) -> str:
-    meta = read_meta(exp_dir)
-    trials = load_trials(exp_dir)
+def status_table(exp_dir: str | Path | Experiment) -> str:
+    exp = Experiment.open(exp_dir)
+    meta, trials = exp.meta, exp.trials
     keys = _space_keys(meta)
     obj = objective_of(meta)
     head = ["trial", "state", *[k.split(".")[1] for k in keys], "epochs", f"best {obj.metric}",
@@ -37,7 +37,7 @@ def status_table(exp_dir: str | Path) -> str:
     done = sum(t.state == TERMINATED for t in trials)
     summary = f"{term(meta['name'])}: {len(trials)} of {term(meta['num_samples'])} trials started, {done} terminated, " \
               f"{sum(t.state == 'ERROR' for t in trials)} errored; data {term(meta['data_dir'])}"
-    summary += f"\n{term(budget_line(exp_dir, trials))}"
+    summary += f"\n{term(budget_line(exp, trials))}"
     summary += (f"\noptimised: {term(obj.metric)} ({'lowest' if obj.mode == 'min' else 'highest'} is best; search.metric); "
                 "the best epoch of each trial is the one with the best " + term(obj.metric))
     for src in warm_sources(meta):
@@ -47,7 +47,7 @@ def status_table(exp_dir: str | Path) -> str:
     if ivs:
         summary += ("\nval_acc: 95% bootstrap interval over the validation rows; vs best: 'tied' = the paired interval "
                     "of the accuracy difference to the best trial contains 0 (the data cannot tell them apart)")
-    lease = running(str(exp_dir))
+    lease = running(exp.path)
     if lease:
         summary += f"\nrunning now: {term(lease)}"
     return "\n".join([summary, fmt(head), *(fmt(r) for r in rows)])
@@ -56,14 +56,15 @@ def status_table(exp_dir: str | Path) -> str:
 STATUS_METRICS = (M.VAL_LOSS, M.VAL_F1, M.VAL_WF1, *M.VAL_RECALL.values())  # val_acc has its own interval column
 
 
-def budget_line(exp: str | Path, search_trials: list[TrialSummary]) -> str:
+def budget_line(exp: str | Path | Experiment, search_trials: list[TrialSummary]) -> str:
     """Trial-epochs spent: the search's, plus the confirmation's when there is one."""
     n = sum(len(t.results) for t in search_trials)
-    cexp = confirm_readable(storage.normalize(str(exp)))
+    whole = exp if isinstance(exp, Experiment) else Experiment(storage.normalize(str(exp)))
+    cexp = confirm_readable(storage.normalize(whole.path))
     if cexp is None:
         return f"trial-epochs spent: {n}"
-    c = sum(len(t.results) for t in load_trials(cexp))
-    ev, why = checked_evidence(storage.normalize(str(exp)), search_trials)
+    c = sum(len(t.results) for t in whole.child(CONFIRM_DIR).trials)
+    ev, why = checked_evidence(whole, search_trials)
     what = (f"chose trial {ev['chosen']}'s configuration (mean of {ev['seeds']} fresh seeds); `mmsa report` shows "
             "the evidence" if ev else why if why else f"not finished: `mmsa resume {cexp}`")
     return f"trial-epochs spent: {n + c} (search {n} + confirm {c}); confirm: {what}"

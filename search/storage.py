@@ -119,10 +119,13 @@ def free_bytes(location: str | Path) -> int | None:
         return None
 
 
-def check_local_storage(storage: str) -> str:
-    """Absolute path; fails before any trial starts when it cannot be written or its disk is full."""
+def check_local_storage(storage: str, what: str | None = None,
+                        fix: str = "choose another directory with --storage") -> str:
+    """Absolute path; fails before any trial starts when it cannot be written or its disk is full. what: how the
+    message names it (default `--storage STORAGE`); fix: what to do besides freeing space."""
     if is_uri(storage):
         return storage
+    what = what or f"--storage {storage}"
     path = Path(storage).expanduser().resolve()
     try:
         from data_pipeline.atomic import write_file
@@ -132,10 +135,8 @@ def check_local_storage(storage: str) -> str:
         write_file(probe, b"x" * 4096)  # a link planted under the probe's name (a shared storage folder) is replaced
         probe.unlink()
     except OSError as e:
-        raise UserError(f"--storage {storage}: not writable ({e.strerror or e}). Free some space or choose another "
-                        "directory with --storage.") from None
+        raise UserError(f"{what}: not writable ({e.strerror or e}). Free some space or {fix}.") from None
     free = free_bytes(path)
     if free is not None and free < MIN_FREE_BYTES:
-        raise UserError(f"--storage {storage}: only {free / 2**20:.1f} MiB free; checkpoints need more. Free some space "
-                        "or choose another directory with --storage.")
+        raise UserError(f"{what}: only {free / 2**20:.1f} MiB free; checkpoints need more. Free some space or {fix}.")
     return str(path)

@@ -3,25 +3,23 @@ from __future__ import annotations
 
 import datetime
 import logging
-import os
 import re
-import signal
-import threading
 from pathlib import Path
 
 from data_pipeline.dataset import check_data_dir
 from data_pipeline.errors import UserError
 from data_pipeline.printable import term
 from data_pipeline.preprocess import check_same_data, data_fingerprint
-from model.backbones import check_backbones
 from model.run import load_train_val
 from model.train import Split
 
-from . import experiment, ray_internals, state_trust, storage, trial_backup
+from . import experiment, ray_internals, storage, trial_backup
 from .experiment import trial_dirname  # noqa: F401 - tuner.pkl of earlier searches names it here
 from .lock import ExperimentLock
+from .cli_flags import OPTIONS
 from .algorithms import check_new_study, make_scheduler, make_searcher, status_reporter
-from .ray_cluster import capacity, check_cluster_storage, check_fits, init_ray
+from .prerun import check_before_ray, sigterm_like_ctrl_c, start_ray  # noqa: F401 - sigterm_like_ctrl_c: its old home
+from .ray_cluster import capacity, check_fits
 from .schema import M
 from .space import SearchSpec, parse_spec, spec_to_dict
 from .trainable import train_trial
@@ -32,8 +30,9 @@ NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
 
 def check_search_args(num_samples, name: str, optuna_storage: str | None) -> None:
     """The arguments a search is started with, checked before anything is read, written or started."""
-    if isinstance(num_samples, bool) or not isinstance(num_samples, int) or not 1 <= num_samples <= 100_000:
-        raise UserError(f"--num-samples {num_samples}: must be a whole number of trials from 1 to 100000.")
+    if num_samples is None:
+        raise UserError("--num-samples: the number of trials is needed.")
+    OPTIONS["num_samples"].check(num_samples)
     if not NAME_RE.fullmatch(str(name)):
         raise UserError(f"--name {name!r}: use letters, digits, '.', '_' and '-' (starting with a letter or digit, at "
                         "most 128 characters): the experiment is the folder STORAGE/NAME and must stay inside STORAGE.")
@@ -47,14 +46,6 @@ def check_spec(spec: SearchSpec) -> None:
     if s.grace_period > epochs:
         raise UserError(f"search.grace_period {s.grace_period} is more than train.epochs {epochs}: ASHA could never "
                         "stop a trial. Lower --grace-period, or raise the epochs in the space file's fixed: section.")
-
-
-def sigterm_like_ctrl_c() -> None:
-    """SIGTERM (Slurm, Kubernetes, `timeout`) stops the search the way Ctrl-C does: Ray Tune saves its state and
-    returns, and the CLI prints the resume command. Ray's driver installs a SIGTERM handler of its own in ray.init,
-    so this runs after it."""
-    if threading.current_thread() is threading.main_thread():
-        signal.signal(signal.SIGTERM, lambda signum, frame: os.kill(os.getpid(), signal.SIGINT))
 
 
 def checkpointing(spec: SearchSpec) -> dict:
@@ -129,13 +120,9 @@ def run_search(spec: SearchSpec, num_samples: int, name: str, storage_dir: str =
 
         warm, sources = collect(warm_start, spec, data_fingerprint(data_dir, "train"), warm_any_data, log)
         warm_meta = {"warm_start": sources}
-    state_trust.check_key()  # a bad key is refused now, not at the first state save in the middle of the search
-    check_backbones(spec.fixed.model)  # every trial would fail on a missing weights file: say so now
+    storage_dir = check_before_ray(spec, storage_dir)
     data = load_train_val(spec.fixed, log)  # all bad-input errors happen here, before Ray starts
-    storage_dir = storage.check_local_storage(storage_dir)
-    init_ray(address)
-    sigterm_like_ctrl_c()
-    check_cluster_storage(storage_dir, shared_storage)
+    start_ray(address, storage_dir, shared_storage)
     resources, max_conc = capacity(spec)
     exp = experiment.location(storage_dir, name)
     with ExperimentLock(exp, f"mmsa search --name {name}", break_lock):
@@ -148,7 +135,8 @@ def run_search(spec: SearchSpec, num_samples: int, name: str, storage_dir: str =
         meta = {"name": name, "storage": storage_dir, "num_samples": num_samples, "data_dir": str(data_dir),
                 "data_fingerprint": data.train.fingerprint, "optuna_storage": optuna_storage,
                 "created": datetime.datetime.now().isoformat(timespec="seconds"), "resources": resources,
-                "max_concurrent": max_conc, "spec": spec_to_dict(spec), **warm_meta, **(extra_meta or {})}
+                "max_concurrent": max_conc, "shared_storage": shared_storage, "spec": spec_to_dict(spec), **warm_meta,
+                **(extra_meta or {})}
         experiment.write_meta(exp, meta)
         log(f"search {name}: {num_samples} trials, {max_conc} at once, {resources} each; results in {exp}")
         ray_internals.upload_state_after_each_checkpoint()
@@ -186,19 +174,21 @@ def run_search(spec: SearchSpec, num_samples: int, name: str, storage_dir: str =
         return _fit(tuner, callbacks, exp)
 
 
-def resume_search(exp_dir: str | Path, *, address: str | None = None, verbose: int = 1, trust_state: bool = False,
-                  log=print, break_lock: bool = False):
+def resume_search(exp_dir: str | Path | experiment.Experiment, *, address: str | None = None, verbose: int = 1,
+                  trust_state: bool = False, log=print, break_lock: bool = False, shared_storage: bool = False):
+    """shared_storage: as `mmsa search --shared-storage` (the search's own setting counts too)."""
     from ray import tune
 
     from .asha_state import replay
-    from .results import load_trials
 
-    exp = storage.normalize(exp_dir)
-    meta = experiment.read_meta(exp)
+    opened = experiment.Experiment.open(exp_dir, normalize=True)
+    exp, meta = opened.path, opened.meta
     spec = parse_spec(meta["spec"], f"{exp}/{experiment.META}")
     if not experiment.ever_ran(exp):
         raise UserError(f"{exp}: this search was stopped before its first trial started, so there is nothing to resume; "
                         f"start it again with the same `mmsa search ... --name {meta['name']}` (the name is free).")
+    check_before_ray(spec, exp, what=f"{exp}", fix="move the experiment to a writable disk (it is relocatable), then "
+                     "resume it there")  # Ray writes the resumed trials and state into the experiment itself
     with ExperimentLock(exp, f"mmsa resume {exp}", break_lock):
         experiment.check_state(exp, log, trust_state)  # cheap: refusals come before hashing and preprocessing data
         fs, path = storage.filesystem(exp)
@@ -209,8 +199,7 @@ def resume_search(exp_dir: str | Path, *, address: str | None = None, verbose: i
         check_same_data(exp, meta["data_fingerprint"], meta["data_dir"], meta["data_dir"], "resuming would mix results "
                         "of two datasets. Start a new search with `mmsa search --name NEW`.")
         data = load_train_val(spec.fixed, log)
-        init_ray(address)
-        sigterm_like_ctrl_c()
+        start_ray(address, exp, shared_storage or meta.get("shared_storage") is True)
         check_fits(meta.get("resources"), exp)  # e.g. resumed on a smaller machine than the search started on
         if not tune.Tuner.can_restore(exp):
             raise UserError(f"{exp}: Ray has no saved experiment state here yet (the search was stopped before its "
@@ -222,5 +211,5 @@ def resume_search(exp_dir: str | Path, *, address: str | None = None, verbose: i
         tuner = tune.Tuner.restore(exp, trainable=trainable_with(data, meta["resources"], checkpointing(spec)),
                                    resume_unfinished=True, resume_errored=True)
         if not experiment.is_confirm_run(meta):  # `mmsa confirm` runs without ASHA: nothing to replay
-            replay(ray_internals.restored_scheduler(tuner), load_trials(exp), spec.search.objective)
+            replay(ray_internals.restored_scheduler(tuner), opened.fresh_trials(), spec.search.objective)
         return _fit(tuner, ray_internals.restored_callbacks(tuner), exp)

@@ -20,7 +20,7 @@ from data_pipeline.errors import UserError
 from data_pipeline.printable import term
 
 from . import storage
-from .experiment import read_meta, refuse_confirm_run
+from .experiment import Experiment, read_meta, refuse_confirm_run
 from .schema import ERROR, FINISHED, TERMINATED, TRAINING_ITERATION, M
 from .space import SearchSpec, check_point, describe_dist, in_dist  # noqa: F401 - check_point: for callers
 
@@ -87,15 +87,14 @@ def warm_trial(source: str, t, spec: SearchSpec) -> tuple[WarmTrial | None, str]
     return WarmTrial(source, t.trial_id, "COMPLETE" if complete else "PRUNED", params, value, inter), ""
 
 
-def collect(sources: list[str], spec: SearchSpec, fingerprint: str, any_data: bool = False,
+def collect(sources: list[str | Experiment], spec: SearchSpec, fingerprint: str, any_data: bool = False,
             log=print) -> tuple[list[WarmTrial], list[dict]]:
     """The warm-start trials of each source experiment that lie inside spec's space, and what to record in the new
     experiment's metadata. Refuses (UserError) a source that is not an experiment, or one on other data unless
-    any_data."""
+    any_data. A source may be an open Experiment (`mmsa refine` has read it already)."""
     from data_pipeline.preprocess import check_same_data
 
-    from .results import load_trials
-
+    opened = {s.path: s for s in sources if isinstance(s, Experiment)}
     warm, record, seen = [], [], {}
     for src in sources:  # every name checked before any experiment is read
         exp = storage.normalize(str(src))
@@ -106,8 +105,9 @@ def collect(sources: list[str], spec: SearchSpec, fingerprint: str, any_data: bo
             raise UserError(f"--warm-start {src}: named twice.")
         seen[src] = exp
     for src, exp in seen.items():
+        source = opened.get(exp) or Experiment(exp)
         try:
-            meta = read_meta(exp)
+            meta = read_meta(source)
         except UserError as e:
             raise UserError(f"--warm-start {src}: {e}") from None
         from .lock import holder, read_lease, refuse_held
@@ -120,7 +120,7 @@ def collect(sources: list[str], spec: SearchSpec, fingerprint: str, any_data: bo
                             spec.fixed.data.data_dir, "its losses say little about this data. Pass "
                             "--warm-start-any-data to use them anyway.", now=fingerprint)
         used, skipped = [], {}
-        for t in load_trials(exp):
+        for t in source.trials:
             w, why = warm_trial(exp, t, spec)
             if w is None:
                 kind = why.split(":")[0]
