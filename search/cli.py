@@ -158,7 +158,8 @@ def cmd_search(args) -> int:
 
 def cmd_refine(args) -> int:
     from . import storage
-    from .experiment import Experiment, location, meta_exists
+    from .experiment import location, meta_exists
+    from .opened import Experiment
     from .refine import check_refine_args, default_name, stage_storage, write_refine_space
 
     check_refine_args(args.top, args.num_samples)
@@ -205,7 +206,8 @@ def cmd_refine(args) -> int:
 
 def cmd_resume(args) -> int:
     from . import storage
-    from .experiment import Experiment, is_confirm_run
+    from .experiment import is_confirm_run
+    from .opened import Experiment
     from .tuner import resume_search
 
     exp = Experiment(storage.normalize(args.experiment))  # its metadata is read once, here, for the whole resume
@@ -245,7 +247,7 @@ def cmd_confirm(args) -> int:
 def _finished(exp, named=None) -> int:
     """After Ray's fit returns: done, or stopped by Ctrl-C (Ray catches the first one and saves its state).
     exp: the experiment (open, or its path); named: how the user named it (default: its path)."""
-    from .experiment import Experiment
+    from .opened import Experiment
     from .schema import ENDED, ERROR
 
     opened = Experiment.open(exp)
@@ -267,7 +269,7 @@ def _interrupted(exp) -> int:
 
 
 def cmd_status(args) -> int:
-    from .experiment import Experiment
+    from .opened import Experiment
     from .status import status_table
 
     print(status_table(Experiment(args.experiment)))
@@ -277,7 +279,7 @@ def cmd_status(args) -> int:
 def cmd_report(args) -> int:
     from .report import write_report
 
-    from .experiment import Experiment
+    from .opened import Experiment
 
     path = write_report(Experiment(args.experiment), args.ablation)
     print(f"wrote {path} (figures in {path.parent / 'report'})")
@@ -288,7 +290,7 @@ def cmd_export(args) -> int:
     from model.run import check_out_file
 
     from . import storage
-    from .experiment import Experiment
+    from .opened import Experiment
     from .export import better_in_earlier_stage, export_best, search_running
 
     check_out_file(args.output, args.overwrite, flag="--output")

@@ -25,6 +25,7 @@ from .schema import ENDED, FINISHED, M
 
 from .confirm_files import (CONFIRM_DIR, EVIDENCE, candidates, check_confirm_dir, chosen, config_key, confirm_location, evidence,  # noqa: F401
                             read_evidence, stale)
+from .opened import Experiment
 SEED_KEY = "train.seed"
 
 
@@ -56,7 +57,7 @@ def run_confirm(exp_dir: str, top: int = 3, seeds: int = 3, *, address: str | No
     from .tuner import run_search
 
     check_confirm_args(top, seeds)
-    opened = experiment.Experiment.open(exp_dir, normalize=True)
+    opened = Experiment.open(exp_dir, normalize=True)
     exp, meta = opened.path, opened.meta
     experiment.refuse_confirm_run(meta, exp, f"confirm the search it belongs to ({parent_of(exp)}).")
     cexp = confirm_location(exp)
@@ -96,11 +97,11 @@ def run_confirm(exp_dir: str, top: int = 3, seeds: int = 3, *, address: str | No
     return None
 
 
-def resume_confirm(cexp: str | experiment.Experiment, *, address: str | None = None, verbose: int = 1,
+def resume_confirm(cexp: str | Experiment, *, address: str | None = None, verbose: int = 1,
                    trust_state: bool = False, log=print, break_lock: bool = False, shared_storage: bool = False):
     from .tuner import resume_search
 
-    confirmation = experiment.Experiment.open(cexp)
+    confirmation = Experiment.open(cexp)
     exp = parent_of(confirmation.path)
     check_confirm_dir(exp, confirmation.path)
     with ExperimentLock(exp, f"mmsa resume {confirmation}", break_lock):
@@ -111,9 +112,9 @@ def resume_confirm(cexp: str | experiment.Experiment, *, address: str | None = N
     return None
 
 
-def finished(cexp: str | experiment.Experiment) -> bool:
+def finished(cexp: str | Experiment) -> bool:
     """Whether every trial of the confirmation has ended, as its files say now (read again: it may have run)."""
-    confirmation = experiment.Experiment.open(cexp)
+    confirmation = Experiment.open(cexp)
     meta = confirmation.meta
     trials = confirmation.fresh_trials()
     # Without ASHA every trial ends by itself: its last row says so even where Ray's state file lags behind.
@@ -121,7 +122,7 @@ def finished(cexp: str | experiment.Experiment) -> bool:
         t.state in ENDED or (t.results and t.results[-1].get(FINISHED)) for t in trials)
 
 
-def write_evidence(exp: str | experiment.Experiment) -> dict:
+def write_evidence(exp: str | Experiment) -> dict:
     ev = evidence(exp)
     fs, path = storage.filesystem(str(exp))
     write_file(f"{path}/{EVIDENCE}", json.dumps(ev, indent=1).encode(), fs)

@@ -11,10 +11,11 @@ import numpy as np
 from data_pipeline.errors import UserError
 from model.config import Config
 
-from . import experiment, storage
+from . import storage
 from .results import TrialSummary, best_row_scores, objective_of, ranked
 from .schema import ERROR, M
 from .stats import compare
+from .opened import Experiment
 
 CONFIRM_DIR = "confirm"  # EXP/confirm: the confirmation's experiment
 EVIDENCE = "confirm.json"  # EXP/confirm.json: what it found
@@ -62,7 +63,7 @@ def read_evidence(exp: str | Path) -> tuple[dict | None, str | None]:
     return ev, None
 
 
-def checked_evidence(exp: str | experiment.Experiment, trials: list) -> tuple[dict | None, str | None]:
+def checked_evidence(exp: str | Experiment, trials: list) -> tuple[dict | None, str | None]:
     """The confirmation's evidence, only where EXP/confirm's own trials reproduce it (the rule of `mmsa confirm`,
     search/confirm.py evidence, run again on them) and it confirms configurations of this search (`trials`, as
     search/results.load_trials reads them): anyone who can write the folder can write a confirm.json naming any
@@ -70,7 +71,7 @@ def checked_evidence(exp: str | experiment.Experiment, trials: list) -> tuple[di
     search has changed since (shown, not exported); (None, why) when it is not evidence; (None, None) when there is
     none."""
 
-    opened = experiment.Experiment.open(exp)
+    opened = Experiment.open(exp)
     exp = opened.path
     ev, why = read_evidence(exp)
     if ev is None:
@@ -150,11 +151,11 @@ def _std(xs: list[float]) -> float:
     return float(np.std(xs, ddof=1)) if len(xs) > 1 else 0.0
 
 
-def evidence(exp: str | experiment.Experiment) -> dict:
+def evidence(exp: str | Experiment) -> dict:
     """What the confirmation found (see the module docstring); the chosen configuration has the best optimum of its
     mean curve of the search's objective (search.metric; default: the lowest minimum of the mean val-loss curve).
     exp: the search (its open Experiment's confirmation is read once)."""
-    cx = experiment.Experiment.open(exp).child(CONFIRM_DIR)
+    cx = Experiment.open(exp).child(CONFIRM_DIR)
     exp = str(exp)
     cm = cx.meta
     obj = objective_of(cm)

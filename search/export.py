@@ -14,7 +14,8 @@ from model.config import Config, build_section, load_config, opt, save_config
 from . import storage
 from .async_checkpoint import POINTER_FILE, best_name
 from .checkpoint_retention import METRICS_FILE, PIN_FILE
-from .experiment import Experiment, same_data
+from .experiment import same_data
+from .opened import Experiment
 from .lock import running
 from .results import accuracy_intervals, best_of, best_trial, objective_of, warm_stages
 from .schema import CHECKPOINT_DIR_NAME, ENDED, M

@@ -24,7 +24,8 @@ from data_pipeline.errors import UserError
 
 from . import storage
 from .cli_flags import OPTIONS
-from .experiment import META, Experiment, refuse_confirm_run
+from .experiment import META, refuse_confirm_run
+from .opened import Experiment
 from .results import TrialSummary, config_value, ranked
 
 TOP = OPTIONS["top"].default  # trials whose values span the refined space

@@ -16,7 +16,8 @@ from data_pipeline.printable import md, md_block, term  # noqa: E402
 from model.plots import save_figure  # noqa: E402
 
 from . import storage  # noqa: E402
-from .experiment import Experiment, local_copy, same_data  # noqa: E402
+from .experiment import local_copy, same_data  # noqa: E402
+from .opened import Experiment
 from .results import (TrialSummary, accuracy_intervals, best_of, best_trial, config_value,  # noqa: E402
                       metric_text, warm_stages)
 from .status import status_table  # noqa: E402

@@ -13,7 +13,7 @@ from data_pipeline import safe_files
 from data_pipeline.errors import UserError
 
 from . import ray_internals, storage, trial_backup
-from .experiment import Experiment, local_dir, read_meta, warm_sources
+from .experiment import local_dir, read_meta, warm_sources
 from .schema import ERROR, PENDING, TERMINATED, TRIAL_ID, VAL_LABEL, VAL_PRED, M
 from .stats import Interval, compare, correct_rows
 from .state_backup import BACKUP_DIR
@@ -95,8 +95,9 @@ def objective_of(meta: dict) -> M.Objective:
     return M.objective(search.get("metric") if isinstance(search, dict) and isinstance(search.get("metric"), str) else None)
 
 
-def load_trials(exp_dir: str | Path | Experiment) -> list[TrialSummary]:
-    """The trials as they are on disk now (an open Experiment's metadata is not read again)."""
+def load_trials(exp_dir) -> list[TrialSummary]:
+    """The trials as they are on disk now. exp_dir: a path, or an open Experiment (search/opened.py), whose
+    metadata is not read again."""
     objective = objective_of(read_meta(exp_dir))  # read_meta refuses directories that are not searches
     exp = local_dir(str(exp_dir))
     states = _states(exp)

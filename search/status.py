@@ -7,7 +7,8 @@ from data_pipeline.printable import term
 
 from . import storage
 from .confirm_files import CONFIRM_DIR, checked_evidence, confirm_readable
-from .experiment import Experiment, warm_sources
+from .experiment import warm_sources
+from .opened import Experiment
 from .lock import running
 from .results import (TrialSummary, _space_keys, accuracy_intervals, config_value, metric_text,
                       objective_of, tie_mark)

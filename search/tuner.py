@@ -23,6 +23,7 @@ from .ray_cluster import capacity, check_fits
 from .schema import M
 from .space import SearchSpec, parse_spec, spec_to_dict
 from .trainable import train_trial
+from .opened import Experiment
 
 
 NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
@@ -174,14 +175,14 @@ def run_search(spec: SearchSpec, num_samples: int, name: str, storage_dir: str =
         return _fit(tuner, callbacks, exp)
 
 
-def resume_search(exp_dir: str | Path | experiment.Experiment, *, address: str | None = None, verbose: int = 1,
+def resume_search(exp_dir: str | Path | Experiment, *, address: str | None = None, verbose: int = 1,
                   trust_state: bool = False, log=print, break_lock: bool = False, shared_storage: bool = False):
     """shared_storage: as `mmsa search --shared-storage` (the search's own setting counts too)."""
     from ray import tune
 
     from .asha_state import replay
 
-    opened = experiment.Experiment.open(exp_dir, normalize=True)
+    opened = Experiment.open(exp_dir, normalize=True)
     exp, meta = opened.path, opened.meta
     spec = parse_spec(meta["spec"], f"{exp}/{experiment.META}")
     if not experiment.ever_ran(exp):

@@ -20,7 +20,8 @@ from data_pipeline.errors import UserError
 from data_pipeline.printable import term
 
 from . import storage
-from .experiment import Experiment, read_meta, refuse_confirm_run
+from .experiment import read_meta, refuse_confirm_run
+from .opened import Experiment
 from .schema import ERROR, FINISHED, TERMINATED, TRAINING_ITERATION, M
 from .space import SearchSpec, check_point, describe_dist, in_dist  # noqa: F401 - check_point: for callers
 

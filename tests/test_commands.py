@@ -16,6 +16,7 @@ import yaml
 from search import experiment
 from search.cli import build_parser, main
 from search.cli_flags import OPTIONS
+from search.opened import Experiment
 from tests.fixtures.make_old_experiment import DATA_ROOT, FIXTURE, KEY_FILE, ensure_inputs
 from tests.test_confirm import fake_confirmation
 from tests.test_intervals import fake_experiment
@@ -65,7 +66,7 @@ def test_confirm_of_a_finished_confirmation_reads_each_metadata_once(tmp_path, m
 def test_experiment_reads_trials_once_and_again_on_request(tmp_path):
     from tests.test_intervals import write_trial
 
-    exp = experiment.Experiment(fake_experiment(tmp_path))
+    exp = Experiment(fake_experiment(tmp_path))
     first = exp.trials
     assert exp.trials is first
     write_trial(Path(exp.path), "late", first[0].config, first[0].results)
