@@ -150,10 +150,10 @@ def search_method(base, work: Path, held: Path, p: dict, sampler: str, seed: int
     import yaml
 
     from search.cli import main
-    from search.export import load_run_config
-    from search.experiment import meta_exists
-    from search.results import load_trials
-    from search.space import default_space_yaml
+    from search.commands.export import load_run_config
+    from search.experiment.layout import meta_exists
+    from search.selection.results import load_trials
+    from search.settings.space import default_space_yaml
 
     name = f"{sampler}{seed}"
     rr = work / "ray_results"
@@ -271,7 +271,7 @@ def main() -> None:
 
         from data_pipeline.demo_data import make_demo_data
         from model.pretrained import make_tiny_pretrained
-        from search.demo import demo_config
+        from search.commands.demo import demo_config
 
         work = args.work or Path(tempfile.mkdtemp(prefix="real_task_smoke_"))
         if not (work / "full" / "train.txt").is_file():

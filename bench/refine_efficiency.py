@@ -19,21 +19,21 @@ from common import ROOT  # noqa: F401  (puts the project on sys.path)
 from search_efficiency import heldout_score, heldout_setup, summarize
 
 from model import metrics as M
-from search.demo import DEMO_SPACE
-from search import results
-from search.space import load_spec, parse_spec
-from search.tuner import run_search
+from search.commands.demo import DEMO_SPACE
+from search.selection import results
+from search.settings.space import load_spec, parse_spec
+from search.tune.tuner import run_search
 
 
 def best_of(exps: list[Path]) -> Path:
-    """The experiment holding the best trial over all of them (by best val loss: search/results.py's rule)."""
+    """The experiment holding the best trial over all of them (by best val loss: search/selection/results.py's rule)."""
     def best(exp):
         return results.best_trial(exp).best[M.VAL_LOSS]
     return min(exps, key=best)
 
 
 def score(exp: Path, out: Path, heldout: Path) -> dict:
-    from search.export import export_best, load_run_config
+    from search.commands.export import export_best, load_run_config
 
     export_best(exp, out)
     return heldout_score(load_run_config(out), heldout)
@@ -51,7 +51,7 @@ def main() -> None:
     ap.add_argument("--top", type=int, default=3, help="mmsa refine --top")
     ap.add_argument("--epochs", type=int, default=None, help="epochs per trial (default: the demo's)")
     args = ap.parse_args()
-    from search.refine import write_refine_space
+    from search.commands.refine import write_refine_space
 
     log = lambda *a: None  # noqa: E731
     rows, t0 = [], time.time()

@@ -20,12 +20,12 @@ from data_pipeline.demo_data import make_demo_data
 from model import metrics as M
 from model.pretrained import make_tiny_pretrained
 from model.run import load_train_val
-from search.demo import DEMO_SPACE, demo_config, run_demo
-from search.results import best_of, load_trials, ranked
-from search.space import parse_spec
-from search.ray_cluster import capacity, init_ray
-from search.experiment import trial_dirname
-from search.tuner import run_search, trainable_with
+from search.commands.demo import DEMO_SPACE, demo_config, run_demo
+from search.selection.results import best_of, load_trials, ranked
+from search.settings.space import parse_spec
+from search.tune.ray_cluster import capacity, init_ray
+from search.experiment.layout import trial_dirname
+from search.tune.tuner import run_search, trainable_with
 
 GRID_LR = [1e-4, 1e-3, 1e-2]  # the lab's first grid: one value per decade of the same range
 
@@ -140,9 +140,9 @@ def heldout_setup(tmp: Path, rows: int, heldout: int, noise: float):
 
 def run_heldout(args) -> None:
     from model.config import Config
-    from search.confirm import run_confirm
-    from search.export import export_best, load_run_config
-    from search.stats import compare
+    from search.commands.confirm import run_confirm
+    from search.commands.export import export_best, load_run_config
+    from search.selection.stats import compare
 
     log = lambda *a: None  # noqa: E731
     with tempfile.TemporaryDirectory() as tmp:

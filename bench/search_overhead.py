@@ -3,7 +3,7 @@
 Runs the same real search (Ray, the real trainable, Optuna + ASHA) once per mode on a small data slice:
 - `sync`: the behaviour before issue 14 (the whole state inside Ray's checkpoint at each report, best weights copied
   to host memory, a fresh worker process per trial);
-- `async`: checkpoints written in the background (search/async_checkpoint.py), a fresh process per trial;
+- `async`: checkpoints written in the background (search/trial/async_checkpoint.py), a fresh process per trial;
 - `warm`: async, and warm workers (search.reuse_workers: a trial runs in the previous trial's process, which kept
   its imports and backbones), the default.
 Per trial it prints: seconds from the trial's start (process start for a process's first trial, the trainable's
@@ -30,11 +30,11 @@ sys.path[:] = [str(ROOT)] + [p for p in sys.path if Path(p or ".").resolve() != 
 os.environ["PYTHONPATH"] = str(ROOT)  # Ray's workers import this checkout (not bench/data_pipeline.py, not another)
 from data_pipeline.demo_data import make_demo_data
 from model.pretrained import make_tiny_pretrained
-from search.async_checkpoint import BYTES_PREV, FIRST_BATCH_S, OVERHEAD_S, PASS_S
-from search.results import load_trials
-from search.schema import REPORTED_AT, WORKER_PID, WORKER_TRIAL
-from search.space import parse_spec
-from search.tuner import run_search
+from search.trial.async_checkpoint import BYTES_PREV, FIRST_BATCH_S, OVERHEAD_S, PASS_S
+from search.selection.results import load_trials
+from search.settings.schema import REPORTED_AT, WORKER_PID, WORKER_TRIAL
+from search.settings.space import parse_spec
+from search.tune.tuner import run_search
 
 
 def du(path: Path) -> int:

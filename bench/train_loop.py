@@ -23,7 +23,7 @@ from model.pretrained import TINY_BERT, make_tiny_pretrained
 from model.run import load_train_val
 from model.train import Trainer
 from pure import pure_epoch
-from search.demo import demo_config
+from search.commands.demo import demo_config
 
 MODES = {"full": {"rows": 400, "repeats": 7, "texts": None, "text_repeats": 3},
          "quick": {"rows": 400, "repeats": 5, "texts": 192, "text_repeats": 2},

@@ -37,8 +37,8 @@ def finite(v) -> float | None:
 
 def best_index(values: list, mode: str) -> int | None:
     """THE rule for the best epoch of a curve ("min" or "max" mode), used by every reader: the trainer's best weights
-    and best_epoch, a search trial's best-weights folder (search/async_checkpoint.py), the epochs whose validation
-    predictions a trial keeps (search/stats.py), a trial's best row (search/results.py) and `mmsa confirm`'s epoch
+    and best_epoch, a search trial's best-weights folder (search/trial/async_checkpoint.py), the epochs whose validation
+    predictions a trial keeps (search/selection/stats.py), a trial's best row (search/selection/results.py) and `mmsa confirm`'s epoch
     count. The FIRST epoch reaching the best value wins a tie: the shortest training that reaches it, and the epoch
     that result.json's best_epoch and `mmsa export` named before this rule was written once. NaN, +-inf and
     non-numbers are never best; None when no value is finite."""

@@ -151,10 +151,10 @@ class Trainer:
         self.history: list[dict] = []
         self.best_state: dict[str, torch.Tensor] | None = None
         # The last validation pass's predicted class per row (int8, the row order of data.val): the search keeps the
-        # best epoch's for intervals and paired comparisons between trials (search/stats.py). No extra pass.
+        # best epoch's for intervals and paired comparisons between trials (search/selection/stats.py). No extra pass.
         self.val_pred: np.ndarray | None = None
         self.on_batch = None  # optional callback(train: bool, samples: int), e.g. a progress bar
-        self.before_step = None  # optional callback() before each optimizer step (search/async_checkpoint.py)
+        self.before_step = None  # optional callback() before each optimizer step (search/trial/async_checkpoint.py)
         self.keep_best_state = True  # host copy of the best epoch's weights (search trials keep them on storage)
 
     # ---- one step: the public pieces run_batches is made of (benches time exactly these) -------------------

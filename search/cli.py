@@ -10,7 +10,7 @@ from data_pipeline.errors import UserError
 from data_pipeline.printable import term
 from data_pipeline.safe_yaml import load_yaml_text
 
-from .cli_flags import add_config_flags, add_options, check_options, config_flags
+from search.settings.cli_flags import add_config_flags, add_options, check_options, config_flags
 
 
 def _overrides(args) -> dict:
@@ -28,7 +28,7 @@ def _run_config(args):
     from model.config import Config
 
     if args.config:
-        from .export import load_run_config
+        from search.commands.export import load_run_config
 
         return load_run_config(args.config, _overrides(args), allow_other_data=args.allow_other_data)
     flat = _overrides(args)
@@ -116,7 +116,7 @@ def cmd_ablate(args) -> int:
 
 
 def cmd_demo(args) -> int:
-    from .demo import run_demo
+    from search.commands.demo import run_demo
 
     n = {"num_samples": args.num_samples} if args.num_samples is not None else {}  # run_demo's own default
     run_demo(args.out, quiet=args.quiet, optuna_storage=args.optuna_storage, **n)
@@ -128,9 +128,9 @@ def cmd_search(args) -> int:
 
     from model.config import DataConfig, build_section
 
-    from . import experiment
-    from .space import SearchConfig, load_spec
-    from .tuner import run_search
+    from search.experiment import layout as experiment
+    from search.settings.space import SearchConfig, load_spec
+    from search.tune.tuner import run_search
 
     spec = load_spec(args.space)
     flags = config_flags(args)
@@ -143,7 +143,7 @@ def cmd_search(args) -> int:
     if args.warm_start_any_data and not args.warm_start:
         raise UserError("--warm-start-any-data: only with --warm-start EXP (it allows warm starts from other data).")
     if args.enqueue:
-        from .warm_start import enqueue_points
+        from search.selection.warm_start import enqueue_points
 
         spec.enqueue = enqueue_points(spec, args.enqueue)
     exp = experiment.location(str(args.storage), args.name)
@@ -157,10 +157,10 @@ def cmd_search(args) -> int:
 
 
 def cmd_refine(args) -> int:
-    from . import storage
-    from .experiment import location, meta_exists
-    from .opened import Experiment
-    from .refine import check_refine_args, default_name, stage_storage, write_refine_space
+    from search.experiment import storage
+    from search.experiment.layout import location, meta_exists
+    from search.selection.opened import Experiment
+    from search.commands.refine import check_refine_args, default_name, stage_storage, write_refine_space
 
     check_refine_args(args.top, args.num_samples)
     if args.num_samples is None and not args.dry_run:
@@ -174,8 +174,8 @@ def cmd_refine(args) -> int:
         from data_pipeline.dataset import check_data_dir
         from data_pipeline.preprocess import check_same_data
 
-        from .experiment import ever_ran
-        from .tuner import check_search_args
+        from search.experiment.layout import ever_ran
+        from search.tune.tuner import check_search_args
 
         check_search_args(args.num_samples, name, args.optuna_storage)
         if meta_exists(rexp) and ever_ran(rexp):
@@ -191,8 +191,8 @@ def cmd_refine(args) -> int:
     if args.dry_run:
         print(f"run it with: mmsa search --space {path} --warm-start {exp} --name {name} --num-samples N")
         return 0
-    from .space import load_spec
-    from .tuner import run_search
+    from search.settings.space import load_spec
+    from search.tune.tuner import run_search
 
     try:
         run_search(load_spec(path), args.num_samples, name, parent, address=args.address,
@@ -205,14 +205,14 @@ def cmd_refine(args) -> int:
 
 
 def cmd_resume(args) -> int:
-    from . import storage
-    from .experiment import is_confirm_run
-    from .opened import Experiment
-    from .tuner import resume_search
+    from search.experiment import storage
+    from search.experiment.layout import is_confirm_run
+    from search.selection.opened import Experiment
+    from search.tune.tuner import resume_search
 
     exp = Experiment(storage.normalize(args.experiment))  # its metadata is read once, here, for the whole resume
     if is_confirm_run(exp.meta):  # a `mmsa confirm` run: its evidence is written at the end
-        from .confirm import resume_confirm as resume_search  # noqa: F811
+        from search.commands.confirm import resume_confirm as resume_search  # noqa: F811
     try:
         resume_search(exp, address=args.address, verbose=args.verbose, trust_state=args.trust_state,
                       break_lock=args.break_lock, shared_storage=args.shared_storage)
@@ -222,7 +222,7 @@ def cmd_resume(args) -> int:
 
 
 def cmd_confirm(args) -> int:
-    from .confirm import check_confirm_args, confirm_location, run_confirm
+    from search.commands.confirm import check_confirm_args, confirm_location, run_confirm
 
     check_confirm_args(args.top, args.seeds)
     cexp = confirm_location(args.experiment)
@@ -233,7 +233,7 @@ def cmd_confirm(args) -> int:
         return _interrupted(cexp)
     if ev is None:
         return _interrupted(cexp)
-    from .confirm import chosen
+    from search.commands.confirm import chosen
 
     c = chosen(ev)
     print(f"confirmed: trial {term(c['trial_id'])}'s configuration, {c['epochs']} epochs (mean val_loss "
@@ -247,8 +247,8 @@ def cmd_confirm(args) -> int:
 def _finished(exp, named=None) -> int:
     """After Ray's fit returns: done, or stopped by Ctrl-C (Ray catches the first one and saves its state).
     exp: the experiment (open, or its path); named: how the user named it (default: its path)."""
-    from .opened import Experiment
-    from .schema import ENDED, ERROR
+    from search.selection.opened import Experiment
+    from search.settings.schema import ENDED, ERROR
 
     opened = Experiment.open(exp)
     exp = named if named is not None else opened.path
@@ -269,17 +269,17 @@ def _interrupted(exp) -> int:
 
 
 def cmd_status(args) -> int:
-    from .opened import Experiment
-    from .status import status_table
+    from search.selection.opened import Experiment
+    from search.commands.status import status_table
 
     print(status_table(Experiment(args.experiment)))
     return 0
 
 
 def cmd_report(args) -> int:
-    from .report import write_report
+    from search.commands.report import write_report
 
-    from .opened import Experiment
+    from search.selection.opened import Experiment
 
     path = write_report(Experiment(args.experiment), args.ablation)
     print(f"wrote {path} (figures in {path.parent / 'report'})")
@@ -289,9 +289,9 @@ def cmd_report(args) -> int:
 def cmd_export(args) -> int:
     from model.run import check_out_file
 
-    from . import storage
-    from .opened import Experiment
-    from .export import better_in_earlier_stage, export_best, search_running
+    from search.experiment import storage
+    from search.selection.opened import Experiment
+    from search.commands.export import better_in_earlier_stage, export_best, search_running
 
     check_out_file(args.output, args.overwrite, flag="--output")
     exp = Experiment(storage.normalize(args.experiment))
@@ -329,7 +329,7 @@ def cmd_export(args) -> int:
 def build_parser() -> argparse.ArgumentParser:
     from model.config import DataConfig
 
-    from .space import SearchConfig
+    from search.settings.space import SearchConfig
 
     ap = argparse.ArgumentParser(prog="mmsa", description="Hyperparameter search and training for the text+image "
                                  "sentiment classifier (BERT + ResNet fusion) on Ray Tune with Optuna and ASHA.")

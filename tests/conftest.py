@@ -48,7 +48,7 @@ def tiny_bert(tiny_dir) -> Path:
 
 @pytest.fixture(scope="session")
 def demo_cfg(demo_dir, tiny_dir):
-    from search.demo import demo_config
+    from search.commands.demo import demo_config
 
     return demo_config(demo_dir, tiny_dir)
 
@@ -78,7 +78,7 @@ def ray_local():
     """One local Ray instance for the session's in-process searches (never a bare ray.init())."""
     import ray
 
-    from search.ray_cluster import init_ray
+    from search.tune.ray_cluster import init_ray
 
     init_ray(None)
     yield

@@ -1,4 +1,4 @@
-"""search/async_checkpoint.py without Ray: a pointer names only whole states, what it names loads exactly that
+"""search/trial/async_checkpoint.py without Ray: a pointer names only whole states, what it names loads exactly that
 epoch, and finished trials keep only the best weights of the best trials."""
 import json
 import math
@@ -6,9 +6,9 @@ import math
 import torch
 
 from model.train import Trainer
-from search.async_checkpoint import (BEST_PREFIX, STATE_DIR, AsyncCheckpointer, mark_ended, read_pointer,
+from search.trial.async_checkpoint import (BEST_PREFIX, STATE_DIR, AsyncCheckpointer, mark_ended, read_pointer,
                                      retain_finished, state_name)
-from search.checkpoint_retention import PIN_FILE
+from search.trial.checkpoint_retention import PIN_FILE
 
 
 class _Cfg:
@@ -39,7 +39,7 @@ class FakeTrainer:
 
 def one_epoch(trial_dir, monkeypatch):
     """A trainer that has trained one epoch (loss 1.0) and its checkpointer, config writing stubbed."""
-    import search.async_checkpoint as ac
+    import search.trial.async_checkpoint as ac
 
     monkeypatch.setattr(ac, "save_config", lambda cfg, path: path.write_text("{}"))
     t = FakeTrainer()
@@ -75,7 +75,7 @@ def test_pointer_names_whole_state_of_the_snapshot_epoch(tmp_path, monkeypatch):
 
 def test_a_write_cut_short_is_never_named(tmp_path, monkeypatch):
     """A kill during the write leaves only a hidden temporary folder; no pointer names it."""
-    import search.async_checkpoint as ac
+    import search.trial.async_checkpoint as ac
 
     monkeypatch.setattr(ac, "save_config", lambda cfg, path: path.write_text("{}"))
     t = FakeTrainer()
@@ -113,7 +113,7 @@ def test_retain_finished_keeps_best_weights_of_the_best_trials(tmp_path):
 
 
 def test_checkpoint_every_writes_the_state_every_n_epochs(tmp_path, monkeypatch):
-    import search.async_checkpoint as ac
+    import search.trial.async_checkpoint as ac
 
     monkeypatch.setattr(ac, "save_config", lambda cfg, path: path.write_text("{}"))
     t = FakeTrainer()
@@ -175,7 +175,7 @@ def test_trials_stopped_by_an_interrupt_keep_their_state(tmp_path):
 
     import pyarrow.fs as pafs
 
-    from search.callbacks import TrialRetention
+    from search.tune.callbacks import TrialRetention
 
     def trial(name):
         d = tmp_path / name

@@ -4,9 +4,9 @@ best trials' best weights, which `mmsa export` names and `mmsa predict --model` 
 import pytest
 
 from model import metrics as M
-from search.async_checkpoint import BEST_PREFIX, STATE_DIR
-from search.faults import WRITE_ENV
-from search.results import load_trials
+from search.trial.async_checkpoint import BEST_PREFIX, STATE_DIR
+from search.experiment.faults import WRITE_ENV
+from search.selection.results import load_trials
 from searchproc import raw_results, start, write_space
 
 pytestmark = pytest.mark.slow
@@ -51,10 +51,10 @@ def test_kill_during_background_write_then_retry_is_exact(tmp_path, demo_cfg, ca
 
 
 def test_sync_mode_reports_whole_checkpoints_through_the_same_trainable(tmp_path, demo_cfg):
-    """checkpoint_mode sync (the other strategy of search/checkpoint_strategy.py): each reported checkpoint holds the
+    """checkpoint_mode sync (the other strategy of search/trial/checkpoint_strategy.py): each reported checkpoint holds the
     whole training state, no state or best folders are written beside it, and the timing keys are those of async."""
-    from search.async_checkpoint import BYTES_PREV, OVERHEAD_S, PASS_S
-    from search.experiment import META
+    from search.trial.async_checkpoint import BYTES_PREV, OVERHEAD_S, PASS_S
+    from search.experiment.layout import META
 
     fixed = demo_cfg.with_overrides({"patience": 0, "epochs": 2}).to_dict()
     space = write_space(tmp_path / "s.yaml", fixed, {"train.lr": {"choice": [1e-3]}},

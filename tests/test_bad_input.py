@@ -1,5 +1,5 @@
 """Every `mmsa` command against a table of wrong inputs, generated where possible: each config key (model/config.py
-SECTIONS, search/space.py SearchConfig) with a wrong type and out-of-range values, as a flag, a --set, a config file
+SECTIONS, search/settings/space.py SearchConfig) with a wrong type and out-of-range values, as a flag, a --set, a config file
 key and a search-space key; each file kind the tool reads truncated, empty, random bytes and of another format.
 Each must give: a non-zero exit, one `error:` line naming the input, no traceback, nothing written.
 The counts go into docs/reliability.md (test_table_size prints them)."""
@@ -19,7 +19,7 @@ import yaml
 
 from model.config import SECTIONS
 from search.cli import main
-from search.space import SearchConfig
+from search.settings.space import SearchConfig
 
 JPEG_MAGIC = b"\xff\xd8\xff\xe0\x00\x10JFIF\x00\x01\x01\x00\x00\x01\x00\x01\x00\x00" + b"\x00" * 200
 
@@ -269,7 +269,7 @@ def test_no_traceback_in_a_real_process(tmp_path, demo_dir, tiny_dir, demo_cfg, 
 
 
 def test_non_finite_val_loss_is_never_best(tmp_path):
-    from search.results import TrialSummary
+    from search.selection.results import TrialSummary
 
     t = TrialSummary("t", tmp_path, {}, "TERMINATED", [{"epoch": 1, "val_loss": math.nan}, {"epoch": 2, "val_loss": 0.9},
                                                          {"epoch": 3, "val_loss": -math.inf}])

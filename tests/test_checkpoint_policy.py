@@ -1,7 +1,7 @@
-"""Which trial checkpoints the search keeps (search/checkpoint_retention.py)."""
+"""Which trial checkpoints the search keeps (search/trial/checkpoint_retention.py)."""
 import math
 
-from search.checkpoint_retention import to_delete
+from search.trial.checkpoint_retention import to_delete
 
 
 def test_keeps_the_best_and_the_two_newest():

@@ -28,7 +28,7 @@ def _config_fields():
     import dataclasses
 
     from model.config import SECTIONS
-    from search.space import SearchConfig
+    from search.settings.space import SearchConfig
 
     for sec, klass in [*SECTIONS.items(), ("search", SearchConfig)]:
         for f in dataclasses.fields(klass):
@@ -59,7 +59,7 @@ def test_search_flags_are_the_search_config_keys(capsys):
 
 
 def test_generated_flags_parse_to_config_keys():
-    from search.cli_flags import config_flags
+    from search.settings.cli_flags import config_flags
 
     args = build_parser().parse_args(["train", "--out", "x", "--lr", "3e-5", "--complexity", "high", "--no-bucket-by-length",
                                       "--data", "d", "--image-size", "64"])
@@ -74,7 +74,7 @@ def test_a_new_config_key_becomes_a_flag():
     import dataclasses
 
     from model.config import opt
-    from search.cli_flags import add_config_flags, config_flags
+    from search.settings.cli_flags import add_config_flags, config_flags
 
     @dataclasses.dataclass
     class NewSection:

@@ -9,13 +9,13 @@ import yaml
 
 from data_pipeline.errors import UserError
 from model import metrics as M
-from search import experiment
+from search.experiment import layout as experiment
 from search.cli import main
-from search.results import best_of, load_trials, ranked
-from search.schema import FINISHED
-from search.space import parse_spec
-from search.tuner import run_search
-from search.warm_start import ENQUEUE_ATTR, WARM_ATTR
+from search.selection.results import best_of, load_trials, ranked
+from search.settings.schema import FINISHED
+from search.settings.space import parse_spec
+from search.tune.tuner import run_search
+from search.selection.warm_start import ENQUEUE_ATTR, WARM_ATTR
 from searchproc import kill_group, result_rows, start, wait_rows
 
 pytestmark = pytest.mark.slow
@@ -54,7 +54,7 @@ def test_warm_start_gives_optuna_the_known_trials_and_enqueue_goes_first(coarse,
                                                         "model": {"complexity": "low"}}))
     db = f"sqlite:///{tmp_path / 'optuna.db'}"
     spec = _spec(demo_cfg, space)
-    from search.warm_start import enqueue_points
+    from search.selection.warm_start import enqueue_points
 
     spec.enqueue = enqueue_points(spec, [str(tmp_path / "best.yaml")])
     logs = []
@@ -92,7 +92,7 @@ def test_warm_start_from_other_data_is_refused_unless_asked(coarse, demo_cfg, tm
     with pytest.raises(UserError, match="--warm-start-any-data"):
         run_search(_spec(demo_cfg), 1, "x", str(tmp_path / "rr"), verbose=0, warm_start=[str(other)])
     assert not (tmp_path / "rr").exists()
-    from search.warm_start import collect
+    from search.selection.warm_start import collect
 
     warm, rec = collect([str(other)], _spec(demo_cfg), "f" * 64, any_data=True, log=lambda *a: None)
     assert len(warm) == 5 and rec[0]["data_fingerprint"] == "0" * 64

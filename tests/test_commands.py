@@ -1,6 +1,6 @@
 """Issue 22, the commands: an experiment is opened once per command (its metadata file read once), every command
-that runs trials makes the same pre-run checks (search/prerun.py), and options shared by subcommands are declared
-once (search/cli_flags.py OPTIONS)."""
+that runs trials makes the same pre-run checks (search/tune/prerun.py), and options shared by subcommands are declared
+once (search/settings/cli_flags.py OPTIONS)."""
 from __future__ import annotations
 
 import argparse
@@ -13,10 +13,10 @@ from pathlib import Path
 import pytest
 import yaml
 
-from search import experiment
+from search.experiment import layout as experiment
 from search.cli import build_parser, main
-from search.cli_flags import OPTIONS
-from search.opened import Experiment
+from search.settings.cli_flags import OPTIONS
+from search.selection.opened import Experiment
 from tests.fixtures.make_old_experiment import DATA_ROOT, FIXTURE, KEY_FILE, ensure_inputs
 from tests.test_confirm import fake_confirmation
 from tests.test_intervals import fake_experiment
@@ -140,7 +140,7 @@ def test_resume_refuses_a_read_only_experiment_before_ray(tmp_path, monkeypatch,
 @pytest.mark.slow
 def test_a_whole_resume_reads_the_metadata_once(tmp_path, monkeypatch, meta_reads, inputs):
     """cmd_resume -> resume_search -> ASHA replay -> the end-of-run summary used to read it five times."""
-    from search.results import load_trials
+    from search.selection.results import load_trials
 
     exp = _old_experiment(tmp_path / "rr" / "v1", monkeypatch)
     meta_reads.clear()
@@ -183,7 +183,7 @@ def test_config_defaults_are_read_from_the_config():
     text = " ".join(p.format_help().split())
     for f in ("val_fraction", "split_seed"):
         assert f"(default {getattr(DataConfig(), f)!r}" in text
-    from search.cli_flags import config_flags
+    from search.settings.cli_flags import config_flags
 
     assert config_flags(build_parser().parse_args(["check-data", "d"])) == {}  # unset: the config's own default
 

@@ -100,7 +100,7 @@ def test_overrides_validate():
     ("search: [1]\n", "e.yaml: search: expected a mapping"),
 ])
 def test_hand_edited_export_section_refused(tmp_path, section, message):
-    from search.export import load_run_config
+    from search.commands.export import load_run_config
 
     (tmp_path / "e.yaml").write_text("train:\n  lr: 1.0e-5\n" + section)
     with pytest.raises(UserError) as e:
@@ -109,7 +109,7 @@ def test_hand_edited_export_section_refused(tmp_path, section, message):
 
 
 def test_export_section_best_epoch_sets_epochs(tmp_path):
-    from search.export import load_run_config
+    from search.commands.export import load_run_config
 
     (tmp_path / "e.yaml").write_text("search:\n  best_epoch: 2\n  metrics: {val_loss: 0.5}\n  checkpoint: null\n")
     assert load_run_config(tmp_path / "e.yaml").train.epochs == 2

@@ -8,9 +8,10 @@ import yaml
 
 from model import metrics as M
 from model.config import Config
-from search import confirm, experiment
+from search.experiment import layout as experiment
+from search.commands import confirm
 from search.cli import main
-from search.results import load_trials
+from search.selection.results import load_trials
 from tests.test_intervals import fake_experiment, rows_with, write_trial
 
 
@@ -65,7 +66,7 @@ def test_evidence_export_status_report(tmp_path, capsys):
     sec = yaml.safe_load(out.read_text())["search"]
     assert sec["selection"] == "confirmed" and sec["best_epoch"] == 3 and sec["checkpoint"] is None
     assert yaml.safe_load(out.read_text())["train"]["lr"] == pytest.approx(2e-4)
-    from search.export import load_run_config
+    from search.commands.export import load_run_config
 
     assert load_run_config(out, allow_other_data=True).train.epochs == 3
 

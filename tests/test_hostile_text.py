@@ -8,9 +8,9 @@ import pytest
 
 from data_pipeline.printable import md, md_block, term
 from model.config import Config
-from search import experiment
+from search.experiment import layout as experiment
 from search.cli import main
-from search.schema import M
+from search.settings.schema import M
 from tests.test_intervals import fake_experiment, rows_with, write_trial
 
 # Hostile strings a folder from someone else may hold in any text field (the lead's planted-files table takes these).

@@ -6,10 +6,10 @@ import yaml
 
 from model import metrics as M
 from model.config import Config
-from search import experiment
+from search.experiment import layout as experiment
 from search.cli import main
-from search.schema import TRIAL_ID
-from search.stats import encode_classes, val_predictions
+from search.settings.schema import TRIAL_ID
+from search.selection.stats import encode_classes, val_predictions
 
 
 def write_trial(exp, tid, cfg: dict, rows: list[dict]):
@@ -22,7 +22,7 @@ def write_trial(exp, tid, cfg: dict, rows: list[dict]):
 
 def rows_with(losses, pred, labels):
     """A trial's rows as the trainable reports them: predictions only with the epochs the trainer's rule calls best
-    so far (search/stats.py val_predictions, not a copy of its rule here)."""
+    so far (search/selection/stats.py val_predictions, not a copy of its rule here)."""
     out, best = [], float("inf")
     for e, loss in enumerate(losses, 1):
         best = min(best, loss)
@@ -73,7 +73,7 @@ def test_export_and_report_carry_the_interval(tmp_path, capsys):
     lo, hi = sec["val_acc_interval"]
     assert lo < sec["metrics"]["val_acc"] < hi and sec["tied"] == ["b"]
     assert "1 other trial(s) tied" in printed and "mmsa confirm" in printed
-    from search.export import load_run_config
+    from search.commands.export import load_run_config
 
     load_run_config(out, allow_other_data=True)  # the new keys read back
     assert main(["report", str(exp)]) == 0

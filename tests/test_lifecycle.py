@@ -10,12 +10,12 @@ from pathlib import Path
 
 import pytest
 
-from search import experiment
-from search.checkpoint_retention import PIN_FILE
+from search.experiment import layout as experiment
+from search.trial.checkpoint_retention import PIN_FILE
 from search.cli import main
-from search.results import load_trials
-from search.status import status_table
-from search.state_backup import BACKUP_DIR
+from search.selection.results import load_trials
+from search.commands.status import status_table
+from search.experiment.state_backup import BACKUP_DIR
 from conftest import tmpfs
 from searchproc import kill_group, result_rows, start, wait_rows, write_space
 

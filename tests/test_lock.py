@@ -1,4 +1,4 @@
-"""One writer per experiment (search/lock.py), on real files: refused while held, taken over when its holder died."""
+"""One writer per experiment (search/experiment/lock.py), on real files: refused while held, taken over when its holder died."""
 import json
 import socket
 import subprocess
@@ -8,7 +8,7 @@ import time
 import pytest
 
 from data_pipeline.errors import UserError
-from search import lock as L
+from search.experiment import lock as L
 
 
 def _lease(tmp_path, **kw):

@@ -11,8 +11,8 @@ import yaml
 from data_pipeline.errors import UserError
 from data_pipeline.labels import LABELS
 from model import metrics as M
-from search.results import TrialSummary, best_of
-from search.space import load_spec, parse_spec
+from search.selection.results import TrialSummary, best_of
+from search.settings.space import load_spec, parse_spec
 
 
 def test_classification_metrics_by_hand():
@@ -73,7 +73,7 @@ def test_search_optimising_macro_f1(tmp_path, demo_cfg, ray_local, capsys):
     """A real search with search.metric val_macro_f1: Optuna maximises the running best macro-F1, the best trial and
     the export are by macro-F1, and status, report and export name it."""
     from search.cli import main
-    from search.results import load_trials
+    from search.selection.results import load_trials
     from searchproc import write_space
 
     space = write_space(tmp_path / "space.yaml", demo_cfg.with_overrides({"patience": 0, "epochs": 2}).to_dict(),
@@ -106,13 +106,13 @@ def test_search_optimising_macro_f1(tmp_path, demo_cfg, ray_local, capsys):
 
 
 def test_every_selection_picks_trials_by_one_rule(tmp_path):
-    """Which trial is best or usable is decided once (search/results.py: TrialSummary.usable, rank_key, ranked,
+    """Which trial is best or usable is decided once (search/selection/results.py: TrialSummary.usable, rank_key, ranked,
     best_of): the best trial, `mmsa confirm`'s candidates, `mmsa refine`'s finished top trials and which finished
     trials keep their best weights agree on a tie (folder name decides), a NaN-only trial and an errored trial."""
     from model.config import Config
-    from search.async_checkpoint import BEST_PREFIX, retain_finished
-    from search.confirm_files import candidates
-    from search.results import ranked
+    from search.trial.async_checkpoint import BEST_PREFIX, retain_finished
+    from search.selection.confirm_files import candidates
+    from search.selection.results import ranked
 
     def trial(name, state, losses):
         d = tmp_path / f"trial_{name}"

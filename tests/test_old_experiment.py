@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from search.results import load_trials
+from search.selection.results import load_trials
 from tests.fixtures.make_old_experiment import DATA_ROOT, FIXTURE, KEY_FILE, ensure_inputs
 
 pytestmark = pytest.mark.slow

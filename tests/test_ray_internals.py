@@ -1,4 +1,4 @@
-"""Canaries: each Ray/Optuna private touchpoint (search/ray_internals.py) exercised against the installed versions,
+"""Canaries: each Ray/Optuna private touchpoint (search/experiment/ray_internals.py) exercised against the installed versions,
 on a real tiny Tune run with the project's own searcher and scheduler. A new Ray or Optuna that moves one fails here
 with the touchpoint's name, not as a search that silently stops resuming correctly."""
 from __future__ import annotations
@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from search import ray_internals as RI
-from search import schema as S
+from search.experiment import ray_internals as RI
+from search.settings import schema as S
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -37,7 +37,7 @@ def tiny_run(ray_local, tmp_path_factory):
     from ray import tune
     from ray.tune.schedulers import ASHAScheduler
 
-    from search.truthful_optuna import TruthfulOptunaSearch
+    from search.tune.truthful_optuna import TruthfulOptunaSearch
 
     seen = {}
 
@@ -80,7 +80,7 @@ def test_report_keys_ray_adds_are_rays_names(tiny_run):
 
 
 def test_canary_ray_result_keys_are_exactly_what_ray_adds(tiny_run):
-    """search/ended_trial.py reports a logged row again without Ray's own keys: every key of a row is either the
+    """search/trial/ended_trial.py reports a logged row again without Ray's own keys: every key of a row is either the
     trainable's or one of these."""
     row = json.loads((next(tiny_run["exp"].glob("*/result.json"))).read_text().splitlines()[0])
     ours = {S.M.EPOCH, S.M.SEARCH_METRIC, S.FINISHED}
@@ -100,7 +100,7 @@ def test_upload_state_after_each_checkpoint_patch():
 def test_asha_bracket_and_rungs(tiny_run):
     rungs = RI.asha_rungs(tiny_run["scheduler"])
     assert [m for m, _ in rungs] == [2, 1] and len(rungs[1][1]) == 2  # both trials reached the epoch-1 rung
-    assert RI.asha_bracket(tiny_run["scheduler"]).on_result  # what search/asha_state.py replays into
+    assert RI.asha_bracket(tiny_run["scheduler"]).on_result  # what search/tune/asha_state.py replays into
 
 
 def test_restored_scheduler(tiny_run):
@@ -189,7 +189,7 @@ def test_confirm_search_state_file_is_a_backed_up_state_file():
     """`mmsa confirm` runs Ray's BasicVariantGenerator, whose state is a pickle: it must be signed like the others."""
     from ray.tune.search import BasicVariantGenerator
 
-    from search.ray_internals import is_state_file
+    from search.experiment.ray_internals import is_state_file
 
     assert is_state_file(BasicVariantGenerator.CKPT_FILE_TMPL.format("2024-01-01_00-00-00"))
 
@@ -220,8 +220,8 @@ def test_warm_trials_reach_the_study_before_any_proposal_once_and_survive_save_r
     import optuna
     from ray import tune
 
-    from search.truthful_optuna import TruthfulOptunaSearch
-    from search.warm_start import ENQUEUE_ATTR, WARM_ATTR, WarmTrial
+    from search.tune.truthful_optuna import TruthfulOptunaSearch
+    from search.selection.warm_start import ENQUEUE_ATTR, WARM_ATTR, WarmTrial
 
     warm = [WarmTrial("/exp", "a", "COMPLETE", {"x": 0.3}, 0.5, {1: 0.7, 2: 0.5}),
             WarmTrial("/exp", "b", "PRUNED", {"x": 0.9}, None, {1: 0.8})]
@@ -255,8 +255,8 @@ def test_canary_ray_stages_our_files_on_restore_and_uploads_them_back_and_the_pa
     from ray.train._internal.storage import StorageContext
     from ray.tune.execution.experiment_state import _ExperimentCheckpointManager as Manager
 
-    from search.confirm_files import EVIDENCE
-    from search.lock import LOCK_FILE
+    from search.selection.confirm_files import EVIDENCE
+    from search.experiment.lock import LOCK_FILE
 
     def experiment(name: str) -> tuple[Manager, Path, Path]:
         exp = tmp_path / name
@@ -289,7 +289,7 @@ def test_canary_ray_stages_our_files_on_restore_and_uploads_them_back_and_the_pa
 
 
 def test_trial_state_names_are_rays():
-    """search/schema.py names Ray's trial states once; every reader compares with these names."""
+    """search/settings/schema.py names Ray's trial states once; every reader compares with these names."""
     from ray.tune.experiment import Trial
 
     assert (S.PENDING, S.RUNNING, S.PAUSED, S.TERMINATED, S.ERROR) == (
@@ -297,7 +297,7 @@ def test_trial_state_names_are_rays():
 
 
 def test_canary_state_file_names_are_rays(tiny_run):
-    """search/experiment.py, results.py and state_backup.py find Ray's state files by these names."""
+    """search/experiment/layout.py, results.py and state_backup.py find Ray's state files by these names."""
     from ray.tune.callback import CallbackList
     from ray.tune.execution.tune_controller import TuneController
     from ray.tune.impl.tuner_internal import _TUNER_PKL
@@ -350,7 +350,7 @@ def _make_stopped_trainable(marks: str):
 
         from ray import tune
 
-        from search import ray_internals as RI
+        from search.experiment import ray_internals as RI
 
         marks_dir = Path(marks)
 
@@ -372,8 +372,8 @@ def _make_stopped_trainable(marks: str):
 
 
 def test_canary_ray_stops_the_trial_thread_with_system_exit_and_runs_exit_handlers(ray_local, tmp_path):
-    """search/trainable.py tells a stopped trial (ASHA's verdict, a pausing search) by RI.TRIAL_THREAD_STOPPED, and
-    search/async_checkpoint.py finishes a stopped trial's background writes in a handler of RI.run_at_worker_exit.
+    """search/trial/trainable.py tells a stopped trial (ASHA's verdict, a pausing search) by RI.TRIAL_THREAD_STOPPED, and
+    search/trial/async_checkpoint.py finishes a stopped trial's background writes in a handler of RI.run_at_worker_exit.
     Ray stops this trial after its first report and ends its process (no warm worker)."""
     import importlib
     import time

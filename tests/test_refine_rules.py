@@ -8,11 +8,11 @@ import yaml
 from data_pipeline.errors import UserError
 from model import metrics as M
 from model.config import Config
-from search.refine import refine_dict, stable_from
-from search.results import TrialSummary
-from search.schema import FINISHED, TRAINING_ITERATION
-from search.space import parse_spec, spec_to_dict
-from search.warm_start import check_point, outside, points_from_file, warm_trial
+from search.commands.refine import refine_dict, stable_from
+from search.selection.results import TrialSummary
+from search.settings.schema import FINISHED, TRAINING_ITERATION
+from search.settings.space import parse_spec, spec_to_dict
+from search.selection.warm_start import check_point, outside, points_from_file, warm_trial
 
 SPACE = {"train.lr": {"loguniform": [1e-6, 1e-4]}, "train.batch_size": {"choice": [16, 32, 64, 128]},
          "model.complexity": {"choice": ["high", "low"]}, "model.dropout": {"uniform": [0.0, 0.5]}}

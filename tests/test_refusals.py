@@ -1,5 +1,5 @@
-"""Refusals written once and called by every command that needs them: the experiment in use (search/lock.py
-refuse_held), a `mmsa confirm` run where a search is needed (search/experiment.py refuse_confirm_run) and results
+"""Refusals written once and called by every command that needs them: the experiment in use (search/experiment/lock.py
+refuse_held), a `mmsa confirm` run where a search is needed (search/experiment/layout.py refuse_confirm_run) and results
 made on other data (data_pipeline/preprocess.py check_same_data). Each test makes every caller refuse and checks that
 they all say it the one way, so a copy that drifted from the rule would fail here. Experiments written by hand."""
 import re
@@ -10,13 +10,14 @@ import yaml
 from data_pipeline.errors import UserError
 from data_pipeline.preprocess import data_fingerprint
 from model.config import Config
-from search import confirm, experiment
+from search.experiment import layout as experiment
+from search.commands import confirm
 from search.cli import main
-from search.export import load_run_config
-from search.lock import ExperimentLock
-from search.refine import write_refine_space
-from search.space import parse_spec
-from search.warm_start import collect
+from search.commands.export import load_run_config
+from search.experiment.lock import ExperimentLock
+from search.commands.refine import write_refine_space
+from search.settings.space import parse_spec
+from search.selection.warm_start import collect
 from tests.test_confirm import fake_confirmation
 from tests.test_intervals import fake_experiment
 

@@ -8,14 +8,14 @@ import subprocess
 import pytest
 
 from model import metrics as M
-from search.asha_state import replay, rungs
+from search.tune.asha_state import replay, rungs
 from search.cli import main
-from search.async_checkpoint import ENDED_FILE, STATE_DIR
-from search.faults import PRUNE_ENV as FAULT_ENV, RETAIN_ENV
-from search.checkpoint_retention import METRICS_FILE
-from search.ray_internals import ray_result_keys
-from search.results import _states, load_trials
-from search.state_backup import BACKUP_DIR, is_state_file
+from search.trial.async_checkpoint import ENDED_FILE, STATE_DIR
+from search.experiment.faults import PRUNE_ENV as FAULT_ENV, RETAIN_ENV
+from search.trial.checkpoint_retention import METRICS_FILE
+from search.experiment.ray_internals import ray_result_keys
+from search.selection.results import _states, load_trials
+from search.experiment.state_backup import BACKUP_DIR, is_state_file
 from searchproc import kill_group, raw_results, result_rows, start, wait_rows, write_space
 
 pytestmark = pytest.mark.slow
@@ -142,9 +142,9 @@ def test_driver_killed_after_a_trial_finished_resumes_without_retraining(tmp_pat
 def test_asha_rungs_rebuilt_give_the_same_decisions(tmp_path, demo_cfg, ray_local):
     """Replaying a finished search's results into a fresh ASHA reproduces every stop/continue decision, and
     `mmsa resume` installs those rungs into the restored scheduler."""
-    from search.space import parse_spec
-    from search.algorithms import make_scheduler
-    from search.tuner import run_search
+    from search.settings.space import parse_spec
+    from search.tune.algorithms import make_scheduler
+    from search.tune.tuner import run_search
 
     spec = parse_spec({"space": SPACE, "fixed": _fixed(demo_cfg, epochs=4),
                        "search": {"grace_period": 1, "reduction_factor": 2}}, "asha test")

@@ -15,8 +15,8 @@ ROOT = Path(__file__).resolve().parents[1]
 @pytest.mark.slow
 def test_report_on_a_real_search(demo_cfg, tmp_path, ray_local, capsys):
     from model.run import ablate_run
-    from search.space import parse_spec
-    from search.tuner import run_search
+    from search.settings.space import parse_spec
+    from search.tune.tuner import run_search
 
     spec = parse_spec({"space": {"train.lr": {"loguniform": [1e-4, 1e-2]}, "train.batch_size": {"choice": [16, 32]}},
                        "fixed": demo_cfg.with_overrides({"epochs": 3}).to_dict(), "search": {"grace_period": 1}}, "t")

@@ -7,9 +7,9 @@ import pytest
 import yaml
 
 from data_pipeline.errors import UserError
-from search.ray_cluster import capacity, check_fits
-from search.space import parse_spec
-from search.tuner import run_search
+from search.tune.ray_cluster import capacity, check_fits
+from search.settings.space import parse_spec
+from search.tune.tuner import run_search
 
 # Hostile or impossible per-trial requests (search: section keys) and the flag the refusal must name.
 IMPOSSIBLE = [({"cpus_per_trial": 1000.0}, "--cpus-per-trial", "1000 CPUs"),
@@ -71,7 +71,7 @@ def test_search_refused_before_anything_is_written(ray_local, demo_cfg, tmp_path
 @pytest.mark.slow
 def test_resume_on_a_smaller_machine_refused(ray_local, demo_cfg, tmp_path):
     """A search started where a trial fitted, resumed where it cannot: resume refuses instead of waiting."""
-    from search.tuner import resume_search
+    from search.tune.tuner import resume_search
 
     run_search(_spec(demo_cfg), 1, "small", str(tmp_path), verbose=0, log=lambda *a: None)
     exp = tmp_path / "small"

@@ -2,10 +2,10 @@
 import pytest
 
 from data_pipeline.errors import UserError
-from search.results import load_trials
-from search.space import parse_spec
-from search.schema import DEVICE, GPU_IDS, NODE_ID, REPORTED_AT
-from search.tuner import run_search
+from search.selection.results import load_trials
+from search.settings.space import parse_spec
+from search.settings.schema import DEVICE, GPU_IDS, NODE_ID, REPORTED_AT
+from search.tune.tuner import run_search
 
 pytestmark = pytest.mark.slow
 
@@ -79,7 +79,7 @@ def test_fractional_gpus_pack_two_trials_per_gpu(two_node_cluster, demo_cfg, tmp
 
 def test_every_node_runs_the_drivers_versions(two_node_cluster):
     """`mmsa search --address` compares each node's versions with the driver's (a zero-CPU task per node)."""
-    from search.ray_cluster import check_cluster_versions, local_versions, node_versions, version_mismatches
+    from search.tune.ray_cluster import check_cluster_versions, local_versions, node_versions, version_mismatches
 
     nodes = node_versions()
     assert len(nodes) == 2 and all(v == local_versions() for v in nodes.values())
@@ -93,7 +93,7 @@ def test_every_node_runs_the_drivers_versions(two_node_cluster):
                                           ({"gpus_per_trial": 2.0}, "--gpus-per-trial")])
 def test_a_trial_must_fit_on_one_node_not_on_the_sum(two_node_cluster, demo_cfg, search, flag):
     """Two nodes of 2 CPUs and 1 GPU: 4 CPUs and 2 GPUs in all, but a trial of 3 CPUs or 2 GPUs fits on neither."""
-    from search.ray_cluster import capacity
+    from search.tune.ray_cluster import capacity
 
     spec = _spec(demo_cfg)
     for k, v in search.items():

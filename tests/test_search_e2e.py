@@ -8,9 +8,9 @@ import pytest
 
 from model import metrics as M
 from search.cli import main
-from search.demo import run_demo
-from search.checkpoint_retention import METRICS_FILE
-from search.results import load_trials
+from search.commands.demo import run_demo
+from search.trial.checkpoint_retention import METRICS_FILE
+from search.selection.results import load_trials
 
 pytestmark = pytest.mark.slow
 
@@ -143,8 +143,8 @@ def test_not_a_search_directory(tmp_path, capsys):
 
 def test_uri_storage_search_status_export_resume(demo_cfg, tmp_path, ray_local, capsys, monkeypatch):
     """Object-store style storage (file:// here; s3:// and gs:// go through the same pyarrow filesystem code)."""
-    from search.space import parse_spec
-    from search.tuner import run_search
+    from search.settings.space import parse_spec
+    from search.tune.tuner import run_search
 
     spec = parse_spec({"space": {"train.lr": {"loguniform": [1e-4, 1e-2]}},
                        "fixed": demo_cfg.with_overrides({"epochs": 2}).to_dict()}, "uri test")

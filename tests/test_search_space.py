@@ -4,10 +4,10 @@ import yaml
 
 from data_pipeline.errors import UserError
 from model import metrics as M
-from search.space import load_spec, parse_spec
-from search.trainable import FINISHED
-from search.ray_internals import completed_trials
-from search.truthful_optuna import optuna_state
+from search.settings.space import load_spec, parse_spec
+from search.trial.trainable import FINISHED
+from search.experiment.ray_internals import completed_trials
+from search.tune.truthful_optuna import optuna_state
 
 
 def test_default_space_is_the_labs():
@@ -123,9 +123,9 @@ def test_export_never_overwrites_without_the_flag(tmp_path, capsys):
 
 def test_a_trial_an_rdb_study_already_holds_is_not_told_again(tmp_path, caplog):
     """`--optuna-storage`: the study in the database outlives a crash that the pickled searcher does not. A finished
-    trial restored by `mmsa resume` (search/ended_trial.py) completes again; Optuna already has it: no second tell,
+    trial restored by `mmsa resume` (search/trial/ended_trial.py) completes again; Optuna already has it: no second tell,
     no "refused" warning, its state unchanged."""
-    from search.truthful_optuna import TruthfulOptunaSearch
+    from search.tune.truthful_optuna import TruthfulOptunaSearch
 
     db = f"sqlite:///{tmp_path / 'o.db'}"
     searcher = TruthfulOptunaSearch(space={"x": optuna.distributions.FloatDistribution(0.0, 1.0)}, metric=M.SEARCH_METRIC,

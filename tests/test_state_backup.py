@@ -1,4 +1,4 @@
-"""Whole copies of Ray's state files and their repair (search/state_backup.py), on real files."""
+"""Whole copies of Ray's state files and their repair (search/experiment/state_backup.py), on real files."""
 import json
 import pickle
 
@@ -6,9 +6,9 @@ import pyarrow.fs as pafs
 import pytest
 
 from data_pipeline.errors import UserError
-from search.state_backup import BACKUP_DIR, backup, damaged, intact, repair
-from search.experiment import check_state
-from search.state_trust import SIGNATURES
+from search.experiment.state_backup import BACKUP_DIR, backup, damaged, intact, repair
+from search.experiment.layout import check_state
+from search.experiment.state_trust import SIGNATURES
 
 STATE = json.dumps({"trial_data": [], "runner_data": {"x": 1}}).encode()
 PKL = pickle.dumps({"searcher": {"n": 3, "name": "optuna"}, "list": list(range(100))})
@@ -58,8 +58,8 @@ EVIL = b"cos\nsystem\n(S'touch PWNED'\ntR."  # a pickle that runs a shell comman
 
 def test_foreign_state_files_are_put_back_or_refused_never_loaded(tmp_path, monkeypatch):
     """A state file this user's search did not write (no matching HMAC) is replaced by the signed backup copy, or
-    the resume is refused; it is never unpickled (search/state_trust.py)."""
-    from search.state_backup import verify
+    the resume is refused; it is never unpickled (search/experiment/state_trust.py)."""
+    from search.experiment.state_backup import verify
 
     monkeypatch.chdir(tmp_path)
     fs, exp = pafs.LocalFileSystem(), str(tmp_path)
@@ -96,8 +96,8 @@ def test_result_rows_of_any_shape_are_skipped_not_a_traceback(tmp_path):
 
     import pyarrow.fs as pafs
 
-    from search.ended_trial import _logged_rows
-    from search.trial_backup import NUMBERS, RESULTS, TRIAL_BACKUPS, by_epoch, parse_rows
+    from search.trial.ended_trial import _logged_rows
+    from search.experiment.trial_backup import NUMBERS, RESULTS, TRIAL_BACKUPS, by_epoch, parse_rows
 
     def row(epoch, **kw):
         return json.dumps({"epoch": epoch, **{k: 0.5 for k in NUMBERS}, **kw}).encode() + b"\n"

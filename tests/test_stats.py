@@ -1,8 +1,8 @@
-"""search/stats.py: intervals and paired ties from per-row validation predictions; the trainable's predictions."""
+"""search/selection/stats.py: intervals and paired ties from per-row validation predictions; the trainable's predictions."""
 import numpy as np
 import pytest
 
-from search.stats import compare, correct_rows, decode_classes, encode_classes
+from search.selection.stats import compare, correct_rows, decode_classes, encode_classes
 
 
 def test_encode_decode_roundtrip():
@@ -65,8 +65,8 @@ def test_other_rows_are_not_compared():
 
 def test_val_predictions_only_on_best_epochs():
     from model import metrics as M
-    from search.schema import VAL_LABEL, VAL_PRED
-    from search.stats import val_predictions
+    from search.settings.schema import VAL_LABEL, VAL_PRED
+    from search.selection.stats import val_predictions
 
     pred = np.array([0, 1, 2], dtype=np.int8)
     e1 = {M.VAL_LOSS: 0.5, M.VAL_ACC: 0.5, M.VAL_F1: 0.5}

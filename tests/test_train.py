@@ -82,7 +82,7 @@ def test_resume_gives_the_same_metrics(demo_cfg, split, tmp_path):
 
 def test_gradient_accumulation_matches_one_big_batch(tmp_path, demo_dir):
     from model.pretrained import make_tiny_pretrained
-    from search.demo import demo_config
+    from search.commands.demo import demo_config
 
     # No dropout anywhere, so a micro-batched step and a whole-batch step do the same arithmetic.
     # (BatchNorm layers in the ResNet see smaller batches, so the image branch is not exactly equivalent.)
@@ -219,9 +219,9 @@ def test_trainer_checkpointer_statistics_and_results_agree_on_the_best_epoch(dem
     search trial's best-weights folder, the epochs that keep validation predictions and the best row that status and
     export read. The epochs' passes are replaced by crafted numbers (a tie and a NaN validation loss with a finite
     training loss cannot be produced on demand); the bookkeeping under test is the real code."""
-    from search.async_checkpoint import AsyncCheckpointer, BEST_PREFIX
-    from search.results import TrialSummary
-    from search.stats import val_predictions
+    from search.trial.async_checkpoint import AsyncCheckpointer, BEST_PREFIX
+    from search.selection.results import TrialSummary
+    from search.selection.stats import val_predictions
 
     t = Trainer(_cfg(demo_cfg, epochs=len(losses), patience=0), split)
     ck = AsyncCheckpointer(t, tmp_path, every=1000)

@@ -37,8 +37,8 @@ CODE_MARKER = "code-ran.marker"  # a forged pickle creates this beside the exper
 @pytest.fixture(scope="module")
 def base(tmp_path_factory, demo_cfg, ray_local):
     """A real finished search: 2 trials of 2 epochs on the demo data with tiny models."""
-    from search.space import parse_spec
-    from search.tuner import run_search
+    from search.settings.space import parse_spec
+    from search.tune.tuner import run_search
 
     root = tmp_path_factory.mktemp("untrusted")
     spec = parse_spec({"space": {"train.lr": {"loguniform": [1e-4, 1e-2]}},
@@ -395,7 +395,7 @@ def test_train_on_a_full_disk(demo_cfg, tmp_path, capsys, leave_kib):
 
 def test_storage_write_probe_is_not_written_through_a_link(tmp_path):
     """`mmsa search` probes --storage with a small file; a shared storage folder may hold a link under its name."""
-    from search.storage import check_local_storage
+    from search.experiment.storage import check_local_storage
 
     (tmp_path / "secret.txt").write_text(SECRET)
     (tmp_path / "rr").mkdir()

@@ -22,15 +22,16 @@ import yaml
 
 from data_pipeline.errors import UserError
 from model.config import Config
-from search import confirm, lock as L, state_trust as T
-from search.async_checkpoint import ENDED_FILE, POINTER_FILE, ended_verdict, read_pointer
-from search.checkpoint_retention import METRICS_FILE, PIN_FILE
+from search.commands import confirm
+from search.experiment import lock as L, state_trust as T
+from search.trial.async_checkpoint import ENDED_FILE, POINTER_FILE, ended_verdict, read_pointer
+from search.trial.checkpoint_retention import METRICS_FILE, PIN_FILE
 from search.cli import main
-from search.confirm_files import EVIDENCE, checked_evidence
-from search.results import load_trials
-from search.state_backup import BACKUP_DIR
-from search.state_trust import SIGNATURES
-from search.trial_backup import TRIAL_BACKUPS
+from search.selection.confirm_files import EVIDENCE, checked_evidence
+from search.selection.results import load_trials
+from search.experiment.state_backup import BACKUP_DIR
+from search.experiment.state_trust import SIGNATURES
+from search.experiment.trial_backup import TRIAL_BACKUPS
 from tests.test_confirm import fake_confirmation
 from tests.test_intervals import fake_experiment, rows_with, write_trial
 
@@ -471,7 +472,7 @@ def test_damaged_verdict_pointer_and_signatures_read_as_nothing(tmp_path):
     with pytest.raises(UserError, match=f"{POINTER_FILE} is damaged"):
         read_pointer(exp / "trial_a" / "checkpoint_000001")
     plant_damaged_signatures(exp)
-    from search import storage
+    from search.experiment import storage
 
     fs, path = storage.filesystem(str(exp))
     sigs = T.read_signatures(fs, f"{path}/{BACKUP_DIR}")
@@ -552,7 +553,7 @@ def test_lease_text_cannot_add_lines_to_an_error(tmp_path, capsys):
 def test_trial_files_of_the_wrong_shape_or_size_are_skipped(tmp_path, capsys):
     """A trial id that is a list, a params section that is a list, a result file far over any real size: status,
     report and export read them as damaged (before: TypeError/AttributeError tracebacks, gigabytes of memory)."""
-    from search.trial_backup import MAX_TRIAL_FILE, parse_params, parse_rows
+    from search.experiment.trial_backup import MAX_TRIAL_FILE, parse_params, parse_rows
 
     exp = fake_experiment(tmp_path)
     t = _first_trial(exp)

@@ -14,7 +14,7 @@ from model import backbones
 from model import metrics as M
 from model.run import load_train_val
 from model.train import Trainer
-from search.schema import WORKER_PID, WORKER_TRIAL
+from search.settings.schema import WORKER_PID, WORKER_TRIAL
 
 
 @pytest.fixture(scope="module")
@@ -102,9 +102,9 @@ def test_cuda_memory_returns_to_its_baseline_after_each_trial(demo_cfg, split):
 def test_search_trials_reuse_one_worker_and_match_a_fresh_process(demo_cfg, ray_local, tmp_path):
     """Two trials of the same configuration one after the other: the second runs in the first one's process and
     reports exactly its metrics; an ASHA-stopped trial's process runs the next trial without an error."""
-    from search.results import load_trials
-    from search.space import parse_spec
-    from search.tuner import run_search
+    from search.selection.results import load_trials
+    from search.settings.space import parse_spec
+    from search.tune.tuner import run_search
 
     fixed = demo_cfg.with_overrides({"epochs": 2, "patience": 0}).to_dict()
     spec = parse_spec({"space": {"train.lr": {"choice": [fixed["train"]["lr"]]}}, "fixed": fixed,

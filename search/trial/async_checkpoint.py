@@ -1,0 +1,300 @@
+"""Trial checkpoints written while the next epoch trains (search.checkpoint_mode: async, the default).
+
+At the lab's real size a checkpoint (weights + AdamW moments) is 1.5 GiB; written and then copied by Ray inside
+`tune.report` it blocked the GPU for seconds every epoch. Here:
+
+- The trial's full training state of epoch k goes to its own folder on storage, TRIAL/mmsa_state/epoch_0000kk/,
+  written by a background thread. The parameters and optimizer moments are cloned by the writer thread while the first
+  forward/backward pass of epoch k+1 runs, and that epoch's first optimizer step waits for the clone
+  (Trainer.before_step), so nothing changed them since epoch k ended (buffers such as BatchNorm statistics, which a
+  forward pass updates, are copied when the epoch ends). A folder is complete or absent (written beside, then renamed).
+- Ray's checkpoint, reported with every result, is a few bytes: POINTER_FILE names the newest *complete* state
+  folder (none before the first: the fresh start) and the epoch whose result it was reported with (normally state
+  k with the result of epoch k+1). Ray's saved experiment state therefore never names a state that is not whole,
+  whenever the trial is killed. Resuming loads exactly that state (epoch k) and trains epoch k+1 again without
+  reporting it (Ray has its result already; each epoch's randomness is a function of (seed, epoch), so the replay
+  is the same epoch), then goes on reporting from k+2.
+- The best epoch's weights (no optimizer state) go to TRIAL/mmsa_best_epoch_0000kk/ with config.yaml, a folder that
+  `mmsa predict --model` reads; an older best folder is deleted once a better one is complete, unless `mmsa export`
+  pinned it. No host copy of the best weights is kept in memory.
+- When a trial ends, the driver (search/tune/callbacks.py TrialRetention) deletes its mmsa_state/ and keeps best folders
+  only for the `search.keep_best_trials` best finished trials.
+
+`search.checkpoint_every` N writes the state every N epochs (a retried or resumed trial then repeats up to N
+epochs); best weights are written whenever an epoch improves.
+"""
+from __future__ import annotations
+
+import concurrent.futures
+import copy
+import json
+import os
+import shutil
+import threading
+import time
+from pathlib import Path
+
+import torch
+
+from data_pipeline.errors import UserError
+from model import run_files as ckpt
+from model.config import save_config
+
+from search.experiment import faults, ray_internals
+from search.trial.checkpoint_retention import PIN_FILE, write_checkpoint_metrics
+from search.settings.schema import M
+from search.experiment.storage import parse_json
+
+STATE_DIR = "mmsa_state"
+BEST_PREFIX = "mmsa_best_epoch_"
+POINTER_FILE = "mmsa_state.json"
+ENDED_FILE = "mmsa_ended.json"  # the driver's verdict on a finished trial (mark_ended)
+# The key of Trainer.training_state() whose tensors (AdamW's moments) change only in an optimizer step: cloned by the
+# writer thread while the next epoch's first forward/backward runs. Every other key is copied when the epoch ends.
+CLONED_AT_STEP = "optimizer"
+
+# Extra keys of each reported row (bench/search_overhead.py reads them): measured in the trial process.
+OVERHEAD_S = "overhead_prev_s"  # seconds the trainable blocked training after the previous epoch's passes
+BYTES_PREV = "bytes_written_prev"  # bytes the previous epoch's checkpointing wrote to storage
+PASS_S = "pass_s"  # seconds of this epoch's training + validation passes
+FIRST_BATCH_S = "first_batch_s"  # trial start to the moment its first batch starts (search/trial/worker.py: from the
+# process's start for a process's first trial, from the trainable's call on a warm worker)
+
+
+def state_name(epoch: int) -> str:
+    return f"{STATE_DIR}/epoch_{epoch:06d}"
+
+
+def best_name(epoch: int) -> str:
+    return f"{BEST_PREFIX}{epoch:06d}"
+
+
+def read_pointer(ck_dir: Path) -> dict | None:
+    from data_pipeline.safe_files import read_bytes
+
+    data = read_bytes(Path(ck_dir) / POINTER_FILE)  # never through a link planted in the checkpoint
+    if data is None:
+        return None  # a checkpoint of checkpoint_mode sync (or of an older search): the whole state is in it
+    d = parse_json(data)
+    try:
+        return {"state": None if d["state"] is None else str(d["state"]), "reported_epoch": int(d["reported_epoch"])}
+    except (KeyError, TypeError, ValueError, OverflowError):
+        raise UserError(f"{Path(ck_dir) / POINTER_FILE} is damaged (not what mmsa writes): the trial cannot tell "
+                        "which training state this checkpoint is; it is not resumed from it") from None
+
+
+def _clone(obj):
+    if isinstance(obj, torch.Tensor):
+        return obj.detach().to("cpu", copy=True)
+    if isinstance(obj, dict):
+        return {k: _clone(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return type(obj)(_clone(v) for v in obj)
+    return obj
+
+
+def _dir_bytes(path: Path) -> int:
+    return sum(f.stat().st_size for f in Path(path).rglob("*") if f.is_file())
+
+
+def delete_unpinned(path: Path) -> None:
+    if path.is_dir() and not (path / PIN_FILE).exists():
+        shutil.rmtree(path, ignore_errors=True)
+
+
+def apply_retention(trial_dir: Path, keep_best: bool, half_written: bool = False) -> None:
+    """What a finished trial keeps: no training state; its best weights only if `keep_best` (or pinned).
+    half_written: also remove half-written best folders, which a worker that exited while writing leaves; only when
+    no worker can still be writing one (Tuner.fit has returned)."""
+    shutil.rmtree(Path(trial_dir) / STATE_DIR, ignore_errors=True)
+    if half_written:
+        for tmp in [*Path(trial_dir).glob(f".{BEST_PREFIX}*.tmp*"), *Path(trial_dir).glob(f".{BEST_PREFIX}*.old")]:
+            shutil.rmtree(tmp, ignore_errors=True)
+    if not keep_best:
+        for best in Path(trial_dir).glob(f"{BEST_PREFIX}*"):
+            delete_unpinned(best)
+
+
+def mark_ended(trial_dir: Path, keep_best: bool) -> None:
+    """The driver's verdict on a finished trial, written BEFORE it deletes: a background write of that trial that
+    completes after the deletion (a warm worker finishes the stopped trial's writes when it is reused) sees the
+    verdict and applies it itself, so nothing is left behind whichever side comes last."""
+    from data_pipeline.atomic import write_file
+
+    write_file(Path(trial_dir) / ENDED_FILE, json.dumps({"keep_best": keep_best}).encode())
+
+
+def ended_verdict(trial_dir: Path) -> bool | None:
+    """keep_best of the driver's verdict, or None while the trial has not been judged finished."""
+    try:
+        from data_pipeline.safe_files import open_read
+
+        return bool(parse_json(open_read(Path(trial_dir) / ENDED_FILE))["keep_best"])
+    except (OSError, KeyError, TypeError):
+        return None
+
+
+class AsyncCheckpointer:
+    """Owns the trial folder's mmsa_state/ and mmsa_best_epoch_*/ (local storage)."""
+
+    def __init__(self, trainer, trial_dir: str | Path, every: int = 1):
+        self.trainer = trainer
+        self.trial_dir = Path(trial_dir)
+        self.every = every
+        self.pool = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="mmsa-ckpt")  # joined at exit
+        self.pending: list[tuple[int, concurrent.futures.Future]] = []  # state writes not yet reported
+        self.complete: int | None = None  # newest complete state epoch not yet reported
+        self.reported: list[int] = []  # state epochs named by reported pointers, oldest first
+        self._cloned: threading.Event | None = None  # set once the snapshot of the last epoch is taken
+        self.best_pending: list[tuple[int, concurrent.futures.Future]] = []
+        self.gate_s = 0.0
+        self.bytes_written = 0
+        self.val_loss: dict[int, float] = {}
+        trainer.before_step = self._before_step
+        trainer.keep_best_state = False
+        # A trial that ASHA stops ends its process right after a report: the best weights being written then are
+        # finished first.
+        ray_internals.run_at_worker_exit(self.pool.shutdown, wait=True)
+
+    # ---- the training thread --------------------------------------------------------------------------------
+    def after_epoch(self, row: dict, final: bool = False) -> None:
+        """Right after epoch `row[epoch]` ended: start writing what this epoch must leave on storage. `final`: the
+        trial ends with this epoch (all epochs, or early stop), so no state to continue from is written."""
+        e = int(row[M.EPOCH])
+        self.val_loss[e] = float(row[M.VAL_LOSS])
+        loss = float(row[M.VAL_LOSS])
+        # the trainer's own rule (model/metrics.best_index): the first epoch of the lowest finite loss
+        best = M.DEFAULT_OBJECTIVE.is_best([h for h in self.trainer.history if h[M.EPOCH] < e] + [row])
+        state_epoch = e % self.every == 0 and not final
+        if not (best or state_epoch):
+            return
+        t = self.trainer
+        live = t.model.state_dict()
+        # Buffers (BatchNorm statistics) change in the next forward pass: copied now (kilobytes). Parameters and
+        # optimizer moments change only in the next optimizer step: cloned by the writer thread while the next
+        # epoch's first forward/backward runs, and that step waits for the clone (Trainer.before_step).
+        buffer_names = {n for n, _ in t.model.named_buffers()}
+        buffers = {k: _clone(v) for k, v in live.items() if k in buffer_names}
+        small = opt_state = None
+        if state_epoch:  # what a sync checkpoint holds (Trainer.training_state), so a key added there is here too
+            small = t.training_state()
+            opt_state = small.pop(CLONED_AT_STEP)  # references to the live moments
+            small = copy.deepcopy(small)  # the rest (scheduler, history, ...) may change before the next step
+        cloned = threading.Event()
+        self._cloned = cloned
+
+        def job():
+            try:
+                try:
+                    weights = {k: buffers[k] if k in buffers else _clone(v) for k, v in live.items()}
+                    state = {**small, CLONED_AT_STEP: _clone(opt_state)} if state_epoch else None
+                finally:
+                    cloned.set()
+                if best:
+                    self._write_best(e, weights, loss)
+                if state_epoch:
+                    self._write_state(e, weights, state)
+            finally:  # written after the driver judged the trial finished: apply its verdict (mark_ended)
+                keep_best = ended_verdict(self.trial_dir)
+                if keep_best is not None:
+                    apply_retention(self.trial_dir, keep_best)
+
+        fut = self.pool.submit(job)
+        if state_epoch:
+            self.pending.append((e, fut))
+        else:
+            self.best_pending.append((e, fut))
+
+    def _before_step(self) -> None:
+        if self._cloned is not None:
+            start = time.perf_counter()
+            self._cloned.wait()
+            self._cloned = None
+            self.gate_s += time.perf_counter() - start
+
+    def pointer(self, reported_epoch: int, tmp: Path) -> Path:
+        """Wait for the state writes started so far (normally done: they had an epoch), then a checkpoint folder to
+        report with the result of `reported_epoch`: it names the newest complete state (none yet: the fresh start,
+        replayable from the seed) and that epoch, so a resumed trial replays the epochs in between silently."""
+        for e, fut in self.best_pending + self.pending:
+            if e < reported_epoch:  # not this epoch's own writes: they run during the next epoch
+                fut.result()  # a failed write raises here: the trial fails and Ray retries it from the last pointer
+        self.best_pending = [(e, f) for e, f in self.best_pending if e >= reported_epoch]
+        for e, _ in self.pending:
+            if e < reported_epoch:
+                self.complete = e
+        self.pending = [(e, f) for e, f in self.pending if e >= reported_epoch]
+        d = tmp / "checkpoint"
+        d.mkdir(parents=True, exist_ok=True)
+        state = state_name(self.complete) if self.complete is not None else None
+        from data_pipeline.atomic import write_file
+
+        write_file(d / POINTER_FILE, json.dumps({"state": state, "reported_epoch": reported_epoch}).encode())
+        # the pruner (search/tune/callbacks.py) keeps the two newest pointers, by the epoch they were reported with
+        write_checkpoint_metrics(d, reported_epoch, self.val_loss.get(reported_epoch, float("nan")))
+        self.reported.append(self.complete)
+        return d
+
+    def after_report(self) -> None:
+        """States older than those the two newest reported pointers name are named by no saved experiment state."""
+        keep = set(self.reported[-2:])
+        for old in set(self.reported[:-2]) - keep:
+            if old is not None:
+                self.pool.submit(delete_unpinned, self.trial_dir / state_name(old))
+        self.reported = self.reported[-2:]
+
+    def finish_best(self) -> None:
+        """Before the report of a trial's last epoch: its best weights written in full. Ray may end the worker soon
+        after that report (a search's last trials), which would cut a background write short."""
+        for _, fut in self.best_pending + self.pending:
+            fut.result()
+
+    def close(self, wait: bool = True) -> None:
+        """The trial ends: no state of the last epoch is needed (a finished trial is not continued), but the best
+        weights being written in the background are finished: now (wait), or before the process exits."""
+        self.pool.shutdown(wait=wait)
+        if wait:  # a warm worker runs the next trial: no exit handler per finished trial piles up
+            ray_internals.cancel_at_worker_exit(self.pool.shutdown)
+
+    # ---- the writer thread ----------------------------------------------------------------------------------
+    def _write_best(self, epoch: int, weights: dict, val_loss: float) -> None:
+        def write(tmp: Path):
+            ckpt.save_weights(weights, tmp / ckpt.WEIGHTS)
+            save_config(self.trainer.cfg, tmp / ckpt.CONFIG)
+            write_checkpoint_metrics(tmp, epoch, val_loss)
+
+        dest = ckpt.replace_dir(self.trial_dir / best_name(epoch), write)
+        self.bytes_written += _dir_bytes(dest)
+        for old in self.trial_dir.glob(f"{BEST_PREFIX}*"):
+            if old.name != dest.name:
+                delete_unpinned(old)
+
+    def _write_state(self, epoch: int, weights: dict, state: dict) -> None:
+        best = self.trial_dir / best_name(epoch) / ckpt.WEIGHTS
+
+        def write(tmp: Path):
+            try:  # the same bytes as the best folder's weights: a hard link costs no write
+                os.link(best, tmp / ckpt.WEIGHTS)
+            except OSError:
+                ckpt.save_weights(weights, tmp / ckpt.WEIGHTS)
+                self.bytes_written += (tmp / ckpt.WEIGHTS).stat().st_size
+            faults.during_state_write(self.trial_dir.name, epoch)
+            torch.save(state, tmp / ckpt.STATE)
+            save_config(self.trainer.cfg, tmp / ckpt.CONFIG)
+            write_checkpoint_metrics(tmp, epoch, self.val_loss.get(epoch, float("nan")))
+            self.bytes_written += sum(f.stat().st_size for f in tmp.iterdir() if f.name != ckpt.WEIGHTS)
+
+        ckpt.replace_dir(self.trial_dir / state_name(epoch), write)
+
+
+def retain_finished(trials: list[tuple[str, float]], keep_best_trials: int, half_written: bool = False) -> None:
+    """trials: (trial folder, best val_loss) of finished trials. Their training state goes; best weights stay for
+    the `keep_best_trials` lowest losses (NaN last) and where pinned (half_written: see apply_retention)."""
+    from search.selection.results import rank_key
+
+    ranked = sorted(trials, key=lambda t: rank_key(M.DEFAULT_OBJECTIVE, t[1], Path(t[0]).name))  # THE trial order
+    for i, (path, _) in enumerate(ranked):
+        keep = i < keep_best_trials
+        if ended_verdict(Path(path)) != keep:
+            mark_ended(Path(path), keep)
+        apply_retention(Path(path), keep, half_written)

@@ -1,0 +1,113 @@
+"""How a trial's checkpoints are written, a strategy given to the one trainable (search/trial/trainable.py):
+
+- SyncCheckpoints (search.checkpoint_mode: sync, and any storage at a URI): the whole training state is written into
+  the checkpoint reported with each epoch's result, and Ray copies it to storage inside `tune.report`.
+- BackgroundCheckpoints (async, the default, on local storage): the state is written into the trial's folder while
+  the next epoch trains, and the reported checkpoint is a pointer to it (search/trial/async_checkpoint.py).
+
+Both write what Trainer.training_state() returns, so a key added there is in every checkpoint."""
+from __future__ import annotations
+
+from pathlib import Path
+
+from search.trial.async_checkpoint import AsyncCheckpointer, read_pointer
+from search.trial.checkpoint_retention import write_checkpoint_metrics
+from search.settings.schema import M
+
+
+class SyncCheckpoints:
+    """The whole state inside each reported checkpoint (the behaviour before search.checkpoint_mode)."""
+
+    gate_s = 0.0  # never blocks training between the epoch's passes
+
+    def __init__(self):
+        self.trainer = None
+        self.bytes_written = 0
+        self._last: Path | None = None
+
+    def attach(self, trainer) -> None:
+        self.trainer = trainer
+
+    def resume(self, ck_dir: Path) -> int:
+        """Load the reported checkpoint; the number of epochs to train again without reporting (none here)."""
+        self.trainer.load_checkpoint(ck_dir)
+        return 0
+
+    def after_epoch(self, row: dict, final: bool) -> None:
+        pass  # everything is written at the report
+
+    def checkpoint(self, row: dict, tmp: Path) -> Path:
+        ck = self.trainer.save_checkpoint(tmp / "checkpoint", include_best=False)
+        write_checkpoint_metrics(ck, self.trainer.epoch, row[M.VAL_LOSS])
+        self._last = ck
+        return ck
+
+    def after_report(self) -> None:
+        """Inside the report's temporary folder: what this epoch's checkpoint weighed (the next row's BYTES_PREV)."""
+        self.bytes_written += sum(f.stat().st_size for f in self._last.iterdir())
+
+    def close(self, wait: bool = True) -> None:
+        pass
+
+
+class BackgroundCheckpoints:
+    """The state written in the background into the trial's folder; a pointer reported (search/trial/async_checkpoint.py)."""
+
+    def __init__(self, trial_path: str, every: int):
+        self.trial_path = Path(trial_path)
+        self.every = every
+        self.trainer = None
+        self.ck: AsyncCheckpointer | None = None
+
+    def attach(self, trainer) -> None:
+        self.trainer = trainer
+        self.ck = AsyncCheckpointer(trainer, self.trial_path, self.every)
+
+    @property
+    def gate_s(self) -> float:
+        return self.ck.gate_s
+
+    @property
+    def bytes_written(self) -> int:
+        return self.ck.bytes_written
+
+    def resume(self, ck_dir: Path) -> int:
+        pointer = read_pointer(ck_dir)
+        if pointer is None:  # a whole checkpoint of sync mode (or of a search before async mode)
+            self.trainer.load_checkpoint(ck_dir)
+            return 0
+        if pointer["state"] is not None:  # else: from the start, which the seed makes the same
+            self.trainer.load_checkpoint(self.trial_path / pointer["state"])
+        return pointer["reported_epoch"]  # Ray has these epochs' results: train them again silently
+
+    def after_epoch(self, row: dict, final: bool) -> None:
+        self.ck.after_epoch(row, final=final)
+        if final:  # the trial's last report: its best weights must be whole before Ray may end the worker
+            self.ck.finish_best()
+
+    def checkpoint(self, row: dict, tmp: Path) -> Path:
+        return self.ck.pointer(self.trainer.epoch, tmp)
+
+    def after_report(self) -> None:
+        self.ck.after_report()
+
+    def close(self, wait: bool = True) -> None:
+        # A stopped trial's last best weights finish writing in the background while the next trial starts (the
+        # driver's verdict is applied by the write itself, and the process waits for it before it exits).
+        if self.ck is not None:
+            self.ck.close(wait=wait)
+
+
+def for_trial(checkpointing: dict | None) -> SyncCheckpoints | BackgroundCheckpoints:
+    """The strategy for this trial: search.checkpoint_mode (tuner.py), background only where the trial's storage is
+    a local filesystem (at a URI, Ray uploads the whole checkpoint)."""
+    import pyarrow.fs as pafs
+
+    from search.experiment import ray_internals
+
+    mode = checkpointing or {"checkpoint_mode": "sync"}  # sync: the behaviour before search.checkpoint_mode
+    if mode["checkpoint_mode"] == "async":
+        fs, trial_path = ray_internals.trial_storage()
+        if isinstance(fs, pafs.LocalFileSystem):
+            return BackgroundCheckpoints(trial_path, int(mode.get("checkpoint_every", 1)))
+    return SyncCheckpoints()
