@@ -28,8 +28,9 @@ def plot_curves(history: list[dict], path: Path, title: str = "") -> None:
     fig, (a, b) = plt.subplots(1, 2, figsize=(10, 4))
     a.plot(ep, [h[M.TRAIN_LOSS] for h in history], "o-", label="train loss")
     a.plot(ep, [h[M.VAL_LOSS] for h in history], "s-", label="val loss")
-    best = min(history, key=lambda h: h[M.VAL_LOSS])
-    a.axvline(best[M.EPOCH], color="gray", ls=":", label=f"best epoch {best[M.EPOCH]}")
+    i = M.best_index([h[M.VAL_LOSS] for h in history], "min")  # the rule train's best_epoch follows
+    if i is not None:
+        a.axvline(ep[i], color="gray", ls=":", label=f"best epoch {ep[i]}")
     a.set(xlabel="epoch", ylabel="cross-entropy loss", title="loss")
     a.legend()
     b.plot(ep, [h[M.VAL_ACC] for h in history], "o-", color="tab:green", label="val accuracy")

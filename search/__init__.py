@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import importlib
 import importlib.abc
+import importlib.machinery
 import importlib.util
 import sys
 
@@ -55,15 +56,27 @@ OLD_PATHS = {  # search.<old flat module> -> where it lives now
 
 class _OldPaths(importlib.abc.MetaPathFinder, importlib.abc.Loader):
     def find_spec(self, name, path=None, target=None):
-        return importlib.util.spec_from_loader(name, self) if name in OLD_PATHS else None
+        if name in OLD_PATHS:
+            return importlib.util.spec_from_loader(name, self)
+        parts = name.split(".")
+        if parts[0] != "search" or len(parts) < 2:
+            return None
+        # Only this checkout's search/: an editable install of another clone (the shared environment is linked to
+        # whichever clone installed last) would otherwise serve a module this one lacks, mixing two versions.
+        spec = importlib.machinery.PathFinder.find_spec(name, path if len(parts) > 2 else sys.modules["search"].__path__)
+        if spec is None:
+            raise ModuleNotFoundError(f"No module named {name!r}", name=name)
+        return spec
 
     def create_module(self, spec):
         module = importlib.import_module(OLD_PATHS[spec.name])
-        self._spec = module.__spec__  # the import machinery sets the alias's spec on the module next
+        spec.loader_state = module.__spec__  # the import machinery sets the alias's spec on the module next
         return module
 
     def exec_module(self, module):
-        module.__spec__ = self._spec  # already executed under its new name, which it keeps
+        spec = module.__spec__
+        if spec is not None and spec.loader is self:  # already executed under its new name, which it keeps
+            module.__spec__ = spec.loader_state
 
 
 if not any(isinstance(f, _OldPaths) for f in sys.meta_path):

@@ -196,6 +196,7 @@ def cmd_refine(args) -> int:
 
     try:
         run_search(load_spec(path), args.num_samples, name, parent, address=args.address,
+                   shared_storage=args.shared_storage or meta.get("shared_storage") is True,  # as the search was told
                    optuna_storage=args.optuna_storage, verbose=args.verbose, warm_start=[opened],
                    warm_any_data=args.warm_start_any_data,
                    extra_meta={"refined_from": exp, "refine_notes": notes}, break_lock=args.break_lock)
@@ -228,7 +229,7 @@ def cmd_confirm(args) -> int:
     cexp = confirm_location(args.experiment)
     try:
         ev = run_confirm(args.experiment, args.top, args.seeds, address=args.address, verbose=args.verbose,
-                         break_lock=args.break_lock)
+                         break_lock=args.break_lock, shared_storage=args.shared_storage)
     except KeyboardInterrupt:
         return _interrupted(cexp)
     if ev is None:
@@ -362,7 +363,8 @@ def build_parser() -> argparse.ArgumentParser:
     add_options(p, "experiment", "num_samples", "name", "top")
     p.add_argument("--dry-run", action="store_true", help="only write and print the space file (edit it, then run "
                    "`mmsa search --space FILE --warm-start EXP`)")
-    add_options(p, "overwrite", "warm_start_any_data", "address", "optuna_storage", "verbose", "break_lock")
+    add_options(p, "overwrite", "warm_start_any_data", "address", "shared_storage", "optuna_storage", "verbose",
+                "break_lock")
     p.set_defaults(fn=cmd_refine)
 
     p = sub.add_parser("resume", help="continue an interrupted search where it stopped")
@@ -370,7 +372,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(fn=cmd_resume)
 
     p = sub.add_parser("confirm", help="re-train the top configurations with fresh seeds; export then takes the best mean")
-    add_options(p, "experiment", "top", "seeds", "address", "verbose", "break_lock")
+    add_options(p, "experiment", "top", "seeds", "address", "shared_storage", "verbose", "break_lock")
     p.set_defaults(fn=cmd_confirm)
 
     p = sub.add_parser("status", help="table of a search's trials: config, epochs, best val loss/acc, state, error")

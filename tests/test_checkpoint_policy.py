@@ -27,3 +27,13 @@ def test_nan_losses_rank_last_and_few_entries_are_untouched():
     assert to_delete(entries, keep=1) == {"a"}
     assert to_delete({"a": (1, 0.3), "b": (2, 0.2)}, keep=1) == set()
     assert to_delete({}, keep=2) == set()
+
+
+def test_a_val_loss_tie_keeps_the_epoch_export_calls_best():
+    """Equal val_loss at epochs 1 and 2: best_index (status, export) says epoch 1, so the pruner keeps epoch 1."""
+    from model.metrics import best_index
+
+    entries = {"ck1": (1, 0.5), "ck2": (2, 0.5), "ck3": (3, 0.6), "ck4": (4, 0.7), "ck5": (5, float("nan"))}
+    losses = [entries[f"ck{e}"][1] for e in range(1, 6)]
+    assert best_index(losses, "min") == 0
+    assert to_delete(entries, keep=1) == {"ck2", "ck3"}  # ck1 best, ck4/ck5 newest

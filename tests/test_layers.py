@@ -13,8 +13,8 @@ def _module(path: Path) -> str:
     return ".".join(path.relative_to(ROOT).with_suffix("").parts).removesuffix(".__init__")
 
 
-def _imports(path: Path) -> set[str]:
-    mod, out = _module(path), set()
+def _imports(path: Path, mod: str | None = None) -> set[str]:
+    mod, out = mod or _module(path), set()
     pkg = mod if path.name == "__init__.py" else mod.rsplit(".", 1)[0]
     for node in ast.walk(ast.parse(path.read_text())):
         if isinstance(node, ast.Import):
@@ -25,7 +25,12 @@ def _imports(path: Path) -> set[str]:
                 base = ".".join(pkg.split(".")[: len(pkg.split(".")) - node.level + 1] + ([base] if base else []))
             out.add(base)
             out |= {f"{base}.{a.name}" for a in node.names}  # `from . import x` imports module x
-    return out
+        elif isinstance(node, ast.Call) and getattr(node.func, "attr", getattr(node.func, "id", "")) in (
+                "import_module", "__import__") and node.args and isinstance(node.args[0], ast.Constant):
+            out.add(str(node.args[0].value))  # importlib.import_module("search.x") is an import too
+    from search import OLD_PATHS
+
+    return {OLD_PATHS.get(n, n) for n in out}  # an old flat path (search.results) is the module it names now
 
 
 def graph() -> dict[str, set[str]]:
@@ -119,3 +124,27 @@ def test_old_flat_module_paths_still_import_the_moved_modules():
     import search.experiment
 
     assert search.experiment.trial_dirname is importlib.import_module("search.experiment.layout").trial_dirname
+
+
+def test_no_file_imports_an_old_flat_path():
+    """The old paths are for Ray's pickles and users' scripts; the project's own code names the packages."""
+    import search
+
+    files = [p for d in (*PACKAGES, "tests", "bench") for p in (ROOT / d).rglob("*.py")
+             if p.name not in ("test_layers.py", "__init__.py") and "fixtures" not in p.parts]
+    bad = []
+    for p in files:
+        for node in ast.walk(ast.parse(p.read_text())):
+            names = [a.name for a in node.names] if isinstance(node, ast.Import) else \
+                [node.module or ""] + [f"{node.module}.{a.name}" for a in node.names] \
+                if isinstance(node, ast.ImportFrom) and not node.level else []
+            bad += [f"{p.relative_to(ROOT)}: {n}" for n in names if n in search.OLD_PATHS]
+    assert not bad, bad
+
+
+def test_the_layer_check_sees_old_paths_and_import_module_strings(tmp_path):
+    f = tmp_path / "search" / "settings" / "x.py"
+    f.parent.mkdir(parents=True)
+    f.write_text("import importlib\nfrom search.results import load_trials\nimportlib.import_module('search.tune.tuner')\n")
+    got = _imports(f, "search.settings.x")
+    assert {"search.selection.results", "search.tune.tuner"} <= got

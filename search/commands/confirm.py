@@ -52,7 +52,7 @@ def points(cands: list[dict], seeds: int) -> list[dict]:
 
 
 def run_confirm(exp_dir: str, top: int = 3, seeds: int = 3, *, address: str | None = None, verbose: int = 1, log=print,
-                break_lock: bool = False):
+                break_lock: bool = False, shared_storage: bool = False):
     from data_pipeline.preprocess import check_same_data
 
     from search.settings.space import parse_spec
@@ -93,7 +93,8 @@ def run_confirm(exp_dir: str, top: int = 3, seeds: int = 3, *, address: str | No
         f"{len(pts)} trials of up to {spec.fixed.train.epochs} epochs")
     with ExperimentLock(exp, f"mmsa confirm {exp}", break_lock):  # the search is not resumed meanwhile
         run_search(spec, len(pts), CONFIRM_DIR, exp, address=address, verbose=verbose, log=log, points=pts,
-                   extra_meta=extra, break_lock=break_lock)
+                   extra_meta=extra, break_lock=break_lock,
+                   shared_storage=shared_storage or meta.get("shared_storage") is True)  # as the search was told
         if finished(cexp):
             return write_evidence(exp)
     return None

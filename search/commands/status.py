@@ -12,7 +12,7 @@ from search.selection.opened import Experiment
 from search.experiment.lock import running
 from search.selection.results import (TrialSummary, _space_keys, accuracy_intervals, config_value, metric_text,
                       objective_of, tie_mark)
-from search.settings.schema import TERMINATED, M
+from search.settings.schema import ERROR, TERMINATED, M
 
 
 def status_table(exp_dir: str | Path | Experiment) -> str:
@@ -37,7 +37,7 @@ def status_table(exp_dir: str | Path | Experiment) -> str:
     fmt = lambda r: "  ".join(str(x).ljust(w) for x, w in zip(r, widths)).rstrip()
     done = sum(t.state == TERMINATED for t in trials)
     summary = f"{term(meta['name'])}: {len(trials)} of {term(meta['num_samples'])} trials started, {done} terminated, " \
-              f"{sum(t.state == 'ERROR' for t in trials)} errored; data {term(meta['data_dir'])}"
+              f"{sum(t.state == ERROR for t in trials)} errored; data {term(meta['data_dir'])}"
     summary += f"\n{term(budget_line(exp, trials))}"
     summary += (f"\noptimised: {term(obj.metric)} ({'lowest' if obj.mode == 'min' else 'highest'} is best; search.metric); "
                 "the best epoch of each trial is the one with the best " + term(obj.metric))

@@ -1,4 +1,6 @@
-"""What an experiment folder holds and how it is read and written safely: its layout and metadata, storage (local or URI), the one-writer lease, signed Ray state, whole copies of state and trial files, Ray's file facts and the test seams. Imports only search.settings."""
+"""What an experiment folder holds and how it is read and written safely: its layout and metadata, storage (local or
+URI), the one-writer lease, signed Ray state, whole copies of state and trial files, Ray's file facts and the test
+seams. Imports only search.settings."""
 
 
 def __getattr__(name: str):

@@ -25,7 +25,9 @@ NEWEST_KEPT = 2  # the restore point the saved experiment state names is one of 
 
 def to_delete(entries: dict[str, tuple[int, float]], keep: int) -> set[str]:
     """entries: checkpoint name -> (epoch, val_loss). The names outside the `keep` best and the NEWEST_KEPT newest."""
-    by_loss = sorted(entries, key=lambda n: (entries[n][1] != entries[n][1], entries[n][1], -entries[n][0]))  # NaN last
+    # model/metrics.py best_index's order: the lowest finite loss, the earliest of equals; NaN/inf last
+    by_loss = sorted(entries, key=lambda n: (M.finite(entries[n][1]) is None, M.finite(entries[n][1]) or 0.0,
+                                             entries[n][0]))
     newest = sorted(entries, key=lambda n: entries[n][0], reverse=True)
     return set(entries) - set(by_loss[:keep]) - set(newest[:NEWEST_KEPT])
 

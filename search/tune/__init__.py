@@ -1,1 +1,2 @@
-"""Ray Tune and Optuna: the cluster, the searcher and scheduler, driver callbacks, the ASHA replay, launching and resuming a search. Imports the packages above."""
+"""Ray Tune and Optuna: the cluster, the searcher and scheduler, driver callbacks, the ASHA replay, launching and
+resuming a search. Imports the packages above."""
