@@ -73,7 +73,10 @@ def test_sigkill_three_times_then_resume(tmp_path, demo_cfg, ray_local):
             same = [r[M.VAL_LOSS] for r in raw if r[M.EPOCH] == e]
             assert max(same) - min(same) < 1e-4  # a repeated epoch reproduces the same numbers
         had = before.get(t.path.name, [])
-        assert raw[: len(had)] == had  # nothing reported before the last kill was lost
+        changed = [(i, sorted(k for k in {*a, *b} if a.get(k) != b.get(k))) for i, (a, b) in enumerate(zip(raw, had))
+                   if a != b]
+        assert len(raw) >= len(had) and not changed, (t.path.name, len(raw), len(had), changed[:3])  # nothing reported
+        # before the last kill was lost or rewritten (names the keys that differ: seen once in CI, not reproduced)
 
 
 ONE_LR = {"train.lr": {"loguniform": [1e-3, 2e-3]}, "train.batch_size": {"choice": [16]}}
