@@ -34,15 +34,16 @@ import numpy as np
 
 from common import ROOT, machine, uncased_bert_dir
 from model import metrics as M
+from model.config import Config
 
 REAL = Path(os.environ.get("MMSA_REAL_DIR", ROOT.parent / "shared" / "lab5-real"))
 LAB_FINAL = {"train.batch_size": 128, "train.lr": 8e-6, "model.complexity": "low", "train.epochs": 6}
 # The lab's procedure (stage 1 at lr 1e-5: the middle of its stage-2 grid), and the sizes of a smoke run.
 FULL = {"heldout": 600, "epochs": 6, "max_length": 64, "image_size": 64, "num_samples": 6, "seeds": 3, "top": 2,
         "confirm_seeds": 2, "batches": (16, 32, 64, 128), "complexities": ("high", "low"), "lr1": 1e-5,
-        "lrs": (1e-4, 1e-5, 1e-6), "around": (0.3, 0.5, 0.7, 1.5, 2.0)}
+        "lrs": (1e-4, 1e-5, 1e-6), "around": (0.3, 0.5, 0.7, 1.5, 2.0), "wide_samples": 16, "freeze": (0, 2, 4)}
 SMOKE = {**FULL, "heldout": 30, "epochs": 1, "num_samples": 2, "seeds": 1, "top": 1, "confirm_seeds": 1,
-         "batches": (32,), "complexities": ("low",), "lr1": 1e-3, "lrs": (1e-3,), "around": (2.0,), "rows": 150}
+         "batches": (32,), "complexities": ("low",), "lr1": 1e-3, "lrs": (1e-3,), "around": (2.0,), "rows": 150, "wide_samples": 3, "freeze": (0, 1)}
 N_BOOT = 2000
 
 
@@ -145,17 +146,27 @@ def lab_procedure(base, work: Path, held: Path, p: dict) -> dict:
             "wall_s": sum(r["wall_s"] for _, r in runs.values()), "choice": _describe(chosen)}
 
 
-def search_method(base, work: Path, held: Path, p: dict, sampler: str, seed: int) -> dict:
-    """`mmsa search` (default space, this sampler) + `mmsa confirm` + `mmsa export`, then the export trained and scored."""
+def space_dict(name: str) -> dict:
+    """A built-in space (search/settings/space.py BUILTIN_SPACES) as the dict a space file holds."""
+    import yaml
+
+    from search.settings.space import BUILTIN_SPACES, default_space_yaml
+
+    f = BUILTIN_SPACES[name]
+    return yaml.safe_load(default_space_yaml() if f is None else f.read_text())
+
+
+def search_method(base, work: Path, held: Path, p: dict, sampler: str, seed: int, space_name: str = "default") -> dict:
+    """`mmsa search` (this built-in space and sampler) + `mmsa confirm` + `mmsa export`, then the export trained and
+    scored."""
     import yaml
 
     from search.cli import main
     from search.commands.export import load_run_config
     from search.experiment.layout import meta_exists
     from search.selection.results import load_trials
-    from search.settings.space import default_space_yaml
 
-    name = f"{sampler}{seed}"
+    name = f"{sampler}{seed}" if space_name == "default" else f"{sampler}-{space_name}{seed}"
     rr = work / "ray_results"
     exp = rr / name
 
@@ -164,7 +175,7 @@ def search_method(base, work: Path, held: Path, p: dict, sampler: str, seed: int
         if meta_exists(str(exp)):
             main(["resume", str(exp), "--verbose", "0"])
         else:
-            space = yaml.safe_load(default_space_yaml())
+            space = space_dict(space_name)
             space["fixed"] = base.to_dict()
             space["search"] = {**space.get("search", {}), "seed": seed, "sampler": sampler}
             (work / f"{name}-space.yaml").write_text(yaml.safe_dump(space))
@@ -186,7 +197,55 @@ def search_method(base, work: Path, held: Path, p: dict, sampler: str, seed: int
 
 
 def _describe(cfg) -> str:
-    return f"batch {cfg.train.batch_size}, lr {cfg.train.lr:.3g}, {cfg.model.complexity}, {cfg.train.epochs} epochs"
+    t, d = cfg.train, Config().train  # the training keys only the wider spaces search, where not the default
+    extra = "".join(f", {k} {getattr(t, k):.3g}" if isinstance(getattr(t, k), float) else f", {k} {getattr(t, k)}"
+                    for k in ("backbone_lr_mult", "warmup_fraction", "class_weights", "weight_decay")
+                    if getattr(t, k) != getattr(d, k))
+    return f"batch {t.batch_size}, lr {t.lr:.3g}, {cfg.model.complexity}, {t.epochs} epochs{extra}"
+
+
+# Every key the issue names, wide: the search whose Optuna importances decide what the recommended space searches.
+WIDE_SPACE = {"train.lr": {"loguniform": [1.0e-6, 3.0e-4]}, "train.batch_size": {"choice": [16, 32, 64, 128]},
+              "model.complexity": {"choice": ["high", "low"]}, "train.backbone_lr_mult": {"loguniform": [0.1, 1.0]},
+              "train.warmup_fraction": {"choice": [0.0, 0.1]}, "train.class_weights": {"choice": ["none", "balanced"]},
+              "train.weight_decay": {"loguniform": [1.0e-3, 0.1]}, "model.dropout": {"uniform": [0.0, 0.5]},
+              "model.freeze_text_layers": {"choice": [0, 2, 4]}}  # MiniLM-L6 has 6 layers (the smoke's tiny BERT 2)
+
+
+def load_spec_dict(exp: Path) -> dict:
+    """The space a search ran with, as its metadata recorded it."""
+    from search.selection.opened import Experiment
+
+    return Experiment(str(exp)).meta["spec"]["space"]
+
+
+def wide_importances(base, work: Path, p: dict) -> dict:
+    """One TPE + ASHA search of `wide_samples` trials over WIDE_SPACE (not judged on the held-out rows: it decides
+    the space, not a model); Optuna's PED-ANOVA importances of its keys, as `mmsa report` computes them."""
+    import yaml
+
+    from search.cli import main
+    from search.commands.report import param_importances
+    from search.experiment.layout import meta_exists
+    from search.selection.results import load_trials
+
+    exp = work / "ray_results" / "wide"
+
+    def run() -> dict:
+        if meta_exists(str(exp)):
+            main(["resume", str(exp), "--verbose", "0"])
+        else:
+            space = {"space": {**WIDE_SPACE, "model.freeze_text_layers": {"choice": list(p["freeze"])}}, "fixed": base.to_dict(), "search": {"grace_period": 1, "reduction_factor": 2}}
+            (work / "wide-space.yaml").write_text(yaml.safe_dump(space))
+            assert main(["search", "--data", base.data.data_dir, "--space", str(work / "wide-space.yaml"), "--num-samples",
+                         str(p["wide_samples"]), "--name", "wide", "--storage", str(work / "ray_results"),
+                         "--verbose", "0"]) == 0
+        trials = load_trials(exp)
+        return {"importances": param_importances(trials, load_spec_dict(exp)),
+                "trial_epochs": sum(len(t.results) for t in trials),
+                "best": sorted(([t.objective.value(t.best), t.trial_id, t.config] for t in trials if t.usable))[:3]}
+
+    return kept(work, "wide/importances", run)
 
 
 # ---- judging ------------------------------------------------------------------------------------------------------
@@ -259,13 +318,12 @@ def main() -> None:
                     "~/.cache/mmsa-tune/bench/real_task; --smoke: a temporary folder unless given)")
     ap.add_argument("--seeds", type=int, default=None, help="seeds of each search method (default 3)")
     ap.add_argument("--num-samples", type=int, default=None, help="trials per search (default 6)")
-    ap.add_argument("--methods", default="lab,tpe,random", help="comma-separated subset of lab,tpe,random")
+    ap.add_argument("--methods", default="lab,tpe,random", help="comma-separated subset of lab,tpe,random,recommended "
+                    "(TPE + ASHA + confirm on the recommended space),wide (the importance search)")
     args = ap.parse_args()
     print(machine())
     p = dict(SMOKE if args.smoke else FULL)
     p.update({k: v for k, v in (("seeds", args.seeds), ("num_samples", args.num_samples)) if v is not None})
-    from model.config import Config
-
     if args.smoke:
         import tempfile
 
@@ -302,11 +360,20 @@ def main() -> None:
         results["lab final"] = {**r, "trial_epochs": 0, "choice": _describe(lab_final)}
         results["lab procedure"] = lab_procedure(base, work, held, p)
         print(f"lab procedure: {results['lab procedure']['trial_epochs']} trial-epochs", flush=True)
-    for sampler, label in (("tpe", "TPE+ASHA+confirm"), ("random", "random+ASHA+confirm")):
-        if sampler in methods:
+    for method, sampler, space_name, label in (("tpe", "tpe", "default", "TPE+ASHA+confirm"),
+                                               ("random", "random", "default", "random+ASHA+confirm"),
+                                               ("recommended", "tpe", "recommended", "TPE+ASHA+confirm, recommended space")):
+        if method in methods:
             for seed in range(p["seeds"]):
-                results[f"{label} seed {seed}"] = search_method(base, work, held, p, sampler, seed)
+                results[f"{label} seed {seed}"] = search_method(base, work, held, p, sampler, seed, space_name)
                 print(f"{label} seed {seed}: {results[f'{label} seed {seed}']['trial_epochs']} trial-epochs", flush=True)
+    if "wide" in methods:
+        w = wide_importances(base, work, p)
+        print(f"\nwide search ({w['trial_epochs']} trial-epochs): Optuna importances (PED-ANOVA) for its objective: "
+              + ", ".join(f"{k} {v:.2f}" for k, v in sorted(w["importances"].items(), key=lambda kv: -kv[1])))
+        print("its best trials: " + "; ".join(f"{v:.4f} {tid}" for v, tid, _ in w["best"]))
+    if not results:
+        return
     judged = judge(results, ("lab procedure", "lab final"))
     print(f"\nheld-out: {p['heldout']} rows; bootstrap {N_BOOT} resamples; total wall this run {time.time() - t0:.0f} s")
     print("\n".join(table(results, judged)))

@@ -16,6 +16,7 @@ import yaml
 
 from data_pipeline.errors import UserError
 from data_pipeline.safe_yaml import read_yaml_file
+from model.metrics import OBJECTIVES
 
 
 def opt(default, help: str, *, choices=None, lo=None, hi=None, lo_open=False, pattern=None, pattern_help=None):
@@ -70,6 +71,10 @@ class TrainConfig:
     class_weights: str = opt("none", "training-loss weight per class: none (the lab), or balanced = rows / (classes x "
                              "the class's rows), so the rare neutral class counts as much as the others; the val loss "
                              "stays unweighted, comparable between trials", choices=("none", "balanced"))
+    select_metric: str = opt("val_loss", "the best epoch: the one whose weights a run keeps and whose count an export "
+                             "names; val_loss (lowest, the lab) or val_acc / val_macro_f1 (highest). A search sets it "
+                             "to its search.metric. Early stopping (patience) and lr_factor still watch val loss",
+                             choices=tuple(OBJECTIVES))
     lr_factor: float = opt(0.5, "ReduceLROnPlateau: lr multiplier when val loss stalls", lo=0.0, hi=1.0, lo_open=True)
     lr_patience: int = opt(1, "ReduceLROnPlateau: epochs without val-loss improvement before reducing lr", lo=0)
     patience: int = opt(2, "early stop after val loss rose this many epochs in a row; 0 = never", lo=0)

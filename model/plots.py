@@ -23,14 +23,14 @@ def save_figure(fig, path: Path, root: Path | None = None, **kw) -> None:
     write_file(path, buf.getvalue(), root=root)
 
 
-def plot_curves(history: list[dict], path: Path, title: str = "") -> None:
+def plot_curves(history: list[dict], path: Path, objective: M.Objective = M.DEFAULT_OBJECTIVE, title: str = "") -> None:
     ep = [h[M.EPOCH] for h in history]
     fig, (a, b) = plt.subplots(1, 2, figsize=(10, 4))
     a.plot(ep, [h[M.TRAIN_LOSS] for h in history], "o-", label="train loss")
     a.plot(ep, [h[M.VAL_LOSS] for h in history], "s-", label="val loss")
-    i = M.best_index([h[M.VAL_LOSS] for h in history], "min")  # the rule train's best_epoch follows
+    i = M.best_index([h.get(objective.metric) for h in history], objective.mode)  # the epoch whose weights the run kept
     if i is not None:
-        a.axvline(ep[i], color="gray", ls=":", label=f"best epoch {ep[i]}")
+        a.axvline(ep[i], color="gray", ls=":", label=f"best epoch {ep[i]} (by {objective.metric})")
     a.set(xlabel="epoch", ylabel="cross-entropy loss", title="loss")
     a.legend()
     b.plot(ep, [h[M.VAL_ACC] for h in history], "o-", color="tab:green", label="val accuracy")

@@ -179,16 +179,17 @@ def train_run(cfg: Config, out: str | Path, *, resume: bool = False, overwrite: 
             trainer.save_checkpoint(out / LAST_CHECKPOINT, include_best=True)
             write_history(trainer.history, out)
     bar.close()
-    best = M.DEFAULT_OBJECTIVE.best_row(trainer.history)  # the epoch whose weights best_state holds
+    obj = trainer.objective
+    best = obj.best_row(trainer.history)  # the epoch whose weights best_state holds
     if trainer.history and best is None:
-        raise UserError(f"{out}: the validation loss was never a finite number ({trainer.history[-1][M.VAL_LOSS]}); "
+        raise UserError(f"{out}: {obj.metric} was never a finite number ({trainer.history[-1].get(obj.metric)}); "
                         "no epoch can be the best. Lower train.lr or check the data.")
     if trainer.best_state is None:
         raise UserError(f"{out}: no epoch was trained (train.epochs is {cfg.train.epochs}, checkpoint at epoch {trainer.epoch}).")
     with writing(out):
         ckpt.save_weights(trainer.best_state, out / ckpt.WEIGHTS)
-        plot_curves(trainer.history, out / "curves.png", title=f"{cfg.model.modality} ({cfg.model.complexity}, lr {cfg.train.lr:g}, batch {cfg.train.batch_size})")
-    log(f"best epoch {best[M.EPOCH]}: val_loss {best[M.VAL_LOSS]:.4f}, val_acc {best[M.VAL_ACC]:.4f}; model in {out / ckpt.WEIGHTS}")
+        plot_curves(trainer.history, out / "curves.png", obj, title=f"{cfg.model.modality} ({cfg.model.complexity}, lr {cfg.train.lr:g}, batch {cfg.train.batch_size})")
+    log(f"best epoch {best[M.EPOCH]} (by {obj.metric}): val_loss {best[M.VAL_LOSS]:.4f}, val_acc {best[M.VAL_ACC]:.4f}; model in {out / ckpt.WEIGHTS}")
     return trainer.history
 
 
@@ -268,7 +269,8 @@ def ablate_run(cfg: Config, out: str | Path, log=print, progress: bool = True, o
         sub = cfg.with_overrides({"model.modality": modality})
         histories[modality] = train_run(sub, out / modality, log=log, progress=progress, data=data, overwrite=overwrite)
         release_gpu_memory()  # the lab ran out of GPU memory when runs followed each other in one process
-        best = M.DEFAULT_OBJECTIVE.best_row(histories[modality])  # train_run refused a run with none finite
+        # the epoch whose weights train_run kept (train.select_metric); train_run refused a run with none finite
+        best = M.objective(sub.train.select_metric).best_row(histories[modality])
         results.append({"modality": modality, M.BEST_EPOCH: best[M.EPOCH], M.VAL_LOSS: best[M.VAL_LOSS],
                         M.VAL_ACC: best[M.VAL_ACC], M.VAL_F1: best[M.VAL_F1]})
     md = ["| modality | best epoch | val loss | val acc | val macro-F1 |", "|---|---|---|---|---|"]

@@ -155,6 +155,8 @@ class Trainer:
         self.val_pred: np.ndarray | None = None
         self.on_batch = None  # optional callback(train: bool, samples: int), e.g. a progress bar
         self.before_step = None  # optional callback() before each optimizer step (search/trial/async_checkpoint.py)
+        # train.select_metric: which epoch is best (its weights kept, its row's best_epoch); one rule, model/metrics
+        self.objective = M.objective(t.select_metric)
         self.keep_best_state = True  # host copy of the best epoch's weights (search trials keep them on storage)
 
     # ---- one step: the public pieces run_batches is made of (benches time exactly these) -------------------
@@ -315,8 +317,8 @@ class Trainer:
             # the search's best-weights folder, kept predictions and best trial follow too.
             for o in M.OBJECTIVES.values():
                 row[o.running] = rows[o.best_index([h[o.metric] for h in rows])][o.metric]
-            row[M.BEST_EPOCH] = rows[M.DEFAULT_OBJECTIVE.best_index([h[M.VAL_LOSS] for h in rows])][M.EPOCH]
-            if self.keep_best_state and M.DEFAULT_OBJECTIVE.is_best(rows):
+            row[M.BEST_EPOCH] = rows[self.objective.best_index([h[self.objective.metric] for h in rows])][M.EPOCH]
+            if self.keep_best_state and self.objective.is_best(rows):
                 self.best_state = {k: v.detach().to("cpu", copy=True) for k, v in self.model.state_dict().items()}
             self.history.append(row)
             yield row

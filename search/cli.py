@@ -100,10 +100,20 @@ def cmd_train(args) -> int:
 
 
 def cmd_predict(args) -> int:
-    from model.run import predict_run
+    import tempfile
 
-    predict_run(args.model, args.data, args.out, probs=args.probs, progress=not args.quiet,
-                skip_bad=args.skip_bad or None, overwrite=args.overwrite)
+    from model.run import predict_run
+    from search.experiment import storage
+
+    if not storage.is_uri(args.model):
+        predict_run(Path(args.model), args.data, args.out, probs=args.probs, progress=not args.quiet,
+                    skip_bad=args.skip_bad or None, overwrite=args.overwrite)
+        return 0
+    # a model on object storage (the checkpoint `mmsa export` names in an s3:// search): its two files, fetched
+    with tempfile.TemporaryDirectory(prefix="mmsa-model-") as local:
+        storage.fetch_model(args.model, Path(local))
+        predict_run(local, args.data, args.out or Path("predictions.txt"), probs=args.probs, progress=not args.quiet,
+                    skip_bad=args.skip_bad or None, overwrite=args.overwrite)
     return 0
 
 
@@ -147,10 +157,15 @@ def cmd_search(args) -> int:
 
         spec.enqueue = enqueue_points(spec, args.enqueue)
     exp = experiment.location(str(args.storage), args.name)
+    launch = run_search
+    if args.if_exists == "resume":  # a job that restarts: start, or continue this same search (docs/cluster.md)
+        from search.tune.relaunch import search_or_resume as launch
     try:
-        run_search(spec, args.num_samples, args.name, str(args.storage), address=args.address,
-                   shared_storage=args.shared_storage, optuna_storage=args.optuna_storage, verbose=args.verbose,
-                   warm_start=args.warm_start, warm_any_data=args.warm_start_any_data, break_lock=args.break_lock)
+        if launch(spec, args.num_samples, args.name, str(args.storage), address=args.address,
+                  shared_storage=args.shared_storage, optuna_storage=args.optuna_storage, verbose=args.verbose,
+                  warm_start=args.warm_start, warm_any_data=args.warm_start_any_data,
+                  break_lock=args.break_lock, mlflow=args.mlflow) == "finished":
+            return 0
     except KeyboardInterrupt:  # a second Ctrl-C skips Ray's last state snapshot; the last one taken still resumes
         return _interrupted(exp)
     return _finished(exp)
@@ -163,6 +178,8 @@ def cmd_refine(args) -> int:
     from search.commands.refine import check_refine_args, default_name, stage_storage, write_refine_space
 
     check_refine_args(args.top, args.num_samples)
+    budget = _time_budget_flag(args)
+    _mlflow_flag(args)
     if args.num_samples is None and not args.dry_run:
         raise UserError("mmsa refine: pass --num-samples N (the second stage's trials), or --dry-run to only write "
                         "the space file.")
@@ -194,12 +211,15 @@ def cmd_refine(args) -> int:
     from search.settings.space import load_spec
     from search.tune.tuner import run_search
 
+    spec = load_spec(path)
+    spec.search.time_budget = budget.get("time_budget", spec.search.time_budget)
     try:
-        run_search(load_spec(path), args.num_samples, name, parent, address=args.address,
+        run_search(spec, args.num_samples, name, parent, address=args.address,
                    shared_storage=args.shared_storage or meta.get("shared_storage") is True,  # as the search was told
                    optuna_storage=args.optuna_storage, verbose=args.verbose, warm_start=[opened],
                    warm_any_data=args.warm_start_any_data,
-                   extra_meta={"refined_from": exp, "refine_notes": notes}, break_lock=args.break_lock)
+                   extra_meta={"refined_from": exp, "refine_notes": notes}, break_lock=args.break_lock,
+                   mlflow=args.mlflow)
     except KeyboardInterrupt:
         return _interrupted(rexp)
     return _finished(rexp)
@@ -211,15 +231,41 @@ def cmd_resume(args) -> int:
     from search.selection.opened import Experiment
     from search.tune.tuner import resume_search
 
+    budget = _time_budget_flag(args)
+    _mlflow_flag(args)
     exp = Experiment(storage.normalize(args.experiment))  # its metadata is read once, here, for the whole resume
+    if is_confirm_run(exp.meta) and budget:
+        raise UserError("--time-budget: a `mmsa confirm` run has no time budget; resume it without the option.")
+    if is_confirm_run(exp.meta) and args.mlflow is not None:
+        raise UserError("--mlflow: a `mmsa confirm` run is not logged to MLflow; `mmsa export` of the search logs its "
+                        "evidence to the search's parent run.")
     if is_confirm_run(exp.meta):  # a `mmsa confirm` run: its evidence is written at the end
         from search.commands.confirm import resume_confirm as resume_search  # noqa: F811
+    else:
+        budget["mlflow"] = args.mlflow
     try:
         resume_search(exp, address=args.address, verbose=args.verbose, trust_state=args.trust_state,
-                      break_lock=args.break_lock, shared_storage=args.shared_storage)
+                      break_lock=args.break_lock, shared_storage=args.shared_storage, **budget)
     except KeyboardInterrupt:
         return _interrupted(args.experiment)
     return _finished(exp, args.experiment)
+
+
+def _mlflow_flag(args) -> None:
+    """--mlflow without MLflow installed: refused before the experiment is even read."""
+    if args.mlflow is not None:
+        from search.experiment.mlflow_runs import require_mlflow
+
+        require_mlflow()
+
+
+def _time_budget_flag(args) -> dict:
+    """{"time_budget": the --time-budget given} (checked now, before anything is read), or {}."""
+    from search.settings.duration import parse_duration
+
+    value = config_flags(args).get("search.time_budget")
+    parse_duration(value, "--time-budget")
+    return {} if value is None else {"time_budget": value}
 
 
 def cmd_confirm(args) -> int:
@@ -255,13 +301,36 @@ def _finished(exp, named=None) -> int:
     exp = named if named is not None else opened.path
     trials = opened.fresh_trials()  # as the run left them
     open_trials = [t for t in trials if t.state not in ENDED]
-    if len(trials) < opened.meta["num_samples"] or open_trials:
+    spent = _budget_spent(opened, exp)
+    if spent:
+        print(spent)
+    elif len(trials) < opened.meta["num_samples"] or open_trials:
         return _interrupted(exp)
     errored = [t for t in trials if t.state == ERROR]
     if errored:
         print(f"{len(errored)} trial(s) ended with an error (reasons in `mmsa status {exp}`); export ignores them")
     print(f"search finished: `mmsa status {exp}` for the table, `mmsa export {exp} -o best.yaml` for the best config")
     return 0
+
+
+def _budget_spent(opened, exp) -> str | None:
+    """The line saying that the search's time budget ended it, or None."""
+    from search.experiment import time_used
+    from search.settings.duration import describe
+    from search.settings.schema import TERMINATED
+    from search.settings.space import parse_spec
+
+    used = time_used.read(opened.path)
+    if not used or not used[1]:
+        return None
+    spec = parse_spec(opened.meta["spec"], "search")
+    budget, epochs = spec.search.budget_s or used[0], spec.fixed.train.epochs
+    trials = [t for t in opened.fresh_trials() if t.results]
+    stopped = sum(t.state == TERMINATED and len(t.results) < epochs for t in trials)
+    return (f"time budget {describe(budget)} spent ({describe(used[0])} used): {len(trials)} trial(s) trained, "
+            f"{stopped} of them stopped before their last epoch (by the budget or ASHA; each at an epoch boundary "
+            f"with its checkpoint); no trial started after the budget. To continue, raise it: "
+            f"`mmsa resume {exp} --time-budget LONGER`")
 
 
 def _interrupted(exp) -> int:
@@ -297,6 +366,10 @@ def cmd_export(args) -> int:
     check_out_file(args.output, args.overwrite, flag="--output")
     exp = Experiment(storage.normalize(args.experiment))
     info = export_best(exp, args.output)
+    from search.experiment.mlflow_runs import log_export
+
+    if log_export(exp.path, info, args.output):
+        print(f"logged the choice and {args.output} to the search's MLflow parent run")
     running = search_running(exp)
     m = info["metrics"]
     if info.get("selection") == "confirmed":
@@ -342,10 +415,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(fn=cmd_demo)
 
     p = sub.add_parser("search", help="hyperparameter search: Optuna proposes, ASHA stops, one GPU per trial")
-    p.add_argument("--space", type=Path, help="search-space YAML (default: the lab's lr/batch/complexity space; see docs/search.md)")
+    p.add_argument("--space", type=Path, help="search-space YAML, or a built-in space: default (the lab's lr/batch/complexity space), recommended (the real task's evidence; docs/search.md)")
     add_options(p, "num_samples", "name", required=("num_samples", "name"))
     p.add_argument("--storage", default="ray_results", help="results directory, or s3://... / gs://... (shared on clusters)")
-    add_options(p, "address", "shared_storage", "optuna_storage", "verbose")
+    add_options(p, "address", "shared_storage", "optuna_storage", "mlflow", "verbose")
     add_config_flags(p, DataConfig, "data", only=("data_dir", "skip_bad"), aliases={"data_dir": "data"},
                      title="data (fixed for every trial; --data may instead be the space file's fixed: data: data_dir)")
     add_config_flags(p, SearchConfig, "search", title="search: settings (override the space file's search: section)")
@@ -356,6 +429,10 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--enqueue", nargs="+", metavar="FILE", help="configurations to try first: `mmsa export` files or "
                    "run config YAMLs (their searched keys; values must lie inside the space)")
     add_options(p, "break_lock")
+    p.add_argument("--if-exists", choices=("refuse", "resume"), default="refuse", help="when STORAGE/NAME already "
+                   "holds a search: refuse (default), or resume: continue it when it is this same search (space, data "
+                   "and settings; a finished one is left as it is), refuse naming each difference otherwise. For jobs "
+                   "that restart (Kubernetes, Slurm --requeue): docs/cluster.md")
     p.set_defaults(fn=cmd_search)
 
     p = sub.add_parser("refine", help="second stage: a narrower space from a search's best trials, run warm-started "
@@ -363,12 +440,15 @@ def build_parser() -> argparse.ArgumentParser:
     add_options(p, "experiment", "num_samples", "name", "top")
     p.add_argument("--dry-run", action="store_true", help="only write and print the space file (edit it, then run "
                    "`mmsa search --space FILE --warm-start EXP`)")
-    add_options(p, "overwrite", "warm_start_any_data", "address", "shared_storage", "optuna_storage", "verbose",
-                "break_lock")
+    add_options(p, "overwrite", "warm_start_any_data", "address", "shared_storage", "optuna_storage", "mlflow",
+                "verbose", "break_lock")
+    add_config_flags(p, SearchConfig, "search", only=("time_budget",), title="time budget (default: the search's)")
     p.set_defaults(fn=cmd_refine)
 
     p = sub.add_parser("resume", help="continue an interrupted search where it stopped")
-    add_options(p, "experiment", "address", "shared_storage", "verbose", "trust_state", "break_lock")
+    add_options(p, "experiment", "address", "shared_storage", "mlflow", "verbose", "trust_state", "break_lock")
+    add_config_flags(p, SearchConfig, "search", only=("time_budget",), title="time budget (a new one replaces the "
+                     "search's; the time already used counts against it)")
     p.set_defaults(fn=cmd_resume)
 
     p = sub.add_parser("confirm", help="re-train the top configurations with fresh seeds; export then takes the best mean")
@@ -425,10 +505,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(fn=cmd_train)
 
     p = sub.add_parser("predict", help="predict the test file with a trained model; writes predictions.txt")
-    p.add_argument("--model", type=Path, required=True, help="run directory written by `mmsa train`, or the best-weights folder of a "
-                   "search trial (the checkpoint: that `mmsa export` names)")
+    p.add_argument("--model", required=True, help="run directory written by `mmsa train`, or the best-weights folder of a "
+                   "search trial (the checkpoint: that `mmsa export` names; also at s3:// or gs://)")
     p.add_argument("--data", type=Path, help="dataset directory (default: the one the model was trained on)")
-    p.add_argument("--out", type=Path, help="output file (default MODEL/predictions.txt)")
+    p.add_argument("--out", type=Path, help="output file (default MODEL/predictions.txt; ./predictions.txt for a "
+                   "MODEL on object storage)")
     p.add_argument("--probs", action="store_true", help="also write probabilities.csv beside it")
     p.add_argument("--skip-bad", action="store_true", help="predict `null` for test samples whose files cannot be read")
     add_options(p, "overwrite", "quiet")

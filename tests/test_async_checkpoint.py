@@ -5,6 +5,7 @@ import math
 
 import torch
 
+from model import metrics as M
 from model.train import Trainer
 from search.trial.async_checkpoint import (BEST_PREFIX, STATE_DIR, AsyncCheckpointer, mark_ended, read_pointer,
                                      retain_finished, state_name)
@@ -25,6 +26,7 @@ class FakeTrainer:
         self.history = []
         self.steps = 0  # optimizer steps (the warm-up clock)
         self.cfg = None
+        self.objective = M.objective(None)  # train.select_metric's default, as Trainer sets it
         self.before_step = None
 
     training_state = Trainer.training_state  # the real one: what a checkpoint holds
@@ -220,3 +222,41 @@ def test_a_background_state_holds_every_key_of_the_trainers_training_state(demo_
         assert background[key] == sync[key], key
     assert set(background["optimizer"]["state"]) == set(sync["optimizer"]["state"])
     t.close()
+
+
+def test_a_retention_callback_pickled_before_search_metric_follows_it_on_resume():
+    """tuner.pkl of a val_acc search from before search.metric reached TrialRetention: the restored callback has no
+    metric (it would rank finished trials by val loss); resume sets the search's."""
+    import pickle
+
+    from model import metrics as M
+    from search.tune.callbacks import TrialRetention, follow_search_metric
+
+    old = TrialRetention(keep_best_trials=1)
+    del old.metric  # as unpickled from an older tuner.pkl
+    restored = pickle.loads(pickle.dumps(old))
+    assert restored._objective().metric == M.VAL_LOSS
+    follow_search_metric([object(), restored], M.VAL_ACC)
+    assert restored._objective().metric == M.VAL_ACC and restored._objective().mode == "max"
+
+
+def test_staging_sweep_deletes_dead_processes_folders_and_ignores_planted_names(tmp_path, monkeypatch):
+    """Trials on object storage stage in TMP/mmsa-trial-PID-*: a folder of a process that is gone is deleted at the
+    next trial's start; a planted name (a pid too large for the OS, not a number) never stops a trial."""
+    import os
+    import subprocess
+    import sys
+    import tempfile
+
+    from search.trial.checkpoint_strategy import STAGING_PREFIX, staging_folder
+
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    gone = tmp_path / f"{STAGING_PREFIX}{int(dead.stdout)}-abc"
+    planted = [tmp_path / f"{STAGING_PREFIX}99999999999999999999-x", tmp_path / f"{STAGING_PREFIX}x-y"]
+    live = tmp_path / f"{STAGING_PREFIX}{os.getpid()}-live"
+    for d in (gone, live, *planted):
+        (d / "mmsa_state").mkdir(parents=True)
+    new = staging_folder()
+    assert new.is_dir() and new.parent == tmp_path and new.name.startswith(f"{STAGING_PREFIX}{os.getpid()}-")
+    assert not gone.exists() and live.exists() and all(p.exists() for p in planted)

@@ -60,11 +60,16 @@ def test_refine_bench_runs_small(tmp_path):
 def test_real_task_bench_smoke_and_continue(tmp_path):
     """bench/real_task.py --smoke: every method runs on a stratified held-out split and is judged; run again, it
     reads the finished runs back instead of training them again."""
-    cmd = [sys.executable, str(ROOT / "bench" / "real_task.py"), "--smoke", "--work", str(tmp_path)]
+    cmd = [sys.executable, str(ROOT / "bench" / "real_task.py"), "--smoke", "--work", str(tmp_path), "--methods",
+           "lab,tpe,random,recommended,wide"]
     r = subprocess.run(cmd, capture_output=True, text=True, timeout=1700, cwd=ROOT)
     assert r.returncode == 0, r.stderr[-3000:]
-    for method in ("lab final", "lab procedure", "TPE+ASHA+confirm seed 0", "random+ASHA+confirm seed 0"):
+    for method in ("lab final", "lab procedure", "TPE+ASHA+confirm seed 0", "random+ASHA+confirm seed 0",
+                   "TPE+ASHA+confirm, recommended space seed 0"):
         assert f"| {method} |" in r.stdout, r.stdout[-3000:]
+    # the importance search: every key it searched has an importance (Optuna's PED-ANOVA, as `mmsa report`)
+    wide = r.stdout.split("Optuna importances (PED-ANOVA) for its objective: ")[1].splitlines()[0]
+    assert {part.rsplit(" ", 1)[0] for part in wide.split(", ")} <= set(real_task_module().WIDE_SPACE)
     assert "macro-F1" in r.stdout and "recall positive/neutral/negative" in r.stdout
     held = (tmp_path / "heldout" / "train.txt").read_text().splitlines()[1:]
     search = (tmp_path / "search" / "train.txt").read_text().splitlines()[1:]
@@ -78,9 +83,15 @@ def test_real_task_bench_smoke_and_continue(tmp_path):
     assert again.stdout.split("held-out:")[1].splitlines()[1:] == r.stdout.split("held-out:")[1].splitlines()[1:]
 
 
-def test_stratified_heldout_split():
+def real_task_module():
     sys.path.insert(0, str(ROOT / "bench"))
-    from real_task import stratified_heldout
+    import real_task
+
+    return real_task
+
+
+def test_stratified_heldout_split():
+    stratified_heldout = real_task_module().stratified_heldout
 
     tags = ["positive"] * 1433 + ["negative"] * 716 + ["neutral"] * 251
     out = stratified_heldout(tags, 600)

@@ -172,6 +172,7 @@ def test_every_shared_option_comes_from_the_one_table():
                                    "make-tiny-pretrained", "fetch-pretrained"}
     assert seen["--address"] == seen["--verbose"] == {"search", "refine", "resume", "confirm"}
     assert seen["--optuna-storage"] == {"demo", "search", "refine"}
+    assert seen["--mlflow"] == {"search", "refine", "resume"}  # every command that runs a search
     assert seen["--top"] == {"refine", "confirm"}
     assert seen["--shared-storage"] == {"search", "resume", "refine", "confirm"}  # every command that runs trials
     assert seen["experiment"] == {"refine", "resume", "confirm", "status", "report", "export"}

@@ -118,3 +118,43 @@ def test_export_note_compares_only_stages_on_the_same_data(tmp_path, capsys):
     assert main(["report", str(exp)]) == 0
     md = (exp / "report.md").read_text()
     assert "other data: not compared" in md and "Best over all stages: trial `z` of stage 2" in md
+
+
+def test_report_stages_rank_by_the_search_metric(tmp_path):
+    """A refined val_acc search: `mmsa report`'s "Best over all stages" is the best by val_acc (as export's note and
+    status), not the lowest val loss."""
+    src = fake_experiment(tmp_path / "s")  # trial a: the best val_acc (0.8), val loss 0.5
+    acc = M.objective(M.VAL_ACC)
+    meta = experiment.read_meta(src)
+    meta["spec"]["search"] = {"metric": M.VAL_ACC}
+    experiment.write_meta(src, meta)
+    exp = tmp_path / "w"
+    experiment.write_meta(exp, {**meta, "name": "w", "warm_start": [{"experiment": str(src)}]})
+    write_trial(exp, "z", Config().with_overrides({"train.lr": 1e-4}).to_dict(),  # the lowest loss, the worst acc
+                [{M.EPOCH: 1, M.VAL_LOSS: 0.1, M.VAL_ACC: 0.2, M.VAL_F1: 0.1, M.TRAIN_LOSS: 0.1, M.BEST_VAL_LOSS: 0.1,
+                  acc.running: 0.2}])
+    assert main(["report", str(exp)]) == 0
+    md = (exp / "report.md").read_text()
+    assert "Best over all stages: trial `a` of stage 1, best val_acc 0.8" in md, md[md.find("## Stages"):][:1500]
+
+
+def test_a_retried_failure_is_not_the_error_of_a_trial_that_finished(tmp_path, capsys):
+    """Ray leaves a failed attempt's error.txt in place when the retry finishes the trial (seen on s3:// in CI): that
+    trial is TERMINATED, not errored; status says it was retried and why, and only an ERROR trial carries an error."""
+    from search.selection.results import load_trials
+
+    exp = fake_experiment(tmp_path)
+    states = {"a": ("TERMINATED", 1), "b": ("TERMINATED", 0), "c": ("ERROR", 3), "old": ("RUNNING", 1)}
+    (exp / "experiment_state-2026-01-01_00-00-00.json").write_text(json.dumps({"trial_data": [
+        [json.dumps({"trial_id": t, "status": st}), json.dumps({"num_failures": n})] for t, (st, n) in states.items()]}))
+    tb = "Traceback (most recent call last):\n  File \"x\"\nray.exceptions.ActorDiedError: The actor is dead\n"
+    for t in ("a", "c", "old"):
+        (exp / f"trial_{t}" / "error.txt").write_text(tb)
+    got = {t.trial_id: (t.state, t.error, t.retried, t.usable) for t in load_trials(exp)}
+    dead = "ray.exceptions.ActorDiedError: The actor is dead"
+    assert got == {"a": ("TERMINATED", "", dead, True), "b": ("TERMINATED", "", "", True),
+                   "c": ("ERROR", dead, "", False), "old": ("RUNNING", "", dead, True)}
+    assert main(["status", str(exp)]) == 0
+    lines = {l.split()[0]: l for l in capsys.readouterr().out.splitlines() if l.split()}
+    assert lines["a"].endswith(f"retried after: {dead}") and lines["old"].endswith(f"retried after: {dead}")
+    assert lines["c"].endswith(dead) and "retried" not in lines["c"] and "retried" not in lines["b"]

@@ -1,5 +1,6 @@
 """The classification metrics next to accuracy, and the search objective (search.metric): one definition that the
 best trial, ASHA, Optuna, confirm and export read."""
+import json
 import math
 from pathlib import Path
 
@@ -11,8 +12,10 @@ import yaml
 from data_pipeline.errors import UserError
 from data_pipeline.labels import LABELS
 from model import metrics as M
+from search.commands.export import load_run_config
 from search.selection.results import TrialSummary, best_of
 from search.settings.space import load_spec, parse_spec
+from search.trial.checkpoint_retention import METRICS_FILE
 
 
 def test_classification_metrics_by_hand():
@@ -65,6 +68,18 @@ def test_metric_setting_default_and_validation():
     assert parse_spec({**d, "search": {"metric": "val_macro_f1"}}, "s").search.objective.mode == "max"
     with pytest.raises(UserError, match="search.metric: 'f1' is not one of val_loss, val_acc, val_macro_f1"):
         parse_spec({**d, "search": {"metric": "f1"}}, "s")
+    # every trial's best epoch (kept weights, the export's epoch count) follows the metric the search optimises
+    assert spec.fixed.train.select_metric == "val_loss"
+    assert parse_spec({**d, "search": {"metric": "val_acc"}}, "s").fixed.train.select_metric == "val_acc"
+    same = {**d, "search": {"metric": "val_acc"}, "fixed": {"train": {"select_metric": "val_acc"}}}
+    assert parse_spec(same, "s").fixed.train.select_metric == "val_acc"
+    with pytest.raises(UserError, match="s: fixed.train.select_metric val_macro_f1 differs from search.metric val_acc"):
+        parse_spec({**same, "fixed": {"train": {"select_metric": "val_macro_f1"}}}, "s")
+    # the default, as a whole run config pasted into fixed: carries it: follows search.metric
+    pasted = {**same, "fixed": {"train": {"select_metric": "val_loss"}}}
+    assert parse_spec(pasted, "s").fixed.train.select_metric == "val_acc"
+    with pytest.raises(UserError, match="space.train.select_metric cannot be searched"):
+        parse_spec({"space": {"train.select_metric": {"choice": ["val_loss", "val_acc"]}}}, "s")
 
 
 
@@ -96,6 +111,10 @@ def test_search_optimising_macro_f1(tmp_path, demo_cfg, ray_local, capsys):
     assert exported["metric"] == "val_macro_f1" and exported["trial_id"] == best.trial_id
     assert exported["metrics"][M.VAL_F1] == pytest.approx(best.best[M.VAL_F1])
     assert set(M.VAL_METRICS) <= set(exported["metrics"])
+    # the weights export points at are the best epoch by macro-F1, and `mmsa train --config` keeps that epoch's too
+    ck_metrics = json.loads((Path(exported["checkpoint"]) / METRICS_FILE).read_text())
+    assert ck_metrics["metric"] == M.VAL_F1 and ck_metrics[M.EPOCH] == best.best[M.EPOCH]
+    assert load_run_config(tmp_path / "best.yaml").train.select_metric == M.VAL_F1
     capsys.readouterr()
     assert main(["status", str(exp)]) == 0
     out = capsys.readouterr().out

@@ -65,10 +65,15 @@ def test_deploy_rayjob_yaml():
     entry = d["spec"]["entrypoint"]
     _mmsa_command_ok(entry)
     assert "--address auto" in entry and "s3://" in entry
+    assert "--if-exists resume" in entry  # a restarted head pod continues the search (docs/cluster.md)
     rc = d["spec"]["rayClusterSpec"]
     assert rc["headGroupSpec"]["rayStartParams"]["dashboard-host"] == "127.0.0.1"
+    assert "--time-budget" in entry
     for g in rc["workerGroupSpecs"]:
         assert g["template"]["spec"]["containers"][0]["resources"]["limits"]["nvidia.com/gpu"] == 1
+    # every pod that writes to the bucket (the driver and the trials) has the same credentials/endpoint source
+    for spec in [rc["headGroupSpec"]["template"]["spec"]] + [g["template"]["spec"] for g in rc["workerGroupSpecs"]]:
+        assert {"secretRef": {"name": "mmsa-s3", "optional": True}} in spec["containers"][0]["envFrom"]
 
 
 def _doc_commands(path: Path) -> list[str]:

@@ -1,3 +1,5 @@
+from pathlib import Path
+
 import optuna
 import pytest
 import yaml
@@ -138,3 +140,20 @@ def test_a_trial_an_rdb_study_already_holds_is_not_told_again(tmp_path, caplog):
     assert "refused" not in caplog.text
     (t,) = optuna.load_study(study_name="s", storage=db).get_trials()
     assert t.state == optuna.trial.TrialState.COMPLETE and t.value == 0.4
+
+
+def test_builtin_spaces_by_name_and_a_file_of_that_name_wins(tmp_path, monkeypatch):
+    """--space recommended / default are the shipped spaces; the recommended one parses, searches the keys its file
+    explains, and starts lr at 1e-5 (the real task's evidence); a file called `recommended` in the working folder is
+    that file, not the built-in."""
+    from search.settings.space import BUILTIN_SPACES, load_spec
+
+    rec = load_spec("recommended")
+    assert rec.space["train.lr"].args == [1e-5, 3e-4] and rec.space["train.lr"].kind == "loguniform"
+    text = BUILTIN_SPACES["recommended"].read_text()
+    for key in rec.space:  # each searched key has its reason in the file, above it
+        assert text.split(f"  {key}:")[0].rstrip().splitlines()[-1].lstrip().startswith("#"), key
+    assert sorted(load_spec("default").space) == sorted(load_spec(None).space)
+    monkeypatch.chdir(tmp_path)
+    Path("recommended").write_text("space:\n  train.lr: {loguniform: [1.0e-4, 1.0e-3]}\n")
+    assert load_spec("recommended").space["train.lr"].args == [1e-4, 1e-3]

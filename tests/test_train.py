@@ -254,3 +254,62 @@ def test_trainer_checkpointer_statistics_and_results_agree_on_the_best_epoch(dem
     assert (best[M.EPOCH] if best else None) == (improved[-1] if improved else None)
     if improved:  # the running best ASHA and Optuna compare is the best epoch's value
         assert t.history[-1][M.BEST_VAL_LOSS] == losses[improved[-1] - 1]
+
+
+@pytest.mark.parametrize("metric,improved", [("val_loss", [1, 2]), ("val_acc", [1, 3]), ("val_macro_f1", [1, 3, 4])])
+def test_select_metric_decides_the_kept_weights_everywhere(demo_cfg, split, tmp_path, metric, improved):
+    """train.select_metric (a search sets it to search.metric) is the best epoch for the trainer's kept weights and
+    best_epoch, the search trial's best-weights folder and its metrics file (which the pruner and export rank by), and
+    the best row status and export read: an export's epoch count and the weights `mmsa train` keeps are one epoch."""
+    from search.trial.async_checkpoint import AsyncCheckpointer, BEST_PREFIX
+    from search.trial.checkpoint_retention import METRICS_FILE, read_checkpoint_metrics
+    from search.selection.results import TrialSummary
+
+    loss, acc, f1 = [0.5, 0.4, 0.6, 0.7], [0.6, 0.5, 0.8, 0.7], [0.3, 0.2, 0.35, 0.4]
+    t = Trainer(_cfg(demo_cfg, epochs=4, patience=0, select_metric=metric), split)
+    ck = AsyncCheckpointer(t, tmp_path, every=1000)
+    t.keep_best_state = True
+    passes = iter(range(4))
+
+    def crafted_epoch(data, train, seed=0):
+        if train:
+            return {"loss": 1.0, "samples": 1, "seconds": 1.0}
+        i = next(passes)
+        return {"loss": loss[i], "scores": {M.VAL_ACC: acc[i], M.VAL_F1: f1[i]}, "pred": np.zeros(len(data), dtype=np.int8)}
+
+    t.run_epoch = crafted_epoch
+    saved, held = [], None
+    for row in t.fit():
+        if t.best_state is not held:
+            saved.append(row[M.EPOCH])
+            held = t.best_state
+        ck.after_epoch(row)
+        ck.finish_best()
+    ck.close()
+    assert saved == improved and t.history[-1][M.BEST_EPOCH] == improved[-1]
+    (best_dir,) = tmp_path.glob(f"{BEST_PREFIX}*")
+    assert best_dir.name == f"{BEST_PREFIX}{improved[-1]:06d}"
+    obj = M.objective(metric)
+    value = {M.VAL_LOSS: loss, M.VAL_ACC: acc, M.VAL_F1: f1}[metric][improved[-1] - 1]
+    assert read_checkpoint_metrics((best_dir / METRICS_FILE).read_bytes()) == (improved[-1], obj.key(value))
+    assert TrialSummary("t", tmp_path, {}, "TERMINATED", t.history, objective=obj).best[M.EPOCH] == improved[-1]
+
+
+def test_checkpoint_metrics_files_from_before_select_metric_rank_by_val_loss():
+    from search.trial.checkpoint_retention import read_checkpoint_metrics
+
+    assert read_checkpoint_metrics(b'{"epoch": 3, "val_loss": 0.25}') == (3, 0.25)
+    assert read_checkpoint_metrics(b'{"epoch": 3, "metric": "val_acc", "val_acc": 0.75}') == (3, -0.75)
+    for bad in (b'{"epoch": 3, "metric": "loss", "loss": 1}', b'{"epoch": 3, "metric": ["val_acc"]}', b'[1]',
+                b'{"epoch": 3, "metric": "val_acc", "val_loss": 0.2}', b'\xff'):
+        assert read_checkpoint_metrics(bad) is None
+
+
+def test_ablation_names_the_epoch_whose_weights_each_run_kept(demo_cfg, tmp_path):
+    """ablation.md's best epoch is the one train_run kept (train.select_metric), not the lowest val loss."""
+    cfg = demo_cfg.with_overrides({"train.select_metric": M.VAL_ACC, "train.epochs": 3, "train.patience": 0})
+    results = ablate_run(cfg, tmp_path, log=lambda *_: None, progress=False)
+    for r in results:
+        hist = json.loads((tmp_path / r["modality"] / "metrics.json").read_text())
+        best = M.objective(M.VAL_ACC).best_row(hist)
+        assert (r[M.BEST_EPOCH], r[M.VAL_ACC]) == (best[M.EPOCH], best[M.VAL_ACC])

@@ -566,3 +566,17 @@ def test_trial_files_of_the_wrong_shape_or_size_are_skipped(tmp_path, capsys):
     capsys.readouterr()
     big = b"[]\n" * (MAX_TRIAL_FILE // 3 + 1)
     assert parse_rows(big) == [] and parse_params(b" " * MAX_TRIAL_FILE + b"{}") is None
+
+
+@pytest.mark.parametrize("state", ["../trial_b/mmsa_state/epoch_000001", "/etc", "mmsa_state/epoch_000001/../../../x",
+                                   "mmsa_state/epoch_1", 7, ["mmsa_state/epoch_000001"]])
+def test_a_pointer_naming_a_state_outside_its_trial_is_refused(tmp_path, state):
+    """A checkpoint's pointer names the state a resumed trial loads (on object storage: downloads): only a name mmsa
+    writes is followed, never a path out of the trial's folder."""
+    ck = tmp_path / "trial_a" / "checkpoint_000001"
+    ck.mkdir(parents=True)
+    (ck / POINTER_FILE).write_text(json.dumps({"state": "mmsa_state/epoch_000001", "reported_epoch": 2}))
+    assert read_pointer(ck)["state"] == "mmsa_state/epoch_000001"  # what mmsa writes is read
+    (ck / POINTER_FILE).write_text(json.dumps({"state": state, "reported_epoch": 2}))
+    with pytest.raises(UserError, match=f"{POINTER_FILE} is damaged"):
+        read_pointer(ck)

@@ -83,7 +83,9 @@ def export_best(exp_dir: str | Path | Experiment, out: str | Path) -> dict:
         write_file(f"{path}/{PIN_FILE}", json.dumps({"pinned_by": "mmsa export", "at": time.time()}).encode(), fs,
                    root=root_b)
         ck = ck if storage.is_file(fs, f"{path}/{METRICS_FILE}", root_b) else None
-    cfg = Config.from_dict(t.config, source=f"{t.path / 'params.json'}")
+    # the final run keeps the weights of the epoch this search calls best (a trial from before the key: its default)
+    cfg = Config.from_dict(t.config, source=f"{t.path / 'params.json'}").with_overrides(
+        {"train.select_metric": t.objective.metric})
     info = {"experiment": exp, "trial_id": t.trial_id, "best_epoch": int(b[M.EPOCH]), "metric": t.objective.metric,
             "metrics": {k: float(b[k]) for k in (*M.VAL_METRICS, M.TRAIN_LOSS) if isinstance(b.get(k), (int, float))},
             "checkpoint": ck,
@@ -158,6 +160,8 @@ def load_run_config(path: str | Path, overrides: dict | None = None, *, allow_ot
     exported = dataclasses.asdict(build_section(ExportSection, extras.get(SECTION) or {}, f"{path}: {SECTION}"))
     if exported.get("best_epoch") and "train.epochs" not in flat:
         flat["train.epochs"] = int(exported["best_epoch"])
+    if exported.get("metric") and "train.select_metric" not in flat:  # that epoch count is the best by this metric
+        flat["train.select_metric"] = exported["metric"]
     cfg = cfg.with_overrides(flat, source=source) if flat else cfg
     if exported.get("data_fingerprint") and not allow_other_data:
         from data_pipeline.preprocess import check_same_data

@@ -18,7 +18,7 @@ from model.plots import save_figure  # noqa: E402
 from search.experiment import storage  # noqa: E402
 from search.experiment.layout import local_copy, same_data  # noqa: E402
 from search.selection.opened import Experiment
-from search.selection.results import (TrialSummary, accuracy_intervals, best_of, best_trial, config_value,  # noqa: E402
+from search.selection.results import (TrialSummary, accuracy_intervals, best_of, best_trial, config_value, objective_of,  # noqa: E402
                       metric_text, warm_stages)
 from search.commands.status import status_table  # noqa: E402
 from search.settings.schema import FINISHED, REPORTED_AT, TERMINATED, TIMESTAMP, M  # noqa: E402
@@ -110,6 +110,34 @@ def _study(trials: list[TrialSummary], space: dict):
     return study
 
 
+def _target(trials: list[TrialSummary]):
+    """What the importance, slice and parallel plots score a trial by, and its name."""
+    # Log scale: one diverged trial (loss 50) would otherwise flatten every other point onto the axis.
+    if not trials or trials[0].objective.metric == M.VAL_LOSS:
+        return (lambda t: float(np.log10(t.value))), "log10 best val loss"
+    return (lambda t: float(t.value)), f"best {trials[0].objective.metric}"  # in [0, 1]: no outlier to tame
+
+
+def param_importances(trials: list[TrialSummary], space: dict) -> dict[str, float]:
+    """Optuna's PED-ANOVA importance of each searched key for the search's objective (what importance.png plots);
+    empty with fewer than 3 usable trials or no variation."""
+    import warnings
+
+    from optuna.exceptions import ExperimentalWarning
+    from optuna.importance import PedAnovaImportanceEvaluator, get_param_importances
+
+    warnings.filterwarnings("ignore", category=ExperimentalWarning)
+    warnings.filterwarnings("ignore", message="PedAnovaImportanceEvaluator computes")
+    study = _study(trials, space)
+    if len(study.trials) < 3:
+        return {}
+    target, _ = _target(trials)
+    try:
+        return dict(get_param_importances(study, evaluator=PedAnovaImportanceEvaluator(), target=target))
+    except (ValueError, RuntimeError):
+        return {}
+
+
 def plot_hyperparameters(trials: list[TrialSummary], space: dict, out: Path, root: Path | None = None) -> list[tuple[str, str]]:
     import warnings
 
@@ -124,10 +152,7 @@ def plot_hyperparameters(trials: list[TrialSummary], space: dict, out: Path, roo
     figs = []
     if len(study.trials) < 3:
         return figs
-    # Log scale: one diverged trial (loss 50) would otherwise flatten every other point onto the axis.
-    target, tname = (lambda t: float(np.log10(t.value))), "log10 best val loss"
-    if trials and trials[0].objective.metric != M.VAL_LOSS:  # accuracy and F1 lie in [0, 1]: no outlier to tame
-        target, tname = (lambda t: float(t.value)), f"best {trials[0].objective.metric}"
+    target, tname = _target(trials)
     jobs = [("importance.png", f"hyperparameter importance (PED-ANOVA) for {tname}",
              lambda: ovm.plot_param_importances(study, evaluator=PedAnovaImportanceEvaluator(), target=target, target_name=tname)),
             ("slice.png", f"{tname} against each hyperparameter (colour = trial number)",
@@ -162,11 +187,12 @@ def stages_markdown(exp: Path, meta: dict, trials: list[TrialSummary]) -> list[s
     last = len(stages) + 1
     stages.append((last, str(exp), meta, trials, set(), ""))
     keys = list(meta["spec"]["space"])
+    obj = objective_of(meta)  # the search's search.metric: what "best" means in every stage
     lines = ["## Stages", "", ("Refined from %s (`mmsa refine`)." % md(meta["refined_from"], code=True)) if meta.get("refined_from")
              else "Warm-started from earlier searches (`--warm-start`).",
              "Stage %d is this search; its Optuna study started with the finished trials of the earlier stages that "
              "lie inside its space (marked *warm*)." % last, "",
-             "| stage | experiment | trials | trial-epochs | best trial | best val loss | space |", "|---|---|---|---|---|---|---|"]
+             f"| stage | experiment | trials | trial-epochs | best trial | best {md(obj.metric)} | space |", "|---|---|---|---|---|---|---|"]
     rows = []
     for i, path, smeta, strials, used, err in stages:
         if smeta is None:
@@ -175,20 +201,21 @@ def stages_markdown(exp: Path, meta: dict, trials: list[TrialSummary]) -> list[s
         done, b = [t for t in strials if t.usable], best_of(strials)
         other = "" if i == last or same_data(meta, smeta) else " (other data: not compared)"
         lines.append(f"| stage {i}{other} | {md(path, code=True)} | {len(strials)} | {sum(len(t.results) for t in strials)} | "
-                     f"{md(b.trial_id) if b else '-'} | {f'{b.best[M.VAL_LOSS]:.4f}' if b else '-'} | "
+                     f"{md(b.trial_id) if b else '-'} | {f'{b.objective.value(b.best):.4f}' if b else '-'} | "
                      f"{_space_text(smeta['spec']['space'])} |")
         if not other:  # validation losses on other data say nothing about this data
-            rows += [(t.best[M.VAL_LOSS], i, t, t.trial_id in used) for t in done]
-    rows.sort(key=lambda r: (r[0], r[1]))
+            rows += [(t.rank, i, t, t.trial_id in used) for t in done]
+    rows.sort(key=lambda r: (r[0], r[1]))  # THE trial order (rank_key, by search.metric), as export's note
     if rows:
         _, i, t, _ = rows[0]
-        lines += ["", f"Best over all stages: trial {md(t.trial_id, code=True)} of stage {i}, best val loss {rows[0][0]:.4f}"
+        lines += ["", f"Best over all stages: trial {md(t.trial_id, code=True)} of stage {i}, best {obj.metric} "
+                  f"{obj.value(t.best):.4f}"
                   + (f" (export it with {md(f'mmsa export {stages[i - 1][1]}', code=True)})." if i != last else ".")]
-    lines += ["", "| stage | trial | " + " | ".join(md(k.split(".")[1]) for k in keys) + " | epochs | best val loss | warm |",
+    lines += ["", "| stage | trial | " + " | ".join(md(k.split(".")[1]) for k in keys) + " | epochs | best " + md(obj.metric) + " | warm |",
               "|---|---|" + "---|" * len(keys) + "---|---|---|"]
-    for loss, i, t, used in rows:
+    for _, i, t, used in rows:
         vals = [f"{v:.3g}" if isinstance(v, float) else md(v) for v in (config_value(t.config, k) for k in keys)]
-        lines.append(f"| stage {i} | {md(t.trial_id)} | " + " | ".join(vals) + f" | {len(t.results)} | {loss:.4f} | "
+        lines.append(f"| stage {i} | {md(t.trial_id)} | " + " | ".join(vals) + f" | {len(t.results)} | {obj.value(t.best):.4f} | "
                      f"{'warm' if used else ''} |")
     return lines + [""]
 

@@ -31,7 +31,8 @@ def status_table(exp_dir: str | Path | Experiment) -> str:
         acc = iv.fmt() if iv else f"{b[M.VAL_ACC]:.4f}" if b else "-"
         rows.append([t.trial_id, t.state, *vals, str(len(t.results)), metric_text(b, obj.metric),
                      *(metric_text(b, k) for k in STATUS_METRICS if k != obj.metric),
-                     acc, tie_mark(iv), str(b[M.EPOCH]) if b else "-", t.error or ""])
+                     acc, tie_mark(iv), str(b[M.EPOCH]) if b else "-",
+                     t.error or (f"retried after: {t.retried}" if t.retried else "")])
     head, rows = [term(x) for x in head], [[term(x) for x in r] for r in rows]  # one row per line, no escapes
     widths = [max(len(str(x)) for x in col) for col in zip(head, *rows)]
     fmt = lambda r: "  ".join(str(x).ljust(w) for x, w in zip(r, widths)).rstrip()
@@ -39,6 +40,9 @@ def status_table(exp_dir: str | Path | Experiment) -> str:
     summary = f"{term(meta['name'])}: {len(trials)} of {term(meta['num_samples'])} trials started, {done} terminated, " \
               f"{sum(t.state == ERROR for t in trials)} errored; data {term(meta['data_dir'])}"
     summary += f"\n{term(budget_line(exp, trials))}"
+    time_line = time_budget_line(exp)
+    if time_line:
+        summary += f"\n{term(time_line)}"
     summary += (f"\noptimised: {term(obj.metric)} ({'lowest' if obj.mode == 'min' else 'highest'} is best; search.metric); "
                 "the best epoch of each trial is the one with the best " + term(obj.metric))
     for src in warm_sources(meta):
@@ -55,6 +59,27 @@ def status_table(exp_dir: str | Path | Experiment) -> str:
 
 
 STATUS_METRICS = (M.VAL_LOSS, M.VAL_F1, M.VAL_WF1, *M.VAL_RECALL.values())  # val_acc has its own interval column
+
+
+def time_budget_line(exp: Experiment) -> str | None:
+    """The search's time budget, the time it has used and the time left (None: it has none)."""
+    from data_pipeline.errors import UserError
+    from search.experiment import time_used
+    from search.settings.duration import describe, parse_duration
+
+    search = exp.meta["spec"].get("search")
+    try:
+        budget = parse_duration(search.get("time_budget") if isinstance(search, dict) else None, "time_budget")
+    except UserError:
+        return "time budget: unreadable in the search's metadata (edited by hand)"
+    if not budget:
+        return None
+    used = time_used.read(exp.path)
+    if used is None:
+        return f"time budget {describe(budget)}: time used unknown ({time_used.FILE} is damaged or edited)"
+    left = budget - used[0]
+    return (f"time budget {describe(budget)}: {describe(used[0])} used, {describe(max(left, 0))} left"
+            + (f"; spent: `mmsa resume {exp.path} --time-budget LONGER` continues" if left <= 0 or used[1] else ""))
 
 
 def budget_line(exp: str | Path | Experiment, search_trials: list[TrialSummary]) -> str:

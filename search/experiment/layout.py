@@ -11,6 +11,8 @@ Layout, as Ray Tune and mmsa-tune write it:
   .mmsa-state/                   whole, signed copies of Ray's state files (search/experiment/state_backup.py, state_trust.py)
   .mmsa-state/trials/            whole copies of each trial's params.json and result.json (search/experiment/trial_backup.py)
   .mmsa-lock.json                the lease of the search or resume running now (search/experiment/lock.py)
+  .mmsa-time-used.json           the wall time the search has used, for its time budget (search/experiment/time_used.py)
+  mlflow_runs.json               MLflow run ids of a search logged with --mlflow, signed (search/experiment/mlflow_runs.py)
 """
 from __future__ import annotations
 

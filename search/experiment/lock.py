@@ -197,3 +197,25 @@ class ExperimentLock:
 
     def __exit__(self, *exc) -> None:
         self.release()
+
+
+def wait_out_dead_holder(exp: str, log=print, poll_s: float = 1.0) -> None:
+    """For a relaunch of the same command (`mmsa search --if-exists resume` after a head-pod restart or a Slurm
+    requeue): the killed driver could not release its lease, and on another host (the new pod) its pid cannot be
+    checked, so the lease counts until its heartbeat is STALE_S old. Wait that long at most, saying so, instead of
+    refusing. A lease that is renewed meanwhile has a live holder: return at once, and the lease's acquire refuses
+    it as always."""
+    first = holder(read_lease(exp))
+    if first is None:
+        return
+    beat = _number(first.get("heartbeat"))
+    left = max(0.0, STALE_S - (time.time() - beat))
+    log(f"{exp}: its lease is held by {describe(first)}; if that driver was killed (a restarted pod or job), its "
+        f"lease expires within {left:.0f} s: waiting for that (a holder that renews it meanwhile is alive, and this "
+        "launch is refused)")
+    deadline = time.time() + left + poll_s
+    while time.time() < deadline:
+        time.sleep(poll_s)
+        now = holder(read_lease(exp))
+        if now is None or now.get("token") != first.get("token") or _number(now.get("heartbeat")) != beat:
+            return  # expired (free now), or alive (renewed, or taken by another process): acquire decides

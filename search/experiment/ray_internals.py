@@ -97,6 +97,16 @@ def restored_callbacks(tuner) -> list:
                      str(e)) from None
 
 
+def set_restored_callback(tuner, kind: type, callback=None) -> None:
+    """Replace the callbacks of type `kind` that Tuner.restore brought back from tuner.pkl by `callback` (None: drop
+    them): a resume decides its own (a budget raised, MLflow logging to the store its signed record names)."""
+    try:
+        rc = tuner._local_tuner._run_config
+    except AttributeError as e:
+        raise _moved("Tuner._local_tuner._run_config", "set the callbacks of a resumed search", str(e)) from None
+    rc.callbacks = [c for c in (rc.callbacks or []) if type(c) is not kind] + ([callback] if callback else [])
+
+
 def asha_bracket(scheduler):
     """ASHA's one bracket, whose on_result(trial, epoch, reward) records a rung result and decides."""
     try:
@@ -399,3 +409,48 @@ def ray_result_keys() -> set[str]:
         return {*AUTO_RESULT_KEYS, DONE, TRIAL_ID, "should_checkpoint", "experiment_tag"}
     except ImportError as e:
         raise _moved("ray.tune.result.AUTO_RESULT_KEYS", "report a finished trial's rows again", str(e)) from None
+
+
+
+def budget_on_restore(tuner, stopper, callback, reopen: bool) -> None:
+    """Give a search that Tuner.restore brings back the time budget `stopper` (also one of its callbacks). Tuner.restore
+    takes neither, and TuneController.resume puts back the stopper pickled in Ray's experiment state (runner_data
+    keeps `_stopper`), so the budget is set on the controller right after it resumed. reopen: the budget had ended
+    the search, the way Ray ends any (SearchGenerator.set_finished, saved with the searcher's state), so a raised
+    budget opens it again (the number of samples still caps it)."""
+    try:
+        from ray.tune.execution.tune_controller import TuneController
+
+        resume = TuneController.resume
+        rc = tuner._local_tuner._run_config
+    except (ImportError, AttributeError) as e:
+        raise _moved("TuneController.resume / Tuner._local_tuner._run_config", "give a resumed search its time budget",
+                     str(e)) from None
+    rc.stop = stopper
+    set_restored_callback(tuner, type(callback), callback)
+    _RESUME_BUDGET.update(stopper=stopper, reopen=reopen)  # for the next TuneController.resume in this process
+    if getattr(resume, "_mmsa_budget", False):
+        return
+
+    def patched(self, *args, **kwargs):
+        resume(self, *args, **kwargs)
+        if not _RESUME_BUDGET:  # a resume without a budget
+            return
+        budget = dict(_RESUME_BUDGET)
+        _RESUME_BUDGET.clear()
+        if not hasattr(self, "_stopper") or (budget["reopen"] and not hasattr(self._search_alg, "_finished")):
+            raise _moved("TuneController._stopper / SearchGenerator._finished", "give a resumed search its time budget")
+        self._stopper = budget["stopper"]
+        if budget["reopen"]:
+            self._search_alg._finished = False
+
+    patched._mmsa_budget = True
+    patched._mmsa = getattr(resume, "_mmsa", False)  # relocate_new_trials_on_restore's patch stays on
+    TuneController.resume = patched
+
+
+_RESUME_BUDGET: dict = {}
+
+
+def forget_resume_budget() -> None:
+    _RESUME_BUDGET.clear()

@@ -123,9 +123,10 @@ def check_local_storage(storage: str, what: str | None = None,
                         fix: str = "choose another directory with --storage") -> str:
     """Absolute path; fails before any trial starts when it cannot be written or its disk is full. what: how the
     message names it (default `--storage STORAGE`); fix: what to do besides freeing space."""
-    if is_uri(storage):
-        return storage
     what = what or f"--storage {storage}"
+    if is_uri(storage):
+        _check_object_storage(storage, what)
+        return storage
     path = Path(storage).expanduser().resolve()
     try:
         from data_pipeline.atomic import write_file
@@ -140,3 +141,43 @@ def check_local_storage(storage: str, what: str | None = None,
     if free is not None and free < MIN_FREE_BYTES:
         raise UserError(f"{what}: only {free / 2**20:.1f} MiB free; checkpoints need more. Free some space or {fix}.")
     return str(path)
+
+
+def _check_object_storage(uri: str, what: str) -> None:
+    """A small object written and deleted: a missing bucket, a wrong endpoint or key, a read-only role or an
+    unreachable server is one message now, not a traceback in the middle of the search."""
+    try:
+        fs, path = filesystem(uri)
+        fs.create_dir(path, recursive=True)
+        probe = f"{path}/.mmsa-write-test"
+        with fs.open_output_stream(probe) as f:
+            f.write(b"x")
+        fs.delete_file(probe)
+    except (OSError, ValueError) as e:
+        detail = " ".join(str(e).split())[:300]
+        raise UserError(f"{what}: cannot write there ({detail}). Check that the bucket exists and that the "
+                        "credentials and endpoint (AWS_ENDPOINT_URL for MinIO and other S3-compatible servers; "
+                        "docs/cluster.md) are set on this machine and every node.") from None
+
+
+def fetch_model(uri: str, dest: Path) -> Path:
+    """A trained model's two files (the weights and config.yaml, nothing else) from object storage into dest."""
+    from model import run_files as ckpt
+
+    import pyarrow.fs as pafs
+
+    try:
+        fs, path = filesystem(uri)
+    except (OSError, ValueError) as e:
+        raise UserError(f"{uri}: cannot open this storage ({e}); check the URI, its credentials and endpoint "
+                        "(docs/cluster.md, object storage)") from None
+    for name in (ckpt.WEIGHTS, ckpt.CONFIG):
+        try:  # one object, streamed (the weights are 0.4 GiB at real size); never a prefix copied recursively
+            if fs.get_file_info(f"{path}/{name}").type != pafs.FileType.File:
+                raise OSError("not a file")
+            with fs.open_input_stream(f"{path}/{name}") as src, open(dest / name, "wb") as out:
+                shutil.copyfileobj(src, out, 2**24)
+        except OSError as e:
+            raise UserError(f"{uri}: not a trained model folder ({name} cannot be read there: {str(e)[:200]}); give "
+                            "the checkpoint that `mmsa export` names, or a run directory of `mmsa train`") from None
+    return dest

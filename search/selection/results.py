@@ -35,9 +35,10 @@ class TrialSummary:
     config: dict
     state: str
     results: list[dict] = field(default_factory=list)
-    error: str = ""
+    error: str = ""  # why it ended in ERROR; empty for any other state
     failures: int = 0
     objective: M.Objective = M.DEFAULT_OBJECTIVE  # the search's search.metric: what "best" means
+    retried: str = ""  # the last failure Ray retried, of a trial that did not end in ERROR (error.txt stays after it)
 
     @property
     def best(self) -> dict | None:
@@ -122,7 +123,11 @@ def load_trials(exp_dir) -> list[TrialSummary]:
         st = states.get(tid, {"state": PENDING, "failures": 0})
         # A trial resumed after a crash may repeat the epoch that was in flight (same numbers: the loop is
         # deterministic per epoch); by_epoch keeps one row per epoch, the latest.
-        trials.append(TrialSummary(tid, d, params, st["state"], rows, _error_reason(d, exp), st["failures"], objective))
+        # Ray keeps a failed attempt's error.txt after the retry finishes the trial: only an ERROR trial's is its error.
+        reason = _error_reason(d, exp)
+        errored = st["state"] == ERROR
+        trials.append(TrialSummary(tid, d, params, st["state"], rows, reason if errored else "", st["failures"],
+                                   objective, "" if errored else reason))
     return trials
 
 

@@ -68,6 +68,7 @@ class Option:
     unit: str = ""  # what the number counts, for the range message ("of trials")
     metavar: str | None = None
     short: str | None = None
+    const: str | None = None  # a value the flag may go without (nargs="?"): given alone, it stands for this
 
     @property
     def dest(self) -> str:
@@ -115,6 +116,11 @@ OPTIONS = {o.dest: o for o in (
     Option("--overwrite", "replace what this command writes when it is there already (refused otherwise, and "
            "nothing is replaced)"),
     Option("--quiet", "no progress bars"),
+    Option("--mlflow", "log the search to MLflow (`pip install 'mmsa-tune[mlflow]'`): a parent run for the search, a "
+           "nested run per trial (sampled values, per-epoch metrics), the export's choice; URI: a tracking server "
+           "(http://...), sqlite:///FILE or a folder; alone: $MLFLOW_TRACKING_URI, else ./mlflow.db. Only this "
+           "process (the driver) talks to it. `mmsa resume` continues the runs by itself", str, metavar="URI",
+           const=""),
 )}
 
 
@@ -128,6 +134,9 @@ def add_options(p: argparse.ArgumentParser, *names: str, required: tuple[str, ..
         flags = [o.short, o.flag] if o.short else [o.flag]
         if o.kind is None:
             p.add_argument(*flags, action="store_true", help=o.help_text())
+        elif o.const is not None:
+            p.add_argument(*flags, type=o.kind, nargs="?", const=o.const, default=o.default, metavar=o.metavar,
+                           help=o.help_text())
         else:
             p.add_argument(*flags, type=o.kind, default=o.default, metavar=o.metavar, required=name in required,
                            help=o.help_text())

@@ -24,6 +24,7 @@ from data_pipeline.errors import UserError
 from data_pipeline.printable import term
 from model import metrics as M
 from model.config import Config, build_section, opt, read_yaml
+from search.settings.duration import PATTERN, PATTERN_HELP, parse_duration
 
 DISTRIBUTIONS = ("loguniform", "uniform", "randint", "choice")
 TOP_KEYS = ("space", "fixed", "search", "enqueue")
@@ -40,7 +41,7 @@ class SearchConfig:
     grace_period: int = opt(1, "ASHA: epochs every trial runs before it can be stopped", lo=1)
     reduction_factor: int = opt(2, "ASHA: keep the best 1/reduction_factor of trials at each rung", lo=2)
     keep_checkpoints: int = opt(2, "checkpoints kept per trial, the best by val_loss; the two newest are kept too", lo=1)
-    max_failures: int = opt(2, "retries of a trial whose process died, from its last checkpoint", lo=0)
+    max_failures: int = opt(2, "retries of a trial whose process or node died, from its last checkpoint", lo=0)
     cpus_per_trial: float = opt(1.0, "CPU cores reserved per trial", lo=0.0, lo_open=True)
     gpus_per_trial: float = opt(-1.0, "GPUs per trial: -1 = 1 when the cluster has GPUs else 0; fractions pack trials", lo=-1.0, hi=64.0)
     memory_per_trial: float = opt(0.0, "GiB of memory Ray reserves per trial (0: none reserved; a trial needs it on one node)",
@@ -56,10 +57,17 @@ class SearchConfig:
                               "per trial")
     keep_best_trials: int = opt(3, "finished trials whose best-epoch weights stay on storage (async); the others "
                                 "keep only their results", lo=0, hi=100_000)
+    time_budget: str | None = opt(None, "wall time the search may use, e.g. 90m, 2h, 1.5h or seconds (counted across "
+                                  "resumes): no trial starts after it, running trials stop at their next epoch with "
+                                  "their checkpoint; none by default", pattern=PATTERN, pattern_help=PATTERN_HELP)
 
     @property
     def objective(self) -> M.Objective:
         return M.objective(self.metric)
+
+    @property
+    def budget_s(self) -> float | None:
+        return parse_duration(self.time_budget, "search.time_budget (--time-budget)")
 
 
 @dataclass
@@ -155,6 +163,22 @@ def _check_value(fixed: Config, key: str, value, where: str) -> None:
         raise UserError(f"{where}: value {value!r} is not valid for {key} ({e})") from None
 
 
+def _select_by_search_metric(d: dict, fixed: Config, search: SearchConfig, source: str) -> Config:
+    """Every trial's best epoch (the weights it keeps, the epoch count an export names) is by the metric the search
+    optimises: train.select_metric follows search.metric. A different one set by hand is refused, except the default
+    (val_loss), which a whole run config pasted into fixed: carries without anyone choosing it."""
+    train = (d.get("fixed") or {}).get("train") if isinstance(d.get("fixed"), dict) else None
+    given = train.get("select_metric") if isinstance(train, dict) else None
+    if given not in (None, M.VAL_LOSS, search.metric):
+        raise UserError(f"{source}: fixed.train.select_metric {term(str(given))} differs from search.metric "
+                        f"{search.metric}; a search picks each trial's best epoch by the metric it optimises. Remove "
+                        "train.select_metric (it follows search.metric) or set search.metric instead.")
+    if "train.select_metric" in (d.get("space") or {} if isinstance(d.get("space"), dict) else {}):
+        raise UserError(f"{source}: space.train.select_metric cannot be searched: trials picked by different metrics "
+                        "cannot be compared. Set search.metric instead.")
+    return fixed.with_overrides({"train.select_metric": search.metric})
+
+
 def parse_spec(d: dict, source: str) -> SearchSpec:
     if not isinstance(d, dict):
         raise UserError(f"{source}: expected a mapping with keys {', '.join(TOP_KEYS)}.")
@@ -163,6 +187,8 @@ def parse_spec(d: dict, source: str) -> SearchSpec:
         raise UserError(f"{source}: unknown key(s) {sorted(str(k)[:40] for k in unknown)}; expected {', '.join(TOP_KEYS)}.")
     fixed = Config.from_dict(d.get("fixed") or {}, f"{source}: fixed")
     search = build_section(SearchConfig, d.get("search") or {}, f"{source}: search")
+    fixed = _select_by_search_metric(d, fixed, search, source)
+    parse_duration(search.time_budget, f"{source}: search.time_budget")
     space_d = d.get("space") or {}
     if not isinstance(space_d, dict) or not space_d:
         raise UserError(f"{source}: 'space' must map run-config keys (e.g. train.lr) to distributions.")
@@ -206,10 +232,20 @@ def parse_spec(d: dict, source: str) -> SearchSpec:
     return spec
 
 
-def load_spec(path: str | Path | None) -> SearchSpec:
-    if path is None:
-        from data_pipeline.safe_yaml import load_yaml_text
+# Spaces shipped with the package, by the name `--space` takes when no file of that name exists.
+BUILTIN_SPACES = {"default": None, "recommended": Path(__file__).with_name("recommended_space.yaml")}
 
+
+def load_spec(path: str | Path | None) -> SearchSpec:
+    from data_pipeline.safe_yaml import load_yaml_text
+
+    if path is not None and str(path) in BUILTIN_SPACES and not Path(path).exists():
+        builtin = BUILTIN_SPACES[str(path)]
+        if builtin is None:
+            path = None
+        else:
+            return parse_spec(load_yaml_text(builtin.read_text(), f"{path} space ({builtin})"), f"{path} space")
+    if path is None:
         return parse_spec(load_yaml_text(default_space_yaml(), "default space"), "default space")
     return parse_spec(read_yaml(path), str(path))
 

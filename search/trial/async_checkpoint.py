@@ -29,6 +29,7 @@ import concurrent.futures
 import copy
 import json
 import os
+import re
 import shutil
 import threading
 import time
@@ -44,6 +45,7 @@ from search.experiment import faults, ray_internals
 from search.trial.checkpoint_retention import PIN_FILE, write_checkpoint_metrics
 from search.settings.schema import M
 from search.experiment.storage import parse_json
+from search.trial.object_store import ObjectStoreFolder
 
 STATE_DIR = "mmsa_state"
 BEST_PREFIX = "mmsa_best_epoch_"
@@ -77,7 +79,12 @@ def read_pointer(ck_dir: Path) -> dict | None:
         return None  # a checkpoint of checkpoint_mode sync (or of an older search): the whole state is in it
     d = parse_json(data)
     try:
-        return {"state": None if d["state"] is None else str(d["state"]), "reported_epoch": int(d["reported_epoch"])}
+        state = d["state"]
+        # only a name mmsa writes (state_name): a planted `../other-trial/...` or absolute path must not make a
+        # resumed trial load (or, on object storage, download) a state from outside its own folder
+        if state is not None and (not isinstance(state, str) or not re.fullmatch(rf"{STATE_DIR}/epoch_[0-9]{{6}}", state)):
+            raise ValueError(state)
+        return {"state": state, "reported_epoch": int(d["reported_epoch"])}
     except (KeyError, TypeError, ValueError, OverflowError):
         raise UserError(f"{Path(ck_dir) / POINTER_FILE} is damaged (not what mmsa writes): the trial cannot tell "
                         "which training state this checkpoint is; it is not resumed from it") from None
@@ -97,15 +104,29 @@ def _dir_bytes(path: Path) -> int:
     return sum(f.stat().st_size for f in Path(path).rglob("*") if f.is_file())
 
 
-def delete_unpinned(path: Path) -> None:
-    if path.is_dir() and not (path / PIN_FILE).exists():
+# A trial folder is a local path or an ObjectStoreFolder (s3://, gs://): each rule below is written once for both.
+TrialFolder = "Path | str | ObjectStoreFolder"
+
+
+def delete_unpinned(path: Path, remote: ObjectStoreFolder | None = None) -> None:
+    """path: a folder below a local trial folder, or (remote given) its name below the remote trial folder."""
+    if remote is not None:
+        if not remote.pinned(str(path)):
+            remote.delete(str(path))
+    elif path.is_dir() and not (path / PIN_FILE).exists():
         shutil.rmtree(path, ignore_errors=True)
 
 
-def apply_retention(trial_dir: Path, keep_best: bool, half_written: bool = False) -> None:
+def apply_retention(trial_dir: TrialFolder, keep_best: bool, half_written: bool = False) -> None:
     """What a finished trial keeps: no training state; its best weights only if `keep_best` (or pinned).
     half_written: also remove half-written best folders, which a worker that exited while writing leaves; only when
     no worker can still be writing one (Tuner.fit has returned)."""
+    if isinstance(trial_dir, ObjectStoreFolder):  # a folder is whole once its METRICS_FILE is up (the last file)
+        trial_dir.delete(STATE_DIR)
+        for name in trial_dir.names(BEST_PREFIX):
+            if not keep_best or (half_written and not trial_dir.whole(name)):
+                delete_unpinned(name, trial_dir)
+        return
     shutil.rmtree(Path(trial_dir) / STATE_DIR, ignore_errors=True)
     if half_written:
         for tmp in [*Path(trial_dir).glob(f".{BEST_PREFIX}*.tmp*"), *Path(trial_dir).glob(f".{BEST_PREFIX}*.old")]:
@@ -115,18 +136,24 @@ def apply_retention(trial_dir: Path, keep_best: bool, half_written: bool = False
             delete_unpinned(best)
 
 
-def mark_ended(trial_dir: Path, keep_best: bool) -> None:
+def mark_ended(trial_dir: TrialFolder, keep_best: bool) -> None:
     """The driver's verdict on a finished trial, written BEFORE it deletes: a background write of that trial that
     completes after the deletion (a warm worker finishes the stopped trial's writes when it is reused) sees the
     verdict and applies it itself, so nothing is left behind whichever side comes last."""
     from data_pipeline.atomic import write_file
 
-    write_file(Path(trial_dir) / ENDED_FILE, json.dumps({"keep_best": keep_best}).encode())
+    data = json.dumps({"keep_best": keep_best}).encode()
+    if isinstance(trial_dir, ObjectStoreFolder):
+        trial_dir.write(ENDED_FILE, data)
+    else:
+        write_file(Path(trial_dir) / ENDED_FILE, data)
 
 
-def ended_verdict(trial_dir: Path) -> bool | None:
+def ended_verdict(trial_dir: TrialFolder) -> bool | None:
     """keep_best of the driver's verdict, or None while the trial has not been judged finished."""
     try:
+        if isinstance(trial_dir, ObjectStoreFolder):
+            return bool(parse_json(trial_dir.read(ENDED_FILE))["keep_best"])
         from data_pipeline.safe_files import open_read
 
         return bool(parse_json(open_read(Path(trial_dir) / ENDED_FILE))["keep_best"])
@@ -135,11 +162,13 @@ def ended_verdict(trial_dir: Path) -> bool | None:
 
 
 class AsyncCheckpointer:
-    """Owns the trial folder's mmsa_state/ and mmsa_best_epoch_*/ (local storage)."""
+    """Owns the trial folder's mmsa_state/ and mmsa_best_epoch_*/. remote: the trial folder is on object storage;
+    trial_dir is then a local staging folder each folder is written into whole before its upload."""
 
-    def __init__(self, trainer, trial_dir: str | Path, every: int = 1):
+    def __init__(self, trainer, trial_dir: str | Path, every: int = 1, remote: ObjectStoreFolder | None = None):
         self.trainer = trainer
         self.trial_dir = Path(trial_dir)
+        self.remote = remote
         self.every = every
         self.pool = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="mmsa-ckpt")  # joined at exit
         self.pending: list[tuple[int, concurrent.futures.Future]] = []  # state writes not yet reported
@@ -149,7 +178,7 @@ class AsyncCheckpointer:
         self.best_pending: list[tuple[int, concurrent.futures.Future]] = []
         self.gate_s = 0.0
         self.bytes_written = 0
-        self.val_loss: dict[int, float] = {}
+        self.value: dict[int, float] = {}  # epoch -> its objective value (train.select_metric)
         trainer.before_step = self._before_step
         trainer.keep_best_state = False
         # A trial that ASHA stops ends its process right after a report: the best weights being written then are
@@ -161,10 +190,10 @@ class AsyncCheckpointer:
         """Right after epoch `row[epoch]` ended: start writing what this epoch must leave on storage. `final`: the
         trial ends with this epoch (all epochs, or early stop), so no state to continue from is written."""
         e = int(row[M.EPOCH])
-        self.val_loss[e] = float(row[M.VAL_LOSS])
-        loss = float(row[M.VAL_LOSS])
-        # the trainer's own rule (model/metrics.best_index): the first epoch of the lowest finite loss
-        best = M.DEFAULT_OBJECTIVE.is_best([h for h in self.trainer.history if h[M.EPOCH] < e] + [row])
+        obj = self.trainer.objective
+        self.value[e] = value = float(row[obj.metric])
+        # the trainer's own rule (model/metrics.best_index): the first epoch of the best finite value
+        best = obj.is_best([h for h in self.trainer.history if h[M.EPOCH] < e] + [row])
         state_epoch = e % self.every == 0 and not final
         if not (best or state_epoch):
             return
@@ -191,13 +220,14 @@ class AsyncCheckpointer:
                 finally:
                     cloned.set()
                 if best:
-                    self._write_best(e, weights, loss)
+                    self._write_best(e, weights, value)
                 if state_epoch:
                     self._write_state(e, weights, state)
             finally:  # written after the driver judged the trial finished: apply its verdict (mark_ended)
-                keep_best = ended_verdict(self.trial_dir)
+                folder = self.remote or self.trial_dir
+                keep_best = ended_verdict(folder)
                 if keep_best is not None:
-                    apply_retention(self.trial_dir, keep_best)
+                    apply_retention(folder, keep_best)
 
         fut = self.pool.submit(job)
         if state_epoch:
@@ -231,7 +261,7 @@ class AsyncCheckpointer:
 
         write_file(d / POINTER_FILE, json.dumps({"state": state, "reported_epoch": reported_epoch}).encode())
         # the pruner (search/tune/callbacks.py) keeps the two newest pointers, by the epoch they were reported with
-        write_checkpoint_metrics(d, reported_epoch, self.val_loss.get(reported_epoch, float("nan")))
+        write_checkpoint_metrics(d, reported_epoch, self.trainer.objective, self.value.get(reported_epoch, float("nan")))
         self.reported.append(self.complete)
         return d
 
@@ -241,6 +271,8 @@ class AsyncCheckpointer:
         for old in set(self.reported[:-2]) - keep:
             if old is not None:
                 self.pool.submit(delete_unpinned, self.trial_dir / state_name(old))
+                if self.remote is not None:
+                    self.pool.submit(delete_unpinned, state_name(old), self.remote)
         self.reported = self.reported[-2:]
 
     def finish_best(self) -> None:
@@ -252,22 +284,29 @@ class AsyncCheckpointer:
     def close(self, wait: bool = True) -> None:
         """The trial ends: no state of the last epoch is needed (a finished trial is not continued), but the best
         weights being written in the background are finished: now (wait), or before the process exits."""
+        if self.remote is not None:  # the local staging copy goes after the last upload (jobs run in order)
+            self.pool.submit(shutil.rmtree, self.trial_dir, ignore_errors=True)
         self.pool.shutdown(wait=wait)
         if wait:  # a warm worker runs the next trial: no exit handler per finished trial piles up
             ray_internals.cancel_at_worker_exit(self.pool.shutdown)
 
     # ---- the writer thread ----------------------------------------------------------------------------------
-    def _write_best(self, epoch: int, weights: dict, val_loss: float) -> None:
+    def _write_best(self, epoch: int, weights: dict, value: float) -> None:
         def write(tmp: Path):
             ckpt.save_weights(weights, tmp / ckpt.WEIGHTS)
             save_config(self.trainer.cfg, tmp / ckpt.CONFIG)
-            write_checkpoint_metrics(tmp, epoch, val_loss)
+            write_checkpoint_metrics(tmp, epoch, self.trainer.objective, value)
 
         dest = ckpt.replace_dir(self.trial_dir / best_name(epoch), write)
         self.bytes_written += _dir_bytes(dest)
+        if self.remote is not None:  # whole on storage before the older one goes (pins live there, not here)
+            self.remote.upload(dest, dest.name)
+            for old in self.remote.names(BEST_PREFIX):
+                if old != dest.name:
+                    delete_unpinned(old, self.remote)
         for old in self.trial_dir.glob(f"{BEST_PREFIX}*"):
             if old.name != dest.name:
-                delete_unpinned(old)
+                delete_unpinned(old) if self.remote is None else shutil.rmtree(old, ignore_errors=True)
 
     def _write_state(self, epoch: int, weights: dict, state: dict) -> None:
         best = self.trial_dir / best_name(epoch) / ckpt.WEIGHTS
@@ -278,23 +317,36 @@ class AsyncCheckpointer:
             except OSError:
                 ckpt.save_weights(weights, tmp / ckpt.WEIGHTS)
                 self.bytes_written += (tmp / ckpt.WEIGHTS).stat().st_size
-            faults.during_state_write(self.trial_dir.name, epoch)
+            if self.remote is None:  # on object storage: in the middle of the upload instead (below)
+                faults.during_state_write(self.trial_dir.name, epoch)
+            elif (tmp / ckpt.WEIGHTS).stat().st_nlink > 1:  # linked here, but uploaded again: object storage has no links
+                self.bytes_written += (tmp / ckpt.WEIGHTS).stat().st_size
             torch.save(state, tmp / ckpt.STATE)
             save_config(self.trainer.cfg, tmp / ckpt.CONFIG)
-            write_checkpoint_metrics(tmp, epoch, self.val_loss.get(epoch, float("nan")))
+            write_checkpoint_metrics(tmp, epoch, self.trainer.objective, self.value.get(epoch, float("nan")))
             self.bytes_written += sum(f.stat().st_size for f in tmp.iterdir() if f.name != ckpt.WEIGHTS)
 
-        ckpt.replace_dir(self.trial_dir / state_name(epoch), write)
+        dest = ckpt.replace_dir(self.trial_dir / state_name(epoch), write)
+        if self.remote is not None:  # uploaded whole before any pointer names it (pointer() waits for this job)
+            self.remote.upload(dest, state_name(epoch), lambda: faults.during_state_write(self.remote.name, epoch))
+            shutil.rmtree(dest, ignore_errors=True)  # a resume reads it from storage: no local copy piles up
 
 
-def retain_finished(trials: list[tuple[str, float]], keep_best_trials: int, half_written: bool = False) -> None:
-    """trials: (trial folder, best val_loss) of finished trials. Their training state goes; best weights stay for
-    the `keep_best_trials` lowest losses (NaN last) and where pinned (half_written: see apply_retention)."""
+def retain_finished(trials: list[tuple["str | ObjectStoreFolder", float]], keep_best_trials: int, half_written: bool = False,
+                    objective: M.Objective = M.DEFAULT_OBJECTIVE) -> None:
+    """trials: (trial folder, best value of the search's objective) of finished trials. Their training state goes;
+    best weights stay for the `keep_best_trials` best (NaN last) and where pinned (half_written: see apply_retention)."""
     from search.selection.results import rank_key
 
-    ranked = sorted(trials, key=lambda t: rank_key(M.DEFAULT_OBJECTIVE, t[1], Path(t[0]).name))  # THE trial order
+    def folder(t):
+        return t if isinstance(t, ObjectStoreFolder) else Path(t)
+
+    def name(t):
+        return t.path.rsplit("/", 1)[-1] if isinstance(t, ObjectStoreFolder) else Path(t).name
+
+    ranked = sorted(trials, key=lambda t: rank_key(objective, t[1], name(t[0])))  # THE trial order
     for i, (path, _) in enumerate(ranked):
         keep = i < keep_best_trials
-        if ended_verdict(Path(path)) != keep:
-            mark_ended(Path(path), keep)
-        apply_retention(Path(path), keep, half_written)
+        if ended_verdict(folder(path)) != keep:
+            mark_ended(folder(path), keep)
+        apply_retention(folder(path), keep, half_written)

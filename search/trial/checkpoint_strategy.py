@@ -1,18 +1,21 @@
 """How a trial's checkpoints are written, a strategy given to the one trainable (search/trial/trainable.py):
 
-- SyncCheckpoints (search.checkpoint_mode: sync, and any storage at a URI): the whole training state is written into
-  the checkpoint reported with each epoch's result, and Ray copies it to storage inside `tune.report`.
-- BackgroundCheckpoints (async, the default, on local storage): the state is written into the trial's folder while
-  the next epoch trains, and the reported checkpoint is a pointer to it (search/trial/async_checkpoint.py).
+- SyncCheckpoints (search.checkpoint_mode: sync): the whole training state is written into the checkpoint reported
+  with each epoch's result, and Ray copies it to storage inside `tune.report`.
+- BackgroundCheckpoints (async, the default): the state is written into the trial's folder while the next epoch
+  trains, and the reported checkpoint is a pointer to it (search/trial/async_checkpoint.py). On object storage
+  (s3://, gs://) each folder is written on the worker's disk and uploaded whole in the background before a pointer
+  names it (search/trial/object_store.py).
 
 Both write what Trainer.training_state() returns, so a key added there is in every checkpoint."""
 from __future__ import annotations
 
+import tempfile
 from pathlib import Path
 
 from search.trial.async_checkpoint import AsyncCheckpointer, read_pointer
 from search.trial.checkpoint_retention import write_checkpoint_metrics
-from search.settings.schema import M
+from search.trial.object_store import ObjectStoreFolder
 
 
 class SyncCheckpoints:
@@ -38,7 +41,8 @@ class SyncCheckpoints:
 
     def checkpoint(self, row: dict, tmp: Path) -> Path:
         ck = self.trainer.save_checkpoint(tmp / "checkpoint", include_best=False)
-        write_checkpoint_metrics(ck, self.trainer.epoch, row[M.VAL_LOSS])
+        obj = self.trainer.objective
+        write_checkpoint_metrics(ck, self.trainer.epoch, obj, row[obj.metric])
         self._last = ck
         return ck
 
@@ -53,15 +57,18 @@ class SyncCheckpoints:
 class BackgroundCheckpoints:
     """The state written in the background into the trial's folder; a pointer reported (search/trial/async_checkpoint.py)."""
 
-    def __init__(self, trial_path: str, every: int):
-        self.trial_path = Path(trial_path)
+    def __init__(self, trial_path: str, every: int, fs=None):
+        """fs: the trial folder's pyarrow filesystem when it is object storage (None: a local path)."""
+        self.remote = None if fs is None else ObjectStoreFolder(fs, trial_path)
+        # on object storage: a private staging folder on this worker's disk, uploaded from
+        self.trial_path = Path(trial_path) if fs is None else staging_folder()
         self.every = every
         self.trainer = None
         self.ck: AsyncCheckpointer | None = None
 
     def attach(self, trainer) -> None:
         self.trainer = trainer
-        self.ck = AsyncCheckpointer(trainer, self.trial_path, self.every)
+        self.ck = AsyncCheckpointer(trainer, self.trial_path, self.every, self.remote)
 
     @property
     def gate_s(self) -> float:
@@ -77,7 +84,17 @@ class BackgroundCheckpoints:
             self.trainer.load_checkpoint(ck_dir)
             return 0
         if pointer["state"] is not None:  # else: from the start, which the seed makes the same
-            self.trainer.load_checkpoint(self.trial_path / pointer["state"])
+            state = self.trial_path / pointer["state"]
+            if self.remote is not None:  # the named state is whole on storage (uploaded before the pointer)
+                self.remote.download(pointer["state"], state)
+            self.trainer.load_checkpoint(state)
+            if self.remote is not None:  # 1.5 GiB at real size: the local copy is not needed once loaded
+                import shutil
+
+                shutil.rmtree(state, ignore_errors=True)
+            # the next pointers name this state until a newer one is whole (with checkpoint_every > 1 none may be
+            # for a while: a second failure then resumes from here, not from the start)
+            self.ck.complete = int(pointer["state"].rsplit("_", 1)[1])
         return pointer["reported_epoch"]  # Ray has these epochs' results: train them again silently
 
     def after_epoch(self, row: dict, final: bool) -> None:
@@ -98,9 +115,30 @@ class BackgroundCheckpoints:
             self.ck.close(wait=wait)
 
 
+STAGING_PREFIX = "mmsa-trial-"
+
+
+def staging_folder() -> Path:
+    """A private folder on this worker's disk for a trial whose folder is on object storage, named by the process
+    that owns it. Ray kills a search's last workers outright when the search ends, so a folder can outlive its
+    process: those of processes that no longer exist are deleted here, at the next trial's start on the machine."""
+    import os
+    import shutil
+
+    root = Path(tempfile.gettempdir())
+    for old in root.glob(f"{STAGING_PREFIX}*-*"):
+        try:
+            pid = int(old.name[len(STAGING_PREFIX):].split("-")[0])
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            shutil.rmtree(old, ignore_errors=True)
+        except (ValueError, OverflowError, OSError):  # not ours (any name can be planted in /tmp), or another user's
+            continue
+    return Path(tempfile.mkdtemp(prefix=f"{STAGING_PREFIX}{os.getpid()}-"))
+
+
 def for_trial(checkpointing: dict | None) -> SyncCheckpoints | BackgroundCheckpoints:
-    """The strategy for this trial: search.checkpoint_mode (tuner.py), background only where the trial's storage is
-    a local filesystem (at a URI, Ray uploads the whole checkpoint)."""
+    """The strategy for this trial: search.checkpoint_mode (tuner.py), on local storage or object storage alike."""
     import pyarrow.fs as pafs
 
     from search.experiment import ray_internals
@@ -108,6 +146,8 @@ def for_trial(checkpointing: dict | None) -> SyncCheckpoints | BackgroundCheckpo
     mode = checkpointing or {"checkpoint_mode": "sync"}  # sync: the behaviour before search.checkpoint_mode
     if mode["checkpoint_mode"] == "async":
         fs, trial_path = ray_internals.trial_storage()
+        every = int(mode.get("checkpoint_every", 1))
         if isinstance(fs, pafs.LocalFileSystem):
-            return BackgroundCheckpoints(trial_path, int(mode.get("checkpoint_every", 1)))
+            return BackgroundCheckpoints(trial_path, every)
+        return BackgroundCheckpoints(trial_path, every, fs)
     return SyncCheckpoints()

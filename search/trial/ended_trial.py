@@ -51,8 +51,16 @@ def finish_if_judged() -> bool:
 
     fs, trial_path = ray_internals.trial_storage()
     # The verdict's existence is what counts (its content, keep the best weights or not, is for retention): a file
-    # damaged on disk must not send a finished trial back to a state that is gone. Only local storage has it.
-    if not isinstance(fs, pafs.LocalFileSystem) or not (Path(trial_path) / ENDED_FILE).exists():
+    # damaged on disk must not send a finished trial back to a state that is gone.
+    if isinstance(fs, pafs.LocalFileSystem):
+        judged = (Path(trial_path) / ENDED_FILE).exists()
+    else:
+        from search.trial.object_store import ObjectStoreFolder
+
+        # Neither answer is safe on a storage error: "not judged" trains from a state that may be deleted,
+        # "judged" ends a trial early. Raised, Ray retries the trial (max_failures) and asks again.
+        judged = ObjectStoreFolder(fs, trial_path).exists(ENDED_FILE, on_error=None)
+    if not judged:
         return False
     after = _restored_epoch(tune.get_checkpoint())
     drop = ray_internals.ray_result_keys()

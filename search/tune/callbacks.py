@@ -10,6 +10,8 @@ import pyarrow.fs as pafs
 from ray.tune import Callback
 
 from search.experiment import faults, ray_internals, trial_backup
+from search.settings.schema import M
+from search.trial.object_store import ObjectStoreFolder
 from search.trial.checkpoint_retention import METRICS_FILE, PIN_FILE, read_checkpoint_metrics, to_delete
 from search.experiment.layout import trial_dirname
 from search.experiment.state_backup import backup
@@ -131,15 +133,27 @@ class StopWhenStorageFull(Callback):
             os.kill(os.getpid(), signal.SIGINT)
 
 
+def follow_search_metric(callbacks: list, metric: str) -> None:
+    """Restored callbacks (tuner.pkl) rank by the search's metric: a TrialRetention pickled before it had one would
+    keep the best weights of the lowest-val-loss trials of a val_acc search."""
+    for cb in callbacks:
+        if isinstance(cb, TrialRetention):
+            cb.metric = metric
+
+
 class TrialRetention(Callback):
     """What a trial leaves on storage once it ends (checkpoint_mode async, search/trial/async_checkpoint.py): its full
     training state goes (a finished trial is not continued); its best-epoch weights stay only for the
-    `keep_best_trials` best finished trials (by best val_loss), and for any that `mmsa export` pinned. Errored
+    `keep_best_trials` best finished trials (by search.metric's best value), and for any that `mmsa export` pinned. Errored
     trials keep everything: `mmsa resume` retries them from their state."""
 
-    def __init__(self, keep_best_trials: int):
+    def __init__(self, keep_best_trials: int, metric: str = M.VAL_LOSS):
         self.keep = keep_best_trials
+        self.metric = metric  # search.metric: which finished trials are the best
         self._last: list[tuple[str, float]] = []
+
+    def _objective(self) -> M.Objective:
+        return M.objective(getattr(self, "metric", None))  # a callback pickled before search.metric: val loss
 
     def on_trial_complete(self, iteration, trials, trial, **info):
         # Deleted now, before Ray saves the state that says the trial finished: a trial restored from an older
@@ -164,9 +178,9 @@ class TrialRetention(Callback):
             paths = []
             for t in done:
                 fs, path = ray_internals.driver_trial_path(t)
-                if isinstance(fs, pafs.LocalFileSystem):
-                    loss = (t.last_result or {}).get("best_val_loss", float("nan"))
-                    paths.append((path, float(loss)))
+                best = (t.last_result or {}).get(self._objective().running, float("nan"))
+                folder = path if isinstance(fs, pafs.LocalFileSystem) else ObjectStoreFolder(fs, path)
+                paths.append((folder, float(best) if isinstance(best, (int, float)) else float("nan")))
         except Exception as e:  # noqa: BLE001 - never fail the search over clean-up; the next end retries
             log.warning("could not list the finished trials' folders: %s", e)
             return
@@ -177,6 +191,6 @@ class TrialRetention(Callback):
         from search.trial.async_checkpoint import retain_finished
 
         try:
-            retain_finished(paths, self.keep, half_written)
+            retain_finished(paths, self.keep, half_written, self._objective())
         except Exception as e:  # noqa: BLE001 - never fail the search over clean-up; the next end retries
             log.warning("could not delete the training state of finished trials: %s", e)

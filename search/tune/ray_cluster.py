@@ -19,6 +19,13 @@ SHARED_FS = ("nfs", "nfs4", "cifs", "smbfs", "lustre", "gpfs", "ceph", "glusterf
 SAME_EVERYWHERE = ("python", "ray", "optuna", "torch", "transformers", "mmsa-tune")
 
 
+# Ray's own settings (src/ray/common/ray_config_def.h) for the local instance a search starts. Every Ray process
+# exports metrics for Prometheus and the dashboard, which a local search never reads; that exporter's thread
+# (opencensus DeltaProducer::RunHarvesterLoop) was seen to crash a worker with a segmentation fault on a loaded
+# 2-core machine. A cluster joined with --address keeps its own settings (set when it was started: docs/cluster.md).
+LOCAL_SYSTEM_CONFIG = {"enable_metrics_collection": False}
+
+
 def init_ray(address: str | None = None) -> None:
     import ray
 
@@ -37,7 +44,8 @@ def init_ray(address: str | None = None) -> None:
     if address in (None, "", "local"):
         # A fresh local instance; a bare ray.init() would attach to any stale cluster recorded on this machine.
         # The dashboard stays off (and would bind 127.0.0.1 only).
-        ray.init(address="local", include_dashboard=False, dashboard_host="127.0.0.1", **kwargs)
+        ray.init(address="local", include_dashboard=False, dashboard_host="127.0.0.1",
+                 _system_config=dict(LOCAL_SYSTEM_CONFIG), **kwargs)  # a copy: Ray adds its session's paths to it
         return
     try:
         ray.init(address=address, **kwargs)

@@ -95,6 +95,13 @@ class TruthfulOptunaSearch(OptunaSearch):
         if study is not None and getattr(self, "_mmsa_dists", None):
             add_known(study, self._mmsa_dists, getattr(self, "_mmsa_warm", []), [])
 
+    def suggest(self, trial_id: str):
+        from search.tune.time_budget import new_trials_allowed
+
+        if not new_trials_allowed():  # None: nothing now (FINISHED would be saved and outlast a raised budget)
+            return None
+        return super().suggest(trial_id)
+
     def on_trial_result(self, trial_id: str, result: dict) -> None:
         ot_trial = optuna_trials(self).get(trial_id)
         if ot_trial is not None and result.get(TRAINING_ITERATION) in intermediate_values(ot_trial):

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import datetime
+import math
 import logging
 import re
 from pathlib import Path
@@ -22,7 +23,7 @@ from search.settings.cli_flags import OPTIONS
 from search.tune.algorithms import check_new_study, make_scheduler, make_searcher, status_reporter
 from search.tune.prerun import check_before_ray, sigterm_like_ctrl_c, start_ray  # noqa: F401 - sigterm_like_ctrl_c: its old home
 from search.tune.ray_cluster import capacity, check_fits
-from search.settings.schema import M
+from search.settings.duration import describe, parse_duration
 from search.settings.space import SearchSpec, parse_spec, spec_to_dict
 from search.trial.trainable import train_trial
 from search.selection.opened import Experiment
@@ -46,6 +47,7 @@ def check_search_args(num_samples, name: str, optuna_storage: str | None) -> Non
 def check_spec(spec: SearchSpec) -> None:
     """Relations between keys that each passed their own check (flags may override the space file's values)."""
     s, epochs = spec.search, spec.fixed.train.epochs
+    s.budget_s  # noqa: B018 - a bad --time-budget is refused here, before anything starts
     if s.grace_period > epochs:
         raise UserError(f"search.grace_period {s.grace_period} is more than train.epochs {epochs}: ASHA could never "
                         "stop a trial. Lower --grace-period, or raise the epochs in the space file's fixed: section.")
@@ -63,12 +65,11 @@ def trainable_with(data: Split, resources: dict, ck: dict | None = None):
 
 
 def _callbacks(spec: SearchSpec, exp: str) -> list:
-    from search.tune.callbacks import CheckpointPruner, StateBackup, StopWhenStorageFull
-
-    from search.tune.callbacks import TrialRetention
+    from search.tune.callbacks import CheckpointPruner, StateBackup, StopWhenStorageFull, TrialRetention
+    from search.tune.worker_crash import WorkerCrashNotice
 
     return [CheckpointPruner(spec.search.keep_checkpoints), StateBackup(), StopWhenStorageFull(exp),
-            TrialRetention(spec.search.keep_best_trials)]
+            TrialRetention(spec.search.keep_best_trials, spec.search.metric), WorkerCrashNotice()]
 
 
 def _fit(tuner, callbacks: list, exp: str):
@@ -76,12 +77,16 @@ def _fit(tuner, callbacks: list, exp: str):
     with one message saying what was kept and how to go on, instead of whatever Ray tripped over first."""
     # StopWhenStorageFull stopped it: space freed since (finished trials' states deleted) does not make it a Ctrl-C
     stopped = lambda: any(getattr(cb, "stopped_full", False) for cb in callbacks)  # noqa: E731
+    from search.tune.time_budget import TimeBudget, in_force
+
     try:
-        result = tuner.fit()
+        with in_force(next((cb for cb in callbacks if isinstance(cb, TimeBudget)), None)):
+            result = tuner.fit()
     except Exception:
         _refuse_if_full(exp, stopped())
         raise
     finally:
+        ray_internals.forget_resume_budget()  # a resume that failed before Ray's resume ran must not pass it on
         for cb in callbacks:
             if hasattr(cb, "flush"):
                 cb.flush()
@@ -101,13 +106,19 @@ def _refuse_if_full(exp: str, stopped: bool = False) -> None:
 def run_search(spec: SearchSpec, num_samples: int, name: str, storage_dir: str = "ray_results", *,
                address: str | None = None, shared_storage: bool = False, optuna_storage: str | None = None,
                verbose: int = 1, log=print, points: list[dict] | None = None, extra_meta: dict | None = None,
-               warm_start: list[str] | None = None, warm_any_data: bool = False, break_lock: bool = False):
+               warm_start: list[str] | None = None, warm_any_data: bool = False, break_lock: bool = False,
+               mlflow: str | None = None):
     """A search over spec's space (Optuna proposes, ASHA stops); or, with `points`, exactly these trial configs, each
     trained for all its epochs (`mmsa confirm`: fixed configurations with fresh seeds, no early stopping by ASHA).
-    warm_start: experiments whose finished trials inside the space Optuna gets first (search/selection/warm_start.py)."""
+    warm_start: experiments whose finished trials inside the space Optuna gets first (search/selection/warm_start.py).
+    mlflow: --mlflow's value ("": the default store; search/tune/mlflow_log.py)."""
     from ray import tune
 
     check_search_args(num_samples, name, optuna_storage)
+    if mlflow is not None:
+        from search.experiment.mlflow_runs import require_mlflow
+
+        require_mlflow()
     check_spec(spec)
     data_dir = Path(spec.fixed.data.data_dir).resolve()
     spec.fixed = spec.fixed.with_overrides({"data.data_dir": str(data_dir)})
@@ -131,8 +142,8 @@ def run_search(spec: SearchSpec, num_samples: int, name: str, storage_dir: str =
     with ExperimentLock(exp, f"mmsa search --name {name}", break_lock):
         if experiment.meta_exists(exp):
             if experiment.ever_ran(exp):
-                raise UserError(f"{exp} already holds a search; continue it with `mmsa resume {exp}` or pick another "
-                                "--name.")
+                raise UserError(f"{exp} already holds a search; continue it with `mmsa resume {exp}` (or this command "
+                                "with --if-exists resume), or pick another --name.")
             log(f"{exp}: an earlier start of this search never ran a trial; starting it again")
             experiment.clear_start(exp)
         meta = {"name": name, "storage": storage_dir, "num_samples": num_samples, "data_dir": str(data_dir),
@@ -144,6 +155,16 @@ def run_search(spec: SearchSpec, num_samples: int, name: str, storage_dir: str =
         log(f"search {name}: {num_samples} trials, {max_conc} at once, {resources} each; results in {exp}")
         ray_internals.upload_state_after_each_checkpoint()
         callbacks = _callbacks(spec, exp)
+        budget = None
+        if points is None and spec.search.budget_s:  # `mmsa confirm` (points) runs to the end: no budget
+            from search.tune.time_budget import TimeBudget
+
+            budget = TimeBudget(exp, spec.search.budget_s)
+            callbacks.append(budget)
+        if mlflow is not None:
+            from search.tune.mlflow_log import logger_for
+
+            callbacks.append(logger_for(exp, mlflow))
         if points is None:
             param_space = spec.param_space()
             search_alg = make_searcher(spec, name, max_conc, optuna_storage, num_samples, warm)
@@ -166,10 +187,10 @@ def run_search(spec: SearchSpec, num_samples: int, name: str, storage_dir: str =
                                         # warm workers: start-up (imports, weights) once per process, not per trial
                                         reuse_actors=spec.search.reuse_workers),
             run_config=tune.RunConfig(
-                name=name, storage_path=storage_dir, verbose=verbose, progress_reporter=status_reporter(spec),
+                name=name, storage_path=storage_dir, verbose=verbose, progress_reporter=status_reporter(spec), stop=budget,
                 # Ray keeps every checkpoint; CheckpointPruner deletes (search/trial/checkpoint_retention.py says why).
-                checkpoint_config=tune.CheckpointConfig(num_to_keep=None, checkpoint_score_attribute=M.OPT_METRIC,
-                                                        checkpoint_score_order=M.OPT_MODE),
+                checkpoint_config=tune.CheckpointConfig(num_to_keep=None, checkpoint_score_attribute=spec.search.objective.metric,
+                                                        checkpoint_score_order=spec.search.objective.mode),
                 callbacks=callbacks,
                 failure_config=tune.FailureConfig(max_failures=spec.search.max_failures),
             ),
@@ -178,12 +199,19 @@ def run_search(spec: SearchSpec, num_samples: int, name: str, storage_dir: str =
 
 
 def resume_search(exp_dir: str | Path | Experiment, *, address: str | None = None, verbose: int = 1,
-                  trust_state: bool = False, log=print, break_lock: bool = False, shared_storage: bool = False):
-    """shared_storage: as `mmsa search --shared-storage` (the search's own setting counts too)."""
+                  trust_state: bool = False, log=print, break_lock: bool = False, shared_storage: bool = False,
+                  time_budget: str | None = None, mlflow: str | None = None):
+    """shared_storage: as `mmsa search --shared-storage` (the search's own setting counts too).
+    mlflow: --mlflow's value; None: MLflow logging continues where the search logged (search/tune/mlflow_log.py).
+    time_budget: a new search.time_budget (--time-budget), written into the search's metadata; None: the search's."""
     from ray import tune
 
     from search.tune.asha_state import replay
 
+    if mlflow is not None:
+        from search.experiment.mlflow_runs import require_mlflow
+
+        require_mlflow()
     opened = Experiment.open(exp_dir, normalize=True)
     exp, meta = opened.path, opened.meta
     spec = parse_spec(meta["spec"], f"{exp}/{experiment.META}")
@@ -193,6 +221,7 @@ def resume_search(exp_dir: str | Path | Experiment, *, address: str | None = Non
     check_before_ray(spec, exp, what=f"{exp}", fix="move the experiment to a writable disk (it is relocatable), then "
                      "resume it there")  # Ray writes the resumed trials and state into the experiment itself
     with ExperimentLock(exp, f"mmsa resume {exp}", break_lock):
+        used = _budget_left(exp, meta, spec, time_budget)
         experiment.check_state(exp, log, trust_state)  # cheap: refusals come before hashing and preprocessing data
         fs, path = storage.filesystem(exp)
         repaired = trial_backup.repair_trials(fs, path)
@@ -213,6 +242,47 @@ def resume_search(exp_dir: str | Path | Experiment, *, address: str | None = Non
         ray_internals.keep_our_files_out_of_ray_staging()
         tuner = tune.Tuner.restore(exp, trainable=trainable_with(data, meta["resources"], checkpointing(spec)),
                                    resume_unfinished=True, resume_errored=True)
+        if used is not None:
+            from search.tune.time_budget import TimeBudget
+
+            budget = TimeBudget(exp, spec.search.budget_s, used[0])
+            ray_internals.budget_on_restore(tuner, budget, budget, reopen=used[1])
+            log(f"time budget {describe(spec.search.budget_s)}: {describe(used[0])} used, "
+                f"{describe(spec.search.budget_s - used[0])} left")
         if not experiment.is_confirm_run(meta):  # `mmsa confirm` runs without ASHA: nothing to replay
             replay(ray_internals.restored_scheduler(tuner), opened.fresh_trials(), spec.search.objective)
-        return _fit(tuner, ray_internals.restored_callbacks(tuner), exp)
+        from search.tune.callbacks import follow_search_metric
+        from search.tune.mlflow_log import MlflowLogger, logger_for
+
+        ray_internals.set_restored_callback(tuner, MlflowLogger, logger_for(exp, mlflow))
+        callbacks = ray_internals.restored_callbacks(tuner)
+        follow_search_metric(callbacks, spec.search.metric)  # tuner.pkl of a search from before: no metric in them
+        return _fit(tuner, callbacks, exp)
+
+
+def _budget_left(exp: str, meta: dict, spec: SearchSpec, time_budget: str | None) -> tuple[float, bool] | None:
+    """The time a resumed search has used and whether its budget stopped it (None: it has no budget); refused when
+    nothing is left. A new --time-budget replaces the search's in its metadata (status and later resumes use it)."""
+    from search.experiment import time_used
+
+    if time_budget is not None:
+        parse_duration(time_budget, "--time-budget")
+        spec.search.time_budget = str(time_budget)
+    used = None
+    if spec.search.budget_s and not experiment.is_confirm_run(meta):
+        used = time_used.read(exp)
+        if used is None:
+            raise UserError(time_used.damaged(exp))
+        if time_used.is_spent(used[0], spec.search.budget_s):
+            raise UserError(f"{exp}: its time budget of {describe(spec.search.budget_s)} is spent ({describe(used[0])} "
+                            f"used), so nothing was started. To continue, raise it: `mmsa resume {exp} --time-budget "
+                            f"{_raised(spec.search.budget_s)}` (the time used counts against the new budget).")
+    if time_budget is not None:  # kept only by a resume that runs: a refused one leaves the search's budget as it was
+        meta["spec"] = spec_to_dict(spec)
+        experiment.write_meta(exp, meta)
+    return used
+
+
+def _raised(budget_s: float) -> str:
+    """A budget to suggest: twice the spent one, as a person writes it."""
+    return f"{math.ceil(budget_s / 1800)}h" if budget_s >= 3600 else f"{math.ceil(budget_s / 30)}m"
