@@ -7,8 +7,8 @@ import torch
 
 from model import metrics as M
 from model.train import Trainer
-from search.trial.async_checkpoint import (BEST_PREFIX, STATE_DIR, AsyncCheckpointer, mark_ended, read_pointer,
-                                     retain_finished, state_name)
+from search.trial.async_checkpoint import (BEST_PREFIX, STATE_DIR, AsyncCheckpointer, ended_verdict, mark_ended,
+                                     read_pointer, retain_finished, state_name)
 from search.trial.checkpoint_retention import PIN_FILE
 
 
@@ -260,3 +260,32 @@ def test_staging_sweep_deletes_dead_processes_folders_and_ignores_planted_names(
     new = staging_folder()
     assert new.is_dir() and new.parent == tmp_path and new.name.startswith(f"{STAGING_PREFIX}{os.getpid()}-")
     assert not gone.exists() and live.exists() and all(p.exists() for p in planted)
+
+
+def test_a_trial_end_touches_only_the_folders_whose_verdict_changed(tmp_path):
+    """The driver's retention after each trial end (callbacks.TrialRetention) remembers what it applied: a folder
+    whose verdict is unchanged is not listed or read again (on object storage that was several requests per finished
+    trial per trial end); the end-of-search sweep (half_written) still goes through every folder."""
+    def trial(i):
+        d = tmp_path / f"trial_{i}"
+        (d / STATE_DIR / "epoch_000001").mkdir(parents=True)
+        (d / f"{BEST_PREFIX}000001").mkdir()
+        return str(d)
+
+    applied = {}
+    done = [(trial(0), 0.5)]
+    retain_finished(done, 1, applied=applied)
+    assert applied == {"trial_0": True} and not (tmp_path / "trial_0" / STATE_DIR).exists()
+    (tmp_path / "trial_0" / STATE_DIR).mkdir()  # a marker: touched again, it would go
+    done.append((trial(1), 0.9))  # worse: trial_0 stays the best, its verdict is unchanged
+    retain_finished(done, 1, applied=applied)
+    assert (tmp_path / "trial_0" / STATE_DIR).is_dir() and applied == {"trial_0": True, "trial_1": False}
+    assert not (tmp_path / "trial_1" / f"{BEST_PREFIX}000001").exists()
+    done.append((trial(2), 0.1))  # better: trial_0 leaves the top and is touched
+    retain_finished(done, 1, applied=applied)
+    assert applied == {"trial_0": False, "trial_1": False, "trial_2": True}
+    assert not (tmp_path / "trial_0" / STATE_DIR).exists() and not (tmp_path / "trial_0" / f"{BEST_PREFIX}000001").exists()
+    assert ended_verdict(tmp_path / "trial_0") is False
+    (tmp_path / "trial_1" / STATE_DIR).mkdir()
+    retain_finished(done, 1, half_written=True, applied=applied)  # the final sweep: every folder
+    assert not (tmp_path / "trial_1" / STATE_DIR).exists()

@@ -59,7 +59,7 @@ def test_each_difference_is_named_with_both_values():
 
 def test_a_relaunch_of_a_search_whose_budget_is_spent_runs_nothing(tmp_path):
     """A restarted job meets a search its time budget ended: one line, nothing run (not an error, the job is done);
-    the launch's own longer budget continues it; an unreadable time file is left to resume's refusal."""
+    the launch's own longer budget continues it; an unreadable time file is refused as resume refuses it."""
     from search.experiment import layout, time_used
     from search.selection.opened import Experiment
     from search.tune.relaunch import budget_spent
@@ -74,7 +74,8 @@ def test_a_relaunch_of_a_search_whose_budget_is_spent_runs_nothing(tmp_path):
     assert "its time budget of 1m is spent" in budget_spent(opened, None)
     assert budget_spent(opened, "2m") is None  # the launch raises it: continue
     (exp / Path(time_used.path(str(exp))).name).write_text("[garbage")
-    assert budget_spent(opened, None) is None
+    with pytest.raises(UserError, match="cannot be read"):  # refused up front, as `mmsa resume` refuses it
+        budget_spent(opened, None)
 
 
 def _dead_lease(exp, age: float) -> None:

@@ -9,8 +9,10 @@ import json
 import math
 
 from data_pipeline.atomic import write_file
+from data_pipeline.errors import UserError
 
 from search.experiment import storage
+from search.settings.duration import describe, longer
 
 FILE = ".mmsa-time-used.json"
 MAX_S = 100 * 365 * 86400  # more than any search runs: a bigger number was edited in
@@ -45,3 +47,19 @@ def write(exp, used_s: float, spent: bool) -> None:
 def damaged(exp) -> str:
     return (f"{exp}/{FILE}: the time this search has used cannot be read (damaged or edited). Delete the file to count "
             "its time budget from zero again, or restore it from a copy of the experiment.")
+
+
+def spent_line(exp, budget_s: float | None) -> str | None:
+    """THE pre-run check of a time budget (resume's refusal, a restarted job's "nothing to run"): a line naming the
+    budget, the time used and how to continue when it is spent; None while time is left or with no budget. A time
+    file that cannot be read is refused (UserError), never read as "nothing used"."""
+    if not budget_s:
+        return None
+    used = read(exp)
+    if used is None:
+        raise UserError(damaged(exp))
+    if not is_spent(used[0], budget_s):
+        return None
+    return (f"{exp}: its time budget of {describe(budget_s)} is spent ({describe(used[0])} used), so nothing was "
+            f"started. To continue, raise it: `mmsa resume {exp} --time-budget {longer(budget_s)}`, or that "
+            "--time-budget on the launch command (the time used counts against the new budget).")

@@ -31,3 +31,8 @@ def describe(seconds: float) -> str:
     s = max(0, round(seconds))
     h, m, sec = s // 3600, s % 3600 // 60, s % 60
     return " ".join(f"{v}{u}" for v, u in ((h, "h"), (m, "m"), (sec, "s")) if v) or "0s"
+
+
+def longer(budget_s: float) -> str:
+    """A budget to suggest once one is spent: twice it, as a person writes it."""
+    return f"{math.ceil(budget_s / 1800)}h" if budget_s >= 3600 else f"{math.ceil(budget_s / 30)}m"

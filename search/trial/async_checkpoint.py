@@ -67,6 +67,17 @@ def state_name(epoch: int) -> str:
     return f"{STATE_DIR}/epoch_{epoch:06d}"
 
 
+STATE_NAME_RE = rf"{STATE_DIR}/epoch_([0-9]{{6}})"  # state_name's only form: a pointer naming anything else is damaged
+
+
+def state_epoch(name: str) -> int:
+    """The epoch of a state_name (ValueError for any other text)."""
+    m = re.fullmatch(STATE_NAME_RE, name) if isinstance(name, str) else None
+    if m is None:
+        raise ValueError(name)
+    return int(m.group(1))
+
+
 def best_name(epoch: int) -> str:
     return f"{BEST_PREFIX}{epoch:06d}"
 
@@ -82,8 +93,8 @@ def read_pointer(ck_dir: Path) -> dict | None:
         state = d["state"]
         # only a name mmsa writes (state_name): a planted `../other-trial/...` or absolute path must not make a
         # resumed trial load (or, on object storage, download) a state from outside its own folder
-        if state is not None and (not isinstance(state, str) or not re.fullmatch(rf"{STATE_DIR}/epoch_[0-9]{{6}}", state)):
-            raise ValueError(state)
+        if state is not None:
+            state_epoch(state)  # ValueError unless it is a name state_name writes
         return {"state": state, "reported_epoch": int(d["reported_epoch"])}
     except (KeyError, TypeError, ValueError, OverflowError):
         raise UserError(f"{Path(ck_dir) / POINTER_FILE} is damaged (not what mmsa writes): the trial cannot tell "
@@ -333,9 +344,12 @@ class AsyncCheckpointer:
 
 
 def retain_finished(trials: list[tuple["str | ObjectStoreFolder", float]], keep_best_trials: int, half_written: bool = False,
-                    objective: M.Objective = M.DEFAULT_OBJECTIVE) -> None:
+                    objective: M.Objective = M.DEFAULT_OBJECTIVE, applied: dict | None = None) -> None:
     """trials: (trial folder, best value of the search's objective) of finished trials. Their training state goes;
-    best weights stay for the `keep_best_trials` best (NaN last) and where pinned (half_written: see apply_retention)."""
+    best weights stay for the `keep_best_trials` best (NaN last) and where pinned (half_written: see apply_retention).
+    applied: folder name -> the verdict already applied to it, kept by the caller between calls; a folder whose
+    verdict has not changed is not touched again (on object storage each folder costs several requests, and a trial
+    end would otherwise touch every finished trial: O(N^2) over a search). A sweep with half_written touches all."""
     from search.selection.results import rank_key
 
     def folder(t):
@@ -347,6 +361,10 @@ def retain_finished(trials: list[tuple["str | ObjectStoreFolder", float]], keep_
     ranked = sorted(trials, key=lambda t: rank_key(objective, t[1], name(t[0])))  # THE trial order
     for i, (path, _) in enumerate(ranked):
         keep = i < keep_best_trials
+        if applied is not None and not half_written and applied.get(name(path)) == keep:
+            continue
         if ended_verdict(folder(path)) != keep:
             mark_ended(folder(path), keep)
         apply_retention(folder(path), keep, half_written)
+        if applied is not None:
+            applied[name(path)] = keep

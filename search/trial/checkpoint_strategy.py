@@ -13,7 +13,7 @@ from __future__ import annotations
 import tempfile
 from pathlib import Path
 
-from search.trial.async_checkpoint import AsyncCheckpointer, read_pointer
+from search.trial.async_checkpoint import AsyncCheckpointer, read_pointer, state_epoch
 from search.trial.checkpoint_retention import write_checkpoint_metrics
 from search.trial.object_store import ObjectStoreFolder
 
@@ -94,7 +94,7 @@ class BackgroundCheckpoints:
                 shutil.rmtree(state, ignore_errors=True)
             # the next pointers name this state until a newer one is whole (with checkpoint_every > 1 none may be
             # for a while: a second failure then resumes from here, not from the start)
-            self.ck.complete = int(pointer["state"].rsplit("_", 1)[1])
+            self.ck.complete = state_epoch(pointer["state"])
         return pointer["reported_epoch"]  # Ray has these epochs' results: train them again silently
 
     def after_epoch(self, row: dict, final: bool) -> None:

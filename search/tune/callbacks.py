@@ -151,6 +151,7 @@ class TrialRetention(Callback):
         self.keep = keep_best_trials
         self.metric = metric  # search.metric: which finished trials are the best
         self._last: list[tuple[str, float]] = []
+        self._applied: dict[str, bool] = {}  # trial folder -> verdict applied this driver run (a resume sweeps all once)
 
     def _objective(self) -> M.Objective:
         return M.objective(getattr(self, "metric", None))  # a callback pickled before search.metric: val loss
@@ -185,12 +186,14 @@ class TrialRetention(Callback):
             log.warning("could not list the finished trials' folders: %s", e)
             return
         self._last = paths
-        self._retain(paths)
+        if not hasattr(self, "_applied"):  # a callback pickled by an older version
+            self._applied = {}
+        self._retain(paths, applied=self._applied)  # only the trial that ended and any that left the top are touched
 
-    def _retain(self, paths: list[tuple[str, float]], half_written: bool = False) -> None:
+    def _retain(self, paths: list[tuple[str, float]], half_written: bool = False, applied: dict | None = None) -> None:
         from search.trial.async_checkpoint import retain_finished
 
         try:
-            retain_finished(paths, self.keep, half_written, self._objective())
+            retain_finished(paths, self.keep, half_written, self._objective(), applied)
         except Exception as e:  # noqa: BLE001 - never fail the search over clean-up; the next end retries
             log.warning("could not delete the training state of finished trials: %s", e)

@@ -88,16 +88,12 @@ def search_or_resume(spec: SearchSpec, num_samples: int, name: str, storage_dir:
 
 
 def budget_spent(opened: Experiment, time_budget: str | None) -> str | None:
-    """A line when the search's time budget (the launch's, when it gives one) is spent; None otherwise, or when the
-    time used cannot be read (resume then refuses and names the file)."""
+    """A line when the search's time budget (the launch's, when it gives one) is spent; None otherwise. The rule and
+    its refusal of an unreadable time file are time_used.spent_line's, as for `mmsa resume`."""
     from search.experiment import time_used
-    from search.settings.duration import describe, parse_duration
+    from search.settings.duration import parse_duration
     from search.settings.space import parse_spec
 
     budget = parse_duration(time_budget, "--time-budget") if time_budget else \
         parse_spec(opened.meta["spec"], f"{opened.path}/{experiment.META}").search.budget_s
-    used = time_used.read(opened.path) if budget else None
-    if used is None or not time_used.is_spent(used[0], budget):
-        return None
-    return (f"search in {opened.path}: its time budget of {describe(budget)} is spent ({describe(used[0])} used); "
-            "nothing to run. Raise it with --time-budget LONGER to continue it.")
+    return time_used.spent_line(opened.path, budget)

@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import datetime
-import math
 import logging
 import re
 from pathlib import Path
@@ -270,19 +269,11 @@ def _budget_left(exp: str, meta: dict, spec: SearchSpec, time_budget: str | None
         spec.search.time_budget = str(time_budget)
     used = None
     if spec.search.budget_s and not experiment.is_confirm_run(meta):
+        spent = time_used.spent_line(exp, spec.search.budget_s)
+        if spent:
+            raise UserError(spent)
         used = time_used.read(exp)
-        if used is None:
-            raise UserError(time_used.damaged(exp))
-        if time_used.is_spent(used[0], spec.search.budget_s):
-            raise UserError(f"{exp}: its time budget of {describe(spec.search.budget_s)} is spent ({describe(used[0])} "
-                            f"used), so nothing was started. To continue, raise it: `mmsa resume {exp} --time-budget "
-                            f"{_raised(spec.search.budget_s)}` (the time used counts against the new budget).")
     if time_budget is not None:  # kept only by a resume that runs: a refused one leaves the search's budget as it was
         meta["spec"] = spec_to_dict(spec)
         experiment.write_meta(exp, meta)
     return used
-
-
-def _raised(budget_s: float) -> str:
-    """A budget to suggest: twice the spent one, as a person writes it."""
-    return f"{math.ceil(budget_s / 1800)}h" if budget_s >= 3600 else f"{math.ceil(budget_s / 30)}m"
