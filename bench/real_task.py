@@ -318,9 +318,14 @@ def main() -> None:
                     "~/.cache/mmsa-tune/bench/real_task; --smoke: a temporary folder unless given)")
     ap.add_argument("--seeds", type=int, default=None, help="seeds of each search method (default 3)")
     ap.add_argument("--num-samples", type=int, default=None, help="trials per search (default 6)")
-    ap.add_argument("--methods", default="lab,tpe,random", help="comma-separated subset of lab,tpe,random,recommended "
+    ap.add_argument("--methods", default="lab,tpe,random", help="comma-separated subset of lab (its final "
+                    "configuration and its procedure),labfinal (the final configuration only),tpe,random,recommended "
                     "(TPE + ASHA + confirm on the recommended space),wide (the importance search)")
     args = ap.parse_args()
+    methods = set(args.methods.split(","))
+    unknown = methods - {"lab", "labfinal", "tpe", "random", "recommended", "wide"}
+    if unknown:
+        ap.error(f"--methods: unknown {', '.join(sorted(unknown))}")
     print(machine())
     p = dict(SMOKE if args.smoke else FULL)
     p.update({k: v for k, v in (("seeds", args.seeds), ("num_samples", args.num_samples)) if v is not None})
@@ -352,12 +357,12 @@ def main() -> None:
     base = base.with_overrides({"train.epochs": p["epochs"]})
     print(f"work folder {work}; held-out rows {p['heldout']}; {p}")
     t0 = time.time()
-    methods = set(args.methods.split(","))
     results = {}
     lab_final = base.with_overrides({**LAB_FINAL, "train.epochs": p["epochs"]})
-    if "lab" in methods:
+    if methods & {"lab", "labfinal"}:
         r = kept(work, "lab_final", lambda: score(lab_final, held))
         results["lab final"] = {**r, "trial_epochs": 0, "choice": _describe(lab_final)}
+    if "lab" in methods:
         results["lab procedure"] = lab_procedure(base, work, held, p)
         print(f"lab procedure: {results['lab procedure']['trial_epochs']} trial-epochs", flush=True)
     for method, sampler, space_name, label in (("tpe", "tpe", "default", "TPE+ASHA+confirm"),

@@ -289,3 +289,27 @@ def test_a_trial_end_touches_only_the_folders_whose_verdict_changed(tmp_path):
     (tmp_path / "trial_1" / STATE_DIR).mkdir()
     retain_finished(done, 1, half_written=True, applied=applied)  # the final sweep: every folder
     assert not (tmp_path / "trial_1" / STATE_DIR).exists()
+
+
+def test_a_full_staging_disk_is_named_with_what_to_do(tmp_path):
+    """A trial on object storage stages its states on the worker's disk ($TMPDIR): a full one fails the trial (Ray
+    retries it) with an error naming that disk and TMPDIR, not the storage; on local storage the error is as it was."""
+    import concurrent.futures
+    import errno
+
+    import pyarrow.fs as pafs
+    import pytest
+
+    from search.trial.object_store import ObjectStoreFolder
+
+    full = concurrent.futures.Future()
+    full.set_exception(OSError(errno.ENOSPC, "No space left on device"))
+    remote = AsyncCheckpointer(FakeTrainer(), tmp_path, remote=ObjectStoreFolder(pafs.LocalFileSystem(), str(tmp_path / "b")))
+    with pytest.raises(OSError, match="worker's local disk is full.*set TMPDIR") as e:
+        remote._wait(full)
+    assert e.value.errno == errno.ENOSPC
+    remote.close()
+    local = AsyncCheckpointer(FakeTrainer(), tmp_path)
+    with pytest.raises(OSError, match="^.Errno 28. No space left on device$"):
+        local._wait(full)
+    local.close()

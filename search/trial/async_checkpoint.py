@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import concurrent.futures
 import copy
+import errno
 import json
 import os
 import re
@@ -259,7 +260,7 @@ class AsyncCheckpointer:
         replayable from the seed) and that epoch, so a resumed trial replays the epochs in between silently."""
         for e, fut in self.best_pending + self.pending:
             if e < reported_epoch:  # not this epoch's own writes: they run during the next epoch
-                fut.result()  # a failed write raises here: the trial fails and Ray retries it from the last pointer
+                self._wait(fut)  # a failed write raises here: the trial fails and Ray retries it from the last pointer
         self.best_pending = [(e, f) for e, f in self.best_pending if e >= reported_epoch]
         for e, _ in self.pending:
             if e < reported_epoch:
@@ -290,7 +291,19 @@ class AsyncCheckpointer:
         """Before the report of a trial's last epoch: its best weights written in full. Ray may end the worker soon
         after that report (a search's last trials), which would cut a background write short."""
         for _, fut in self.best_pending + self.pending:
+            self._wait(fut)
+
+    def _wait(self, fut: concurrent.futures.Future) -> None:
+        """A background write's outcome. A full disk under a trial on object storage is the worker's local staging
+        disk, not the storage: the error says which and what to do (Ray's own message names neither)."""
+        try:
             fut.result()
+        except OSError as e:
+            if e.errno == errno.ENOSPC and self.remote is not None:
+                raise OSError(e.errno, f"the worker's local disk is full at {self.trial_dir}: a trial on object storage "
+                              "writes each state there before uploading it (up to two states of each trial running "
+                              "on the machine); set TMPDIR on the workers to a volume with room") from e
+            raise
 
     def close(self, wait: bool = True) -> None:
         """The trial ends: no state of the last epoch is needed (a finished trial is not continued), but the best
