@@ -3,6 +3,8 @@ RNG, history) as a torch file loaded with weights_only=True. A checkpoint folder
 (data_pipeline/atomic.py)."""
 from __future__ import annotations
 
+import errno
+import shutil
 from pathlib import Path
 
 import torch
@@ -18,13 +20,33 @@ STATE = "trainer_state.pt"
 CONFIG = "config.yaml"
 DATA = "data.json"  # the data a run trained on (directory and content fingerprint), checked by --resume
 
-__all__ = ["WEIGHTS", "BEST_WEIGHTS", "STATE", "CONFIG", "DATA", "save_weights", "load_weights", "load_state", "replace_dir",
+__all__ = ["WEIGHTS", "BEST_WEIGHTS", "STATE", "CONFIG", "DATA", "save_weights", "save_state", "load_weights", "load_state",
+           "replace_dir",
            "safetensors_shapes"]
 
 
 def save_weights(state: dict[str, torch.Tensor], path: Path) -> None:
     """Atomically, never through a link planted under the name (data_pipeline/atomic.py)."""
     write_file(path, save({k: v.detach().to("cpu").contiguous() for k, v in state.items()}))
+
+
+def save_state(state: dict, path: Path) -> None:
+    """The training state (optimizer, scheduler, RNG, history) with torch.save, inside a folder being written whole.
+    On a full disk torch's writer raises a RuntimeError that says nothing of space ("[enforce fail at
+    inline_container.cc] unexpected pos"): it is raised as the OSError(ENOSPC) every other write gives."""
+    try:
+        torch.save(state, path)
+    except RuntimeError as e:
+        try:
+            full = shutil.disk_usage(Path(path).parent).free < FULL_BYTES
+        except OSError:
+            full = False
+        if full:
+            raise OSError(errno.ENOSPC, f"No space left on device: {path}") from e
+        raise
+
+
+FULL_BYTES = 64 * 2**20  # less free than this after a failed write: the disk filled up (a state is 100s of MiB)
 
 
 def _unreadable(path: Path, e: Exception, what: str) -> UserError:

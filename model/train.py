@@ -352,7 +352,7 @@ class Trainer:
             ckpt.save_weights(self.model.state_dict(), tmp / ckpt.WEIGHTS)
             if include_best and self.best_state is not None:
                 ckpt.save_weights(self.best_state, tmp / ckpt.BEST_WEIGHTS)
-            torch.save(self.training_state(), tmp / ckpt.STATE)
+            ckpt.save_state(self.training_state(), tmp / ckpt.STATE)
             save_config(self.cfg, tmp / ckpt.CONFIG)
 
         return ckpt.replace_dir(path, write)

@@ -241,25 +241,28 @@ def test_a_retention_callback_pickled_before_search_metric_follows_it_on_resume(
 
 
 def test_staging_sweep_deletes_dead_processes_folders_and_ignores_planted_names(tmp_path, monkeypatch):
-    """Trials on object storage stage in TMP/mmsa-trial-PID-*: a folder of a process that is gone is deleted at the
-    next trial's start; a planted name (a pid too large for the OS, not a number) never stops a trial."""
+    """Trials on object storage stage in TMP/mmsa-trial-HOST-PID-*: a folder of a process of this host that is gone is
+    deleted at the next trial's start; another host's (a TMPDIR shared by machines, where the pid means nothing here)
+    is not; a planted name (a pid too large for the OS, not a number) never stops a trial."""
     import os
     import subprocess
     import sys
     import tempfile
 
-    from search.trial.checkpoint_strategy import STAGING_PREFIX, staging_folder
+    from search.trial.checkpoint_strategy import STAGING_PREFIX, staging_folder, staging_prefix
 
     monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    mine = staging_prefix()
     dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
-    gone = tmp_path / f"{STAGING_PREFIX}{int(dead.stdout)}-abc"
-    planted = [tmp_path / f"{STAGING_PREFIX}99999999999999999999-x", tmp_path / f"{STAGING_PREFIX}x-y"]
-    live = tmp_path / f"{STAGING_PREFIX}{os.getpid()}-live"
-    for d in (gone, live, *planted):
+    gone = tmp_path / f"{mine}{int(dead.stdout)}-abc"
+    other_host = tmp_path / f"{STAGING_PREFIX}another.node-{int(dead.stdout)}-abc"
+    planted = [tmp_path / f"{mine}99999999999999999999-x", tmp_path / f"{mine}x-y"]
+    live = tmp_path / f"{mine}{os.getpid()}-live"
+    for d in (gone, other_host, live, *planted):
         (d / "mmsa_state").mkdir(parents=True)
     new = staging_folder()
-    assert new.is_dir() and new.parent == tmp_path and new.name.startswith(f"{STAGING_PREFIX}{os.getpid()}-")
-    assert not gone.exists() and live.exists() and all(p.exists() for p in planted)
+    assert new.is_dir() and new.parent == tmp_path and new.name.startswith(f"{mine}{os.getpid()}-")
+    assert not gone.exists() and live.exists() and other_host.exists() and all(p.exists() for p in planted)
 
 
 def test_a_trial_end_touches_only_the_folders_whose_verdict_changed(tmp_path):
@@ -290,26 +293,3 @@ def test_a_trial_end_touches_only_the_folders_whose_verdict_changed(tmp_path):
     retain_finished(done, 1, half_written=True, applied=applied)  # the final sweep: every folder
     assert not (tmp_path / "trial_1" / STATE_DIR).exists()
 
-
-def test_a_full_staging_disk_is_named_with_what_to_do(tmp_path):
-    """A trial on object storage stages its states on the worker's disk ($TMPDIR): a full one fails the trial (Ray
-    retries it) with an error naming that disk and TMPDIR, not the storage; on local storage the error is as it was."""
-    import concurrent.futures
-    import errno
-
-    import pyarrow.fs as pafs
-    import pytest
-
-    from search.trial.object_store import ObjectStoreFolder
-
-    full = concurrent.futures.Future()
-    full.set_exception(OSError(errno.ENOSPC, "No space left on device"))
-    remote = AsyncCheckpointer(FakeTrainer(), tmp_path, remote=ObjectStoreFolder(pafs.LocalFileSystem(), str(tmp_path / "b")))
-    with pytest.raises(OSError, match="worker's local disk is full.*set TMPDIR") as e:
-        remote._wait(full)
-    assert e.value.errno == errno.ENOSPC
-    remote.close()
-    local = AsyncCheckpointer(FakeTrainer(), tmp_path)
-    with pytest.raises(OSError, match="^.Errno 28. No space left on device$"):
-        local._wait(full)
-    local.close()

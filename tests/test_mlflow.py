@@ -184,3 +184,48 @@ def test_an_unsigned_record_is_not_followed(tmp_path, capsys):
     said = []
     assert R.log_export(str(tmp_path), {"trial_id": "t"}, tmp_path / "x.yaml", said.append) is None
     assert len(said) == 1 and "not signed by your key" in said[0]
+
+
+def _trial(tid, config=None, last_result=None):
+    """What the callback reads of Ray's Trial (a Trial needs a registered trainable and a running Ray)."""
+    from types import SimpleNamespace
+
+    return SimpleNamespace(trial_id=tid, config=config or {"train": {"lr": 1e-3}}, last_result=last_result or {})
+
+
+def _logger_exp(tmp_path):
+    from search.experiment.layout import write_meta
+    from search.tune.mlflow_log import MlflowLogger
+
+    exp = tmp_path / "exp"
+    write_meta(str(exp), {"name": "stopped", "num_samples": 2, "data_dir": str(tmp_path), "data_fingerprint": "f" * 64,
+                          "created": "now", "spec": {"space": {"train.lr": {"loguniform": [1e-5, 1e-3]}}}})
+    uri = R.tracking_uri(f"sqlite:///{tmp_path / 'm.db'}")
+    return MlflowLogger(str(exp), uri), exp, uri
+
+
+def test_a_stopped_search_leaves_its_parent_run_killed_though_flush_is_called_twice(tmp_path):
+    """Ray's experiment end (also on Ctrl-C and SIGTERM) and the tuner's flush after fit both flush the callback: the
+    second call used to find no trial open and mark the stopped search FINISHED."""
+    log, exp, uri = _logger_exp(tmp_path)
+    log.on_trial_start(0, [], _trial("a"))
+    log.on_trial_result(0, [], _trial("a"), {"epoch": 1, "val_loss": 0.7})
+    log.on_experiment_end([])  # Ctrl-C: trial a still running
+    log.flush()
+    parents, children = _runs(uri, "stopped")
+    assert [p.info.status for p in parents] == ["KILLED"] and [c.info.status for c in children] == ["KILLED"]
+
+
+def test_a_resumed_run_continues_after_its_last_epoch_whatever_metric_was_not_finite(tmp_path):
+    """A run whose last epochs had a NaN val loss (not logged) holds those epochs' other metrics: a resume that
+    reports them again must not log them twice (the last step is over every metric, not val_loss alone)."""
+    log, exp, uri = _logger_exp(tmp_path)
+    for e, loss in ((1, 0.7), (2, float("nan"))):
+        log.on_trial_result(0, [], _trial("a"), {"epoch": e, "val_loss": loss, "val_acc": 0.5 + e / 10})
+    log.flush()
+    resumed, _, _ = _logger_exp(tmp_path)  # a new driver: the signed record names the same runs
+    resumed.on_trial_result(0, [], _trial("a"), {"epoch": 2, "val_loss": float("nan"), "val_acc": 0.7})  # again
+    resumed.on_trial_result(0, [], _trial("a"), {"epoch": 3, "val_loss": 0.6, "val_acc": 0.8})
+    resumed.flush()
+    (_, ), (child, ) = _runs(uri, "stopped")
+    assert _steps(uri, child.info.run_id, "val_acc") == [1, 2, 3] and _steps(uri, child.info.run_id) == [1, 3]

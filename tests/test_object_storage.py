@@ -269,7 +269,68 @@ def test_storage_that_cannot_answer_gets_the_safe_answer_or_an_error(tmp_path):
     folder = ObjectStoreFolder(fs, "bucket/trial_x")
     assert folder.pinned("mmsa_best_epoch_000001") and folder.whole("mmsa_best_epoch_000001")
     assert not folder.exists("ended.json") and folder.names() == []
+    from search.trial.async_checkpoint import apply_retention
+
+    assert apply_retention(folder, keep_best=True) is False  # not seen gone: the next trial end tries it again
     t0 = time.monotonic()
     with pytest.raises(OSError):
         folder.exists("ended.json", on_error=None)
     assert time.monotonic() - t0 >= 3  # asked three times, 1 s and 2 s apart
+
+
+def test_a_full_staging_disk_is_named_with_what_to_do(s3, tmp_path, monkeypatch):
+    """A trial on object storage stages its states on the worker's disk ($TMPDIR): a full one (a real 6 MiB tmpfs;
+    the state needs more) fails the trial (Ray retries it) with an error naming that disk and TMPDIR, not torch's
+    "[enforce fail at inline_container.cc] unexpected pos"; on local storage it is the plain ENOSPC."""
+    import errno
+
+    import torch
+
+    import search.trial.async_checkpoint as ac
+    from conftest import tmpfs
+    from search.trial.async_checkpoint import AsyncCheckpointer
+    from test_async_checkpoint import FakeTrainer
+
+    monkeypatch.setattr(ac, "save_config", lambda cfg, path: path.write_text("{}"))
+    for remote in (True, False):
+        with tmpfs(tmp_path / f"stage{remote}", "6m") as mnt:
+            t = FakeTrainer()
+            t.model = torch.nn.Sequential(torch.nn.Linear(3, 1000), torch.nn.Linear(1000, 1000))  # 4 MB; AdamW: 8 MB more
+            t.optimizer = torch.optim.AdamW(t.model.parameters(), lr=0.1)
+            t.scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(t.optimizer)
+            bucket = _folder(s3, "full") if remote else None
+            ck = AsyncCheckpointer(t, mnt, every=1, remote=bucket)
+            with pytest.raises(OSError) as e:
+                for epoch in (1, 2):
+                    t.step()
+                    t.epoch = epoch
+                    t.history.append({"epoch": epoch, "val_loss": 1.0 / epoch})
+                    ck.after_epoch({"epoch": epoch, "val_loss": 1.0 / epoch, "best_val_loss": 1.0 / epoch})
+                    ck.pointer(epoch, tmp_path / f"p{remote}{epoch}")
+            assert e.value.errno == errno.ENOSPC
+            if remote:
+                assert "worker's local disk is full" in str(e.value) and "set TMPDIR" in str(e.value)
+            else:
+                assert "No space left on device" in str(e.value) and "TMPDIR" not in str(e.value)
+            ck.pool.shutdown(wait=True)
+
+
+@pytest.mark.parametrize("planted", ["../../../../escape.txt", "sub/inner.txt", "..hidden/x", ".profile"])
+def test_a_planted_key_in_a_state_is_refused_not_written_outside(s3, tmp_path, planted):
+    """Anyone who can write to the bucket can add keys under a state a pointer names: a key that is not one plain file
+    name fails the load (Ray retries, then the trial errors), and nothing is written outside the staging folder."""
+    import boto3
+
+    folder = _folder(s3, "planted")
+    folder.write("mmsa_state/epoch_000001/model.safetensors", b"w")
+    bucket, _, prefix = folder.path.partition("/")  # a raw key, as any S3 client writes it (pyarrow normalises "..")
+    boto3.client("s3").put_object(Bucket=bucket, Key=f"{prefix}/mmsa_state/epoch_000001/{planted}", Body=b"planted")
+    local = tmp_path / "stage" / "deep" / "state"
+    with pytest.raises(OSError, match="not loaded"):
+        folder.download("mmsa_state/epoch_000001", local)
+    assert [p for p in tmp_path.rglob("*") if p.is_file() and p.read_bytes() == b"planted"] == []
+    folder.delete("mmsa_state")
+    folder.write("mmsa_state/epoch_000002/model.safetensors", b"w")
+    folder.write("mmsa_state/epoch_000002/trainer_state.pt", b"s")
+    got = folder.download("mmsa_state/epoch_000002", local)
+    assert sorted(p.name for p in got.iterdir()) == ["model.safetensors", "trainer_state.pt"]

@@ -78,6 +78,27 @@ def test_a_relaunch_of_a_search_whose_budget_is_spent_runs_nothing(tmp_path):
         budget_spent(opened, None)
 
 
+def test_a_restarted_job_keeps_a_budget_raised_since_its_launch(tmp_path):
+    """The job's command says --time-budget 1m; the user raised the search's to 3m with `mmsa resume` (as the spent
+    message says). A restart of the job keeps 3m (one line says so) and continues; a launch budget above the
+    search's raises it."""
+    from search.experiment import layout, time_used
+    from search.selection.opened import Experiment
+    from search.tune.relaunch import budget_spent, launch_budget
+
+    exp = tmp_path / "exp"
+    exp.mkdir()
+    layout.write_meta(str(exp), _meta(spec={**_meta()["spec"], "search": {"seed": 0, "metric": "val_loss",
+                                                                              "time_budget": "3m"}}))
+    time_used.write(str(exp), 90.0, True)  # spent by the job's 1m, not by the raised 3m
+    opened = Experiment.open(str(exp), normalize=True)
+    said = []
+    budget = launch_budget(opened, "1m", said.append)
+    assert budget is None and "keeps its time budget of 3m" in said[0] and budget_spent(opened, budget) is None
+    assert launch_budget(opened, "5m", said.append) == "5m" and len(said) == 1
+    assert launch_budget(opened, None, said.append) is None
+
+
 def _dead_lease(exp, age: float) -> None:
     """The lease a driver killed in another pod leaves: another host (its pid cannot be checked), no renewal."""
     exp.mkdir(parents=True, exist_ok=True)

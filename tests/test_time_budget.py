@@ -1,7 +1,6 @@
 """A search's time budget (search.time_budget, --time-budget): parsing and refusals, the file that keeps the time used
 (untrusted like every experiment file), and end to end on real Ray: trials stop at an epoch boundary with their
 checkpoint, none starts after the budget, resume of a spent budget, a raised one continues, status and export."""
-import json
 import math
 import shutil
 
@@ -189,3 +188,13 @@ def test_a_refused_resume_keeps_the_searchs_budget(tmp_path):
     with pytest.raises(UserError, match="time budget of 10s is spent"):
         _budget_left(str(tmp_path), meta, spec, "10s")
     assert yaml.safe_load((tmp_path / layout.META).read_text())["spec"]["search"]["time_budget"] == "1h"
+
+
+@pytest.mark.parametrize("budget_s,used_s", [(60, 61), (3600, 3700), (3600, 3 * 3600), (45, 80), (5400, 5500),
+                                             (300 * 86400, 300 * 86400 + 5)])
+def test_the_suggested_budget_is_one_that_continues_and_is_accepted(budget_s, used_s):
+    """The refusal's `--time-budget X`: more than the time used (a budget raised on a running search may be far
+    below it) and never over the longest budget --time-budget accepts."""
+    from search.settings.duration import longer, parse_duration
+
+    assert used_s < parse_duration(longer(budget_s, used_s), "--time-budget")

@@ -180,8 +180,9 @@ class Store:
 
         return self.call("reopen a run", check, default=False)
 
-    def last_step(self, run_id: str, key: str) -> int:
-        return self.call("read a run's metrics", lambda c: max((m.step for m in c.get_metric_history(run_id, key)),
+    def last_step(self, run_id: str, keys) -> int:
+        """The last step any of KEYS has in the run (a non-finite value is not logged: no one key has every step)."""
+        return self.call("read a run's metrics", lambda c: max((m.step for k in keys for m in c.get_metric_history(run_id, k)),
                                                                 default=0), default=0)
 
     def _params(self, c, run_id: str, params: dict) -> None:

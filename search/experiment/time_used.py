@@ -61,5 +61,5 @@ def spent_line(exp, budget_s: float | None) -> str | None:
     if not is_spent(used[0], budget_s):
         return None
     return (f"{exp}: its time budget of {describe(budget_s)} is spent ({describe(used[0])} used), so nothing was "
-            f"started. To continue, raise it: `mmsa resume {exp} --time-budget {longer(budget_s)}`, or that "
+            f"started. To continue, raise it: `mmsa resume {exp} --time-budget {longer(budget_s, used[0])}`, or that "
             "--time-budget on the launch command (the time used counts against the new budget).")

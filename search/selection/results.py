@@ -125,7 +125,7 @@ def load_trials(exp_dir) -> list[TrialSummary]:
         # deterministic per epoch); by_epoch keeps one row per epoch, the latest.
         # Ray keeps a failed attempt's error.txt after the retry finishes the trial: only an ERROR trial's is its error.
         reason = _error_reason(d, exp)
-        errored = st["state"] == ERROR
+        errored = st["state"] == ERROR or tid not in states  # not in Ray's saved state: nothing says it was retried
         trials.append(TrialSummary(tid, d, params, st["state"], rows, reason if errored else "", st["failures"],
                                    objective, "" if errored else reason))
     return trials

@@ -33,6 +33,8 @@ def describe(seconds: float) -> str:
     return " ".join(f"{v}{u}" for v, u in ((h, "h"), (m, "m"), (sec, "s")) if v) or "0s"
 
 
-def longer(budget_s: float) -> str:
-    """A budget to suggest once one is spent: twice it, as a person writes it."""
-    return f"{math.ceil(budget_s / 1800)}h" if budget_s >= 3600 else f"{math.ceil(budget_s / 30)}m"
+def longer(budget_s: float, used_s: float = 0.0) -> str:
+    """A budget to suggest once one is spent, as a person writes it: twice it, or the time used plus it when more was
+    used (a budget raised on a running search); never over MAX_S, which parse_duration would refuse."""
+    s = min(max(2 * budget_s, used_s + budget_s), MAX_S)
+    return f"{math.floor(s / 3600)}h" if s >= 3600 else f"{max(1, math.floor(s / 60))}m"

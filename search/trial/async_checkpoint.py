@@ -129,16 +129,17 @@ def delete_unpinned(path: Path, remote: ObjectStoreFolder | None = None) -> None
         shutil.rmtree(path, ignore_errors=True)
 
 
-def apply_retention(trial_dir: TrialFolder, keep_best: bool, half_written: bool = False) -> None:
+def apply_retention(trial_dir: TrialFolder, keep_best: bool, half_written: bool = False) -> bool:
     """What a finished trial keeps: no training state; its best weights only if `keep_best` (or pinned).
     half_written: also remove half-written best folders, which a worker that exited while writing leaves; only when
-    no worker can still be writing one (Tuner.fit has returned)."""
+    no worker can still be writing one (Tuner.fit has returned). Returns whether the training state is seen gone
+    (deletions on storage fail quietly: throttled, a blip; the caller tries again later)."""
     if isinstance(trial_dir, ObjectStoreFolder):  # a folder is whole once its METRICS_FILE is up (the last file)
         trial_dir.delete(STATE_DIR)
         for name in trial_dir.names(BEST_PREFIX):
             if not keep_best or (half_written and not trial_dir.whole(name)):
                 delete_unpinned(name, trial_dir)
-        return
+        return not trial_dir.exists(STATE_DIR, on_error=True)
     shutil.rmtree(Path(trial_dir) / STATE_DIR, ignore_errors=True)
     if half_written:
         for tmp in [*Path(trial_dir).glob(f".{BEST_PREFIX}*.tmp*"), *Path(trial_dir).glob(f".{BEST_PREFIX}*.old")]:
@@ -146,6 +147,7 @@ def apply_retention(trial_dir: TrialFolder, keep_best: bool, half_written: bool 
     if not keep_best:
         for best in Path(trial_dir).glob(f"{BEST_PREFIX}*"):
             delete_unpinned(best)
+    return not (Path(trial_dir) / STATE_DIR).exists()
 
 
 def mark_ended(trial_dir: TrialFolder, keep_best: bool) -> None:
@@ -345,7 +347,7 @@ class AsyncCheckpointer:
                 faults.during_state_write(self.trial_dir.name, epoch)
             elif (tmp / ckpt.WEIGHTS).stat().st_nlink > 1:  # linked here, but uploaded again: object storage has no links
                 self.bytes_written += (tmp / ckpt.WEIGHTS).stat().st_size
-            torch.save(state, tmp / ckpt.STATE)
+            ckpt.save_state(state, tmp / ckpt.STATE)
             save_config(self.trainer.cfg, tmp / ckpt.CONFIG)
             write_checkpoint_metrics(tmp, epoch, self.trainer.objective, self.value.get(epoch, float("nan")))
             self.bytes_written += sum(f.stat().st_size for f in tmp.iterdir() if f.name != ckpt.WEIGHTS)
@@ -378,6 +380,5 @@ def retain_finished(trials: list[tuple["str | ObjectStoreFolder", float]], keep_
             continue
         if ended_verdict(folder(path)) != keep:
             mark_ended(folder(path), keep)
-        apply_retention(folder(path), keep, half_written)
-        if applied is not None:
-            applied[name(path)] = keep
+        if apply_retention(folder(path), keep, half_written) and applied is not None:
+            applied[name(path)] = keep  # else touched again at the next trial end

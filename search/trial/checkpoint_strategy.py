@@ -118,23 +118,32 @@ class BackgroundCheckpoints:
 STAGING_PREFIX = "mmsa-trial-"
 
 
+def staging_prefix() -> str:
+    """mmsa-trial-HOST-: a TMPDIR shared by machines (NFS, a shared volume) holds every host's folders, and a process
+    id means something on its own host only."""
+    import re
+    import socket
+
+    return f"{STAGING_PREFIX}{re.sub(r'[^A-Za-z0-9.]', '_', socket.gethostname())[:64]}-"
+
+
 def staging_folder() -> Path:
-    """A private folder on this worker's disk for a trial whose folder is on object storage, named by the process
-    that owns it. Ray kills a search's last workers outright when the search ends, so a folder can outlive its
-    process: those of processes that no longer exist are deleted here, at the next trial's start on the machine."""
+    """A private folder on this worker's disk for a trial whose folder is on object storage, named by the host and
+    process that own it. Ray kills a search's last workers outright when the search ends, so a folder can outlive its
+    process: this host's folders of processes that no longer exist are deleted here, at the next trial's start."""
     import os
     import shutil
 
-    root = Path(tempfile.gettempdir())
-    for old in root.glob(f"{STAGING_PREFIX}*-*"):
+    root, mine = Path(tempfile.gettempdir()), staging_prefix()
+    for old in root.glob(f"{mine}*-*"):
         try:
-            pid = int(old.name[len(STAGING_PREFIX):].split("-")[0])
+            pid = int(old.name[len(mine):].split("-")[0])
             os.kill(pid, 0)
         except ProcessLookupError:
             shutil.rmtree(old, ignore_errors=True)
         except (ValueError, OverflowError, OSError):  # not ours (any name can be planted in /tmp), or another user's
             continue
-    return Path(tempfile.mkdtemp(prefix=f"{STAGING_PREFIX}{os.getpid()}-"))
+    return Path(tempfile.mkdtemp(prefix=f"{mine}{os.getpid()}-"))
 
 
 def for_trial(checkpointing: dict | None) -> SyncCheckpoints | BackgroundCheckpoints:

@@ -9,6 +9,7 @@ folder (`mmsa predict --model` reads it) is uploaded the same way; `mmsa export`
 its weights, and an older best folder is deleted on storage only after the newer one is up."""
 from __future__ import annotations
 
+import re
 import shutil
 import time
 from pathlib import Path
@@ -17,6 +18,10 @@ import pyarrow.fs as pafs
 
 from search.experiment.storage import read_bytes
 from search.trial.checkpoint_retention import METRICS_FILE, PIN_FILE
+
+
+PLAIN_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}")  # the names mmsa writes in a state or best folder
+COPY_CHUNK = 8 * 2**20
 
 
 class ObjectStoreFolder:
@@ -47,10 +52,23 @@ class ObjectStoreFolder:
                 between()
 
     def download(self, rel: str, local: Path) -> Path:
-        """REL's files into a fresh local folder (one the trial owns: it is replaced, never merged into)."""
+        """REL's files into a fresh local folder (one the trial owns: it is replaced, never merged into). A folder of
+        ours holds plain files only: anything below it (a key `x/../../../home/u/.bashrc` planted in the bucket) is
+        refused, never written outside the folder."""
         shutil.rmtree(local, ignore_errors=True)
         local.mkdir(parents=True)
-        pafs.copy_files(self._p(rel), str(local), source_filesystem=self.fs, destination_filesystem=pafs.LocalFileSystem())
+        base = self._p(rel)
+        for info in self.fs.get_file_info(pafs.FileSelector(base, recursive=True)):
+            name = info.path[len(base) + 1:]
+            if info.type == pafs.FileType.Directory and name:
+                raise OSError(f"{base}: holds a folder {name[:80]!r}; a training state of mmsa holds plain files only "
+                              "(planted or damaged), so it is not loaded")
+            if info.type != pafs.FileType.File:
+                continue
+            if not PLAIN_NAME.fullmatch(name) or name in (".", ".."):
+                raise OSError(f"{base}: holds {name[:80]!r}, not a plain file name (planted or damaged); not loaded")
+            with self.fs.open_input_stream(info.path) as src, open(local / name, "xb") as dst:
+                shutil.copyfileobj(src, dst, COPY_CHUNK)
         return local
 
     def exists(self, rel: str, on_error: bool | None = False) -> bool:

@@ -13,7 +13,6 @@ from search.experiment import mlflow_runs as R
 from search.settings.schema import FINISHED, REPORTED_AT, M
 
 METRICS = tuple(k for k in M.EPOCH_METRICS if k != M.EPOCH)  # the epoch is each value's step
-STEP_KEY = M.VAL_LOSS  # every row has it: the last epoch a run holds is the last step of its history
 
 
 class MlflowLogger(Callback):
@@ -77,7 +76,7 @@ class MlflowLogger(Callback):
         run = rec["trials"].get(tid)
         if tid not in self._steps:  # first seen by this driver: a run from before a resume, or a new one
             if run is not None and self._store.reopen(run, rec["experiment_id"], rec["parent_run_id"]):
-                self._steps[tid] = self._store.last_step(run, STEP_KEY)
+                self._steps[tid] = self._store.last_step(run, METRICS)
             else:
                 space = (self._search_meta().get("spec") or {}).get("space") or {}
                 config = R.flat_params(trial.config or {})
@@ -124,9 +123,11 @@ class MlflowLogger(Callback):
 
     def flush(self) -> None:
         """Once Tune's loop ends (also after Ctrl-C): the runs of trials still open are KILLED (a resume reopens
-        them), and the parent run FINISHED when every trial it saw ended, else KILLED."""
-        if self._store is None or self._rec is None or self._store.off:
+        them), and the parent run FINISHED when every trial it saw ended, else KILLED. Once: Ray's experiment end
+        and the tuner's own flush after fit both call it, and the second must not call a stopped search FINISHED."""
+        if self._store is None or self._rec is None or self._store.off or getattr(self, "_flushed", False):
             return
+        self._flushed = True
         for tid in sorted(self._open):
             self._store.end(self._rec["trials"][tid], "KILLED")
         self._store.end(self._rec["parent_run_id"], "KILLED" if self._open else "FINISHED")

@@ -75,16 +75,34 @@ def search_or_resume(spec: SearchSpec, num_samples: int, name: str, storage_dir:
         log(f"search {name} in {opened.path} has already finished ({opened.meta['num_samples']} trials); nothing to "
             f"run. `mmsa status {opened.path}` for the table, `mmsa export {opened.path} -o best.yaml` for the best")
         return "finished"
-    spent = budget_spent(opened, spec.search.time_budget)
+    budget = launch_budget(opened, spec.search.time_budget, log)
+    spent = budget_spent(opened, budget)
     if spent:  # for a job that restarts, a search its budget ended is done: no error, nothing run
         log(spent)
         return "finished"
     wait_out_dead_holder(opened.path, log)
     log(term(f"--if-exists resume: {opened.path} holds this search, unfinished; continuing it"))
-    # the launch command's budget, when it gives one, is the search's from now on (as `mmsa resume --time-budget`)
     resume_search(opened, address=address, verbose=verbose, log=log, break_lock=break_lock,
-                  shared_storage=shared_storage, time_budget=spec.search.time_budget, mlflow=mlflow)
+                  shared_storage=shared_storage, time_budget=budget, mlflow=mlflow)
     return "resumed"
+
+
+def launch_budget(opened: Experiment, launched: str | None, log=print) -> str | None:
+    """The budget a relaunch continues with: the launch command's when it raises the search's (as `mmsa resume
+    --time-budget` does), else None (the search's own). A restarted job runs its original command: a budget the user
+    raised since (`mmsa resume EXP --time-budget 4h`, as the spent message says) must not go back to the job's."""
+    from search.settings.duration import describe, parse_duration
+    from search.settings.space import parse_spec
+
+    if not launched:
+        return None
+    ours = parse_spec(opened.meta["spec"], f"{opened.path}/{experiment.META}").search.budget_s
+    if ours is not None and ours > parse_duration(launched, "--time-budget"):
+        log(term(f"--if-exists resume: {opened.path} keeps its time budget of {describe(ours)}, raised since it was "
+                 f"launched (this command's --time-budget {launched} would lower it; `mmsa resume {opened.path} "
+                 "--time-budget SHORTER` lowers it)"))
+        return None
+    return launched
 
 
 def budget_spent(opened: Experiment, time_budget: str | None) -> str | None:

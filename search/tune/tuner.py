@@ -273,6 +273,8 @@ def _budget_left(exp: str, meta: dict, spec: SearchSpec, time_budget: str | None
         if spent:
             raise UserError(spent)
         used = time_used.read(exp)
+        if used is None:  # read whole a moment ago: storage failed the second read; never run without the budget
+            raise UserError(time_used.damaged(exp))
     if time_budget is not None:  # kept only by a resume that runs: a refused one leaves the search's budget as it was
         meta["spec"] = spec_to_dict(spec)
         experiment.write_meta(exp, meta)

@@ -72,6 +72,13 @@ class WorkerCrashNotice(Callback):
         self._seen = _Seen()
         log.addFilter(self._seen)
 
+    def on_step_begin(self, iteration, trials, **info) -> None:
+        # Ray logs a dead worker and calls on_trial_recover / on_trial_error within one step; an exception logged on
+        # a path that calls neither (a worker lost while its trial was being stopped) must not be blamed on the next
+        # trial that fails for its own reasons.
+        if self._seen is not None:
+            self._seen.exc = None
+
     def on_trial_recover(self, iteration, trials, trial, **info) -> None:
         self._say(trial, retried=True)
 
