@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -49,3 +50,24 @@ def kill_group(proc: subprocess.Popen, sig=signal.SIGKILL) -> None:
 def raw_results(trial_dir: Path) -> list[dict]:
     f = trial_dir / "result.json"
     return [json.loads(l) for l in f.read_text().splitlines()] if f.is_file() else []
+
+
+def without_ray_sigterm_noise(stderr: str) -> str:
+    """stderr less one kind of block: Python's "Exception ignored in: ..." printed by a Ray worker that Ray SIGTERMs
+    while it runs a finaliser (Ray's sigterm_handler raises SystemExit there, ray/_private/worker.py), forwarded by
+    Ray's log monitor with the worker's "(train_trial pid=N)" prefix. It comes from Ray's shutdown of a worker, at
+    random; every other traceback stays, for the tests that assert a user never sees one."""
+    lines, out, i = stderr.splitlines(keepends=True), [], 0
+    while i < len(lines):
+        m = re.search(r"\((\w+) pid=(\d+)\)", lines[i]) if "Exception ignored in:" in lines[i] else None
+        if m:
+            j = i + 1
+            while j < len(lines) and m.group(0) in lines[j] and "SystemExit" not in lines[j]:
+                j += 1
+            block = "".join(lines[i:j + 1])
+            if j < len(lines) and "SystemExit" in lines[j] and "sigterm_handler" in block:
+                i = j + 1
+                continue
+        out.append(lines[i])
+        i += 1
+    return "".join(out)

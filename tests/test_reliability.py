@@ -252,3 +252,26 @@ def test_full_disk_refused_before_trials(tmp_path, demo_cfg, capsys):
         assert not (mnt / "rr" / "full").exists()
     finally:
         subprocess.run(["umount", str(mnt)])
+
+
+def test_only_rays_sigterm_noise_is_taken_out_of_a_commands_stderr():
+    """The filter the end-to-end tests apply before asserting that no traceback reaches the user: it removes the block
+    seen in CI (a worker Ray SIGTERMed inside a finaliser) and nothing else, not a traceback of ours nor one that
+    merely mentions SystemExit."""
+    from searchproc import without_ray_sigterm_noise
+
+    p = "\x1b[36m(train_trial pid=15283)\x1b[0m "
+    noise = (f"{p}Exception ignored in: <function WeakSet.__init__.<locals>._remove at 0x7f10d67925c0>\n"
+             f"{p}Traceback (most recent call last):\n"
+             f"{p}  File \"/usr/lib/python3.11/_weakrefset.py\", line 39, in _remove\n{p}\n"
+             f"{p}  File \"/venv/site-packages/ray/_private/worker.py\", line 1063, in sigterm_handler\n"
+             f"{p}    raise_sys_exit_with_custom_error_message(\n{p}SystemExit: 1\n")
+    before, after = "resuming search s\n", f"{p}Restored on 192.0.2.2 from checkpoint: ...\n"
+    assert without_ray_sigterm_noise(before + noise + after) == before + after
+    ours = ("Exception ignored in: <function f>\nTraceback (most recent call last):\n  File \"search/cli.py\", line 1\n"
+            "SystemExit: 1\n")
+    assert without_ray_sigterm_noise(ours) == ours  # no worker prefix: the driver's own
+    other = noise.replace("sigterm_handler", "run_trial")
+    assert without_ray_sigterm_noise(other) == other
+    cut = noise.rsplit(p, 1)[0]  # the block cut before its SystemExit line
+    assert without_ray_sigterm_noise(cut) == cut
