@@ -160,11 +160,20 @@ def _check_object_storage(uri: str, what: str) -> None:
                         "docs/cluster.md) are set on this machine and every node.") from None
 
 
+def download_file(fs, path: str, local: Path, exclusive: bool = False) -> None:
+    """One object (a file on any pyarrow filesystem), streamed into a local file: never a prefix copied recursively
+    (a checkpoint's weights are 0.4 GiB at real size). exclusive: refuse a local file that already exists."""
+    import pyarrow.fs as pafs
+
+    if fs.get_file_info(path).type != pafs.FileType.File:
+        raise OSError(f"{path}: not a file")
+    with fs.open_input_stream(path) as src, open(local, "xb" if exclusive else "wb") as out:
+        shutil.copyfileobj(src, out, 2**24)
+
+
 def fetch_model(uri: str, dest: Path) -> Path:
     """A trained model's two files (the weights and config.yaml, nothing else) from object storage into dest."""
     from model import run_files as ckpt
-
-    import pyarrow.fs as pafs
 
     try:
         fs, path = filesystem(uri)
@@ -172,11 +181,8 @@ def fetch_model(uri: str, dest: Path) -> Path:
         raise UserError(f"{uri}: cannot open this storage ({e}); check the URI, its credentials and endpoint "
                         "(docs/cluster.md, object storage)") from None
     for name in (ckpt.WEIGHTS, ckpt.CONFIG):
-        try:  # one object, streamed (the weights are 0.4 GiB at real size); never a prefix copied recursively
-            if fs.get_file_info(f"{path}/{name}").type != pafs.FileType.File:
-                raise OSError("not a file")
-            with fs.open_input_stream(f"{path}/{name}") as src, open(dest / name, "wb") as out:
-                shutil.copyfileobj(src, out, 2**24)
+        try:
+            download_file(fs, f"{path}/{name}", dest / name)
         except OSError as e:
             raise UserError(f"{uri}: not a trained model folder ({name} cannot be read there: {str(e)[:200]}); give "
                             "the checkpoint that `mmsa export` names, or a run directory of `mmsa train`") from None

@@ -371,7 +371,7 @@ def retain_finished(trials: list[tuple["str | ObjectStoreFolder", float]], keep_
         return t if isinstance(t, ObjectStoreFolder) else Path(t)
 
     def name(t):
-        return t.path.rsplit("/", 1)[-1] if isinstance(t, ObjectStoreFolder) else Path(t).name
+        return t.name if isinstance(t, ObjectStoreFolder) else Path(t).name
 
     ranked = sorted(trials, key=lambda t: rank_key(objective, t[1], name(t[0])))  # THE trial order
     for i, (path, _) in enumerate(ranked):

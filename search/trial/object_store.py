@@ -16,12 +16,11 @@ from pathlib import Path
 
 import pyarrow.fs as pafs
 
-from search.experiment.storage import read_bytes
+from search.experiment.storage import download_file, read_bytes
 from search.trial.checkpoint_retention import METRICS_FILE, PIN_FILE
 
 
 PLAIN_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}")  # the names mmsa writes in a state or best folder
-COPY_CHUNK = 8 * 2**20
 
 
 class ObjectStoreFolder:
@@ -67,8 +66,7 @@ class ObjectStoreFolder:
                 continue
             if not PLAIN_NAME.fullmatch(name) or name in (".", ".."):
                 raise OSError(f"{base}: holds {name[:80]!r}, not a plain file name (planted or damaged); not loaded")
-            with self.fs.open_input_stream(info.path) as src, open(local / name, "xb") as dst:
-                shutil.copyfileobj(src, dst, COPY_CHUNK)
+            download_file(self.fs, info.path, local / name, exclusive=True)
         return local
 
     def exists(self, rel: str, on_error: bool | None = False) -> bool:
