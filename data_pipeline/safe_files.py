@@ -253,6 +253,40 @@ def remove_tree(dfd: int, name: str) -> None:
         os.unlink(name, dir_fd=dfd)
 
 
+def remove(path: str | Path, root: str | Path | None = None, empty_only: bool = False) -> None:
+    """Remove path (a folder tree, a file or a link itself) without following a link below root; a missing path is
+    fine. empty_only: a folder only when it is empty."""
+    try:
+        dfd, name = _parent(path, root, create=False)
+    except OSError:
+        return  # a folder above it is gone (or a link: not ours to follow)
+    try:
+        if empty_only:
+            try:
+                os.rmdir(name, dir_fd=dfd)
+            except OSError:
+                pass
+        else:
+            remove_tree(dfd, name)
+    finally:
+        os.close(dfd)
+
+
+def lexists(path: str | Path, root: str | Path | None = None) -> bool:
+    """Anything (a link included) at path, reached without links below root."""
+    try:
+        dfd, name = _parent(path, root, create=False)
+    except OSError:
+        return False
+    try:
+        os.stat(name, dir_fd=dfd, follow_symlinks=False)
+        return True
+    except OSError:
+        return False
+    finally:
+        os.close(dfd)
+
+
 def replace_dir(dest: str | Path, write: Callable[[Path], None], root: str | Path | None = None) -> Path:
     """Call write(tmpdir) on a fresh, private sibling folder, then move it to dest, replacing an older dest (a
     link planted under dest's name is replaced, never followed)."""

@@ -267,7 +267,9 @@ def test_storage_that_cannot_answer_gets_the_safe_answer_or_an_error(tmp_path):
                            endpoint_override=f"127.0.0.1:{_free_port()}", connect_timeout=0.5, request_timeout=0.5,
                            retry_strategy=pafs.AwsStandardS3RetryStrategy(max_attempts=1))
     folder = ObjectStoreFolder(fs, "bucket/trial_x")
-    assert folder.pinned("mmsa_best_epoch_000001") and folder.whole("mmsa_best_epoch_000001")
+    from search.trial.pins import pinned
+
+    assert pinned(fs, folder.at("mmsa_best_epoch_000001")) and folder.whole("mmsa_best_epoch_000001")
     assert not folder.exists("ended.json") and folder.names() == []
     from search.trial.async_checkpoint import apply_retention
 
@@ -334,3 +336,37 @@ def test_a_planted_key_in_a_state_is_refused_not_written_outside(s3, tmp_path, p
     folder.write("mmsa_state/epoch_000002/trainer_state.pt", b"s")
     got = folder.download("mmsa_state/epoch_000002", local)
     assert sorted(p.name for p in got.iterdir()) == ["model.safetensors", "trainer_state.pt"]
+
+
+def test_pins_protocol_on_object_storage(s3, monkeypatch):
+    """search/trial/pins.py on S3: an unpinned folder deleted, a pinned one kept, a pin landing between the deleter's
+    two looks keeps the folder whole."""
+    import pyarrow.fs as pafs
+
+    from search.trial import pins
+    from search.trial.checkpoint_retention import METRICS_FILE, PIN_FILE
+
+    fs, base = pafs.FileSystem.from_uri(f"{s3}/pins")
+    for name in ("a", "b"):
+        with fs.open_output_stream(f"{base}/{name}/model.safetensors") as f:
+            f.write(b"w")
+        with fs.open_output_stream(f"{base}/{name}/{METRICS_FILE}") as f:
+            f.write(b"{}")
+    assert pins.pin(fs, f"{base}/b")
+    assert pins.delete_unpinned(fs, f"{base}/a")
+    assert fs.get_file_info(f"{base}/a/model.safetensors").type == pafs.FileType.NotFound
+    assert not pins.delete_unpinned(fs, f"{base}/b")
+    real = pins.storage.delete_file
+
+    def then_export_pins(f, path, root=None):
+        real(f, path, root)
+        if path.endswith(METRICS_FILE):
+            with fs.open_output_stream(f"{base}/c/{PIN_FILE}") as out:
+                out.write(b"{}")
+
+    for name in ("model.safetensors", METRICS_FILE):
+        with fs.open_output_stream(f"{base}/c/{name}") as f:
+            f.write(b"{}")
+    monkeypatch.setattr(pins.storage, "delete_file", then_export_pins)
+    assert not pins.delete_unpinned(fs, f"{base}/c")
+    assert fs.get_file_info(f"{base}/c/{METRICS_FILE}").type == pafs.FileType.File

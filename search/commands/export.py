@@ -3,17 +3,16 @@ for the best epoch count unless told otherwise."""
 from __future__ import annotations
 
 import dataclasses
-import json
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from data_pipeline.atomic import write_file
 from model.config import Config, build_section, load_config, opt, save_config
 
 from search.experiment import storage
 from search.trial.async_checkpoint import POINTER_FILE, best_name
-from search.trial.checkpoint_retention import METRICS_FILE, PIN_FILE
+from search.trial import pins
+from search.trial.checkpoint_retention import METRICS_FILE
 from search.experiment.layout import same_data
 from search.selection.opened import Experiment
 from search.experiment.lock import running
@@ -78,11 +77,11 @@ def export_best(exp_dir: str | Path | Experiment, out: str | Path) -> dict:
     if ck is not None:  # kept only while it is among the trial's best `keep_checkpoints`
         fs, path = storage.filesystem(ck)
         ck = ck if storage.is_dir(fs, path, root_b) else None
-    if ck is not None and running:  # the pruner could delete it any minute: pin it, then make sure it is still there
-        fs, path = storage.filesystem(ck)
-        write_file(f"{path}/{PIN_FILE}", json.dumps({"pinned_by": "mmsa export", "at": time.time()}).encode(), fs,
-                   root=root_b)
-        ck = ck if storage.is_file(fs, f"{path}/{METRICS_FILE}", root_b) else None
+    if ck is not None:  # pinned: neither the running search nor a later resume deletes it (search/trial/pins.py)
+        try:
+            ck = ck if pins.pin(*storage.filesystem(ck), root_b) else None
+        except OSError:  # a read-only experiment (a colleague's copy): safe to name only while no search runs in it
+            ck = None if running(exp) else ck
     # the final run keeps the weights of the epoch this search calls best (a trial from before the key: its default)
     cfg = Config.from_dict(t.config, source=f"{t.path / 'params.json'}").with_overrides(
         {"train.select_metric": t.objective.metric})

@@ -29,6 +29,7 @@ import concurrent.futures
 import copy
 import errno
 import json
+import logging
 import os
 import re
 import shutil
@@ -36,6 +37,7 @@ import threading
 import time
 from pathlib import Path
 
+import pyarrow.fs as pafs
 import torch
 
 from data_pipeline.errors import UserError
@@ -43,10 +45,13 @@ from model import run_files as ckpt
 from model.config import save_config
 
 from search.experiment import faults, ray_internals
-from search.trial.checkpoint_retention import PIN_FILE, write_checkpoint_metrics
+from search.trial import pins
+from search.trial.checkpoint_retention import METRICS_FILE, write_checkpoint_metrics
 from search.settings.schema import M
 from search.experiment.storage import parse_json
 from search.trial.object_store import ObjectStoreFolder
+
+log = logging.getLogger(__name__)
 
 STATE_DIR = "mmsa_state"
 BEST_PREFIX = "mmsa_best_epoch_"
@@ -120,13 +125,16 @@ def _dir_bytes(path: Path) -> int:
 TrialFolder = "Path | str | ObjectStoreFolder"
 
 
-def delete_unpinned(path: Path, remote: ObjectStoreFolder | None = None) -> None:
-    """path: a folder below a local trial folder, or (remote given) its name below the remote trial folder."""
-    if remote is not None:
-        if not remote.pinned(str(path)):
-            remote.delete(str(path))
-    elif path.is_dir() and not (path / PIN_FILE).exists():
-        shutil.rmtree(path, ignore_errors=True)
+def delete_unpinned(path: Path | str, remote: ObjectStoreFolder | None = None, root: Path | None = None) -> None:
+    """path: a folder below a local trial folder `root` (default: path's folder), or (remote given) its name below the
+    remote trial folder. Unless `mmsa export` pinned it (search/trial/pins.py); a storage error leaves it for later."""
+    try:
+        if remote is not None:
+            pins.delete_unpinned(remote.fs, remote.at(str(path)))
+        else:
+            pins.delete_unpinned(pafs.LocalFileSystem(), str(path), str(root or Path(path).parent))
+    except OSError as e:  # throttled, a blip: retention at the trial's end (or the next best epoch) tries again
+        log.warning("could not delete %s: %s", path, e)
 
 
 def apply_retention(trial_dir: TrialFolder, keep_best: bool, half_written: bool = False) -> bool:
@@ -233,10 +241,9 @@ class AsyncCheckpointer:
                     state = {**small, CLONED_AT_STEP: _clone(opt_state)} if state_epoch else None
                 finally:
                     cloned.set()
-                if best:
-                    self._write_best(e, weights, value)
+                linkable = best and self._write_best(e, weights, value)
                 if state_epoch:
-                    self._write_state(e, weights, state)
+                    self._write_state(e, weights, state, linkable)
             finally:  # written after the driver judged the trial finished: apply its verdict (mark_ended)
                 folder = self.remote or self.trial_dir
                 keep_best = ended_verdict(folder)
@@ -317,28 +324,42 @@ class AsyncCheckpointer:
             ray_internals.cancel_at_worker_exit(self.pool.shutdown)
 
     # ---- the writer thread ----------------------------------------------------------------------------------
-    def _write_best(self, epoch: int, weights: dict, value: float) -> None:
+    def _write_best(self, epoch: int, weights: dict, value: float) -> bool:
+        """Whether the local best folder holds these very weights (what _write_state may link)."""
         def write(tmp: Path):
             ckpt.save_weights(weights, tmp / ckpt.WEIGHTS)
             save_config(self.trainer.cfg, tmp / ckpt.CONFIG)
             write_checkpoint_metrics(tmp, epoch, self.trainer.objective, value)
 
-        dest = ckpt.replace_dir(self.trial_dir / best_name(epoch), write)
+        dest = self.trial_dir / best_name(epoch)
+        if self.remote is None and (dest / METRICS_FILE).is_file():
+            # the epoch replayed after a resume, whose folder is whole already and may be pinned by `mmsa export`:
+            # replacing it would drop the pin (object storage keeps it: the upload only overwrites our own files)
+            self._delete_other_best(dest.name)
+            return False
+        ckpt.replace_dir(dest, write)
         self.bytes_written += _dir_bytes(dest)
         if self.remote is not None:  # whole on storage before the older one goes (pins live there, not here)
             self.remote.upload(dest, dest.name)
+        self._delete_other_best(dest.name)
+        return True
+
+    def _delete_other_best(self, keep: str) -> None:
+        if self.remote is not None:
             for old in self.remote.names(BEST_PREFIX):
-                if old != dest.name:
+                if old != keep:
                     delete_unpinned(old, self.remote)
         for old in self.trial_dir.glob(f"{BEST_PREFIX}*"):
-            if old.name != dest.name:
+            if old.name != keep:
                 delete_unpinned(old) if self.remote is None else shutil.rmtree(old, ignore_errors=True)
 
-    def _write_state(self, epoch: int, weights: dict, state: dict) -> None:
+    def _write_state(self, epoch: int, weights: dict, state: dict, linkable: bool = False) -> None:
         best = self.trial_dir / best_name(epoch) / ckpt.WEIGHTS
 
         def write(tmp: Path):
             try:  # the same bytes as the best folder's weights: a hard link costs no write
+                if not linkable:
+                    raise OSError("not this epoch's weights")
                 os.link(best, tmp / ckpt.WEIGHTS)
             except OSError:
                 ckpt.save_weights(weights, tmp / ckpt.WEIGHTS)

@@ -17,7 +17,7 @@ from pathlib import Path
 import pyarrow.fs as pafs
 
 from search.experiment.storage import download_file, read_bytes
-from search.trial.checkpoint_retention import METRICS_FILE, PIN_FILE
+from search.trial.checkpoint_retention import METRICS_FILE
 
 
 PLAIN_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}")  # the names mmsa writes in a state or best folder
@@ -29,7 +29,8 @@ class ObjectStoreFolder:
     def __init__(self, fs, path: str):
         self.fs, self.path = fs, str(path).rstrip("/")
 
-    def _p(self, rel: str) -> str:
+    def at(self, rel: str) -> str:
+        """REL's full path on the filesystem."""
         return f"{self.path}/{rel}"
 
     @property
@@ -45,7 +46,7 @@ class ObjectStoreFolder:
         if not files or files[-1].name != METRICS_FILE:  # a staging folder emptied under us: never upload "nothing"
             raise OSError(f"{local}: the folder to upload is incomplete ({len(files)} file(s), no {METRICS_FILE})")
         for i, f in enumerate(files):
-            pafs.copy_files(str(f), self._p(f"{rel}/{f.relative_to(local).as_posix()}"),
+            pafs.copy_files(str(f), self.at(f"{rel}/{f.relative_to(local).as_posix()}"),
                             source_filesystem=pafs.LocalFileSystem(), destination_filesystem=self.fs)
             if i == 0 and between is not None:
                 between()
@@ -56,7 +57,7 @@ class ObjectStoreFolder:
         refused, never written outside the folder."""
         shutil.rmtree(local, ignore_errors=True)
         local.mkdir(parents=True)
-        base = self._p(rel)
+        base = self.at(rel)
         for info in self.fs.get_file_info(pafs.FileSelector(base, recursive=True)):
             name = info.path[len(base) + 1:]
             if info.type == pafs.FileType.Directory and name:
@@ -74,7 +75,7 @@ class ObjectStoreFolder:
         where neither answer is (asked again twice, then the OSError is raised)."""
         for wait in (1, 2, None):
             try:
-                return self.fs.get_file_info(self._p(rel)).type != pafs.FileType.NotFound
+                return self.fs.get_file_info(self.at(rel)).type != pafs.FileType.NotFound
             except OSError:
                 if on_error is not None:
                     return on_error
@@ -82,23 +83,19 @@ class ObjectStoreFolder:
                     raise
                 time.sleep(wait)
 
-    def pinned(self, rel: str) -> bool:
-        """`mmsa export` pinned REL; True when storage cannot tell (a pinned folder is never deleted on a blip)."""
-        return self.exists(f"{rel}/{PIN_FILE}", on_error=True)
-
     def whole(self, rel: str) -> bool:
         return self.exists(f"{rel}/{METRICS_FILE}", on_error=True)
 
     def read(self, rel: str) -> bytes | None:
-        return read_bytes(self.fs, self._p(rel))
+        return read_bytes(self.fs, self.at(rel))
 
     def write(self, rel: str, data: bytes) -> None:
-        with self.fs.open_output_stream(self._p(rel)) as f:
+        with self.fs.open_output_stream(self.at(rel)) as f:
             f.write(data)
 
     def names(self, prefix: str = "", under: str = "") -> list[str]:
         """Entries right below the folder (or below UNDER in it) whose names start with prefix."""
-        base = self._p(under) if under else self.path
+        base = self.at(under) if under else self.path
         try:
             infos = self.fs.get_file_info(pafs.FileSelector(base, allow_not_found=True))
         except OSError:
@@ -107,6 +104,6 @@ class ObjectStoreFolder:
 
     def delete(self, rel: str) -> None:
         try:
-            self.fs.delete_dir(self._p(rel))
+            self.fs.delete_dir(self.at(rel))
         except (FileNotFoundError, OSError):  # already gone (or never fully up): nothing names it
             pass

@@ -12,10 +12,11 @@ from ray.tune import Callback
 from search.experiment import faults, ray_internals, trial_backup
 from search.settings.schema import M
 from search.trial.object_store import ObjectStoreFolder
-from search.trial.checkpoint_retention import METRICS_FILE, PIN_FILE, read_checkpoint_metrics, to_delete
+from search.trial import pins
+from search.trial.checkpoint_retention import METRICS_FILE, read_checkpoint_metrics, to_delete
 from search.experiment.layout import trial_dirname
 from search.experiment.state_backup import backup
-from search.experiment.storage import is_file, read_bytes
+from search.experiment.storage import read_bytes
 from search.settings.schema import TERMINATED
 
 log = logging.getLogger(__name__)
@@ -39,11 +40,11 @@ class CheckpointPruner(Callback):
                 continue
             # no link followed below the trial: a planted checkpoint_* -> elsewhere is never one of ours to delete
             metrics = read_checkpoint_metrics(read_bytes(fs, f"{d.path}/{METRICS_FILE}", parent))
-            if metrics is not None and not is_file(fs, f"{d.path}/{PIN_FILE}", parent):
+            if metrics is not None and not pins.pinned(fs, d.path, parent):
                 # otherwise not one of ours, not whole, or pinned by an export: leave it alone
                 entries[d.path] = metrics
         for path in to_delete(entries, self.keep):
-            fs.delete_dir(path)
+            pins.delete_unpinned(fs, path, parent)  # an export may be pinning it right now
         if entries:
             faults.after_pruning(max(e for e, _ in entries.values()))
 
