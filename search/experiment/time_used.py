@@ -49,15 +49,21 @@ def damaged(exp) -> str:
             "its time budget from zero again, or restore it from a copy of the experiment.")
 
 
-def spent_line(exp, budget_s: float | None) -> str | None:
-    """THE pre-run check of a time budget (resume's refusal, a restarted job's "nothing to run"): a line naming the
-    budget, the time used and how to continue when it is spent; None while time is left or with no budget. A time
-    file that cannot be read is refused (UserError), never read as "nothing used"."""
-    if not budget_s:
-        return None
+def read_checked(exp) -> tuple[float, bool]:
+    """read(), with a time file that cannot be read refused (UserError), never taken as "nothing used"."""
     used = read(exp)
     if used is None:
         raise UserError(damaged(exp))
+    return used
+
+
+def spent_line(exp, budget_s: float | None, used: tuple[float, bool] | None = None) -> str | None:
+    """THE pre-run check of a time budget (resume's refusal, a restarted job's "nothing to run"): a line naming the
+    budget, the time used and how to continue when it is spent; None while time is left or with no budget.
+    used: read_checked(exp) when the caller has it already (one read: the file may change between two)."""
+    if not budget_s:
+        return None
+    used = read_checked(exp) if used is None else used
     if not is_spent(used[0], budget_s):
         return None
     return (f"{exp}: its time budget of {describe(budget_s)} is spent ({describe(used[0])} used), so nothing was "

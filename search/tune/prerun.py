@@ -14,12 +14,16 @@ from search.tune import ray_cluster
 from search.experiment import state_trust, storage
 
 
-def check_before_ray(spec, storage_dir: str, *, what: str | None = None,
+def check_before_ray(spec, storage_dir: str, *, mlflow: str | None = None, what: str | None = None,
                      fix: str = "choose another directory with --storage") -> str:
     """Refuse now what would fail every trial, or the search mid-way, with one message each: a bad state-signing
     key (search/experiment/state_trust.py), a missing or unfitting backbone (spec.fixed.model), local storage that cannot be
     written or is full (`what` names it in the message, `fix` says what to do). Returns the storage as an absolute
-    path (a URI unchanged)."""
+    path (a URI unchanged). mlflow: --mlflow's value (None: not asked for), refused when MLflow is not installed."""
+    if mlflow is not None:
+        from search.experiment.mlflow_runs import require_mlflow
+
+        require_mlflow()
     state_trust.check_key()  # a bad key is refused now, not at the first state save in the middle of the search
     check_backbones(spec.fixed.model)  # every trial would fail on a missing weights file: say so now
     return storage.check_local_storage(storage_dir, what=what, fix=fix)

@@ -19,6 +19,7 @@ from ray.tune.stopper import Stopper
 
 from search.experiment import time_used
 from search.settings.duration import describe
+from search.settings.schema import RUNNING
 
 log = logging.getLogger("mmsa.time_budget")
 SAVE_EVERY_S = 5.0  # a killed driver loses at most this much of the time it used
@@ -69,7 +70,7 @@ class TimeBudget(Stopper, Callback):
 
     def _check(self) -> bool:
         if self._waiting is None and time_used.is_spent(self.used(), self.budget_s):
-            self._waiting = {t.trial_id for t in self._trials if t.status == "RUNNING"}
+            self._waiting = {t.trial_id for t in self._trials if t.status == RUNNING}
             log.warning("time budget %s spent: no new trial starts; %d running trial(s) stop at their next epoch",
                         describe(self.budget_s), len(self._waiting))
             self.flush()
@@ -85,7 +86,7 @@ class TimeBudget(Stopper, Callback):
     def stop_all(self) -> bool:
         if not self._check():
             return False
-        self._waiting &= {t.trial_id for t in self._trials if t.status == "RUNNING"}  # errored or ended meanwhile
+        self._waiting &= {t.trial_id for t in self._trials if t.status == RUNNING}  # errored or ended meanwhile
         return not self._waiting
 
     # Callback: the clock runs while Tune's loop does

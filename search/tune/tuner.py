@@ -114,10 +114,6 @@ def run_search(spec: SearchSpec, num_samples: int, name: str, storage_dir: str =
     from ray import tune
 
     check_search_args(num_samples, name, optuna_storage)
-    if mlflow is not None:
-        from search.experiment.mlflow_runs import require_mlflow
-
-        require_mlflow()
     check_spec(spec)
     data_dir = Path(spec.fixed.data.data_dir).resolve()
     spec.fixed = spec.fixed.with_overrides({"data.data_dir": str(data_dir)})
@@ -133,7 +129,7 @@ def run_search(spec: SearchSpec, num_samples: int, name: str, storage_dir: str =
 
         warm, sources = collect(warm_start, spec, data_fingerprint(data_dir, "train"), warm_any_data, log)
         warm_meta = {"warm_start": sources}
-    storage_dir = check_before_ray(spec, storage_dir)
+    storage_dir = check_before_ray(spec, storage_dir, mlflow=mlflow)
     data = load_train_val(spec.fixed, log)  # all bad-input errors happen here, before Ray starts
     start_ray(address, storage_dir, shared_storage)
     resources, max_conc = capacity(spec)
@@ -207,17 +203,13 @@ def resume_search(exp_dir: str | Path | Experiment, *, address: str | None = Non
 
     from search.tune.asha_state import replay
 
-    if mlflow is not None:
-        from search.experiment.mlflow_runs import require_mlflow
-
-        require_mlflow()
     opened = Experiment.open(exp_dir, normalize=True)
     exp, meta = opened.path, opened.meta
     spec = parse_spec(meta["spec"], f"{exp}/{experiment.META}")
     if not experiment.ever_ran(exp):
         raise UserError(f"{exp}: this search was stopped before its first trial started, so there is nothing to resume; "
                         f"start it again with the same `mmsa search ... --name {meta['name']}` (the name is free).")
-    check_before_ray(spec, exp, what=f"{exp}", fix="move the experiment to a writable disk (it is relocatable), then "
+    check_before_ray(spec, exp, mlflow=mlflow, what=f"{exp}", fix="move the experiment to a writable disk (it is relocatable), then "
                      "resume it there")  # Ray writes the resumed trials and state into the experiment itself
     with ExperimentLock(exp, f"mmsa resume {exp}", break_lock):
         used = _budget_left(exp, meta, spec, time_budget)
@@ -269,12 +261,10 @@ def _budget_left(exp: str, meta: dict, spec: SearchSpec, time_budget: str | None
         spec.search.time_budget = str(time_budget)
     used = None
     if spec.search.budget_s and not experiment.is_confirm_run(meta):
-        spent = time_used.spent_line(exp, spec.search.budget_s)
+        used = time_used.read_checked(exp)
+        spent = time_used.spent_line(exp, spec.search.budget_s, used)
         if spent:
             raise UserError(spent)
-        used = time_used.read(exp)
-        if used is None:  # read whole a moment ago: storage failed the second read; never run without the budget
-            raise UserError(time_used.damaged(exp))
     if time_budget is not None:  # kept only by a resume that runs: a refused one leaves the search's budget as it was
         meta["spec"] = spec_to_dict(spec)
         experiment.write_meta(exp, meta)
