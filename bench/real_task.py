@@ -156,9 +156,11 @@ def space_dict(name: str) -> dict:
     return yaml.safe_load(default_space_yaml() if f is None else f.read_text())
 
 
-def search_method(base, work: Path, held: Path, p: dict, sampler: str, seed: int, space_name: str = "default") -> dict:
-    """`mmsa search` (this built-in space and sampler) + `mmsa confirm` + `mmsa export`, then the export trained and
-    scored."""
+def search_method(base, work: Path, held: Path, p: dict, sampler: str, seed: int, space_name: str = "default",
+                  metric: str | None = None) -> dict:
+    """`mmsa search` (this built-in space and sampler; metric: search.metric, None the space's) + `mmsa confirm` +
+    `mmsa export`, then the export trained and scored (its weights kept by that metric: train.select_metric follows
+    it)."""
     import yaml
 
     from search.cli import main
@@ -167,6 +169,8 @@ def search_method(base, work: Path, held: Path, p: dict, sampler: str, seed: int
     from search.selection.results import load_trials
 
     name = f"{sampler}{seed}" if space_name == "default" else f"{sampler}-{space_name}{seed}"
+    if metric is not None:
+        name = f"{sampler}-{space_name}-{metric}-seed{seed}"
     rr = work / "ray_results"
     exp = rr / name
 
@@ -177,7 +181,8 @@ def search_method(base, work: Path, held: Path, p: dict, sampler: str, seed: int
         else:
             space = space_dict(space_name)
             space["fixed"] = base.to_dict()
-            space["search"] = {**space.get("search", {}), "seed": seed, "sampler": sampler}
+            space["search"] = {**space.get("search", {}), "seed": seed, "sampler": sampler,
+                               **({"metric": metric} if metric else {})}
             (work / f"{name}-space.yaml").write_text(yaml.safe_dump(space))
             rc = main(["search", "--data", base.data.data_dir, "--space", str(work / f"{name}-space.yaml"),
                        "--num-samples", str(p["num_samples"]), "--name", name, "--storage", str(rr), "--verbose", "0"])
@@ -320,10 +325,11 @@ def main() -> None:
     ap.add_argument("--num-samples", type=int, default=None, help="trials per search (default 6)")
     ap.add_argument("--methods", default="lab,tpe,random", help="comma-separated subset of lab (its final "
                     "configuration and its procedure),labfinal (the final configuration only),tpe,random,recommended "
-                    "(TPE + ASHA + confirm on the recommended space),wide (the importance search)")
+                    "(TPE + ASHA + confirm on the recommended space),recommended-f1 (the same, optimising val "
+                    "macro-F1: search.metric),wide (the importance search)")
     args = ap.parse_args()
     methods = set(args.methods.split(","))
-    unknown = methods - {"lab", "labfinal", "tpe", "random", "recommended", "wide"}
+    unknown = methods - {"lab", "labfinal", "tpe", "random", "recommended", "recommended-f1", "wide"}
     if unknown:
         ap.error(f"--methods: unknown {', '.join(sorted(unknown))}")
     print(machine())
@@ -365,12 +371,14 @@ def main() -> None:
     if "lab" in methods:
         results["lab procedure"] = lab_procedure(base, work, held, p)
         print(f"lab procedure: {results['lab procedure']['trial_epochs']} trial-epochs", flush=True)
-    for method, sampler, space_name, label in (("tpe", "tpe", "default", "TPE+ASHA+confirm"),
-                                               ("random", "random", "default", "random+ASHA+confirm"),
-                                               ("recommended", "tpe", "recommended", "TPE+ASHA+confirm, recommended space")):
+    for method, sampler, space_name, metric, label in (
+            ("tpe", "tpe", "default", None, "TPE+ASHA+confirm"),
+            ("random", "random", "default", None, "random+ASHA+confirm"),
+            ("recommended", "tpe", "recommended", None, "TPE+ASHA+confirm, recommended space"),
+            ("recommended-f1", "tpe", "recommended", M.VAL_F1, "TPE+ASHA+confirm, recommended space, by macro-F1")):
         if method in methods:
             for seed in range(p["seeds"]):
-                results[f"{label} seed {seed}"] = search_method(base, work, held, p, sampler, seed, space_name)
+                results[f"{label} seed {seed}"] = search_method(base, work, held, p, sampler, seed, space_name, metric)
                 print(f"{label} seed {seed}: {results[f'{label} seed {seed}']['trial_epochs']} trial-epochs", flush=True)
     if "wide" in methods:
         w = wide_importances(base, work, p)

@@ -253,39 +253,42 @@ def remove_tree(dfd: int, name: str) -> None:
         os.unlink(name, dir_fd=dfd)
 
 
-def remove(path: str | Path, root: str | Path | None = None, empty_only: bool = False) -> None:
+def link_files(src: str | Path, dest: str | Path, root: str | Path | None = None) -> list[str]:
+    """Hard-link the regular files right inside the folder src (reached without links below root) into the existing
+    folder dest; their names. A file that cannot be linked (another file system) is copied. Anything else in src (a
+    link, a folder, a FIFO) is refused (UnsafePath): a folder of ours holds plain files only."""
+    root_real, names = _names(src, root)
+    sfd = _open_dirs(root_real, names, create=False)
+    done = []
+    try:
+        for entry in os.scandir(sfd):
+            if not entry.is_file(follow_symlinks=False):
+                raise UnsafePath(f"{src}/{entry.name}: not a plain file (a link, a folder or a device); not copied")
+            try:
+                os.link(entry.name, Path(dest) / entry.name, src_dir_fd=sfd, follow_symlinks=False)
+            except OSError as e:
+                if e.errno not in (errno.EXDEV, errno.EPERM, errno.EMLINK):
+                    raise
+                fd = os.open(entry.name, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=sfd)
+                with os.fdopen(fd, "rb") as f, open(Path(dest) / entry.name, "xb") as out:
+                    shutil.copyfileobj(f, out, 8 * 2**20)
+            done.append(entry.name)
+    finally:
+        os.close(sfd)
+    return done
+
+
+def remove(path: str | Path, root: str | Path | None = None) -> None:
     """Remove path (a folder tree, a file or a link itself) without following a link below root; a missing path is
-    fine. empty_only: a folder only when it is empty."""
+    fine."""
     try:
         dfd, name = _parent(path, root, create=False)
     except OSError:
         return  # a folder above it is gone (or a link: not ours to follow)
     try:
-        if empty_only:
-            try:
-                os.rmdir(name, dir_fd=dfd)
-            except OSError:
-                pass
-        else:
-            remove_tree(dfd, name)
+        remove_tree(dfd, name)
     finally:
         os.close(dfd)
-
-
-def lexists(path: str | Path, root: str | Path | None = None) -> bool:
-    """Anything (a link included) at path, reached without links below root."""
-    try:
-        dfd, name = _parent(path, root, create=False)
-    except OSError:
-        return False
-    try:
-        os.stat(name, dir_fd=dfd, follow_symlinks=False)
-        return True
-    except OSError:
-        return False
-    finally:
-        os.close(dfd)
-
 
 def replace_dir(dest: str | Path, write: Callable[[Path], None], root: str | Path | None = None) -> Path:
     """Call write(tmpdir) on a fresh, private sibling folder, then move it to dest, replacing an older dest (a

@@ -381,6 +381,8 @@ def cmd_export(args) -> int:
     else:
         if info.get("outdated_confirmation"):
             print(f"note: {term(info['outdated_confirmation'])}")
+        if info.get("checkpoint_note"):
+            print(f"note: {term(info['checkpoint_note'])}")
         print(f"best trial {term(info['trial_id'])} by {term(info['metric'])}: epoch {term(info['best_epoch'])}, val_loss "
               f"{m['val_loss']:.4f}, val_acc {m['val_acc']:.4f}, val_macro_f1 {m['val_macro_f1']:.4f}")
         earlier = better_in_earlier_stage(exp, m[info["metric"]])

@@ -61,11 +61,12 @@ def test_real_task_bench_smoke_and_continue(tmp_path):
     """bench/real_task.py --smoke: every method runs on a stratified held-out split and is judged; run again, it
     reads the finished runs back instead of training them again."""
     cmd = [sys.executable, str(ROOT / "bench" / "real_task.py"), "--smoke", "--work", str(tmp_path), "--methods",
-           "lab,tpe,random,recommended,wide"]
+           "lab,tpe,random,recommended,recommended-f1,wide"]
     r = subprocess.run(cmd, capture_output=True, text=True, timeout=1700, cwd=ROOT)
     assert r.returncode == 0, r.stderr[-3000:]
     for method in ("lab final", "lab procedure", "TPE+ASHA+confirm seed 0", "random+ASHA+confirm seed 0",
-                   "TPE+ASHA+confirm, recommended space seed 0"):
+                   "TPE+ASHA+confirm, recommended space seed 0",
+                   "TPE+ASHA+confirm, recommended space, by macro-F1 seed 0"):
         assert f"| {method} |" in r.stdout, r.stdout[-3000:]
     # the importance search: every key it searched has an importance (Optuna's PED-ANOVA, as `mmsa report`)
     wide = r.stdout.split("Optuna importances (PED-ANOVA) for its objective: ")[1].splitlines()[0]

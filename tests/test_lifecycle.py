@@ -1,6 +1,5 @@
 """An experiment loses nothing, whatever happens to it (issue: disk full, two writers, moves, signals, hostile
 files), each on a real Ray instance with real searches in separate processes."""
-import os
 import shutil
 import signal
 import subprocess
@@ -11,7 +10,6 @@ from pathlib import Path
 import pytest
 
 from search.experiment import layout as experiment
-from search.trial.checkpoint_retention import PIN_FILE
 from search.cli import main
 from search.selection.results import load_trials
 from search.commands.status import status_table
@@ -53,7 +51,7 @@ def _all_finished(exp, n):
     return len(trials) == n and all(t.state == "TERMINATED" for t in trials)
 
 
-def test_one_writer_export_pins_and_sigterm_saves(tmp_path, demo_cfg):
+def test_one_writer_export_copies_and_sigterm_saves(tmp_path, demo_cfg):
     exp = tmp_path / "rr" / "w1"
     slow = {"MMSA_TEST_FAULT": "slow:seed=0:1"}  # every trial; the search must still run during the checks below
     proc = start(_search(demo_cfg, _space(tmp_path, demo_cfg), tmp_path / "rr", "w1", 3), slow)
@@ -70,8 +68,8 @@ def test_one_writer_export_pins_and_sigterm_saves(tmp_path, demo_cfg):
     assert r.returncode == 0 and "the search is still running" in r.stdout
     import yaml
 
-    pinned = Path(yaml.safe_load((tmp_path / "best.yaml").read_text())["search"]["checkpoint"])
-    assert (pinned / PIN_FILE).is_file()
+    kept = Path(yaml.safe_load((tmp_path / "best.yaml").read_text())["search"]["checkpoint"])
+    assert kept.parent == exp / "exported" and (kept / "model.safetensors").is_file()  # a copy no search deletes
 
     proc.send_signal(signal.SIGTERM)  # what Slurm, Kubernetes and `timeout` send, to the driver alone
     _, err = proc.communicate(timeout=300)
@@ -80,7 +78,8 @@ def test_one_writer_export_pins_and_sigterm_saves(tmp_path, demo_cfg):
 
     assert main(["resume", str(exp), "--verbose", "0"]) == 0
     assert _all_finished(exp, 3)
-    assert pinned.is_dir() and (pinned / "model.safetensors").is_file()  # the exported checkpoint outlived pruning
+    assert (kept / "model.safetensors").is_file() and (kept / "config.yaml").is_file()  # it outlived the pruning
+    assert main(["predict", "--model", str(kept), "--out", str(tmp_path / "pred.txt"), "--quiet"]) == 0
 
 
 def test_killed_search_resumes_copied_and_moved_and_refuses_foreign_state(tmp_path, demo_cfg):

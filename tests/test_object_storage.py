@@ -135,7 +135,7 @@ def test_status_export_report_confirm_predict_from_the_bucket(killed_and_resumed
     assert "2 of 2 trials started, 2 terminated" in capsys.readouterr().out
     assert main(["export", exp, "-o", str(tmp_path / "best.yaml")]) == 0
     info = yaml.safe_load((tmp_path / "best.yaml").read_text())["search"]
-    assert info["checkpoint"].startswith(f"{exp}/trial_") and "/mmsa_best_epoch_" in info["checkpoint"]
+    assert info["checkpoint"].startswith(f"{exp}/exported/trial_") and "-mmsa_best_epoch_" in info["checkpoint"]
     assert f"{info['checkpoint'][len(exp) + 1:]}/model.safetensors" in _files(exp)
     monkeypatch.chdir(tmp_path)
     assert main(["report", exp]) == 0
@@ -338,35 +338,28 @@ def test_a_planted_key_in_a_state_is_refused_not_written_outside(s3, tmp_path, p
     assert sorted(p.name for p in got.iterdir()) == ["model.safetensors", "trainer_state.pt"]
 
 
-def test_pins_protocol_on_object_storage(s3, monkeypatch):
-    """search/trial/pins.py on S3: an unpinned folder deleted, a pinned one kept, a pin landing between the deleter's
-    two looks keeps the folder whole."""
+def test_export_copy_on_object_storage(s3):
+    """search/experiment/exported.py on S3: a server-side copy that outlives the original; a source being deleted
+    (a file gone) is refused and leaves no copy."""
     import pyarrow.fs as pafs
 
-    from search.trial import pins
-    from search.trial.checkpoint_retention import METRICS_FILE, PIN_FILE
+    from search.experiment import exported
+    from search.trial.checkpoint_retention import METRICS_FILE
 
-    fs, base = pafs.FileSystem.from_uri(f"{s3}/pins")
-    for name in ("a", "b"):
-        with fs.open_output_stream(f"{base}/{name}/model.safetensors") as f:
-            f.write(b"w")
-        with fs.open_output_stream(f"{base}/{name}/{METRICS_FILE}") as f:
-            f.write(b"{}")
-    assert pins.pin(fs, f"{base}/b")
-    assert pins.delete_unpinned(fs, f"{base}/a")
-    assert fs.get_file_info(f"{base}/a/model.safetensors").type == pafs.FileType.NotFound
-    assert not pins.delete_unpinned(fs, f"{base}/b")
-    real = pins.storage.delete_file
-
-    def then_export_pins(f, path, root=None):
-        real(f, path, root)
-        if path.endswith(METRICS_FILE):
-            with fs.open_output_stream(f"{base}/c/{PIN_FILE}") as out:
-                out.write(b"{}")
-
-    for name in ("model.safetensors", METRICS_FILE):
-        with fs.open_output_stream(f"{base}/c/{name}") as f:
-            f.write(b"{}")
-    monkeypatch.setattr(pins.storage, "delete_file", then_export_pins)
-    assert not pins.delete_unpinned(fs, f"{base}/c")
-    assert fs.get_file_info(f"{base}/c/{METRICS_FILE}").type == pafs.FileType.File
+    exp = f"{s3}/exported-test"
+    fs, base = pafs.FileSystem.from_uri(exp)
+    files = {"model.safetensors": b"w" * 100, "config.yaml": b"c", METRICS_FILE: b"{}"}
+    for folder in ("trial_a/mmsa_best_epoch_000002", "trial_a/half"):
+        for n, b in files.items():
+            with fs.open_output_stream(f"{base}/{folder}/{n}") as f:
+                f.write(b)
+    got = exported.keep_copy(exp, f"{exp}/trial_a/mmsa_best_epoch_000002", "trial_a-best")
+    assert got == f"{exp}/exported/trial_a-best"
+    fs.delete_dir(f"{base}/trial_a/mmsa_best_epoch_000002")
+    for n, b in files.items():
+        with fs.open_input_stream(f"{base}/exported/trial_a-best/{n}") as f:
+            assert f.read() == b
+    fs.delete_file(f"{base}/trial_a/half/model.safetensors")
+    with pytest.raises(OSError, match="lacks model.safetensors"):
+        exported.keep_copy(exp, f"{exp}/trial_a/half", "half")
+    assert fs.get_file_info(f"{base}/exported/half/{METRICS_FILE}").type == pafs.FileType.NotFound

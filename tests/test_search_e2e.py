@@ -113,7 +113,7 @@ def test_status_and_export_cli(demo, tmp_path, capsys):
     assert info["best_epoch"] >= 1 and info["data_fingerprint"] and info["checkpoint"]
     assert (demo["experiment"] / info["trial_id"].join(["trial_", ""])).is_dir()
     # checkpoint_mode async: the best epoch's weights folder, which `mmsa predict --model` reads
-    assert info["checkpoint"].endswith(f"mmsa_best_epoch_{info['best_epoch']:06d}")
+    assert info["checkpoint"].endswith(f"-mmsa_best_epoch_{info['best_epoch']:06d}") and "/exported/" in info["checkpoint"]
     assert (Path(info["checkpoint"]) / "model.safetensors").is_file()
 
 
@@ -157,7 +157,7 @@ def test_uri_storage_search_status_export_resume(demo_cfg, tmp_path, ray_local, 
     import yaml
 
     info = yaml.safe_load((tmp_path / "best.yaml").read_text())["search"]
-    assert info["checkpoint"].startswith(f"{exp}/trial_") and info["experiment"] == exp
+    assert info["checkpoint"].startswith(f"{exp}/exported/trial_") and info["experiment"] == exp
     monkeypatch.chdir(tmp_path)
     assert main(["report", exp]) == 0
     assert (tmp_path / "u-report" / "report.md").is_file()

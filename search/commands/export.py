@@ -11,7 +11,7 @@ from model.config import Config, build_section, load_config, opt, save_config
 
 from search.experiment import storage
 from search.trial.async_checkpoint import POINTER_FILE, best_name
-from search.trial import pins
+from search.experiment import exported
 from search.trial.checkpoint_retention import METRICS_FILE
 from search.experiment.layout import same_data
 from search.selection.opened import Experiment
@@ -39,7 +39,7 @@ class ExportSection:
                       "`mmsa confirm`'s choice are by this metric", choices=tuple(M.OBJECTIVES))
     metrics: dict = opt(None, "the best epoch's validation metrics")
     checkpoint: str | None = opt(None, "the best epoch's weights folder (`mmsa predict --model` reads it), or its "
-                                 "checkpoint, while the search keeps it")
+                                 "checkpoint: a copy in EXP/exported/ that no search deletes")
     data_dir: str = opt("", "the data the search ran on")
     data_fingerprint: str = opt("", "hash of that data; training on other data is refused without --allow-other-data")
     val_acc_interval: list | None = opt(None, "95% bootstrap interval of the best epoch's val accuracy")
@@ -63,25 +63,30 @@ def export_best(exp_dir: str | Path | Experiment, out: str | Path) -> dict:
     b = t.best
     ck = checkpoint_in_trial(exp, t.path.name, b.get(CHECKPOINT_DIR_NAME))
     best_dir = f"{exp}/{t.path.name}/{best_name(int(b[M.EPOCH]))}"  # checkpoint_mode async: the best weights
-    fs_b, path_b = storage.filesystem(best_dir)
-    root_b = storage.filesystem(exp)[1]  # no link below the experiment is followed (data_pipeline/safe_files.py)
+    fs, root = storage.filesystem(exp)
+    on_fs = lambda loc: f"{root}/{loc[len(exp):].lstrip('/')}"  # noqa: E731 - below exp, never through a link
+    whole = lambda loc: storage.is_file(fs, f"{on_fs(loc)}/{METRICS_FILE}", root)  # noqa: E731
     if running(exp) and t.state not in ENDED:  # the trial may be writing it right now (background)
         for _ in range(60):
-            if storage.is_file(fs_b, f"{path_b}/{METRICS_FILE}", root_b):
+            if whole(best_dir):
                 break
             time.sleep(0.5)
-    if storage.is_file(fs_b, f"{path_b}/{METRICS_FILE}", root_b):  # `mmsa predict --model` reads this folder
+    if whole(best_dir):  # `mmsa predict --model` reads this folder
         ck = best_dir
-    elif ck is not None and storage.is_file(fs_b, f"{storage.filesystem(ck)[1]}/{POINTER_FILE}", root_b):
+    elif ck is not None and storage.is_file(fs, f"{on_fs(ck)}/{POINTER_FILE}", root):
         ck = None  # only a pointer to a training state: the best weights are gone (not among keep_best_trials)
-    if ck is not None:  # kept only while it is among the trial's best `keep_checkpoints`
-        fs, path = storage.filesystem(ck)
-        ck = ck if storage.is_dir(fs, path, root_b) else None
-    if ck is not None:  # pinned: neither the running search nor a later resume deletes it (search/trial/pins.py)
+    note = None
+    if ck is not None and storage.is_dir(fs, on_fs(ck), root):  # a search deletes it sooner or later: a copy stays
         try:
-            ck = ck if pins.pin(*storage.filesystem(ck), root_b) else None
-        except OSError:  # a read-only experiment (a colleague's copy): safe to name only while no search runs in it
-            ck = None if running(exp) else ck
+            ck = exported.keep_copy(exp, ck, f"{t.path.name}-{ck.rsplit('/', 1)[-1]}")
+        except OSError as e:
+            who = running(exp)
+            note = (f"the checkpoint could not be copied to {exported.EXPORTED_DIR}/ ({e}); "
+                    + ("none is named (the running search may delete it)" if who else
+                       f"named where it is: a later `mmsa resume {exp}` may delete it"))
+            ck = None if who else ck
+    else:
+        ck = None
     # the final run keeps the weights of the epoch this search calls best (a trial from before the key: its default)
     cfg = Config.from_dict(t.config, source=f"{t.path / 'params.json'}").with_overrides(
         {"train.select_metric": t.objective.metric})
@@ -90,7 +95,8 @@ def export_best(exp_dir: str | Path | Experiment, out: str | Path) -> dict:
             "checkpoint": ck,
             "data_dir": meta["data_dir"], "data_fingerprint": meta["data_fingerprint"], **interval_info(trials, t.trial_id)}
     save_config(cfg, out, extras={SECTION: info})
-    return {**info, "outdated_confirmation": outdated} if outdated else info
+    return {**info, **({"outdated_confirmation": outdated} if outdated else {}),
+            **({"checkpoint_note": note} if note else {})}
 
 
 def checkpoint_in_trial(exp: str, trial_dir: str, name) -> str | None:

@@ -106,30 +106,6 @@ def is_dir(fs, path: str, root: str | None = None) -> bool:
     return fs.get_file_info(path).type == pafs.FileType.Directory
 
 
-def exists(fs, path: str, root: str | None = None) -> bool:
-    """Anything at path (on a local disk: a link too, never followed)."""
-    import pyarrow.fs as pafs
-
-    from data_pipeline import safe_files
-
-    if safe_files.is_local_fs(fs):
-        return safe_files.lexists(path, root)
-    return fs.get_file_info(path).type != pafs.FileType.NotFound
-
-
-def delete_file(fs, path: str, root: str | None = None) -> None:
-    """A file gone (a missing one is fine); on a local disk a link at path is removed, never followed."""
-    from data_pipeline import safe_files
-
-    if safe_files.is_local_fs(fs):
-        safe_files.remove(path, root)
-        return
-    try:
-        fs.delete_file(path)
-    except FileNotFoundError:
-        pass
-
-
 def delete_dir(fs, path: str, root: str | None = None) -> None:
     """A folder and everything below it gone (a missing one is fine); on a local disk no link is followed."""
     from data_pipeline import safe_files
@@ -141,14 +117,6 @@ def delete_dir(fs, path: str, root: str | None = None) -> None:
         fs.delete_dir(path)
     except FileNotFoundError:
         pass
-
-
-def remove_empty_dir(fs, path: str, root: str | None = None) -> None:
-    """A local folder removed when it is empty (object storage has no empty folders to leave behind)."""
-    from data_pipeline import safe_files
-
-    if safe_files.is_local_fs(fs):
-        safe_files.remove(path, root, empty_only=True)
 
 
 def free_bytes(location: str | Path) -> int | None:

@@ -46,7 +46,7 @@ from model.config import save_config
 
 from search.experiment import faults, ray_internals
 from search.trial import pins
-from search.trial.checkpoint_retention import METRICS_FILE, write_checkpoint_metrics
+from search.trial.checkpoint_retention import write_checkpoint_metrics
 from search.settings.schema import M
 from search.experiment.storage import parse_json
 from search.trial.object_store import ObjectStoreFolder
@@ -127,7 +127,8 @@ TrialFolder = "Path | str | ObjectStoreFolder"
 
 def delete_unpinned(path: Path | str, remote: ObjectStoreFolder | None = None, root: Path | None = None) -> None:
     """path: a folder below a local trial folder `root` (default: path's folder), or (remote given) its name below the
-    remote trial folder. Unless `mmsa export` pinned it (search/trial/pins.py); a storage error leaves it for later."""
+    remote trial folder. Unless an earlier version's `mmsa export` pinned it (search/trial/pins.py); a storage error
+    leaves it for later."""
     try:
         if remote is not None:
             pins.delete_unpinned(remote.fs, remote.at(str(path)))
@@ -291,7 +292,7 @@ class AsyncCheckpointer:
         keep = set(self.reported[-2:])
         for old in set(self.reported[:-2]) - keep:
             if old is not None:
-                self.pool.submit(delete_unpinned, self.trial_dir / state_name(old))
+                self.pool.submit(delete_unpinned, self.trial_dir / state_name(old), None, self.trial_dir)
                 if self.remote is not None:
                     self.pool.submit(delete_unpinned, state_name(old), self.remote)
         self.reported = self.reported[-2:]
@@ -332,9 +333,9 @@ class AsyncCheckpointer:
             write_checkpoint_metrics(tmp, epoch, self.trainer.objective, value)
 
         dest = self.trial_dir / best_name(epoch)
-        if self.remote is None and (dest / METRICS_FILE).is_file():
-            # the epoch replayed after a resume, whose folder is whole already and may be pinned by `mmsa export`:
-            # replacing it would drop the pin (object storage keeps it: the upload only overwrites our own files)
+        if self.remote is None and pins.pinned(pafs.LocalFileSystem(), str(dest), str(self.trial_dir)):
+            # the epoch replayed after a resume, pinned by an export of an earlier version: replacing the folder
+            # would drop the pin (on object storage the upload overwrites only our own files: the pin stays)
             self._delete_other_best(dest.name)
             return False
         ckpt.replace_dir(dest, write)
