@@ -253,29 +253,67 @@ def remove_tree(dfd: int, name: str) -> None:
         os.unlink(name, dir_fd=dfd)
 
 
-def link_files(src: str | Path, dest: str | Path, root: str | Path | None = None) -> list[str]:
-    """Hard-link the regular files right inside the folder src (reached without links below root) into the existing
-    folder dest; their names. A file that cannot be linked (another file system) is copied. Anything else in src (a
-    link, a folder, a FIFO) is refused (UnsafePath): a folder of ours holds plain files only."""
-    root_real, names = _names(src, root)
-    sfd = _open_dirs(root_real, names, create=False)
-    done = []
+def copy_into_new_dir(src: str | Path, dest: str | Path, names: list[str], root: str | Path | None = None,
+                      link: bool = True) -> bool:
+    """Create the folder dest (it must not exist: False when it does) and put src's files `names` into it, in that
+    order (the last one marks the folder whole): hard links when `link` (no bytes copied), else copies. Both folders
+    are reached without links below root and written through descriptors, so a link swapped in meanwhile is never
+    followed; each file must be a regular file (UnsafePath otherwise: a link, a folder, a FIFO). On any error the
+    new folder is removed again and the error raised (FileNotFoundError: a file of src is gone)."""
+    root_real, src_names = _names(src, root)
+    sfd = _open_dirs(root_real, src_names, create=False)
     try:
-        for entry in os.scandir(sfd):
-            if not entry.is_file(follow_symlinks=False):
-                raise UnsafePath(f"{src}/{entry.name}: not a plain file (a link, a folder or a device); not copied")
+        pfd, name = _parent(dest, root, create=True)
+        try:
             try:
-                os.link(entry.name, Path(dest) / entry.name, src_dir_fd=sfd, follow_symlinks=False)
+                os.mkdir(name, 0o755, dir_fd=pfd)
+            except FileExistsError:
+                return False
+            try:
+                dfd = _open_dir_no_link(name, pfd, str(dest))
+                try:
+                    for n in names:
+                        _put(sfd, dfd, n, link, f"{src}/{n}")
+                    if os.stat(name, dir_fd=pfd, follow_symlinks=False).st_ino != os.fstat(dfd).st_ino:
+                        raise UnsafePath(f"{dest}: replaced while it was written; not used")
+                finally:
+                    os.close(dfd)
+            except BaseException:
+                remove_tree(pfd, name)
+                raise
+            return True
+        finally:
+            os.close(pfd)
+    finally:
+        os.close(sfd)
+
+
+def _put(sfd: int, dfd: int, name: str, link: bool, where: str) -> None:
+    try:
+        fd = os.open(name, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC, dir_fd=sfd)
+    except OSError as e:
+        if e.errno == errno.ELOOP:
+            raise UnsafePath(f"{where}: a link; not followed") from None
+        raise
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            raise UnsafePath(f"{where}: not a plain file (a folder, a FIFO or a device); not copied")
+        if link:
+            try:
+                os.link(name, name, src_dir_fd=sfd, dst_dir_fd=dfd, follow_symlinks=False)
+                if os.stat(name, dir_fd=dfd, follow_symlinks=False).st_ino == st.st_ino:
+                    return  # the very file checked above (not one swapped in after the check)
+                os.unlink(name, dir_fd=dfd)
+                raise FileNotFoundError(f"{where}: replaced while it was copied")
             except OSError as e:
                 if e.errno not in (errno.EXDEV, errno.EPERM, errno.EMLINK):
                     raise
-                fd = os.open(entry.name, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=sfd)
-                with os.fdopen(fd, "rb") as f, open(Path(dest) / entry.name, "xb") as out:
-                    shutil.copyfileobj(f, out, 8 * 2**20)
-            done.append(entry.name)
+        out = os.open(name, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o644, dir_fd=dfd)
+        with os.fdopen(out, "wb") as w, os.fdopen(os.dup(fd), "rb") as r:
+            shutil.copyfileobj(r, w, 8 * 2**20)
     finally:
-        os.close(sfd)
-    return done
+        os.close(fd)
 
 
 def remove(path: str | Path, root: str | Path | None = None) -> None:

@@ -28,22 +28,46 @@ def _ckpt(d):
     return d
 
 
-def test_the_copy_is_hard_linked_and_outlives_the_original(tmp_path):
+def test_the_copy_is_hard_linked_outlives_the_original_and_is_never_replaced(tmp_path):
     exp = str(tmp_path)
     src = _ckpt(tmp_path / "trial_a" / best_name(3))
+    (src / "trainer_state.pt").write_bytes(b"s" * 1000)  # not what predict or train read: not copied
     got = exported.keep_copy(exp, str(src), "trial_a-" + best_name(3))
     assert got == f"{exp}/{exported.EXPORTED_DIR}/trial_a-{best_name(3)}"
     assert os.stat(f"{got}/model.safetensors").st_ino == (src / "model.safetensors").stat().st_ino  # no bytes copied
+    assert sorted(os.listdir(got)) == sorted(FILES)
     shutil.rmtree(src)  # the trial found a better epoch, or the search ended
     assert {n: open(f"{got}/{n}", "rb").read() for n in FILES} == FILES
-    assert exported.keep_copy(exp, str(_ckpt(tmp_path / "trial_a" / best_name(5))), "trial_a-x") != got
+    (tmp_path / exported.EXPORTED_DIR / f"trial_a-{best_name(3)}" / "predictions.txt").write_text("guid,tag\n")
+    assert exported.keep_copy(exp, str(src), "trial_a-" + best_name(3)) == got  # exported again: the same copy
+    assert os.path.isfile(f"{got}/predictions.txt")  # the user's files in it stay
+
+
+def test_rays_own_checkpoints_are_copied_not_linked(tmp_path):
+    """checkpoint_mode sync: Ray rewrites a checkpoint_* folder's files in place when a resumed trial reports it
+    again, which would change a hard-linked copy."""
+    src = _ckpt(tmp_path / "trial_a" / "checkpoint_000002")
+    got = exported.keep_copy(str(tmp_path), str(src), "trial_a-checkpoint_000002")
+    assert os.stat(f"{got}/model.safetensors").st_ino != (src / "model.safetensors").stat().st_ino
+    (src / "model.safetensors").write_bytes(b"rewritten in place")
+    assert open(f"{got}/model.safetensors", "rb").read() == FILES["model.safetensors"]
+
+
+def test_a_half_copy_is_left_alone_and_a_fresh_one_made_beside_it(tmp_path):
+    src = _ckpt(tmp_path / "trial_a" / best_name(1))
+    half = tmp_path / exported.EXPORTED_DIR / "c"
+    half.mkdir(parents=True)
+    (half / "model.safetensors").write_bytes(b"cut")  # an export killed mid-way (no metrics file)
+    got = exported.keep_copy(str(tmp_path), str(src), "c")
+    assert got.startswith(f"{tmp_path}/{exported.EXPORTED_DIR}/c-") and os.path.isfile(f"{got}/{METRICS_FILE}")
+    assert (half / "model.safetensors").read_bytes() == b"cut"
 
 
 def test_a_folder_being_deleted_or_planted_is_not_copied(tmp_path):
     exp = str(tmp_path)
     half = _ckpt(tmp_path / "trial_a" / "half")
     (half / "model.safetensors").unlink()  # the deletion had begun
-    with pytest.raises(OSError, match="lacks model.safetensors"):
+    with pytest.raises(FileNotFoundError):
         exported.keep_copy(exp, str(half), "half")
     assert not (tmp_path / exported.EXPORTED_DIR / "half").exists()
     with pytest.raises(OSError):
@@ -53,14 +77,42 @@ def test_a_folder_being_deleted_or_planted_is_not_copied(tmp_path):
     with pytest.raises(UnsafePath):
         exported.keep_copy(exp, str(tmp_path / "trial_a" / "linked"), "linked")
     inner = _ckpt(tmp_path / "trial_a" / "inner")
-    (inner / "extra").symlink_to(outside / "model.safetensors")  # a link inside
+    (inner / "config.yaml").unlink()
+    (inner / "config.yaml").symlink_to(outside / "config.yaml")  # a link inside
     with pytest.raises(UnsafePath):
         exported.keep_copy(exp, str(inner), "inner")
-    shutil.rmtree(tmp_path / exported.EXPORTED_DIR, ignore_errors=True)
+    fifo = _ckpt(tmp_path / "trial_a" / "fifo")
+    (fifo / "model.safetensors").unlink()
+    os.mkfifo(fifo / "model.safetensors")  # would block a reader forever
+    with pytest.raises(UnsafePath):
+        exported.keep_copy(exp, str(fifo), "fifo")
+    assert sorted(os.listdir(tmp_path / exported.EXPORTED_DIR)) == []  # nothing half-made left
+    shutil.rmtree(tmp_path / exported.EXPORTED_DIR)
     (tmp_path / exported.EXPORTED_DIR).symlink_to(tmp_path.parent / f"{tmp_path.name}-outside")  # exported/ a link
     with pytest.raises(UnsafePath):
         exported.keep_copy(exp, str(_ckpt(tmp_path / "trial_a" / "ok")), "ok")
     assert sorted(p.name for p in outside.iterdir()) == sorted(FILES)  # nothing written there
+
+
+def test_concurrent_exports_of_one_checkpoint_each_name_a_whole_copy(tmp_path):
+    src = _ckpt(tmp_path / "trial_a" / best_name(2))
+    got, errors = [], []
+    go = threading.Barrier(4)
+
+    def export():
+        go.wait()
+        for _ in range(25):
+            try:
+                got.append(exported.keep_copy(str(tmp_path), str(src), "same"))
+            except OSError as e:
+                errors.append(e)
+
+    threads = [threading.Thread(target=export) for _ in range(4)]
+    [t.start() for t in threads]
+    [t.join() for t in threads]
+    assert errors == [] and len(got) == 100
+    for g in set(got):  # every copy any export named is still there, whole
+        assert {n: open(f"{g}/{n}", "rb").read() for n in FILES} == FILES
 
 
 def test_copies_racing_deletions_are_whole_or_refused(tmp_path):

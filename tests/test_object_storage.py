@@ -339,8 +339,8 @@ def test_a_planted_key_in_a_state_is_refused_not_written_outside(s3, tmp_path, p
 
 
 def test_export_copy_on_object_storage(s3):
-    """search/experiment/exported.py on S3: a server-side copy that outlives the original; a source being deleted
-    (a file gone) is refused and leaves no copy."""
+    """search/experiment/exported.py on S3: a server-side copy of what predict reads, which outlives the original and
+    is named again by a later export (never deleted or rewritten); a source being deleted is refused."""
     import pyarrow.fs as pafs
 
     from search.experiment import exported
@@ -350,16 +350,19 @@ def test_export_copy_on_object_storage(s3):
     fs, base = pafs.FileSystem.from_uri(exp)
     files = {"model.safetensors": b"w" * 100, "config.yaml": b"c", METRICS_FILE: b"{}"}
     for folder in ("trial_a/mmsa_best_epoch_000002", "trial_a/half"):
-        for n, b in files.items():
+        for n, b in {**files, "trainer_state.pt": b"s"}.items():
             with fs.open_output_stream(f"{base}/{folder}/{n}") as f:
                 f.write(b)
     got = exported.keep_copy(exp, f"{exp}/trial_a/mmsa_best_epoch_000002", "trial_a-best")
     assert got == f"{exp}/exported/trial_a-best"
     fs.delete_dir(f"{base}/trial_a/mmsa_best_epoch_000002")
+    listed = {i.base_name for i in fs.get_file_info(pafs.FileSelector(f"{base}/exported/trial_a-best"))}
+    assert listed == set(files)  # not the training state
     for n, b in files.items():
         with fs.open_input_stream(f"{base}/exported/trial_a-best/{n}") as f:
             assert f.read() == b
+    assert exported.keep_copy(exp, f"{exp}/trial_a/mmsa_best_epoch_000002", "trial_a-best") == got  # source gone
     fs.delete_file(f"{base}/trial_a/half/model.safetensors")
-    with pytest.raises(OSError, match="lacks model.safetensors"):
+    with pytest.raises(FileNotFoundError):
         exported.keep_copy(exp, f"{exp}/trial_a/half", "half")
     assert fs.get_file_info(f"{base}/exported/half/{METRICS_FILE}").type == pafs.FileType.NotFound

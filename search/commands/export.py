@@ -11,6 +11,7 @@ from model.config import Config, build_section, load_config, opt, save_config
 
 from search.experiment import storage
 from search.trial.async_checkpoint import POINTER_FILE, best_name
+from data_pipeline.safe_files import UnsafePath
 from search.experiment import exported
 from search.trial.checkpoint_retention import METRICS_FILE
 from search.experiment.layout import same_data
@@ -76,17 +77,21 @@ def export_best(exp_dir: str | Path | Experiment, out: str | Path) -> dict:
     elif ck is not None and storage.is_file(fs, f"{on_fs(ck)}/{POINTER_FILE}", root):
         ck = None  # only a pointer to a training state: the best weights are gone (not among keep_best_trials)
     note = None
-    if ck is not None and storage.is_dir(fs, on_fs(ck), root):  # a search deletes it sooner or later: a copy stays
+    if ck is not None:  # a search deletes it sooner or later: a copy stays (search/experiment/exported.py)
+        copy_name = f"{t.path.name}-{ck.rsplit('/', 1)[-1]}"
         try:
-            ck = exported.keep_copy(exp, ck, f"{t.path.name}-{ck.rsplit('/', 1)[-1]}")
-        except OSError as e:
+            ck = exported.keep_copy(exp, ck, copy_name)
+        except UnsafePath as e:  # planted: a link or a device where a checkpoint's file belongs
+            ck, note = None, f"no checkpoint named: {e}"
+        except OSError as e:  # (a whole copy made by an earlier export is named above, even once this is gone)
             who = running(exp)
-            note = (f"the checkpoint could not be copied to {exported.EXPORTED_DIR}/ ({e}); "
-                    + ("none is named (the running search may delete it)" if who else
-                       f"named where it is: a later `mmsa resume {exp}` may delete it"))
-            ck = None if who else ck
-    else:
-        ck = None
+            if not storage.is_dir(fs, on_fs(ck), root):  # gone: pruned, or deleted while it was copied
+                ck = None
+            else:
+                note = (f"the checkpoint could not be copied to {exported.EXPORTED_DIR}/ ({e}); "
+                        + ("none is named (the running search may delete it)" if who else
+                           f"it is named where it is: a later `mmsa resume {exp}` may delete it"))
+                ck = None if who else ck
     # the final run keeps the weights of the epoch this search calls best (a trial from before the key: its default)
     cfg = Config.from_dict(t.config, source=f"{t.path / 'params.json'}").with_overrides(
         {"train.select_metric": t.objective.metric})
