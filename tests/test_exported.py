@@ -1,4 +1,4 @@
-"""search/experiment/exported.py: the checkpoint `mmsa export` names is a copy in EXP/exported/ that no search deletes,
+"""search/trial/exported.py: the checkpoint `mmsa export` names is a copy in EXP/exported/ that no search deletes,
 made whole or not at all while the trial, the pruner or retention delete the original (CI once lost an exported
 checkpoint to the pin that raced with a deletion). And the pins of earlier exports are still honoured."""
 import json
@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from data_pipeline.safe_files import UnsafePath
-from search.experiment import exported
+from search.trial import exported
 from search.trial.async_checkpoint import BEST_PREFIX, best_name, read_pointer
 from search.trial.checkpoint_retention import METRICS_FILE, PIN_FILE
 

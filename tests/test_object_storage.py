@@ -339,11 +339,11 @@ def test_a_planted_key_in_a_state_is_refused_not_written_outside(s3, tmp_path, p
 
 
 def test_export_copy_on_object_storage(s3):
-    """search/experiment/exported.py on S3: a server-side copy of what predict reads, which outlives the original and
+    """search/trial/exported.py on S3: a server-side copy of what predict reads, which outlives the original and
     is named again by a later export (never deleted or rewritten); a source being deleted is refused."""
     import pyarrow.fs as pafs
 
-    from search.experiment import exported
+    from search.trial import exported
     from search.trial.checkpoint_retention import METRICS_FILE
 
     exp = f"{s3}/exported-test"

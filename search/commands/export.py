@@ -12,7 +12,7 @@ from model.config import Config, build_section, load_config, opt, save_config
 from search.experiment import storage
 from search.trial.async_checkpoint import POINTER_FILE, best_name
 from data_pipeline.safe_files import UnsafePath
-from search.experiment import exported
+from search.trial import exported
 from search.trial.checkpoint_retention import METRICS_FILE
 from search.experiment.layout import same_data
 from search.selection.opened import Experiment
@@ -77,7 +77,7 @@ def export_best(exp_dir: str | Path | Experiment, out: str | Path) -> dict:
     elif ck is not None and storage.is_file(fs, f"{on_fs(ck)}/{POINTER_FILE}", root):
         ck = None  # only a pointer to a training state: the best weights are gone (not among keep_best_trials)
     note = None
-    if ck is not None:  # a search deletes it sooner or later: a copy stays (search/experiment/exported.py)
+    if ck is not None:  # a search deletes it sooner or later: a copy stays (search/trial/exported.py)
         copy_name = f"{t.path.name}-{ck.rsplit('/', 1)[-1]}"
         try:
             ck = exported.keep_copy(exp, ck, copy_name)

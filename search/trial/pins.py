@@ -1,6 +1,6 @@
 """Checkpoint folders pinned by `mmsa export` of earlier versions (PIN_FILE inside): the deleters (the trial's writer,
 the driver's pruner and retention) still spare them, so an export file written then keeps naming a folder that
-exists. Exports now copy the checkpoint instead (search/experiment/exported.py): a pin checked by one process while
+exists. Exports now copy the checkpoint instead (search/trial/exported.py): a pin checked by one process while
 another deletes raced, a copy does not. No pin is written any more.
 """
 from __future__ import annotations
