@@ -134,6 +134,17 @@ def _open_dir_no_link(name: str, dir_fd: int, where: str) -> int:
         raise
 
 
+def _open_no_link(name: str, dir_fd: int, where) -> int:
+    """A descriptor of the file name in dir_fd, for reading; never through a link (UnsafePath), never blocking (a
+    FIFO opens at once; the caller checks the file's type on the descriptor)."""
+    try:
+        return os.open(name, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC, dir_fd=dir_fd)
+    except OSError as e:
+        if e.errno == errno.ELOOP:
+            raise UnsafePath(f"{where}: a link; not followed") from None
+        raise
+
+
 def _parent(path, root, create: bool) -> tuple[int, str]:
     root_real, names = _names(path, root)
     if not names:
@@ -154,12 +165,7 @@ def open_read(path: str | Path, root: str | Path | None = None, limit: int | Non
     """read_bytes that raises OSError (UnsafePath for a link or a name outside root) instead of returning None."""
     dfd, name = _parent(path, root, create=False)
     try:
-        try:
-            fd = os.open(name, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC, dir_fd=dfd)
-        except OSError as e:
-            if e.errno == errno.ELOOP:
-                raise UnsafePath(f"{path}: a link; not followed") from None
-            raise
+        fd = _open_no_link(name, dfd, path)
     finally:
         os.close(dfd)
     with os.fdopen(fd, "rb") as f:
@@ -289,12 +295,7 @@ def copy_into_new_dir(src: str | Path, dest: str | Path, names: list[str], root:
 
 
 def _put(sfd: int, dfd: int, name: str, link: bool, where: str) -> None:
-    try:
-        fd = os.open(name, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC, dir_fd=sfd)
-    except OSError as e:
-        if e.errno == errno.ELOOP:
-            raise UnsafePath(f"{where}: a link; not followed") from None
-        raise
+    fd = _open_no_link(name, sfd, where)
     try:
         st = os.fstat(fd)
         if not stat.S_ISREG(st.st_mode):

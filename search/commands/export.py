@@ -84,10 +84,10 @@ def export_best(exp_dir: str | Path | Experiment, out: str | Path) -> dict:
         except UnsafePath as e:  # planted: a link or a device where a checkpoint's file belongs
             ck, note = None, f"no checkpoint named: {e}"
         except OSError as e:  # (a whole copy made by an earlier export is named above, even once this is gone)
-            who = running(exp)
             if not storage.is_dir(fs, on_fs(ck), root):  # gone: pruned, or deleted while it was copied
                 ck = None
             else:
+                who = running(exp)
                 note = (f"the checkpoint could not be copied to {exported.EXPORTED_DIR}/ ({e}); "
                         + ("none is named (the running search may delete it)" if who else
                            f"it is named where it is: a later `mmsa resume {exp}` may delete it"))

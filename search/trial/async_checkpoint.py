@@ -358,11 +358,13 @@ class AsyncCheckpointer:
         best = self.trial_dir / best_name(epoch) / ckpt.WEIGHTS
 
         def write(tmp: Path):
-            try:  # the same bytes as the best folder's weights: a hard link costs no write
-                if not linkable:
-                    raise OSError("not this epoch's weights")
-                os.link(best, tmp / ckpt.WEIGHTS)
-            except OSError:
+            linked = linkable  # the same bytes as the best folder's weights: a hard link costs no write
+            if linked:
+                try:
+                    os.link(best, tmp / ckpt.WEIGHTS)
+                except OSError:
+                    linked = False
+            if not linked:
                 ckpt.save_weights(weights, tmp / ckpt.WEIGHTS)
                 self.bytes_written += (tmp / ckpt.WEIGHTS).stat().st_size
             if self.remote is None:  # on object storage: in the middle of the upload instead (below)

@@ -26,11 +26,11 @@ from data_pipeline import safe_files
 from model import run_files as ckpt
 
 from search.experiment import storage
+from search.trial.async_checkpoint import BEST_PREFIX
 from search.trial.checkpoint_retention import METRICS_FILE
 
 EXPORTED_DIR = "exported"
 NEEDED = (ckpt.WEIGHTS, ckpt.CONFIG, METRICS_FILE)  # in this order: METRICS_FILE last marks the copy whole
-LINKABLE_PREFIX = "mmsa_best_epoch_"  # folders mmsa writes whole and never rewrites in place
 
 
 def whole(exp: str, name: str) -> str | None:
@@ -52,7 +52,7 @@ def keep_copy(exp: str, src: str, name: str) -> str:
         return found
     fs, root = storage.filesystem(exp)
     src_path = f"{root}/{src[len(exp) + 1:]}"
-    link = src.rsplit("/", 1)[-1].startswith(LINKABLE_PREFIX)
+    link = src.rsplit("/", 1)[-1].startswith(BEST_PREFIX)  # mmsa's own folders: written whole, never in place
     for rel in (f"{EXPORTED_DIR}/{name}", f"{EXPORTED_DIR}/{name}-{secrets.token_hex(4)}"):
         if safe_files.is_local_fs(fs):
             made = safe_files.copy_into_new_dir(src_path, f"{root}/{rel}", list(NEEDED), root, link=link)
