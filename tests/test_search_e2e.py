@@ -58,8 +58,13 @@ def test_finished_demo_keeps_only_the_best_trials_weights(demo):
     ranked = sorted(load_trials(exp), key=lambda t: (t.best[M.VAL_LOSS], t.path.name))
     assert {b.parent.name for b in best} == {t.path.name for t in ranked[:3]}
     weights = (best[0] / "model.safetensors").stat().st_size
-    total = sum(f.stat().st_size for f in exp.rglob("*") if f.is_file())
+    # the export's copy (EXP/exported/) of an mmsa best folder is hard links: count each file's bytes once
+    files = {(s.st_dev, s.st_ino): s.st_size for s in (f.stat() for f in exp.rglob("*") if f.is_file())}
+    total = sum(files.values())
     assert total < 3 * weights + 20 * 2**20, total
+    exported = list(exp.glob("exported/*/model.safetensors"))
+    assert len(exported) == 1 and exported[0].stat().st_nlink == 2
+    assert exported[0].stat().st_ino in {(b / "model.safetensors").stat().st_ino for b in best}
 
 
 def test_status_reads_files_cut_by_a_crash(demo, tmp_path, capsys):
