@@ -304,15 +304,36 @@ def table(results: dict[str, dict], judged: dict[str, dict]) -> list[str]:
     return lines
 
 
+def targets_met(r: dict, j: dict, proc: int) -> dict[str, bool]:
+    """Issue 23's targets for one searched + confirmed choice (r: its result, j: its judged row, proc: the lab
+    procedure's trial-epochs). 'within' is the paired accuracy interval to the lab procedure reaching 0 or above."""
+    final = j.get(f"{M.VAL_ACC} - lab final")
+    return {"acc >= 0.74 and macro-F1 >= 0.60": j[M.VAL_ACC][0] >= 0.74 and j[M.VAL_F1][0] >= 0.60,
+            "acc >= lab final + 15 points": final is not None and final[0] >= 0.15,
+            "within the lab procedure's interval or better": j[f"{M.VAL_ACC} - lab procedure"][2] >= 0,
+            "at most 1/3 of its trial-epochs": r["trial_epochs"] * 3 <= proc}
+
+
 def verdict(results: dict, judged: dict) -> list[str]:
+    """Per searched run, its numbers against the targets; then per method, in how many of its seeds each target (and
+    the issue's pair: within the interval at a third of the cost) was met, and its mean scores over seeds."""
     proc = results["lab procedure"]["trial_epochs"]
-    out = []
-    for k in (k for k in results if k.startswith("TPE")):
+    out, by_method = [], {}
+    for k in (k for k in results if " seed " in k):
         j, r = judged[k], results[k]
         out.append(f"{k}: acc {j[M.VAL_ACC][0]:.3f} (target >= 0.74), macro-F1 {j[M.VAL_F1][0]:.3f} (>= 0.60), "
                    f"acc - lab final {j[f'{M.VAL_ACC} - lab final'][0] * 100:+.1f} points (>= +15); vs lab procedure: "
                    f"{'within or better' if j[f'{M.VAL_ACC} - lab procedure'][2] >= 0 else 'worse'} (paired acc "
                    f"interval), trial-epochs {r['trial_epochs']} of {proc} ({r['trial_epochs'] / proc:.2f}; target <= 1/3)")
+        by_method.setdefault(k.rsplit(" seed ", 1)[0], []).append(k)
+    for method, keys in by_method.items():
+        met = [targets_met(results[k], judged[k], proc) for k in keys]
+        both = sum(m["within the lab procedure's interval or better"] and m["at most 1/3 of its trial-epochs"] for m in met)
+        mean = lambda m: float(np.mean([judged[k][m][0] for k in keys]))  # noqa: E731
+        out.append(f"{method}, {len(keys)} seed(s): mean acc {mean(M.VAL_ACC):.3f}, mean macro-F1 {mean(M.VAL_F1):.3f}, "
+                   f"mean trial-epochs {np.mean([results[k]['trial_epochs'] for k in keys]):.1f}; "
+                   + "; ".join(f"{t}: {sum(m[t] for m in met)}/{len(met)}" for t in met[0])
+                   + f"; within at <= 1/3 (target: 2 of 3 seeds): {both}/{len(met)}")
     return out
 
 

@@ -72,6 +72,7 @@ def test_real_task_bench_smoke_and_continue(tmp_path):
     wide = r.stdout.split("Optuna importances (PED-ANOVA) for its objective: ")[1].splitlines()[0]
     assert {part.rsplit(" ", 1)[0] for part in wide.split(", ")} <= set(real_task_module().WIDE_SPACE)
     assert "macro-F1" in r.stdout and "recall positive/neutral/negative" in r.stdout
+    assert "random+ASHA+confirm, 1 seed(s): mean acc" in r.stdout and "within at <= 1/3" in r.stdout
     held = (tmp_path / "heldout" / "train.txt").read_text().splitlines()[1:]
     search = (tmp_path / "search" / "train.txt").read_text().splitlines()[1:]
     assert len(held) == 30 and not set(held) & set(search)
@@ -98,3 +99,31 @@ def test_stratified_heldout_split():
     out = stratified_heldout(tags, 600)
     assert len(out) == 600 and out == stratified_heldout(tags, 600)  # fixed
     assert [sum(tags[i] == t for i in out) for t in ("positive", "negative", "neutral")] == [358, 179, 63]
+
+
+def test_real_task_verdict_counts_seeds_per_method():
+    """The verdict says per method in how many seeds each of issue 23's targets was met, from the judged numbers."""
+    rt = real_task_module()
+    from search.settings.schema import M
+
+    def judged(acc, f1, vs_proc_hi, vs_final):
+        return {M.VAL_ACC: (acc, acc - .04, acc + .04), M.VAL_F1: (f1, f1 - .05, f1 + .05),
+                f"{M.VAL_ACC} - lab procedure": (vs_proc_hi - .05, vs_proc_hi - .1, vs_proc_hi),
+                f"{M.VAL_ACC} - lab final": (vs_final, vs_final - .04, vs_final + .04)}
+
+    results = {"lab procedure": {"trial_epochs": 90},
+               "TPE seed 0": {"trial_epochs": 30}, "TPE seed 1": {"trial_epochs": 31}, "TPE seed 2": {"trial_epochs": 20},
+               "random seed 0": {"trial_epochs": 10}}
+    j = {"TPE seed 0": judged(0.75, 0.61, 0.01, 0.16),  # every target, at exactly a third
+         "TPE seed 1": judged(0.70, 0.61, 0.02, 0.10),  # within, but 31 > 30 trial-epochs
+         "TPE seed 2": judged(0.74, 0.59, -0.01, 0.15),  # worse than the procedure; macro-F1 short
+         "random seed 0": judged(0.60, 0.30, 0.0, 0.0)}
+    met = rt.targets_met(results["TPE seed 0"], j["TPE seed 0"], 90)
+    assert all(met.values()) and len(met) == 4
+    lines = rt.verdict(results, j)
+    tpe = next(line for line in lines if line.startswith("TPE, 3 seed(s)"))
+    assert "acc >= 0.74 and macro-F1 >= 0.60: 1/3" in tpe and "acc >= lab final + 15 points: 2/3" in tpe
+    assert "within the lab procedure's interval or better: 2/3" in tpe and "at most 1/3 of its trial-epochs: 2/3" in tpe
+    assert "within at <= 1/3 (target: 2 of 3 seeds): 1/3" in tpe and "mean acc 0.730" in tpe
+    assert any(line.startswith("random, 1 seed(s)") and "within at <= 1/3 (target: 2 of 3 seeds): 1/1" in line
+               for line in lines)
