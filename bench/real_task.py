@@ -321,9 +321,10 @@ def verdict(results: dict, judged: dict) -> list[str]:
     out, by_method = [], {}
     for k in (k for k in results if " seed " in k):
         j, r = judged[k], results[k]
+        within = targets_met(r, j, proc)["within the lab procedure's interval or better"]
         out.append(f"{k}: acc {j[M.VAL_ACC][0]:.3f} (target >= 0.74), macro-F1 {j[M.VAL_F1][0]:.3f} (>= 0.60), "
                    f"acc - lab final {j[f'{M.VAL_ACC} - lab final'][0] * 100:+.1f} points (>= +15); vs lab procedure: "
-                   f"{'within or better' if j[f'{M.VAL_ACC} - lab procedure'][2] >= 0 else 'worse'} (paired acc "
+                   f"{'within or better' if within else 'worse'} (paired acc "
                    f"interval), trial-epochs {r['trial_epochs']} of {proc} ({r['trial_epochs'] / proc:.2f}; target <= 1/3)")
         by_method.setdefault(k.rsplit(" seed ", 1)[0], []).append(k)
     for method, keys in by_method.items():
