@@ -156,6 +156,17 @@ def space_dict(name: str) -> dict:
     return yaml.safe_load(default_space_yaml() if f is None else f.read_text())
 
 
+# --methods name -> (sampler, built-in space, search.metric or None for the space's, label in the table). Random search
+# on each space is its sampler's control: the same trials, ASHA and confirmation, no TPE (what TPE adds).
+SEARCH_METHODS = {
+    "tpe": ("tpe", "default", None, "TPE+ASHA+confirm"),
+    "random": ("random", "default", None, "random+ASHA+confirm"),
+    "recommended": ("tpe", "recommended", None, "TPE+ASHA+confirm, recommended space"),
+    "random-recommended": ("random", "recommended", None, "random+ASHA+confirm, recommended space"),
+    "recommended-f1": ("tpe", "recommended", M.VAL_F1, "TPE+ASHA+confirm, recommended space, by macro-F1"),
+}
+
+
 def search_method(base, work: Path, held: Path, p: dict, sampler: str, seed: int, space_name: str = "default",
                   metric: str | None = None) -> dict:
     """`mmsa search` (this built-in space and sampler; metric: search.metric, None the space's) + `mmsa confirm` +
@@ -346,12 +357,11 @@ def main() -> None:
     ap.add_argument("--seeds", type=int, default=None, help="seeds of each search method (default 3)")
     ap.add_argument("--num-samples", type=int, default=None, help="trials per search (default 6)")
     ap.add_argument("--methods", default="lab,tpe,random", help="comma-separated subset of lab (its final "
-                    "configuration and its procedure),labfinal (the final configuration only),tpe,random,recommended "
-                    "(TPE + ASHA + confirm on the recommended space),recommended-f1 (the same, optimising val "
-                    "macro-F1: search.metric),wide (the importance search)")
+                    "configuration and its procedure),labfinal (the final configuration only),wide (the importance "
+                    "search), " + ", ".join(f"{k} ({v[3]})" for k, v in SEARCH_METHODS.items()))
     args = ap.parse_args()
     methods = set(args.methods.split(","))
-    unknown = methods - {"lab", "labfinal", "tpe", "random", "recommended", "recommended-f1", "wide"}
+    unknown = methods - {"lab", "labfinal", "wide", *SEARCH_METHODS}
     if unknown:
         ap.error(f"--methods: unknown {', '.join(sorted(unknown))}")
     print(machine())
@@ -393,11 +403,7 @@ def main() -> None:
     if "lab" in methods:
         results["lab procedure"] = lab_procedure(base, work, held, p)
         print(f"lab procedure: {results['lab procedure']['trial_epochs']} trial-epochs", flush=True)
-    for method, sampler, space_name, metric, label in (
-            ("tpe", "tpe", "default", None, "TPE+ASHA+confirm"),
-            ("random", "random", "default", None, "random+ASHA+confirm"),
-            ("recommended", "tpe", "recommended", None, "TPE+ASHA+confirm, recommended space"),
-            ("recommended-f1", "tpe", "recommended", M.VAL_F1, "TPE+ASHA+confirm, recommended space, by macro-F1")):
+    for method, (sampler, space_name, metric, label) in SEARCH_METHODS.items():
         if method in methods:
             for seed in range(p["seeds"]):
                 results[f"{label} seed {seed}"] = search_method(base, work, held, p, sampler, seed, space_name, metric)

@@ -61,10 +61,10 @@ def test_real_task_bench_smoke_and_continue(tmp_path):
     """bench/real_task.py --smoke: every method runs on a stratified held-out split and is judged; run again, it
     reads the finished runs back instead of training them again."""
     cmd = [sys.executable, str(ROOT / "bench" / "real_task.py"), "--smoke", "--work", str(tmp_path), "--methods",
-           "lab,tpe,random,recommended,recommended-f1,wide"]
+           "lab,tpe,random-recommended,recommended,recommended-f1,wide"]
     r = subprocess.run(cmd, capture_output=True, text=True, timeout=1700, cwd=ROOT)
     assert r.returncode == 0, r.stderr[-3000:]
-    for method in ("lab final", "lab procedure", "TPE+ASHA+confirm seed 0", "random+ASHA+confirm seed 0",
+    for method in ("lab final", "lab procedure", "TPE+ASHA+confirm seed 0", "random+ASHA+confirm, recommended space seed 0",
                    "TPE+ASHA+confirm, recommended space seed 0",
                    "TPE+ASHA+confirm, recommended space, by macro-F1 seed 0"):
         assert f"| {method} |" in r.stdout, r.stdout[-3000:]
@@ -72,7 +72,7 @@ def test_real_task_bench_smoke_and_continue(tmp_path):
     wide = r.stdout.split("Optuna importances (PED-ANOVA) for its objective: ")[1].splitlines()[0]
     assert {part.rsplit(" ", 1)[0] for part in wide.split(", ")} <= set(real_task_module().WIDE_SPACE)
     assert "macro-F1" in r.stdout and "recall positive/neutral/negative" in r.stdout
-    assert "random+ASHA+confirm, 1 seed(s): mean acc" in r.stdout and "within at <= 1/3" in r.stdout
+    assert "random+ASHA+confirm, recommended space, 1 seed(s): mean acc" in r.stdout and "within at <= 1/3" in r.stdout
     held = (tmp_path / "heldout" / "train.txt").read_text().splitlines()[1:]
     search = (tmp_path / "search" / "train.txt").read_text().splitlines()[1:]
     assert len(held) == 30 and not set(held) & set(search)
