@@ -277,9 +277,10 @@ def metrics_of(pred: np.ndarray, labels: np.ndarray, idx: np.ndarray | None = No
     return M.classification_metrics(torch.from_numpy(conf))
 
 
-def judge(results: dict[str, dict], refs: tuple[str, ...]) -> dict[str, dict]:
+def judge(results: dict[str, dict], refs: tuple[str, ...], pairs: tuple[tuple[str, str], ...] = ()) -> dict[str, dict]:
     """Per method: each metric with a 95% bootstrap interval, and paired intervals of the differences of accuracy and
-    macro-F1 to each reference method (the same resampled rows for every method)."""
+    macro-F1 to each reference method, and for each (method, ref) of pairs to that ref only (the same resampled rows
+    for every method)."""
     labels = np.asarray(next(iter(results.values()))["labels"])
     rng = np.random.default_rng(0)
     boots = [rng.integers(0, len(labels), len(labels)) for _ in range(N_BOOT)]
@@ -288,7 +289,7 @@ def judge(results: dict[str, dict], refs: tuple[str, ...]) -> dict[str, dict]:
     for k, r in results.items():
         point = metrics_of(np.asarray(r["pred"]), labels)
         row = {m: (v, *np.quantile([b[m] for b in per[k]], [0.025, 0.975])) for m, v in point.items()}
-        for ref in refs:
+        for ref in (*refs, *(b for a, b in pairs if a == k)):
             if ref in per and ref != k:
                 for m in (M.VAL_ACC, M.VAL_F1):
                     d = [a[m] - b[m] for a, b in zip(per[k], per[ref])]
@@ -296,6 +297,26 @@ def judge(results: dict[str, dict], refs: tuple[str, ...]) -> dict[str, dict]:
                                            *np.quantile(d, [0.025, 0.975]))
         out[k] = row
     return out
+
+
+def sampler_pairs(results: dict[str, dict]) -> tuple[tuple[str, str], ...]:
+    """(random run, TPE run) of the same space, metric and seed, for each pair both in results: what TPE adds."""
+    label = {(sampler, space, metric): lab for sampler, space, metric, lab in SEARCH_METHODS.values()}
+    out = []
+    for sampler, space, metric, lab in SEARCH_METHODS.values():
+        tpe = label.get(("tpe", space, metric))
+        if sampler == "random" and tpe:
+            for k in (k for k in results if k.startswith(f"{lab} seed ")):
+                ref = f"{tpe} seed {k.rsplit(' seed ', 1)[1]}"
+                if ref in results:
+                    out.append((k, ref))
+    return tuple(out)
+
+
+def pair_lines(judged: dict[str, dict], pairs: tuple[tuple[str, str], ...]) -> list[str]:
+    iv = lambda t: f"{t[0] * 100:+.1f} [{t[1] * 100:+.1f}, {t[2] * 100:+.1f}]"  # noqa: E731
+    return [f"{a} - {b}: acc {iv(judged[a][f'{M.VAL_ACC} - {b}'])} points, macro-F1 "
+            f"{iv(judged[a][f'{M.VAL_F1} - {b}'])} points (paired 95% intervals)" for a, b in pairs]
 
 
 def table(results: dict[str, dict], judged: dict[str, dict]) -> list[str]:
@@ -415,11 +436,15 @@ def main() -> None:
         print("its best trials: " + "; ".join(f"{v:.4f} {tid}" for v, tid, _ in w["best"]))
     if not results:
         return
-    judged = judge(results, ("lab procedure", "lab final"))
+    pairs = sampler_pairs(results)
+    judged = judge(results, ("lab procedure", "lab final"), pairs)
     print(f"\nheld-out: {p['heldout']} rows; bootstrap {N_BOOT} resamples; total wall this run {time.time() - t0:.0f} s")
     print("\n".join(table(results, judged)))
     if "lab procedure" in results:
         print("\n".join(verdict(results, judged)))
+    if pairs:
+        print("\nrandom search against TPE of the same seed and space (what TPE adds; negative: TPE better):")
+        print("\n".join(pair_lines(judged, pairs)))
 
 
 if __name__ == "__main__":

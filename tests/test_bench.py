@@ -73,6 +73,8 @@ def test_real_task_bench_smoke_and_continue(tmp_path):
     assert {part.rsplit(" ", 1)[0] for part in wide.split(", ")} <= set(real_task_module().WIDE_SPACE)
     assert "macro-F1" in r.stdout and "recall positive/neutral/negative" in r.stdout
     assert "random+ASHA+confirm, recommended space, 1 seed(s): mean acc" in r.stdout and "within at <= 1/3" in r.stdout
+    assert ("random+ASHA+confirm, recommended space seed 0 - TPE+ASHA+confirm, recommended space seed 0: acc "
+            in r.stdout), r.stdout[-3000:]
     held = (tmp_path / "heldout" / "train.txt").read_text().splitlines()[1:]
     search = (tmp_path / "search" / "train.txt").read_text().splitlines()[1:]
     assert len(held) == 30 and not set(held) & set(search)
@@ -127,3 +129,28 @@ def test_real_task_verdict_counts_seeds_per_method():
     assert "within at <= 1/3 (target: 2 of 3 seeds): 1/3" in tpe and "mean acc 0.730" in tpe
     assert any(line.startswith("random, 1 seed(s)") and "within at <= 1/3 (target: 2 of 3 seeds): 1/1" in line
                for line in lines)
+
+
+def test_random_runs_are_paired_with_tpe_of_the_same_seed_and_space():
+    """What TPE adds: each random run is judged against the TPE run of its seed and space, on the same resampled rows,
+    and against no other (not TPE of another seed, not the default space's)."""
+    import numpy as np
+
+    rt = real_task_module()
+    from search.settings.schema import M
+
+    labels = np.array([0, 1, 2] * 100)
+    right = lambda n: np.where(np.arange(300) < n, labels, (labels + 1) % 3)  # noqa: E731  the first n rows right
+    tpe, rnd = rt.SEARCH_METHODS["recommended"][3], rt.SEARCH_METHODS["random-recommended"][3]
+    results = {f"{tpe} seed 0": {"pred": right(200)}, f"{tpe} seed 1": {"pred": right(150)},
+               f"{rnd} seed 0": {"pred": right(230)}, f"{rnd} seed 2": {"pred": right(100)},
+               f"{rt.SEARCH_METHODS['tpe'][3]} seed 0": {"pred": right(10)}}
+    results = {k: {**v, "labels": labels} for k, v in results.items()}
+    pairs = rt.sampler_pairs(results)
+    assert pairs == ((f"{rnd} seed 0", f"{tpe} seed 0"),)  # seed 2 has no TPE run; default-space TPE is not its pair
+    j = rt.judge(results, (), pairs)
+    d = j[f"{rnd} seed 0"][f"{M.VAL_ACC} - {tpe} seed 0"]
+    assert d[0] == pytest.approx(0.1) and 0 < d[1] <= d[0] <= d[2] < 0.2  # 30 more rows right, and only those
+    assert not any(" - " in key for key in j[f"{rnd} seed 2"])
+    line = rt.pair_lines(j, pairs)[0]
+    assert line.startswith(f"{rnd} seed 0 - {tpe} seed 0: acc +10.0 [") and "macro-F1 +" in line

@@ -212,3 +212,23 @@ def test_a_bad_option_value_is_one_error_line_before_any_work(tmp_path, capsys, 
     _refused(capsys, message)
     assert sorted(str(p) for p in tmp_path.rglob("*")) == before
     assert not meta_reads  # refused before the experiment was opened
+
+
+# ---- an experiment at a URI ------------------------------------------------------------------------------------
+def test_reading_an_experiment_at_a_uri_leaves_no_temporary_copy(tmp_path, monkeypatch, capsys):
+    """Each read of an s3:// (or file://) experiment copies its small files to a temporary folder; that copy used to
+    stay in /tmp after every `mmsa status`, `export` or report (220 of them after a day of CI here)."""
+    import tempfile
+
+    from search.selection.results import load_trials
+
+    exp = _old_experiment(tmp_path / "rr" / "v1", monkeypatch)
+    scratch = tmp_path / "scratch"
+    scratch.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(scratch))
+    trials = load_trials(f"file://{exp}")
+    assert sorted(t.path.name for t in trials) == sorted(p.name for p in exp.glob("trial_*"))
+    assert all(t.results for t in trials)
+    assert main(["status", f"file://{exp}"]) == 0
+    assert "trial" in capsys.readouterr().out
+    assert list(scratch.iterdir()) == []

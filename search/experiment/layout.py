@@ -16,6 +16,8 @@ Layout, as Ray Tune and mmsa-tune write it:
 """
 from __future__ import annotations
 
+import contextlib
+import shutil
 from pathlib import Path
 
 import yaml
@@ -196,6 +198,15 @@ def local_copy(exp: str, dest: Path | None = None) -> Path:
     return dest
 
 
-def local_dir(exp: str | Path) -> Path:
-    """The experiment as a local folder: itself, or a local copy of its small files when it is at a URI."""
-    return local_copy(str(exp)) if storage.is_uri(str(exp)) else Path(exp)
+@contextlib.contextmanager
+def local_dir(exp: str | Path):
+    """The experiment as a local folder: itself, or, when it is at a URI, a temporary local copy of its small files
+    that is removed on leaving the block (each `mmsa status s3://...` used to leave one behind in /tmp)."""
+    if not storage.is_uri(str(exp)):
+        yield Path(exp)
+        return
+    copy = local_copy(str(exp))
+    try:
+        yield copy
+    finally:
+        shutil.rmtree(copy, ignore_errors=True)

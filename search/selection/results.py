@@ -31,7 +31,7 @@ def rank_key(objective: M.Objective, value, name: str) -> tuple:
 @dataclass
 class TrialSummary:
     trial_id: str
-    path: Path
+    path: Path  # its folder; for an experiment at a URI a removed temporary copy, so only .name is meaningful
     config: dict
     state: str
     results: list[dict] = field(default_factory=list)
@@ -100,35 +100,35 @@ def load_trials(exp_dir) -> list[TrialSummary]:
     """The trials as they are on disk now. exp_dir: a path, or an open Experiment (search/selection/opened.py), whose
     metadata is not read again."""
     objective = objective_of(read_meta(exp_dir))  # read_meta refuses directories that are not searches
-    exp = local_dir(str(exp_dir))
-    states = _states(exp)
-    fs, root = storage.filesystem(exp)
-    backed_up = set(trial_backup.backed_up_trials(fs, root))
-    live = {p.name for p in exp.iterdir() if p.name.startswith("trial_") and safe_files.is_dir(p, exp)}
-    trials = []
-    for name in sorted(live | backed_up):
-        d = exp / name
-        params = trial_backup.parse_params(_read(d / trial_backup.PARAMS, exp))
-        rows = trial_backup.parse_rows(_read(d / trial_backup.RESULTS, exp))
-        if name in backed_up:  # a full disk or a crash may have left Ray's own copies empty or short
-            saved_params, saved_rows = trial_backup.read_backup(fs, root, name)
-            params = params if params is not None else saved_params
-            rows = trial_backup.by_epoch(saved_rows, rows)
-        else:
-            rows = trial_backup.by_epoch(rows)
-        if params is None:
-            continue  # not a trial Ray got to start (or one without any readable config)
-        tid = rows[0].get(TRIAL_ID) if rows else None
-        tid = tid if isinstance(tid, str) and tid else name.removeprefix("trial_")  # a hand-made id: the folder's
-        st = states.get(tid, {"state": PENDING, "failures": 0})
-        # A trial resumed after a crash may repeat the epoch that was in flight (same numbers: the loop is
-        # deterministic per epoch); by_epoch keeps one row per epoch, the latest.
-        # Ray keeps a failed attempt's error.txt after the retry finishes the trial: only an ERROR trial's is its error.
-        reason = _error_reason(d, exp)
-        errored = st["state"] == ERROR or tid not in states  # not in Ray's saved state: nothing says it was retried
-        trials.append(TrialSummary(tid, d, params, st["state"], rows, reason if errored else "", st["failures"],
-                                   objective, "" if errored else reason))
-    return trials
+    with local_dir(str(exp_dir)) as exp:  # a URI's temporary copy is removed after reading; trials keep only names
+        states = _states(exp)
+        fs, root = storage.filesystem(exp)
+        backed_up = set(trial_backup.backed_up_trials(fs, root))
+        live = {p.name for p in exp.iterdir() if p.name.startswith("trial_") and safe_files.is_dir(p, exp)}
+        trials = []
+        for name in sorted(live | backed_up):
+            d = exp / name
+            params = trial_backup.parse_params(_read(d / trial_backup.PARAMS, exp))
+            rows = trial_backup.parse_rows(_read(d / trial_backup.RESULTS, exp))
+            if name in backed_up:  # a full disk or a crash may have left Ray's own copies empty or short
+                saved_params, saved_rows = trial_backup.read_backup(fs, root, name)
+                params = params if params is not None else saved_params
+                rows = trial_backup.by_epoch(saved_rows, rows)
+            else:
+                rows = trial_backup.by_epoch(rows)
+            if params is None:
+                continue  # not a trial Ray got to start (or one without any readable config)
+            tid = rows[0].get(TRIAL_ID) if rows else None
+            tid = tid if isinstance(tid, str) and tid else name.removeprefix("trial_")  # a hand-made id: the folder's
+            st = states.get(tid, {"state": PENDING, "failures": 0})
+            # A trial resumed after a crash may repeat the epoch that was in flight (same numbers: the loop is
+            # deterministic per epoch); by_epoch keeps one row per epoch, the latest.
+            # Ray keeps a failed attempt's error.txt after the retry finishes the trial: only an ERROR trial's is its error.
+            reason = _error_reason(d, exp)
+            errored = st["state"] == ERROR or tid not in states  # not in Ray's saved state: nothing says it was retried
+            trials.append(TrialSummary(tid, d, params, st["state"], rows, reason if errored else "", st["failures"],
+                                       objective, "" if errored else reason))
+        return trials
 
 
 def _read(path: Path, exp: Path) -> bytes | None:
