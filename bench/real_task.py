@@ -175,9 +175,10 @@ def search_method(base, work: Path, held: Path, p: dict, sampler: str, seed: int
     import yaml
 
     from search.cli import main
-    from search.commands.export import load_run_config
+    from model.config import save_config
+    from search.commands.export import SECTION, load_run_config
     from search.experiment.layout import meta_exists
-    from search.selection.results import load_trials
+    from search.selection.results import best_trial, load_trials
 
     name = f"{sampler}{seed}" if space_name == "default" else f"{sampler}-{space_name}{seed}"
     if metric is not None:
@@ -208,8 +209,17 @@ def search_method(base, work: Path, held: Path, p: dict, sampler: str, seed: int
     s = kept(work, f"{name}/search", search)
     cfg = load_run_config(work / f"{name}-export.yaml")
     out = kept(work, f"{name}/choice", lambda: score(cfg, held))
+    # What confirm adds: the search's best trial at its best epoch, what `mmsa export` writes before a confirmation
+    # (written the same way and read back through the same rule), trained and scored on the same rows.
+    alone = work / f"{name}-best-trial.yaml"
+    t = best_trial(str(exp), load_trials(exp))
+    save_config(Config.from_dict(t.config), alone,
+                extras={SECTION: {"best_epoch": int(t.best[M.EPOCH]), "metric": t.objective.metric}})
+    acfg = load_run_config(alone)
+    unconfirmed = kept(work, f"{name}/best_trial", lambda: score(acfg, held))
     return {**out, "trial_epochs": s["search_epochs"] + s["confirm_epochs"], "search_epochs": s["search_epochs"],
-            "wall_s": s["wall_s"], "choice": _describe(cfg)}
+            "wall_s": s["wall_s"], "choice": _describe(cfg),
+            "unconfirmed": {**unconfirmed, "trial_epochs": s["search_epochs"], "choice": _describe(acfg)}}
 
 
 def _describe(cfg) -> str:
@@ -299,15 +309,21 @@ def judge(results: dict[str, dict], refs: tuple[str, ...], pairs: tuple[tuple[st
     return out
 
 
+def unconfirmed(label: str) -> str:
+    """The label of a search method's best trial without its confirmation (trial-epochs: the search's alone)."""
+    return label.replace("+confirm", "") + ", best trial (no confirm)"
+
+
 def sampler_pairs(results: dict[str, dict]) -> tuple[tuple[str, str], ...]:
-    """(random run, TPE run) of the same space, metric and seed, for each pair both in results: what TPE adds."""
+    """(random run, TPE run) of the same space, metric and seed: what TPE adds; and (confirmed run, the same search's
+    best trial unconfirmed): what confirm adds; for each pair with both in results."""
     label = {(sampler, space, metric): lab for sampler, space, metric, lab in SEARCH_METHODS.values()}
     out = []
     for sampler, space, metric, lab in SEARCH_METHODS.values():
         tpe = label.get(("tpe", space, metric))
-        if sampler == "random" and tpe:
-            for k in (k for k in results if k.startswith(f"{lab} seed ")):
-                ref = f"{tpe} seed {k.rsplit(' seed ', 1)[1]}"
+        for k in (k for k in results if k.startswith(f"{lab} seed ")):
+            seed = k.rsplit(" seed ", 1)[1]
+            for ref in ([f"{tpe} seed {seed}"] if sampler == "random" and tpe else []) + [f"{unconfirmed(lab)} seed {seed}"]:
                 if ref in results:
                     out.append((k, ref))
     return tuple(out)
@@ -376,6 +392,8 @@ def main() -> None:
     ap.add_argument("--work", type=Path, default=None, help="where finished runs are kept (default "
                     "~/.cache/mmsa-tune/bench/real_task; --smoke: a temporary folder unless given)")
     ap.add_argument("--seeds", type=int, default=None, help="seeds of each search method (default 3)")
+    ap.add_argument("--first-seed", type=int, default=0, help="the first of those seeds (default 0): run seeds 1-2 "
+                    "without seed 0 with --first-seed 1 --seeds 2")
     ap.add_argument("--num-samples", type=int, default=None, help="trials per search (default 6)")
     ap.add_argument("--methods", default="lab,tpe,random", help="comma-separated subset of lab (its final "
                     "configuration and its procedure),labfinal (the final configuration only),wide (the importance "
@@ -385,6 +403,8 @@ def main() -> None:
     unknown = methods - {"lab", "labfinal", "wide", *SEARCH_METHODS}
     if unknown:
         ap.error(f"--methods: unknown {', '.join(sorted(unknown))}")
+    if args.first_seed < 0 or (args.seeds is not None and args.seeds < 1):
+        ap.error("--first-seed is 0 or more and --seeds 1 or more")
     print(machine())
     p = dict(SMOKE if args.smoke else FULL)
     p.update({k: v for k, v in (("seeds", args.seeds), ("num_samples", args.num_samples)) if v is not None})
@@ -426,9 +446,11 @@ def main() -> None:
         print(f"lab procedure: {results['lab procedure']['trial_epochs']} trial-epochs", flush=True)
     for method, (sampler, space_name, metric, label) in SEARCH_METHODS.items():
         if method in methods:
-            for seed in range(p["seeds"]):
-                results[f"{label} seed {seed}"] = search_method(base, work, held, p, sampler, seed, space_name, metric)
-                print(f"{label} seed {seed}: {results[f'{label} seed {seed}']['trial_epochs']} trial-epochs", flush=True)
+            for seed in range(args.first_seed, args.first_seed + p["seeds"]):
+                r = search_method(base, work, held, p, sampler, seed, space_name, metric)
+                results[f"{label} seed {seed}"] = r
+                results[f"{unconfirmed(label)} seed {seed}"] = r.pop("unconfirmed")
+                print(f"{label} seed {seed}: {r['trial_epochs']} trial-epochs", flush=True)
     if "wide" in methods:
         w = wide_importances(base, work, p)
         print(f"\nwide search ({w['trial_epochs']} trial-epochs): Optuna importances (PED-ANOVA) for its objective: "
@@ -443,7 +465,8 @@ def main() -> None:
     if "lab procedure" in results:
         print("\n".join(verdict(results, judged)))
     if pairs:
-        print("\nrandom search against TPE of the same seed and space (what TPE adds; negative: TPE better):")
+        print("\npaired within a seed: random search against TPE of the same space (what TPE adds; negative: TPE "
+              "better), and each confirmed choice against its search's best trial (what confirm adds):")
         print("\n".join(pair_lines(judged, pairs)))
 
 

@@ -75,6 +75,9 @@ def test_real_task_bench_smoke_and_continue(tmp_path):
     assert "random+ASHA+confirm, recommended space, 1 seed(s): mean acc" in r.stdout and "within at <= 1/3" in r.stdout
     assert ("random+ASHA+confirm, recommended space seed 0 - TPE+ASHA+confirm, recommended space seed 0: acc "
             in r.stdout), r.stdout[-3000:]
+    # what confirm adds: each search's best trial, unconfirmed, trained and judged beside its confirmed choice
+    assert "| TPE+ASHA, recommended space, best trial (no confirm) seed 0 |" in r.stdout
+    assert ("TPE+ASHA+confirm seed 0 - TPE+ASHA, best trial (no confirm) seed 0: acc " in r.stdout)
     held = (tmp_path / "heldout" / "train.txt").read_text().splitlines()[1:]
     search = (tmp_path / "search" / "train.txt").read_text().splitlines()[1:]
     assert len(held) == 30 and not set(held) & set(search)
@@ -144,13 +147,16 @@ def test_random_runs_are_paired_with_tpe_of_the_same_seed_and_space():
     tpe, rnd = rt.SEARCH_METHODS["recommended"][3], rt.SEARCH_METHODS["random-recommended"][3]
     results = {f"{tpe} seed 0": {"pred": right(200)}, f"{tpe} seed 1": {"pred": right(150)},
                f"{rnd} seed 0": {"pred": right(230)}, f"{rnd} seed 2": {"pred": right(100)},
-               f"{rt.SEARCH_METHODS['tpe'][3]} seed 0": {"pred": right(10)}}
+               f"{rt.SEARCH_METHODS['tpe'][3]} seed 0": {"pred": right(10)},
+               f"{rt.unconfirmed(tpe)} seed 1": {"pred": right(150)}}
     results = {k: {**v, "labels": labels} for k, v in results.items()}
     pairs = rt.sampler_pairs(results)
-    assert pairs == ((f"{rnd} seed 0", f"{tpe} seed 0"),)  # seed 2 has no TPE run; default-space TPE is not its pair
+    # seed 2 has no TPE run; default-space TPE is not its pair; TPE seed 1's confirmed choice against its best trial
+    assert pairs == ((f"{tpe} seed 1", f"{rt.unconfirmed(tpe)} seed 1"), (f"{rnd} seed 0", f"{tpe} seed 0"))
     j = rt.judge(results, (), pairs)
     d = j[f"{rnd} seed 0"][f"{M.VAL_ACC} - {tpe} seed 0"]
     assert d[0] == pytest.approx(0.1) and 0 < d[1] <= d[0] <= d[2] < 0.2  # 30 more rows right, and only those
     assert not any(" - " in key for key in j[f"{rnd} seed 2"])
-    line = rt.pair_lines(j, pairs)[0]
+    assert j[f"{tpe} seed 1"][f"{M.VAL_ACC} - {rt.unconfirmed(tpe)} seed 1"] == (0, 0, 0)  # the same predictions
+    line = rt.pair_lines(j, pairs)[1]
     assert line.startswith(f"{rnd} seed 0 - {tpe} seed 0: acc +10.0 [") and "macro-F1 +" in line
