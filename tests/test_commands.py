@@ -232,3 +232,8 @@ def test_reading_an_experiment_at_a_uri_leaves_no_temporary_copy(tmp_path, monke
     assert main(["status", f"file://{exp}"]) == 0
     assert "trial" in capsys.readouterr().out
     assert list(scratch.iterdir()) == []
+    with pytest.raises(KeyboardInterrupt):  # Ctrl-C while the copy is read: removed too
+        with experiment.local_dir(f"file://{exp}") as copy:
+            assert (copy / experiment.META).is_file()
+            raise KeyboardInterrupt
+    assert list(scratch.iterdir()) == []

@@ -205,8 +205,10 @@ def local_dir(exp: str | Path):
     if not storage.is_uri(str(exp)):
         yield Path(exp)
         return
-    copy = local_copy(str(exp))
-    try:
-        yield copy
+    import tempfile
+
+    copy = Path(tempfile.mkdtemp(prefix="mmsa-exp-"))
+    try:  # removed however the block ends: a refused planted key, an unreachable bucket, Ctrl-C
+        yield local_copy(str(exp), copy)
     finally:
         shutil.rmtree(copy, ignore_errors=True)
