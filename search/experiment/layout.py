@@ -181,13 +181,11 @@ def check_state(exp: str, log=print, trust: bool = False) -> None:
                         f"with `mmsa resume {exp} --trust-state`.")
 
 
-def local_copy(exp: str, dest: Path | None = None) -> Path:
+def local_copy(exp: str, dest: Path) -> Path:
     """A local folder with the small files of an experiment stored at a URI (s3://, gs://, file://): results,
     params, errors and Ray's experiment state; checkpoints stay where they are."""
-    import tempfile
-
     fs, root = storage.filesystem(exp)
-    dest = Path(dest) if dest else Path(tempfile.mkdtemp(prefix="mmsa-exp-"))
+    dest = Path(dest)
     for rel in storage.list_files(fs, root):
         name = rel.rsplit("/", 1)[-1]
         if "checkpoint_" not in rel and (
