@@ -202,3 +202,29 @@ def test_export_names_a_copy_and_follows_no_link_between_trials(tmp_path, capsys
     assert main(["export", str(exp), "-o", str(out), "--overwrite"]) == 0
     assert yaml.safe_load(out.read_text())["search"]["checkpoint"] is None
     assert not (exp / exported.EXPORTED_DIR).exists() or not any((exp / exported.EXPORTED_DIR).iterdir())
+
+
+def test_a_full_disk_during_the_byte_copy_leaves_no_half_copy_and_the_original(tmp_path):
+    """The copy of a Ray checkpoint (bytes, not links) runs out of space half-way: ENOSPC is raised for the export to
+    name (search/commands/export.py), the half-written folder is removed (its space back), the original is untouched,
+    and once space is freed the same export makes a whole copy."""
+    from conftest import tmpfs
+
+    with tmpfs(tmp_path / "small", "4m") as mnt:
+        src = mnt / "trial_a" / "checkpoint_000003"
+        src.mkdir(parents=True)
+        weights = os.urandom(1536 * 1024)
+        files = {**FILES, "model.safetensors": weights}
+        for n, b in files.items():
+            (src / n).write_bytes(b)
+        filler = mnt / "filler"
+        filler.write_bytes(b"\0" * (os.statvfs(mnt).f_bavail * os.statvfs(mnt).f_frsize - 512 * 1024))
+        free = os.statvfs(mnt).f_bavail
+        with pytest.raises(OSError) as e:
+            exported.keep_copy(str(mnt), str(src), "trial_a-checkpoint_000003")
+        assert e.value.errno == 28  # ENOSPC, as the storage said it
+        assert os.listdir(mnt / exported.EXPORTED_DIR) == [] and os.statvfs(mnt).f_bavail == free
+        assert {n: (src / n).read_bytes() for n in files} == files
+        filler.unlink()
+        got = exported.keep_copy(str(mnt), str(src), "trial_a-checkpoint_000003")
+        assert {n: open(f"{got}/{n}", "rb").read() for n in files} == files
