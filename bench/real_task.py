@@ -199,12 +199,14 @@ def search_method(base, work: Path, held: Path, p: dict, sampler: str, seed: int
             rc = main(["search", "--data", base.data.data_dir, "--space", str(work / f"{name}-space.yaml"),
                        "--num-samples", str(p["num_samples"]), "--name", name, "--storage", str(rr), "--verbose", "0"])
             assert rc == 0, f"mmsa search {name} failed ({rc})"
+        search_wall = time.time() - t
         if main(["confirm", str(exp), "--top", str(p["top"]), "--seeds", str(p["confirm_seeds"]), "--verbose", "0"]):
             main(["resume", str(exp / "confirm"), "--verbose", "0"])  # a confirmation stopped half-way
         out = work / f"{name}-export.yaml"
         assert main(["export", str(exp), "-o", str(out), "--overwrite"]) == 0
         return {"search_epochs": sum(len(t.results) for t in load_trials(exp)),
-                "confirm_epochs": sum(len(t.results) for t in load_trials(exp / "confirm")), "wall_s": time.time() - t}
+                "confirm_epochs": sum(len(t.results) for t in load_trials(exp / "confirm")), "wall_s": time.time() - t,
+                "search_wall_s": search_wall}
 
     s = kept(work, f"{name}/search", search)
     cfg = load_run_config(work / f"{name}-export.yaml")
@@ -219,7 +221,8 @@ def search_method(base, work: Path, held: Path, p: dict, sampler: str, seed: int
     unconfirmed = kept(work, f"{name}/best_trial", lambda: score(acfg, held))
     return {**out, "trial_epochs": s["search_epochs"] + s["confirm_epochs"], "search_epochs": s["search_epochs"],
             "wall_s": s["wall_s"], "choice": _describe(cfg),
-            "unconfirmed": {**unconfirmed, "trial_epochs": s["search_epochs"], "choice": _describe(acfg)}}
+            "unconfirmed": {**unconfirmed, "trial_epochs": s["search_epochs"], "choice": _describe(acfg),
+                            "wall_s": s.get("search_wall_s")}}  # the search's (runs kept before 9e7f67e: unknown)
 
 
 def _describe(cfg) -> str:
@@ -346,7 +349,8 @@ def table(results: dict[str, dict], judged: dict[str, dict]) -> list[str]:
         j = judged[k]
         rec = "/".join(f"{j[M.VAL_RECALL[c]][0]:.2f}" for c in LABELS)
         diff = lambda key: iv(j[key]) if key in j else "-"  # noqa: E731
-        lines.append(f"| {k} | {r.get('choice', '')} | {r['trial_epochs']} | {r['wall_s']:.0f} | {iv(j[M.VAL_ACC])} | "
+        wall = "-" if r.get("wall_s") is None else f"{r['wall_s']:.0f}"
+        lines.append(f"| {k} | {r.get('choice', '')} | {r['trial_epochs']} | {wall} | {iv(j[M.VAL_ACC])} | "
                      f"{iv(j[M.VAL_F1])} | {iv(j[M.VAL_WF1])} | {rec} | {diff(f'{M.VAL_ACC} - lab procedure')} | "
                      f"{diff(f'{M.VAL_F1} - lab procedure')} | {diff(f'{M.VAL_ACC} - lab final')} |")
     return lines

@@ -226,6 +226,9 @@ def test_reading_an_experiment_at_a_uri_leaves_no_temporary_copy(tmp_path, monke
     scratch = tmp_path / "scratch"
     scratch.mkdir()
     monkeypatch.setattr(tempfile, "tempdir", str(scratch))
+    with experiment.local_dir(f"file://{exp}") as copy:  # the copy is made where the test looks
+        assert copy.parent == scratch and (copy / experiment.META).is_file()
+    assert list(scratch.iterdir()) == []
     trials = load_trials(f"file://{exp}")
     assert sorted(t.path.name for t in trials) == sorted(p.name for p in exp.glob("trial_*"))
     assert all(t.results for t in trials)
@@ -234,6 +237,23 @@ def test_reading_an_experiment_at_a_uri_leaves_no_temporary_copy(tmp_path, monke
     assert list(scratch.iterdir()) == []
     with pytest.raises(KeyboardInterrupt):  # Ctrl-C while the copy is read: removed too
         with experiment.local_dir(f"file://{exp}") as copy:
-            assert (copy / experiment.META).is_file()
+            assert copy.parent == scratch
             raise KeyboardInterrupt
     assert list(scratch.iterdir()) == []
+    from conftest import tmpfs
+
+    (exp / "trial_zz").mkdir()  # a copy that fails half-way: its disk fills on a 2 MiB results file
+    (exp / "trial_zz" / "result.json").write_text(('{"epoch": 1}\n' * 200_000))
+    with tmpfs(tmp_path / "tiny", "512k") as tiny:
+        monkeypatch.setattr(tempfile, "tempdir", str(tiny))
+        with pytest.raises(OSError):
+            with experiment.local_dir(f"file://{exp}"):
+                pass
+        assert list(tiny.iterdir()) == []
+    shutil.rmtree(exp / "trial_zz")
+    for params in exp.glob("trial_*/params.json"):  # an error about a trial's file names it where it is
+        params.write_text(params.read_text().replace("{", '{"bogus": {}, ', 1))
+    capsys.readouterr()
+    assert main(["export", f"file://{exp}", "-o", str(tmp_path / "best.yaml")]) == 2
+    err = capsys.readouterr().err
+    assert f"{exp}/trial_" in err and "params.json" in err and "mmsa-exp-" not in err, err

@@ -92,8 +92,9 @@ def export_best(exp_dir: str | Path | Experiment, out: str | Path) -> dict:
                         + ("none is named (the running search may delete it)" if who else
                            f"it is named where it is: a later `mmsa resume {exp}` may delete it"))
                 ck = None if who else ck
-    # the final run keeps the weights of the epoch this search calls best (a trial from before the key: its default)
-    cfg = Config.from_dict(t.config, source=f"{t.path / 'params.json'}").with_overrides(
+    # the final run keeps the weights of the epoch this search calls best (a trial from before the key: its default);
+    # errors name the file below exp (t.path of an experiment at a URI is a temporary copy, removed by now)
+    cfg = Config.from_dict(t.config, source=f"{exp}/{t.path.name}/params.json").with_overrides(
         {"train.select_metric": t.objective.metric})
     info = {"experiment": exp, "trial_id": t.trial_id, "best_epoch": int(b[M.EPOCH]), "metric": t.objective.metric,
             "metrics": {k: float(b[k]) for k in (*M.VAL_METRICS, M.TRAIN_LOSS) if isinstance(b.get(k), (int, float))},
