@@ -12,7 +12,10 @@ lowest val loss) and scored on the held-out rows:
   lr {1e-4, 1e-5, 1e-6}, then five lr values around the best (x0.3, 0.5, 0.7, 1.5, 2); every run trains every
   epoch, the best epoch and run are picked by val loss;
 - TPE + ASHA: `mmsa search` with the default space, then `mmsa confirm --top 2 --seeds 2`, then `mmsa export`;
-- random + ASHA: the same with search.sampler random (what TPE adds).
+- random + ASHA: the same with search.sampler random (what TPE adds);
+- the same on the recommended space (search/settings/spaces/), and by macro-F1;
+- random + ASHA with twice the trials and no confirmation: confirm's trial-epochs spent on trials instead, the search's
+  best trial (as `mmsa export` writes it unconfirmed) being the choice.
 Reported: accuracy, macro-F1, weighted-F1, per-class recall with 95% bootstrap intervals over the held-out rows,
 paired differences to the lab procedure's choice and to the lab final configuration, trial-epochs and wall time.
 
@@ -24,10 +27,12 @@ tiny models, a few rows, one epoch; checks the script, not the numbers).
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import shutil
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -156,22 +161,43 @@ def space_dict(name: str) -> dict:
     return yaml.safe_load(default_space_yaml() if f is None else f.read_text())
 
 
-# --methods name -> (sampler, built-in space, search.metric or None for the space's, label in the table). Random search
-# on each space is its sampler's control: the same trials, ASHA and confirmation, no TPE (what TPE adds).
+@dataclass(frozen=True)
+class SearchMethod:
+    """One --methods entry: `mmsa search` with this sampler and built-in space, then (confirm) `mmsa confirm` and
+    `mmsa export`; without confirm the search's best trial is the choice, as `mmsa export` writes it unconfirmed."""
+    sampler: str  # tpe | random
+    space: str  # a built-in space name
+    label: str  # its rows in the table
+    metric: str | None = None  # search.metric; None: the space's
+    trials: int = 1  # times --num-samples: a no-confirm method spends confirm's trial-epochs on more trials
+    confirm: bool = True
+
+    def exp_name(self, seed: int) -> str:  # the names runs kept before this class keep
+        if self.metric is not None:
+            return f"{self.sampler}-{self.space}-{self.metric}-seed{seed}"
+        if self.trials != 1 or not self.confirm:
+            return f"{self.sampler}-{self.space}-x{self.trials}{'' if self.confirm else '-noconfirm'}-seed{seed}"
+        return f"{self.sampler}{seed}" if self.space == "default" else f"{self.sampler}-{self.space}{seed}"
+
+
+# Random search on each space is its sampler's control: the same trials, ASHA and confirmation, no TPE (what TPE
+# adds); the no-confirm method is the same search given twice the trials in place of a confirmation.
 SEARCH_METHODS = {
-    "tpe": ("tpe", "default", None, "TPE+ASHA+confirm"),
-    "random": ("random", "default", None, "random+ASHA+confirm"),
-    "recommended": ("tpe", "recommended", None, "TPE+ASHA+confirm, recommended space"),
-    "random-recommended": ("random", "recommended", None, "random+ASHA+confirm, recommended space"),
-    "recommended-f1": ("tpe", "recommended", M.VAL_F1, "TPE+ASHA+confirm, recommended space, by macro-F1"),
+    "tpe": SearchMethod("tpe", "default", "TPE+ASHA+confirm"),
+    "random": SearchMethod("random", "default", "random+ASHA+confirm"),
+    "recommended": SearchMethod("tpe", "recommended", "TPE+ASHA+confirm, recommended space"),
+    "random-recommended": SearchMethod("random", "recommended", "random+ASHA+confirm, recommended space"),
+    "recommended-f1": SearchMethod("tpe", "recommended", "TPE+ASHA+confirm, recommended space, by macro-F1",
+                                   metric=M.VAL_F1),
+    "random-recommended-x2": SearchMethod("random", "recommended", "random+ASHA, recommended space, 2x trials, no confirm",
+                                          trials=2, confirm=False),
 }
 
 
-def search_method(base, work: Path, held: Path, p: dict, sampler: str, seed: int, space_name: str = "default",
-                  metric: str | None = None) -> dict:
-    """`mmsa search` (this built-in space and sampler; metric: search.metric, None the space's) + `mmsa confirm` +
-    `mmsa export`, then the export trained and scored (its weights kept by that metric: train.select_metric follows
-    it)."""
+def search_method(base, work: Path, held: Path, p: dict, m: SearchMethod, seed: int) -> dict:
+    """`mmsa search` (m's built-in space, sampler and metric) + `mmsa confirm` + `mmsa export`, then the export trained
+    and scored (its weights kept by that metric: train.select_metric follows it), and beside it the search's best
+    trial unconfirmed ("unconfirmed"); without m.confirm that best trial is the choice."""
     import yaml
 
     from search.cli import main
@@ -180,9 +206,7 @@ def search_method(base, work: Path, held: Path, p: dict, sampler: str, seed: int
     from search.experiment.layout import meta_exists
     from search.selection.results import best_trial, load_trials
 
-    name = f"{sampler}{seed}" if space_name == "default" else f"{sampler}-{space_name}{seed}"
-    if metric is not None:
-        name = f"{sampler}-{space_name}-{metric}-seed{seed}"
+    name = m.exp_name(seed)
     rr = work / "ray_results"
     exp = rr / name
 
@@ -191,15 +215,18 @@ def search_method(base, work: Path, held: Path, p: dict, sampler: str, seed: int
         if meta_exists(str(exp)):
             main(["resume", str(exp), "--verbose", "0"])
         else:
-            space = space_dict(space_name)
+            space = space_dict(m.space)
             space["fixed"] = base.to_dict()
-            space["search"] = {**space.get("search", {}), "seed": seed, "sampler": sampler,
-                               **({"metric": metric} if metric else {})}
+            space["search"] = {**space.get("search", {}), "seed": seed, "sampler": m.sampler,
+                               **({"metric": m.metric} if m.metric else {})}
             (work / f"{name}-space.yaml").write_text(yaml.safe_dump(space))
             rc = main(["search", "--data", base.data.data_dir, "--space", str(work / f"{name}-space.yaml"),
-                       "--num-samples", str(p["num_samples"]), "--name", name, "--storage", str(rr), "--verbose", "0"])
+                       "--num-samples", str(p["num_samples"] * m.trials), "--name", name, "--storage", str(rr), "--verbose", "0"])
             assert rc == 0, f"mmsa search {name} failed ({rc})"
         search_wall = time.time() - t
+        if not m.confirm:
+            return {"search_epochs": sum(len(t.results) for t in load_trials(exp)), "confirm_epochs": 0,
+                    "wall_s": search_wall, "search_wall_s": search_wall}
         if main(["confirm", str(exp), "--top", str(p["top"]), "--seeds", str(p["confirm_seeds"]), "--verbose", "0"]):
             main(["resume", str(exp / "confirm"), "--verbose", "0"])  # a confirmation stopped half-way
         out = work / f"{name}-export.yaml"
@@ -209,8 +236,6 @@ def search_method(base, work: Path, held: Path, p: dict, sampler: str, seed: int
                 "search_wall_s": search_wall}
 
     s = kept(work, f"{name}/search", search)
-    cfg = load_run_config(work / f"{name}-export.yaml")
-    out = kept(work, f"{name}/choice", lambda: score(cfg, held))
     # What confirm adds: the search's best trial at its best epoch, what `mmsa export` writes before a confirmation
     # (written the same way and read back through the same rule), trained and scored on the same rows.
     alone = work / f"{name}-best-trial.yaml"
@@ -219,6 +244,11 @@ def search_method(base, work: Path, held: Path, p: dict, sampler: str, seed: int
                 extras={SECTION: {"best_epoch": int(t.best[M.EPOCH]), "metric": t.objective.metric}})
     acfg = load_run_config(alone)
     unconfirmed = kept(work, f"{name}/best_trial", lambda: score(acfg, held))
+    if not m.confirm:
+        return {**unconfirmed, "trial_epochs": s["search_epochs"], "search_epochs": s["search_epochs"],
+                "wall_s": s["wall_s"], "choice": _describe(acfg)}
+    cfg = load_run_config(work / f"{name}-export.yaml")
+    out = kept(work, f"{name}/choice", lambda: score(cfg, held))
     return {**out, "trial_epochs": s["search_epochs"] + s["confirm_epochs"], "search_epochs": s["search_epochs"],
             "wall_s": s["wall_s"], "choice": _describe(cfg),
             "unconfirmed": {**unconfirmed, "trial_epochs": s["search_epochs"], "choice": _describe(acfg),
@@ -317,18 +347,25 @@ def unconfirmed(label: str) -> str:
     return label.replace("+confirm", "") + ", best trial (no confirm)"
 
 
-def sampler_pairs(results: dict[str, dict]) -> tuple[tuple[str, str], ...]:
-    """(random run, TPE run) of the same space, metric and seed: what TPE adds; and (confirmed run, the same search's
-    best trial unconfirmed): what confirm adds; for each pair with both in results."""
-    label = {(sampler, space, metric): lab for sampler, space, metric, lab in SEARCH_METHODS.values()}
+def paired_runs(results: dict[str, dict]) -> tuple[tuple[str, str], ...]:
+    """Pairs (run, reference) of one seed, for each pair with both in results: a random run against TPE of the same
+    space, metric, trials and confirmation (what TPE adds); a confirmed run against its search's best trial
+    unconfirmed (what confirm adds); a no-confirm run of more trials against the confirmed search it replaces and that
+    search's best trial (confirm's trial-epochs spent on trials instead)."""
+    def find(m: SearchMethod, **change) -> SearchMethod | None:
+        want = dataclasses.replace(m, label="", **change)
+        return next((o for o in SEARCH_METHODS.values() if dataclasses.replace(o, label="") == want), None)
+
     out = []
-    for sampler, space, metric, lab in SEARCH_METHODS.values():
-        tpe = label.get(("tpe", space, metric))
-        for k in (k for k in results if k.startswith(f"{lab} seed ")):
+    for m in SEARCH_METHODS.values():
+        refs = [o.label for o in [find(m, sampler="tpe") if m.sampler == "random" else None] if o]
+        if m.confirm:
+            refs.append(unconfirmed(m.label))
+        elif (o := find(m, trials=1, confirm=True)) is not None:
+            refs += [o.label, unconfirmed(o.label)]
+        for k in (k for k in results if k.startswith(f"{m.label} seed ")):
             seed = k.rsplit(" seed ", 1)[1]
-            for ref in ([f"{tpe} seed {seed}"] if sampler == "random" and tpe else []) + [f"{unconfirmed(lab)} seed {seed}"]:
-                if ref in results:
-                    out.append((k, ref))
+            out += [(k, f"{ref} seed {seed}") for ref in refs if f"{ref} seed {seed}" in results]
     return tuple(out)
 
 
@@ -401,7 +438,7 @@ def main() -> None:
     ap.add_argument("--num-samples", type=int, default=None, help="trials per search (default 6)")
     ap.add_argument("--methods", default="lab,tpe,random", help="comma-separated subset of lab (its final "
                     "configuration and its procedure),labfinal (the final configuration only),wide (the importance "
-                    "search), " + ", ".join(f"{k} ({v[3]})" for k, v in SEARCH_METHODS.items()))
+                    "search), " + ", ".join(f"{k} ({v.label})" for k, v in SEARCH_METHODS.items()))
     args = ap.parse_args()
     methods = set(args.methods.split(","))
     unknown = methods - {"lab", "labfinal", "wide", *SEARCH_METHODS}
@@ -448,13 +485,14 @@ def main() -> None:
     if "lab" in methods:
         results["lab procedure"] = lab_procedure(base, work, held, p)
         print(f"lab procedure: {results['lab procedure']['trial_epochs']} trial-epochs", flush=True)
-    for method, (sampler, space_name, metric, label) in SEARCH_METHODS.items():
+    for method, m in SEARCH_METHODS.items():
         if method in methods:
             for seed in range(args.first_seed, args.first_seed + p["seeds"]):
-                r = search_method(base, work, held, p, sampler, seed, space_name, metric)
-                results[f"{label} seed {seed}"] = r
-                results[f"{unconfirmed(label)} seed {seed}"] = r.pop("unconfirmed")
-                print(f"{label} seed {seed}: {r['trial_epochs']} trial-epochs", flush=True)
+                r = search_method(base, work, held, p, m, seed)
+                results[f"{m.label} seed {seed}"] = r
+                if "unconfirmed" in r:
+                    results[f"{unconfirmed(m.label)} seed {seed}"] = r.pop("unconfirmed")
+                print(f"{m.label} seed {seed}: {r['trial_epochs']} trial-epochs", flush=True)
     if "wide" in methods:
         w = wide_importances(base, work, p)
         print(f"\nwide search ({w['trial_epochs']} trial-epochs): Optuna importances (PED-ANOVA) for its objective: "
@@ -462,7 +500,7 @@ def main() -> None:
         print("its best trials: " + "; ".join(f"{v:.4f} {tid}" for v, tid, _ in w["best"]))
     if not results:
         return
-    pairs = sampler_pairs(results)
+    pairs = paired_runs(results)
     judged = judge(results, ("lab procedure", "lab final"), pairs)
     print(f"\nheld-out: {p['heldout']} rows; bootstrap {N_BOOT} resamples; total wall this run {time.time() - t0:.0f} s")
     print("\n".join(table(results, judged)))
@@ -470,7 +508,8 @@ def main() -> None:
         print("\n".join(verdict(results, judged)))
     if pairs:
         print("\npaired within a seed: random search against TPE of the same space (what TPE adds; negative: TPE "
-              "better), and each confirmed choice against its search's best trial (what confirm adds):")
+              "better), each confirmed choice against its search's best trial (what confirm adds), and a search of "
+              "more trials without confirm against the confirmed search of the same sampler and space:")
         print("\n".join(pair_lines(judged, pairs)))
 
 

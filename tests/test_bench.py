@@ -61,7 +61,7 @@ def test_real_task_bench_smoke_and_continue(tmp_path):
     """bench/real_task.py --smoke: every method runs on a stratified held-out split and is judged; run again, it
     reads the finished runs back instead of training them again."""
     cmd = [sys.executable, str(ROOT / "bench" / "real_task.py"), "--smoke", "--work", str(tmp_path), "--methods",
-           "lab,tpe,random-recommended,recommended,recommended-f1,wide"]
+           "lab,tpe,random-recommended,recommended,recommended-f1,random-recommended-x2,wide"]
     r = subprocess.run(cmd, capture_output=True, text=True, timeout=1700, cwd=ROOT)
     assert r.returncode == 0, r.stderr[-3000:]
     for method in ("lab final", "lab procedure", "TPE+ASHA+confirm seed 0", "random+ASHA+confirm, recommended space seed 0",
@@ -78,6 +78,12 @@ def test_real_task_bench_smoke_and_continue(tmp_path):
     # what confirm adds: each search's best trial, unconfirmed, trained and judged beside its confirmed choice
     assert "| TPE+ASHA, recommended space, best trial (no confirm) seed 0 |" in r.stdout
     assert ("TPE+ASHA+confirm seed 0 - TPE+ASHA, best trial (no confirm) seed 0: acc " in r.stdout)
+    # twice the trials in place of confirm: its own row (no best-trial row: it is one), paired with the confirmed search
+    x2 = "random+ASHA, recommended space, 2x trials, no confirm seed 0"
+    assert f"| {x2} |" in r.stdout and f"| {x2.replace(' seed 0', '')}, best trial" not in r.stdout
+    assert f"{x2} - random+ASHA+confirm, recommended space seed 0: acc " in r.stdout
+    trials = sorted((tmp_path / "ray_results" / "random-recommended-x2-noconfirm-seed0").glob("*/params.json"))
+    assert len(trials) == 4 and not (tmp_path / "ray_results" / "random-recommended-x2-noconfirm-seed0" / "confirm").exists()
     held = (tmp_path / "heldout" / "train.txt").read_text().splitlines()[1:]
     search = (tmp_path / "search" / "train.txt").read_text().splitlines()[1:]
     assert len(held) == 30 and not set(held) & set(search)
@@ -144,19 +150,27 @@ def test_random_runs_are_paired_with_tpe_of_the_same_seed_and_space():
 
     labels = np.array([0, 1, 2] * 100)
     right = lambda n: np.where(np.arange(300) < n, labels, (labels + 1) % 3)  # noqa: E731  the first n rows right
-    tpe, rnd = rt.SEARCH_METHODS["recommended"][3], rt.SEARCH_METHODS["random-recommended"][3]
+    tpe, rnd = rt.SEARCH_METHODS["recommended"].label, rt.SEARCH_METHODS["random-recommended"].label
+    x2 = rt.SEARCH_METHODS["random-recommended-x2"].label
     results = {f"{tpe} seed 0": {"pred": right(200)}, f"{tpe} seed 1": {"pred": right(150)},
                f"{rnd} seed 0": {"pred": right(230)}, f"{rnd} seed 2": {"pred": right(100)},
-               f"{rt.SEARCH_METHODS['tpe'][3]} seed 0": {"pred": right(10)},
-               f"{rt.unconfirmed(tpe)} seed 1": {"pred": right(150)}}
+               f"{rt.SEARCH_METHODS['tpe'].label} seed 0": {"pred": right(10)},
+               f"{rt.unconfirmed(tpe)} seed 1": {"pred": right(150)}, f"{rt.unconfirmed(rnd)} seed 2": {"pred": right(90)},
+               f"{x2} seed 2": {"pred": right(120)}, f"{x2} seed 1": {"pred": right(120)}}
     results = {k: {**v, "labels": labels} for k, v in results.items()}
-    pairs = rt.sampler_pairs(results)
-    # seed 2 has no TPE run; default-space TPE is not its pair; TPE seed 1's confirmed choice against its best trial
-    assert pairs == ((f"{tpe} seed 1", f"{rt.unconfirmed(tpe)} seed 1"), (f"{rnd} seed 0", f"{tpe} seed 0"))
+    pairs = rt.paired_runs(results)
+    # seed 2 has no TPE run; default-space TPE is not its pair; TPE seed 1's confirmed choice against its best trial;
+    # twice the trials unconfirmed against the confirmed random search of its seed and that search's best trial (seed 1
+    # has neither: no pair), never against TPE
+    assert pairs == ((f"{tpe} seed 1", f"{rt.unconfirmed(tpe)} seed 1"), (f"{rnd} seed 0", f"{tpe} seed 0"),
+                     (f"{rnd} seed 2", f"{rt.unconfirmed(rnd)} seed 2"),
+                     (f"{x2} seed 2", f"{rnd} seed 2"), (f"{x2} seed 2", f"{rt.unconfirmed(rnd)} seed 2"))
     j = rt.judge(results, (), pairs)
     d = j[f"{rnd} seed 0"][f"{M.VAL_ACC} - {tpe} seed 0"]
     assert d[0] == pytest.approx(0.1) and 0 < d[1] <= d[0] <= d[2] < 0.2  # 30 more rows right, and only those
-    assert not any(" - " in key for key in j[f"{rnd} seed 2"])
+    assert [key for key in j[f"{rnd} seed 2"] if " - " in key] == [f"{m} - {rt.unconfirmed(rnd)} seed 2"
+                                                                    for m in (M.VAL_ACC, M.VAL_F1)]
     assert j[f"{tpe} seed 1"][f"{M.VAL_ACC} - {rt.unconfirmed(tpe)} seed 1"] == (0, 0, 0)  # the same predictions
+    assert j[f"{x2} seed 2"][f"{M.VAL_ACC} - {rnd} seed 2"][0] == pytest.approx(20 / 300)
     line = rt.pair_lines(j, pairs)[1]
     assert line.startswith(f"{rnd} seed 0 - {tpe} seed 0: acc +10.0 [") and "macro-F1 +" in line
