@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import fnmatch
 import json
+import logging
 
 # The versions these touchpoints were written and tested against (pyproject.toml caps the same range).
 TESTED = {"ray": "2.60", "optuna": "5.0"}
@@ -219,6 +220,21 @@ QUIET_LOGGERS = ("ray.train._internal.storage",)  # one line per checkpoint is n
 # `mmsa confirm` runs fixed configurations whose values differ from the fixed run config on purpose (seed, lr, ...):
 # Ray warns once per value ("Pre-set value ... is not equal to the value of parameter").
 FIXED_POINTS_LOGGERS = ("ray.tune.search.variant_generator",)
+# Tuner.fit ends by reading every trial's result file into an ExperimentAnalysis we never use (our readers are
+# search/selection/results.py); a trial stopped before its first epoch (Ctrl-C, a time budget) has no file yet, and Ray
+# warns with one FileNotFoundError per such trial, about a state that is normal: resume starts those trials again.
+ANALYSIS_LOGGER = "ray.tune.analysis.experiment_analysis"
+NO_RESULTS_WARNING = "Failed to fetch metrics for"
+
+
+class NoResultsYet(logging.Filter):
+    """Drops that warning when every trial it lists only has no result file yet; any other failure (an unreadable
+    file) is kept."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        lines = record.getMessage().splitlines()
+        return not (lines and lines[0].startswith(NO_RESULTS_WARNING) and len(lines) > 1
+                    and all("FileNotFoundError(" in line for line in lines[1:]))
 
 
 # ---- Optuna through Ray's OptunaSearch -------------------------------------------------------------------------

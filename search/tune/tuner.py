@@ -78,6 +78,8 @@ def _fit(tuner, callbacks: list, exp: str):
     stopped = lambda: any(getattr(cb, "stopped_full", False) for cb in callbacks)  # noqa: E731
     from search.tune.time_budget import TimeBudget, in_force
 
+    quiet = ray_internals.NoResultsYet()
+    logging.getLogger(ray_internals.ANALYSIS_LOGGER).addFilter(quiet)
     try:
         with in_force(next((cb for cb in callbacks if isinstance(cb, TimeBudget)), None)):
             result = tuner.fit()
@@ -85,12 +87,19 @@ def _fit(tuner, callbacks: list, exp: str):
         _refuse_if_full(exp, stopped())
         raise
     finally:
+        logging.getLogger(ray_internals.ANALYSIS_LOGGER).removeFilter(quiet)
         ray_internals.forget_resume_budget()  # a resume that failed before Ray's resume ran must not pass it on
         for cb in callbacks:
             if hasattr(cb, "flush"):
                 cb.flush()
     _refuse_if_full(exp, stopped())
     return result
+
+
+def _quiet_fixed_points() -> None:
+    """A run of fixed configurations (`mmsa confirm`, started or resumed) differs from its run config on purpose."""
+    for logger_name in ray_internals.FIXED_POINTS_LOGGERS:
+        logging.getLogger(logger_name).setLevel(logging.ERROR)
 
 
 def _refuse_if_full(exp: str, stopped: bool = False) -> None:
@@ -170,8 +179,7 @@ def run_search(spec: SearchSpec, num_samples: int, name: str, storage_dir: str =
 
             param_space = spec.fixed.to_dict()
             search_alg = BasicVariantGenerator(points_to_evaluate=points, max_concurrent=max_conc)
-            for logger_name in ray_internals.FIXED_POINTS_LOGGERS:
-                logging.getLogger(logger_name).setLevel(logging.ERROR)
+            _quiet_fixed_points()
             scheduler = FIFOScheduler()
         tuner = tune.Tuner(
             trainable_with(data, resources, checkpointing(spec)),
@@ -240,7 +248,9 @@ def resume_search(exp_dir: str | Path | Experiment, *, address: str | None = Non
             ray_internals.budget_on_restore(tuner, budget, budget, reopen=used[1])
             log(f"time budget {describe(spec.search.budget_s)}: {describe(used[0])} used, "
                 f"{describe(spec.search.budget_s - used[0])} left")
-        if not experiment.is_confirm_run(meta):  # `mmsa confirm` runs without ASHA: nothing to replay
+        if experiment.is_confirm_run(meta):
+            _quiet_fixed_points()
+        else:  # `mmsa confirm` runs without ASHA: nothing to replay
             replay(ray_internals.restored_scheduler(tuner), opened.fresh_trials(), spec.search.objective)
         from search.tune.callbacks import follow_search_metric
         from search.tune.mlflow_log import MlflowLogger, logger_for
