@@ -173,10 +173,11 @@ class SearchMethod:
     confirm: bool = True
 
     def exp_name(self, seed: int) -> str:  # the names runs kept before this class keep
+        more = "" if self.trials == 1 and self.confirm else f"-x{self.trials}{'' if self.confirm else '-noconfirm'}"
         if self.metric is not None:
-            return f"{self.sampler}-{self.space}-{self.metric}-seed{seed}"
-        if self.trials != 1 or not self.confirm:
-            return f"{self.sampler}-{self.space}-x{self.trials}{'' if self.confirm else '-noconfirm'}-seed{seed}"
+            return f"{self.sampler}-{self.space}-{self.metric}{more}-seed{seed}"
+        if more:
+            return f"{self.sampler}-{self.space}{more}-seed{seed}"
         return f"{self.sampler}{seed}" if self.space == "default" else f"{self.sampler}-{self.space}{seed}"
 
 
@@ -213,7 +214,8 @@ def search_method(base, work: Path, held: Path, p: dict, m: SearchMethod, seed: 
     def search() -> dict:
         t = time.time()
         if meta_exists(str(exp)):
-            main(["resume", str(exp), "--verbose", "0"])
+            rc = main(["resume", str(exp), "--verbose", "0"])
+            assert rc == 0, f"mmsa resume {exp} failed or was stopped ({rc}): nothing kept"
         else:
             space = space_dict(m.space)
             space["fixed"] = base.to_dict()
@@ -228,7 +230,8 @@ def search_method(base, work: Path, held: Path, p: dict, m: SearchMethod, seed: 
             return {"search_epochs": sum(len(t.results) for t in load_trials(exp)), "confirm_epochs": 0,
                     "wall_s": search_wall, "search_wall_s": search_wall}
         if main(["confirm", str(exp), "--top", str(p["top"]), "--seeds", str(p["confirm_seeds"]), "--verbose", "0"]):
-            main(["resume", str(exp / "confirm"), "--verbose", "0"])  # a confirmation stopped half-way
+            rc = main(["resume", str(exp / "confirm"), "--verbose", "0"])  # a confirmation stopped half-way
+            assert rc == 0, f"mmsa resume {exp / 'confirm'} failed or was stopped ({rc}): nothing kept"
         out = work / f"{name}-export.yaml"
         assert main(["export", str(exp), "-o", str(out), "--overwrite"]) == 0
         return {"search_epochs": sum(len(t.results) for t in load_trials(exp)),
@@ -292,7 +295,8 @@ def wide_importances(base, work: Path, p: dict) -> dict:
 
     def run() -> dict:
         if meta_exists(str(exp)):
-            main(["resume", str(exp), "--verbose", "0"])
+            rc = main(["resume", str(exp), "--verbose", "0"])
+            assert rc == 0, f"mmsa resume {exp} failed or was stopped ({rc}): nothing kept"
         else:
             space = {"space": {**WIDE_SPACE, "model.freeze_text_layers": {"choice": list(p["freeze"])}}, "fixed": base.to_dict(), "search": {"grace_period": 1, "reduction_factor": 2}}
             (work / "wide-space.yaml").write_text(yaml.safe_dump(space))

@@ -149,10 +149,11 @@ def test_quiet_loggers_exist():
                + (RI.ANALYSIS_LOGGER,))
 
 
-def test_canary_a_trial_without_a_result_file_warns_at_the_end_of_fit_and_a_search_shows_nothing(tiny_run, tmp_path):
-    """Ray's own reading at the end of Tuner.fit (an ExperimentAnalysis of the experiment) over a trial that has no
-    result file yet (one queued when Ctrl-C or a time budget stopped the search) logs the warning NoResultsYet drops;
-    run inside our _fit, the warning does not come out."""
+def test_canary_a_trial_that_never_started_warns_at_the_end_of_fit_and_a_search_shows_nothing(tiny_run, tmp_path):
+    """Ray's own reading at the end of Tuner.fit (an ExperimentAnalysis of the experiment) over a trial that never
+    started (queued when Ctrl-C or a time budget stopped the search: no folder, no files) logs the warning
+    NoResultsYet drops; run inside our _fit, it does not come out. A started trial whose result files are gone keeps
+    it."""
     import logging
     import shutil
 
@@ -162,9 +163,9 @@ def test_canary_a_trial_without_a_result_file_warns_at_the_end_of_fit_and_a_sear
 
     exp = tmp_path / "canary"
     shutil.copytree(tiny_run["exp"], exp)
-    trial = sorted(exp.glob("*/result.json"))[0].parent
+    lost, queued = [d.parent for d in sorted(exp.glob("*/result.json"))]
     for name in ("result.json", "progress.csv"):
-        (trial / name).unlink(missing_ok=True)
+        (lost / name).unlink(missing_ok=True)
     records = []
 
     class Keep(logging.Handler):
@@ -174,10 +175,18 @@ def test_canary_a_trial_without_a_result_file_warns_at_the_end_of_fit_and_a_sear
     log, keep = logging.getLogger(RI.ANALYSIS_LOGGER), Keep()
     log.addHandler(keep)
     try:
-        ExperimentAnalysis(str(exp))
+        ExperimentAnalysis(str(exp))  # the started trial whose files are gone: worth seeing
         warned = [r for r in records if r.getMessage().startswith(RI.NO_RESULTS_WARNING)]
         assert len(warned) == 1 and "FileNotFoundError(" in warned[0].getMessage()  # the canary: Ray still says it so
-        assert not RI.NoResultsYet().filter(warned[0])
+        assert RI.NoResultsYet().filter(warned[0])
+        shutil.rmtree(queued)
+        records.clear()
+        ExperimentAnalysis(str(exp))  # one lost and one never started: the lost one keeps the whole warning
+        assert len(records) == 1 and RI.NoResultsYet().filter(records[0])
+        shutil.rmtree(lost)
+        records.clear()
+        ExperimentAnalysis(str(exp))
+        assert len(records) == 1 and str(queued) in records[0].getMessage() and not RI.NoResultsYet().filter(records[0])
         records.clear()
 
         class Tuner:  # Tuner.fit's last step, on this folder
@@ -190,16 +199,21 @@ def test_canary_a_trial_without_a_result_file_warns_at_the_end_of_fit_and_a_sear
         log.removeHandler(keep)
 
 
-def test_no_results_yet_drops_only_trials_without_a_result_file():
+def test_no_results_yet_drops_only_trials_that_never_started(tmp_path):
     import logging
 
     f, log = RI.NoResultsYet(), logging.getLogger(RI.ANALYSIS_LOGGER)
-    missing = "- train_trial_{0}: FileNotFoundError('Could not fetch metrics for train_trial_{0}: both result.json "
+    started = tmp_path / "trial_b"
+    started.mkdir()
+    (started / "params.json").write_text("{}")
+    missing = ("- train_trial_{0}: FileNotFoundError('Could not fetch metrics for train_trial_{0}: both result.json "
+               "and progress.csv were not found at " + str(tmp_path) + "/trial_{0}')")
     rec = lambda msg: log.makeRecord(log.name, logging.WARNING, __file__, 1, msg, (), None)  # noqa: E731
-    assert not f.filter(rec(f"{RI.NO_RESULTS_WARNING} 2 trial(s):\n{missing.format('a')}\n{missing.format('b')}"))
-    # an unreadable result file is worth seeing: the whole warning stays, and so does any other warning
+    assert not f.filter(rec(f"{RI.NO_RESULTS_WARNING} 2 trial(s):\n{missing.format('a')}\n{missing.format('c')}"))
+    # a started trial whose files are gone, or an unreadable result file: the whole warning stays; and any other
+    assert f.filter(rec(f"{RI.NO_RESULTS_WARNING} 2 trial(s):\n{missing.format('a')}\n{missing.format('b')}"))
     assert f.filter(rec(f"{RI.NO_RESULTS_WARNING} 2 trial(s):\n{missing.format('a')}\n"
-                        "- train_trial_b: JSONDecodeError('Expecting value: line 1 column 1 (char 0)')"))
+                        "- train_trial_d: JSONDecodeError('Expecting value: line 1 column 1 (char 0)')"))
     assert f.filter(rec(f"{RI.NO_RESULTS_WARNING} 1 trial(s):"))
     assert f.filter(rec("Could not find best trial"))
 

@@ -12,6 +12,8 @@ from __future__ import annotations
 import fnmatch
 import json
 import logging
+import os
+import re
 
 # The versions these touchpoints were written and tested against (pyproject.toml caps the same range).
 TESTED = {"ray": "2.60", "optuna": "5.0"}
@@ -221,20 +223,25 @@ QUIET_LOGGERS = ("ray.train._internal.storage",)  # one line per checkpoint is n
 # Ray warns once per value ("Pre-set value ... is not equal to the value of parameter").
 FIXED_POINTS_LOGGERS = ("ray.tune.search.variant_generator",)
 # Tuner.fit ends by reading every trial's result file into an ExperimentAnalysis we never use (our readers are
-# search/selection/results.py); a trial stopped before its first epoch (Ctrl-C, a time budget) has no file yet, and Ray
-# warns with one FileNotFoundError per such trial, about a state that is normal: resume starts those trials again.
+# search/selection/results.py); a trial still queued when Ctrl-C or a time budget stopped the search never started, so
+# it has no files, and Ray warns with one FileNotFoundError per such trial about a state that is normal: resume starts
+# those trials.
 ANALYSIS_LOGGER = "ray.tune.analysis.experiment_analysis"
 NO_RESULTS_WARNING = "Failed to fetch metrics for"
+_NOT_FOUND_AT = re.compile(r": FileNotFoundError\('Could not fetch metrics for .*were not found at (.+)'\)$")
 
 
 class NoResultsYet(logging.Filter):
-    """Drops that warning when every trial it lists only has no result file yet; any other failure (an unreadable
-    file) is kept."""
+    """Drops that warning when every trial it lists never started (its folder holds no params.json, which Ray writes
+    when a trial starts); a started trial whose result file is gone (deleted, or storage the driver does not see) and
+    any other failure (an unreadable file) keep the whole warning."""
 
     def filter(self, record: logging.LogRecord) -> bool:
         lines = record.getMessage().splitlines()
-        return not (lines and lines[0].startswith(NO_RESULTS_WARNING) and len(lines) > 1
-                    and all("FileNotFoundError(" in line for line in lines[1:]))
+        if not (lines and lines[0].startswith(NO_RESULTS_WARNING) and len(lines) > 1):
+            return True
+        found = [_NOT_FOUND_AT.search(line) for line in lines[1:]]
+        return not all(m and not os.path.exists(os.path.join(m.group(1), "params.json")) for m in found)
 
 
 # ---- Optuna through Ray's OptunaSearch -------------------------------------------------------------------------
