@@ -195,6 +195,14 @@ SEARCH_METHODS = {
 }
 
 
+def resume(exp: Path) -> None:
+    """`mmsa resume EXP`; a resume that fails or is stopped (Ctrl-C: 130) ends the bench, so nothing partial is kept."""
+    from search.cli import main
+
+    rc = main(["resume", str(exp), "--verbose", "0"])
+    assert rc == 0, f"mmsa resume {exp} failed or was stopped ({rc}): nothing kept"
+
+
 def search_method(base, work: Path, held: Path, p: dict, m: SearchMethod, seed: int) -> dict:
     """`mmsa search` (m's built-in space, sampler and metric) + `mmsa confirm` + `mmsa export`, then the export trained
     and scored (its weights kept by that metric: train.select_metric follows it), and beside it the search's best
@@ -214,8 +222,7 @@ def search_method(base, work: Path, held: Path, p: dict, m: SearchMethod, seed: 
     def search() -> dict:
         t = time.time()
         if meta_exists(str(exp)):
-            rc = main(["resume", str(exp), "--verbose", "0"])
-            assert rc == 0, f"mmsa resume {exp} failed or was stopped ({rc}): nothing kept"
+            resume(exp)
         else:
             space = space_dict(m.space)
             space["fixed"] = base.to_dict()
@@ -226,15 +233,14 @@ def search_method(base, work: Path, held: Path, p: dict, m: SearchMethod, seed: 
                        "--num-samples", str(p["num_samples"] * m.trials), "--name", name, "--storage", str(rr), "--verbose", "0"])
             assert rc == 0, f"mmsa search {name} failed ({rc})"
         search_wall = time.time() - t
+        epochs = sum(len(t.results) for t in load_trials(exp))
         if not m.confirm:
-            return {"search_epochs": sum(len(t.results) for t in load_trials(exp)), "confirm_epochs": 0,
-                    "wall_s": search_wall, "search_wall_s": search_wall}
+            return {"search_epochs": epochs, "confirm_epochs": 0, "wall_s": search_wall, "search_wall_s": search_wall}
         if main(["confirm", str(exp), "--top", str(p["top"]), "--seeds", str(p["confirm_seeds"]), "--verbose", "0"]):
-            rc = main(["resume", str(exp / "confirm"), "--verbose", "0"])  # a confirmation stopped half-way
-            assert rc == 0, f"mmsa resume {exp / 'confirm'} failed or was stopped ({rc}): nothing kept"
+            resume(exp / "confirm")  # a confirmation stopped half-way
         out = work / f"{name}-export.yaml"
         assert main(["export", str(exp), "-o", str(out), "--overwrite"]) == 0
-        return {"search_epochs": sum(len(t.results) for t in load_trials(exp)),
+        return {"search_epochs": epochs,
                 "confirm_epochs": sum(len(t.results) for t in load_trials(exp / "confirm")), "wall_s": time.time() - t,
                 "search_wall_s": search_wall}
 
@@ -295,8 +301,7 @@ def wide_importances(base, work: Path, p: dict) -> dict:
 
     def run() -> dict:
         if meta_exists(str(exp)):
-            rc = main(["resume", str(exp), "--verbose", "0"])
-            assert rc == 0, f"mmsa resume {exp} failed or was stopped ({rc}): nothing kept"
+            resume(exp)
         else:
             space = {"space": {**WIDE_SPACE, "model.freeze_text_layers": {"choice": list(p["freeze"])}}, "fixed": base.to_dict(), "search": {"grace_period": 1, "reduction_factor": 2}}
             (work / "wide-space.yaml").write_text(yaml.safe_dump(space))
@@ -362,7 +367,8 @@ def paired_runs(results: dict[str, dict]) -> tuple[tuple[str, str], ...]:
 
     out = []
     for m in SEARCH_METHODS.values():
-        refs = [o.label for o in [find(m, sampler="tpe") if m.sampler == "random" else None] if o]
+        tpe = find(m, sampler="tpe") if m.sampler == "random" else None
+        refs = [tpe.label] if tpe else []
         if m.confirm:
             refs.append(unconfirmed(m.label))
         elif (o := find(m, trials=1, confirm=True)) is not None:

@@ -234,7 +234,8 @@ _NOT_FOUND_AT = re.compile(r": FileNotFoundError\('Could not fetch metrics for .
 class NoResultsYet(logging.Filter):
     """Drops that warning when every trial it lists never started (its folder holds no params.json, which Ray writes
     when a trial starts); a started trial whose result file is gone (deleted, or storage the driver does not see) and
-    any other failure (an unreadable file) keep the whole warning."""
+    any other failure (an unreadable file) keep the whole warning. The folder is looked at on the driver's disk: on
+    object storage every listed trial looks unstarted, so there the warning is dropped whatever the cause."""
 
     def filter(self, record: logging.LogRecord) -> bool:
         lines = record.getMessage().splitlines()
